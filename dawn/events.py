@@ -1,0 +1,159 @@
+"""Read TensorBoard event files into plain records, every value kept, without TensorFlow.
+
+PATH is one event file, or a run directory whose ``events.out.tfevents.*`` files directly inside it
+(not in subdirectories: a parent of several runs must not be merged into one) are read as one run:
+
+- files are read in the order of their first event's wall time (when each writer started), so a
+  run resumed after a crash reads the resumed file last;
+- for a duplicated (tag, step) the value read last wins, so the resumed file overrides the crashed
+  one, as TensorBoard shows it;
+- a ``SessionLog.START`` event at step S (``SummaryWriter(purge_step=S)``) drops everything read
+  before it at steps >= S, as TensorBoard does, so a resume from an earlier checkpoint loses the
+  crashed attempt's orphaned tail;
+- in a directory, empty event files (a writer killed before its first flush) are skipped and listed
+  in ``Run.skipped``; an empty file given as PATH, or a directory of only empty files, is an error.
+
+Scalars may be ``simple_value`` (torch's SummaryWriter) or one-element tensors (TF2-style writers,
+whose plugin metadata appears only on a tag's first value); text summaries are string tensors.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EVENT_GLOB = "events.out.tfevents.*"
+METADATA_TAG = "run/metadata"
+
+
+class EventsError(ValueError):
+    """Event data that cannot be used; the message is one line naming the path and the problem."""
+
+
+@dataclass(frozen=True)
+class Scalar:
+    step: int
+    wall_time: float
+    value: float
+
+
+@dataclass(frozen=True)
+class Text:
+    step: int
+    wall_time: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    files: tuple[Path, ...]  # the event files read, in read order
+    skipped: tuple[Path, ...]  # empty event files left out of a directory
+    scalars: dict[str, list[Scalar]] = field(default_factory=dict)  # sorted by step
+    texts: dict[str, list[Text]] = field(default_factory=dict)  # sorted by step
+
+
+def event_files(path: str | Path) -> list[Path]:
+    """The event files PATH names (itself, or those directly inside it), unordered."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise EventsError(f"{path}: no such file or directory")
+    if not path.is_dir():
+        raise EventsError(f"{path}: not a file or directory")
+    files = sorted(p for p in path.glob(EVENT_GLOB) if p.is_file())
+    if not files:
+        nested = sum(1 for p in path.rglob(EVENT_GLOB) if p.is_file())
+        hint = f" ({nested} in subdirectories: pass one run directory)" if nested else ""
+        raise EventsError(f"{path}: no event files ({EVENT_GLOB}){hint}")
+    return files
+
+
+def load_run(path: str | Path) -> Run:
+    """Every scalar and text summary of the run at PATH (see the module doc for merge rules)."""
+    path = Path(path)
+    started = []
+    skipped = []
+    for f in event_files(path):
+        first = next(iter(_events(f)), None)
+        if first is None:
+            skipped.append(f)
+        else:
+            started.append((first.wall_time, f.name, f))
+    if not started:
+        what = "empty event file" if path.is_file() else "only empty event files"
+        raise EventsError(f"{path}: {what} (no events; not written yet, or not an event file)")
+    files = tuple(f for _, _, f in sorted(started))
+
+    from tensorboard.compat.proto.event_pb2 import SessionLog
+
+    records: dict[tuple[str, int], Scalar | Text] = {}
+    plugins: dict[str, str] = {}  # tag -> plugin name, remembered from the tag's first value
+    for f in files:
+        for event in _events(f):
+            if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                records = {k: r for k, r in records.items() if r.step < event.step}
+            for value in event.summary.value:
+                name = value.metadata.plugin_data.plugin_name
+                if name:
+                    plugins.setdefault(value.tag, name)
+                record = _record(value, plugins.get(value.tag), event.step, event.wall_time)
+                if record is not None:
+                    records[(value.tag, event.step)] = record
+    run = Run(path=path, files=files, skipped=tuple(skipped))
+    for (tag, _), record in sorted(records.items(), key=lambda kv: kv[0][1]):
+        target = run.scalars if isinstance(record, Scalar) else run.texts
+        target.setdefault(tag, []).append(record)
+    return run
+
+
+def load_scalars(path: str | Path) -> dict[str, list[Scalar]]:
+    """``{tag: [Scalar(step, wall_time, value), ...]}`` sorted by step, every value kept."""
+    return load_run(path).scalars
+
+
+def run_metadata(run: Run) -> dict | None:
+    """The JSON object the trainer logged as the text summary ``run/metadata`` (the latest one), or
+    None. torch's ``add_text`` appends ``/text_summary`` to the tag, so both spellings are read."""
+    texts = run.texts.get(METADATA_TAG) or run.texts.get(METADATA_TAG + "/text_summary")
+    if not texts:
+        return None
+    text = texts[-1].text
+    # TensorBoard renders text as markdown, so a writer may have wrapped the JSON in a code fence.
+    body = text[text.find("{"):text.rfind("}") + 1]
+    try:
+        meta = json.loads(body)
+    except json.JSONDecodeError as e:
+        raise EventsError(f"{run.path}: {METADATA_TAG} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise EventsError(f"{run.path}: {METADATA_TAG} is not a JSON object")
+    return meta
+
+
+def _events(path: Path):
+    # The legacy loader yields the raw Event protos (no compat rewriting), so this module decides
+    # itself how simple_value, tensor scalars and text are read. A truncated last record (a writer
+    # killed mid-write) ends the file quietly, which is what a crashed run needs.
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+
+    return LegacyEventFileLoader(str(path)).Load()
+
+
+def _record(value, plugin: str | None, step: int, wall_time: float) -> Scalar | Text | None:
+    kind = value.WhichOneof("value")
+    if kind == "simple_value":
+        return Scalar(step, wall_time, float(value.simple_value))
+    if kind != "tensor" or plugin not in (None, "scalars", "text"):
+        return None  # images, histograms, audio, graphs: not needed here
+    from tensorboard.util.tensor_util import make_ndarray
+
+    array = make_ndarray(value.tensor)
+    if array.dtype.kind in "SUO":
+        if plugin == "scalars":
+            return None
+        return Text(step, wall_time, "\n".join(
+            s.decode("utf-8", "replace") if isinstance(s, bytes) else str(s) for s in array.flat))
+    if plugin == "text" or array.size != 1 or array.dtype.kind not in "fiub":
+        return None
+    return Scalar(step, wall_time, float(array.reshape(())))

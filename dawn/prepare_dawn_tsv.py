@@ -1,0 +1,249 @@
+#!/usr/bin/env python
+"""DAWNBench export of a training run's TensorBoard events: the per-evaluation TSV, or a JSON entry.
+
+    python dawn/prepare_dawn_tsv.py --events_path RUN_DIR_OR_FILE [--out FILE] [--ignore-eval]
+        [--start-tag first] [--target-top5 93] [--stop-at-target] [--format tsv|json]
+
+One TSV row per evaluation (steps holding both ``losses/test_1`` and ``losses/test_5``, in percent):
+epoch (the ``epoch`` scalar at that step, else the row's index, from 0), hours from the start-tag
+event's wall time to the evaluation's, top-1, top-5. DAWNBench reads time to accuracy off the first
+row whose top-5 reaches the target, so the target is checked against the values as written (3 d.p.).
+
+``--ignore-eval`` subtracts, from each row's time, the ``times/eval_sec`` of every evaluation up to
+AND including that row, as imagenet18's exporter did: an evaluation's events are written after it
+finishes, so its own evaluation time is already inside its wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python dawn/prepare_dawn_tsv.py`: sys.path[0] is dawn/
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dawn.events import EventsError, Run, Scalar, load_run, run_metadata  # noqa: E402
+
+TOP1, TOP5, EVAL_SEC, EPOCH = "losses/test_1", "losses/test_5", "times/eval_sec", "epoch"
+SIZE, BATCH, WORLD = "sizes/image", "sizes/batch", "sizes/world"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    epoch: int
+    step: int
+    hours: float
+    top1: float
+    top5: float
+
+
+def eval_rows(scalars: dict[str, list[Scalar]], start_tag: str = "first", ignore_eval: bool = False,
+              where: str = "events") -> list[EvalRow]:
+    """One row per evaluation, in step order; raises EventsError naming ``where`` if tags are missing."""
+    missing = [t for t in (TOP1, TOP5) if t not in scalars]
+    if missing:
+        raise EventsError(f"{where}: no accuracy tags {' and '.join(missing)} "
+                          f"(tags found: {', '.join(sorted(scalars)) or 'none'})")
+    if start_tag not in scalars:
+        raise EventsError(f"{where}: no start tag {start_tag!r} (choose another with --start-tag)")
+    start = min(s.wall_time for s in scalars[start_tag])
+    top1 = {s.step: s for s in scalars[TOP1]}
+    epochs = {s.step: int(s.value) for s in scalars.get(EPOCH, [])}
+    eval_sec = {s.step: s.value for s in scalars.get(EVAL_SEC, [])}
+    rows = []
+    excluded = 0.0
+    for t5 in scalars[TOP5]:
+        t1 = top1.get(t5.step)
+        if t1 is None:
+            continue
+        if ignore_eval:
+            if t5.step not in eval_sec:
+                raise EventsError(f"{where}: --ignore-eval needs {EVAL_SEC} at every evaluation; "
+                                  f"missing at step {t5.step}")
+            excluded += eval_sec[t5.step]
+        seconds = max(t1.wall_time, t5.wall_time) - start - excluded
+        rows.append(EvalRow(epoch=epochs.get(t5.step, len(rows)), step=t5.step,
+                            hours=seconds / 3600, top1=t1.value, top5=t5.value))
+    if not rows:
+        raise EventsError(f"{where}: {TOP1} and {TOP5} share no step: no complete evaluation")
+    return rows
+
+
+def first_reaching(rows: list[EvalRow], target_top5: float) -> EvalRow | None:
+    """The first row whose top-5, as written in the TSV (3 decimals), is at least the target."""
+    return next((r for r in rows if round(r.top5, 3) >= target_top5), None)
+
+
+def format_tsv(rows: list[EvalRow]) -> str:
+    lines = ["epoch\thours\ttop1Accuracy\ttop5Accuracy"]
+    lines += [f"{r.epoch}\t{r.hours:.5f}\t{r.top1:.3f}\t{r.top5:.3f}" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def summary_line(rows: list[EvalRow], target_top5: float) -> str:
+    hit = first_reaching(rows, target_top5)
+    if hit is not None:
+        return (f"top-5 first reached {target_top5:g}% at epoch {hit.epoch} after {hit.hours:.5f} h "
+                f"(top-5 {hit.top5:.3f}%, top-1 {hit.top1:.3f}%)")
+    best = max(rows, key=lambda r: r.top5)
+    return (f"top-5 never reached {target_top5:g}% in {len(rows)} evaluations "
+            f"(best {best.top5:.3f}% at epoch {best.epoch}, {best.hours:.5f} h)")
+
+
+def dawn_entry(run: Run, rows: list[EvalRow], target_top5: float, ignore_eval: bool,
+               start_tag: str = "first") -> dict:
+    """A DAWNBench ImageNet-training JSON skeleton; what the run did not log is "unknown"."""
+    meta = run_metadata(run) or {}
+    if "torch" in meta:
+        torch_version, source = meta["torch"], f"run metadata ({run.path})"
+    else:  # without run metadata the best guess is the torch this exporter runs with
+        torch_version = importlib.metadata.version("torch")
+        source = "current environment (the run logged no torch version)"
+    start = min(s.wall_time for s in run.scalars[start_tag])
+    hit = first_reaching(rows, target_top5)
+    world = meta.get("world_size")
+    if world is None and WORLD in run.scalars:
+        world = int(run.scalars[WORLD][-1].value)
+    return {
+        "version": "v1.0",
+        "author": UNKNOWN,
+        "authorEmail": UNKNOWN,
+        "framework": f"PyTorch {torch_version}",
+        "codeURL": UNKNOWN,
+        "model": meta.get("arch", UNKNOWN),
+        "hardware": _hardware(meta),
+        "timestamp": dt.datetime.fromtimestamp(start, dt.timezone.utc).strftime("%Y-%m-%d"),
+        "misc": {
+            "frameworkSource": source,
+            "timeToTarget": {
+                "top5Accuracy": target_top5,
+                "reached": hit is not None,
+                "epoch": hit.epoch if hit else None,
+                "hours": round(hit.hours, 5) if hit else None,
+                "evalTimeExcluded": ignore_eval,
+            },
+            "schedule": _schedule_summary(run, meta, rows),
+            "worldSize": world if world is not None else UNKNOWN,
+            "command": meta.get("command", UNKNOWN),
+            "eventFiles": [f.name for f in run.files],
+        },
+    }
+
+
+def _hardware(meta: dict) -> str:
+    gpu = meta.get("gpu")
+    if not gpu:
+        return UNKNOWN
+    if str(gpu).lower() == "cpu":
+        return "CPU"
+    return f"{meta.get('gpu_count', UNKNOWN)} x {gpu}"
+
+
+def _schedule_summary(run: Run, meta: dict, rows: list[EvalRow]) -> dict | str:
+    if "phases" in meta:
+        from training.phases import PhaseError, parse_schedule
+
+        try:
+            sched = parse_schedule(meta["phases"])
+        except PhaseError as e:
+            raise EventsError(f"{run.path}: run metadata phases: {e}") from None
+        return {
+            "source": "run metadata phases",
+            "epochs": sched.total_epochs,
+            "data": [{"fromEpoch": p.start, "size": p.size, "batchSize": p.batch_size,
+                      "minScale": p.min_scale, "rectVal": p.rect_val} for p in sched.data_phases],
+            "lr": [{"epochs": [p.start, p.end], "lr": [p.lr_start, p.lr_end]}
+                   for p in sched.lr_phases],
+        }
+    if SIZE not in run.scalars or BATCH not in run.scalars:
+        return UNKNOWN
+    # Rebuild the data phases from the logged sizes: a change logged at step S belongs to the epoch
+    # after the last evaluation at or before S (evaluations end epochs).
+    changes = sorted({s.step for s in run.scalars[SIZE]} | {s.step for s in run.scalars[BATCH]})
+    data: list[dict] = []
+    for step in changes:
+        size = _value_at(run.scalars[SIZE], step)
+        batch = _value_at(run.scalars[BATCH], step)
+        done = [r.epoch for r in rows if r.step <= step]
+        phase = {"fromEpoch": max(done) + 1 if done else 0,
+                 "size": int(size) if size is not None else UNKNOWN,
+                 "batchSize": int(batch) if batch is not None else UNKNOWN}
+        if data and data[-1]["fromEpoch"] == phase["fromEpoch"]:
+            data[-1] = phase
+        elif not data or (data[-1]["size"], data[-1]["batchSize"]) != (phase["size"], phase["batchSize"]):
+            data.append(phase)
+    return {"source": f"logged scalars {SIZE}, {BATCH}", "epochs": rows[-1].epoch + 1,
+            "data": data, "lr": UNKNOWN}
+
+
+def _value_at(series: list[Scalar], step: int) -> float | None:
+    """The value last logged at or before ``step``."""
+    before = [s.value for s in series if s.step <= step]
+    return before[-1] if before else None
+
+
+def write_atomic(text: str, out: Path) -> None:
+    """Write via a temp file in the same directory and rename, so ``out`` is never half-written."""
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events_path", "--events-path", dest="events_path", required=True,
+                   help="an event file, or a run directory (its events.out.tfevents.* files, merged)")
+    p.add_argument("--out", type=Path, help="output file (written atomically); default stdout")
+    p.add_argument("--ignore-eval", action="store_true",
+                   help="subtract cumulative times/eval_sec (evaluations up to and including each row)")
+    p.add_argument("--start-tag", default="first", help="scalar tag whose wall time is the start")
+    p.add_argument("--target-top5", type=float, default=93.0, help="top-5 accuracy target, percent")
+    p.add_argument("--stop-at-target", action="store_true",
+                   help="end the TSV at the first row reaching the target")
+    p.add_argument("--format", choices=("tsv", "json"), default="tsv")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    prog = Path(sys.argv[0]).name
+    try:
+        run = load_run(args.events_path)
+        for f in run.skipped:
+            print(f"{prog}: note: skipped empty event file {f}", file=sys.stderr)
+        rows = eval_rows(run.scalars, args.start_tag, args.ignore_eval, where=args.events_path)
+        if args.format == "json":
+            text = json.dumps(dawn_entry(run, rows, args.target_top5, args.ignore_eval,
+                                         args.start_tag), indent=2) + "\n"
+        else:
+            hit = first_reaching(rows, args.target_top5)
+            text = format_tsv(rows[:rows.index(hit) + 1] if args.stop_at_target and hit else rows)
+    except (EventsError, OSError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            write_atomic(text, args.out)
+        except OSError as e:
+            print(f"{prog}: error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
+            return 2
+    print(summary_line(rows, args.target_top5), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

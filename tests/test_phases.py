@@ -1,0 +1,177 @@
+"""The phase DSL against the real imagenet18 run in ../shared/fixtures (its `Changing LR` log lines)."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FIXTURE_EVENTS, REPO
+from training.phases import PhaseError, load_phases, parse_schedule
+
+PHASES = (FIXTURE_EVENTS / "phases.txt").read_text()
+N, W = 1_281_167, 64  # ImageNet train images; 8 machines x 8 GPUs
+
+
+@pytest.fixture(scope="module")
+def sched():
+    return parse_schedule(PHASES)
+
+
+def test_known_answers_from_fixture(sched):
+    plan = sched.plan(N, W)
+    assert len(plan) == 37
+    assert plan[0].iters == 157
+    assert plan[0].lr_first == 1.9220382165605094
+    assert plan[4].lr_last == pytest.approx(3.52)
+    assert plan[11].lr_first == 3.831898734177215
+    assert plan[11].iters == 79  # bs 256 after the keep_dl phase
+
+
+def test_every_logged_lr_change_matches_to_the_bit(sched):
+    """event.log prints 'Changing LR from A to B' at each epoch's first and last iteration of a ramp;
+    every B must be exactly our value for that epoch and iteration."""
+    log = (FIXTURE_EVENTS / "event.log").read_text().split("~~")
+    plan = sched.plan(N, W)
+    checked = 0
+    for epoch, chunk in enumerate(log[1:]):  # chunk k holds the lines printed during epoch k
+        values = [float(v) for v in re.findall(r"Changing LR from \S+ to (\S+)", chunk)]
+        if values:
+            assert plan[epoch].lr_first == values[0]
+            if len(values) > 1:
+                assert plan[epoch].lr_last == values[1]
+            checked += 1
+    assert checked >= 25
+
+
+def test_full_epoch_table(sched):
+    table = [(r.size, r.batch_size, r.min_scale, r.rect_val, r.train_dir) for r in sched.plan(N, W)]
+    expect = ([(128, 128, 0.08, False, "-sz/160")] * 6 + [(128, 256, 0.08, False, "-sz/160")] * 8
+              + [(224, 128, 0.087, False, "-sz/352")] * 3 + [(224, 224, 0.087, False, "-sz/352")] * 12
+              + [(288, 128, 0.5, True, "")] * 8)
+    assert table == expect
+    assert sched.data_phase(20).val_dir == "-sz/352"
+
+
+def test_iterations_per_epoch_follow_distributed_sampler(sched):
+    # ceil(ceil(N / world) / bs)
+    assert sched.iters_per_epoch(0, 10, 3) == 1  # ceil(ceil(10/3)=4 / 128)
+    assert sched.iters_per_epoch(0, 1000, 2) == 4  # 500 / 128 -> 4
+    assert sched.iters_per_epoch(6, 1000, 2) == 2  # bs 256
+
+
+def test_input_forms_agree():
+    literal = "[{'ep': 0, 'sz': 32, 'bs': 4}, {'ep': (0, 2), 'lr': (0.1, 0.2)}]"
+    as_json = json.dumps([{"ep": 0, "sz": 32, "bs": 4}, {"ep": [0, 2], "lr": [0.1, 0.2]}])
+    as_yaml = "- {ep: 0, sz: 32, bs: 4}\n- {ep: [0, 2], lr: [0.1, 0.2]}\n"
+    in_config = "model: {arch: resnet18}\nphases:\n" + "".join("  " + line + "\n" for line in as_yaml.splitlines())
+    parsed = [parse_schedule(s).raw for s in (literal, as_json, as_yaml, in_config)]
+    assert all(p == parsed[0] for p in parsed)
+    assert parse_schedule(load_phases(literal)).raw == parsed[0]
+
+
+def test_lr_interpolation_formula():
+    s = parse_schedule([{"ep": 0, "sz": 8, "bs": 1}, {"ep": 0, "lr": 0.5}, {"ep": [2, 4], "lr": [1.0, 3.0]}])
+    B = 10
+    assert s.lr(0, 0, B) == 0.5 and s.lr(1, 9, B) == 0.5
+    # lr = lr0 + ((e - e0) * B + i + 1) * (lr1 - lr0) / ((e1 - e0) * B)
+    assert s.lr(2, 0, B) == pytest.approx(1.0 + 1 * 2.0 / 20)
+    assert s.lr(3, 4, B) == pytest.approx(1.0 + 15 * 2.0 / 20)
+    assert s.lr(3, 9, B) == pytest.approx(3.0)
+
+
+def test_epoch_step_holds_lr_through_an_epoch():
+    s = parse_schedule([{"ep": 0, "sz": 8, "bs": 1}, {"ep": [0, 4], "lr": [0.0, 4.0], "epoch_step": True}])
+    assert [s.lr(1, i, 10) for i in (0, 5, 9)] == [1.0, 1.0, 1.0]
+
+
+def test_fractional_final_epoch():
+    s = parse_schedule([{"ep": 0, "sz": 32, "bs": 100}, {"ep": [0, 2.5], "lr": [0.2, 0.0]}])
+    assert s.num_epochs == 3
+    assert s.iters_per_epoch(2, 1000) == 5  # half of 10
+    assert s.lr(2, 4, 10) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_keep_dl_keeps_everything_but_batch_size_and_new_phase_resets():
+    s = parse_schedule(PHASES)
+    assert s.data_phase(6).keep_dl and s.data_phase(6).size == 128 and s.data_phase(6).train_dir == "-sz/160"
+    assert s.data_phase(29).train_dir == ""  # nothing inherited by a new data phase
+    assert s.data_phase(29).min_scale == 0.5
+
+
+BAD = [
+    ("[{'ep':0,'sz':8,'bs':2,'colour':1},{'ep':(0,1),'lr':1}]", "phase 0: unknown key 'colour'"),
+    ("[{'ep':0,'bs':2},{'ep':(0,1),'lr':1}]", "phase 0: key 'sz': missing"),
+    ("[{'ep':1,'sz':8,'bs':2},{'ep':(0,2),'lr':1}]", "phase 0: key 'ep': the first data phase must start at epoch 0"),
+    ("[{'ep':0,'sz':8,'bs':2},{'ep':(1,2),'lr':1}]", "lr does not cover epoch 0"),
+    ("[{'ep':0,'sz':8,'bs':2},{'ep':(0,4),'lr':1},{'ep':2,'sz':8,'bs':2},{'ep':1,'sz':8,'bs':4}]",
+     "phase 3: key 'ep': epochs not increasing"),
+    ("[{'ep':0,'sz':8,'bs':2},{'ep':(0,4),'lr':1},{'ep':(3,5),'lr':1}]", "phase 2: key 'ep': epochs not increasing"),
+    ("[{'ep':0,'sz':8,'bs':2},{'ep':0,'lr':(1,2)}]", "phase 1: key 'lr': a linear lr [start, end] needs an end epoch"),
+    ("[{'ep':0,'sz':0,'bs':2},{'ep':(0,1),'lr':1}]", "phase 0: key 'sz': expected a positive integer"),
+    ("[{'ep':0,'sz':8,'bs':-2},{'ep':(0,1),'lr':1}]", "phase 0: key 'bs': expected a positive integer"),
+    ("[{'ep':0,'sz':8,'bs':2,'min_scale':1.5},{'ep':(0,1),'lr':1}]", "phase 0: key 'min_scale': expected a number in (0, 1]"),
+    ("[{'ep':0,'sz':8,'bs':2,'min_scale':0},{'ep':(0,1),'lr':1}]", "phase 0: key 'min_scale'"),
+    ("[{'ep':0,'sz':8,'bs':2},{'ep':(0,1),'lr':1},{'ep':1,'bs':4,'keep_dl':True,'sz':16}]",
+     "phase 2: key 'sz': a keep_dl phase changes only the batch size"),
+    ("[{'ep':0,'sz':8,'bs':2},{'ep':(0,1),'lr':-1}]", "phase 1: key 'lr': negative learning rate"),
+    ("[{'ep':0,'sz':8,'bs':2},{'ep':0,'lr':1}]", "the last lr phase needs an end epoch"),
+    ("[{'ep':0,'sz':8,'bs':2}]", "no lr phase"),
+    ("[]", "non-empty list"),
+    ("{'ep': 0}", "non-empty list"),
+    ("[{'ep':0,'sz':8,'bs':2},{'ep':(2,1),'lr':1}]", "phase 1: key 'ep': end epoch 1 must be after start 2"),
+    ("[{'ep':0.5,'sz':8,'bs':2},{'ep':(0,1),'lr':1}]", "phase 0: key 'ep': a data phase starts at a whole epoch"),
+    ("[{'ep':0,'sz':8,'bs':2},{'ep':(0,1),'lr':1,'sz':8}]", "phase 1: key 'sz': only a data phase"),
+    ("[{'ep':0,'sz':8,'bs':2},{'ep':(0,1),'lr':1},{'ep':1,'sz':8}]", "phase 2: key 'bs': a phase needs 'bs'"),
+    ("[[1,2]]", "phase 0: expected a dict"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD)
+def test_validation_errors_name_phase_and_key(text, message):
+    with pytest.raises(PhaseError) as e:
+        parse_schedule(text)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_injection_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = f"[{{'ep': 0, 'sz': __import__('os').system('touch {marker}'), 'bs': 1}}]"
+    with pytest.raises(PhaseError, match="not a literal"):
+        parse_schedule(evil)
+    r = subprocess.run([sys.executable, "training/train.py", "--phases", evil, "--dry-run"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: phases: not a literal") and r.stderr.count("\n") == 1
+    assert not marker.exists()
+
+
+def test_dry_run_cli_prints_one_json_object_per_epoch():
+    r = subprocess.run([sys.executable, "training/train.py", "--phases", PHASES, "--dry-run",
+                        "--num-train-images", str(N), "--world-size", str(W)],
+                       cwd=REPO, capture_output=True, text=True, check=True)
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 37
+    assert set(rows[0]) == {"epoch", "size", "batch_size", "iters", "lr_first", "lr_last", "min_scale",
+                            "rect_val", "train_dir", "val_dir"}
+    assert rows[0]["lr_first"] == 1.9220382165605094 and rows[0]["iters"] == 157
+    assert rows[11]["lr_first"] == 3.831898734177215
+    assert rows[29] | {} == {"epoch": 29, "size": 288, "batch_size": 128, "iters": 157,
+                             "lr_first": 0.019186242038216558, "lr_last": 0.01704, "min_scale": 0.5,
+                             "rect_val": True, "train_dir": "", "val_dir": ""}
+
+
+def test_dry_run_bad_phases_exit_2_one_line():
+    r = subprocess.run([sys.executable, "training/train.py", "--phases", "[{'ep':0,'bs':2}]", "--dry-run"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "phase 0" in r.stderr
+
+
+def test_shipped_configs_parse():
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
+        r = subprocess.run([sys.executable, "training/train.py", "--config", str(path), "--dry-run",
+                            "--world-size", "8"], cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 0, (path, r.stderr)

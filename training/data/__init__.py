@@ -1,0 +1,133 @@
+"""The one small loader protocol every data backend implements, and the per-phase loader manager.
+
+A backend builds, for one data phase, a train loader and a validation loader. Both yield
+``(images, labels)`` already on the training device: images floating point, normalised, in the
+requested memory format; labels int64. The training loop knows nothing else about data.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator, Protocol
+
+import torch
+
+from training.phases import DataPhase
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DataError(ValueError):
+    """Unusable data (missing dir, empty class, mismatched classes, corrupt image); one line."""
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """Everything a backend needs to build the loaders of one data phase on one rank."""
+
+    root: str  # DATA; the phase's dirs are appended: root + train_dir + '/train'
+    phase: DataPhase
+    rank: int
+    world_size: int
+    device: torch.device
+    workers: int
+    seed: int
+    dtype: torch.dtype = torch.float32  # dtype of the yielded images
+    channels_last: bool = False
+    bad_images: str = "skip"  # skip | error
+    synthetic_images: int = 1024
+    synthetic_classes: int = 10
+
+    @property
+    def train_dir(self) -> str:
+        return self.root + self.phase.train_dir + "/train"
+
+    @property
+    def val_dir(self) -> str:
+        return self.root + self.phase.val_dir + "/validation"
+
+
+class Loader(Protocol):
+    """Batches for one rank. ``len`` is the number of batches this rank yields per pass."""
+
+    num_images: int  # images in the whole split, all ranks together
+    classes: list[str]
+    batch_size: int  # current per-rank batch size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle deterministically for ``epoch`` (seeded by spec.seed and epoch)."""
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """keep_dl: change only the batch size, keep every other setting."""
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Backend:
+    name: str
+    train: Callable[[LoaderSpec], Loader]
+    val: Callable[[LoaderSpec], Loader]
+
+
+def get_backend(name: str, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Backend:
+    """Resolve ``auto`` to DALI when it imports, else torchvision, and say which in one line."""
+    if name in ("auto", "dali"):
+        try:
+            from training.data import dali
+        except ImportError as e:
+            if name == "dali":
+                raise DataError(f"--loader dali: DALI is not importable ({e})") from None
+            log(f"loader: DALI not available ({e.__class__.__name__}: {e}); using torchvision")
+            name = "torchvision"
+        else:
+            return Backend("dali", dali.train_loader, dali.val_loader)
+    if name == "torchvision":
+        from training.data import imagefolder
+        return Backend("torchvision", imagefolder.train_loader, imagefolder.val_loader)
+    if name == "synthetic":
+        from training.data import synthetic
+        return Backend("synthetic", synthetic.train_loader, synthetic.val_loader)
+    raise DataError(f"unknown loader {name!r}")
+
+
+class PhaseLoaders:
+    """Hands the loop the right loaders for each epoch: rebuilds them when a data phase starts,
+    only changes the batch size for a keep_dl phase, and closes old ones so no memory leaks."""
+
+    def __init__(self, backend: Backend, base: LoaderSpec, phases: tuple[DataPhase, ...]):
+        self.backend = backend
+        self.base = base
+        self.phases = phases
+        self.active: DataPhase | None = None  # the phase whose loaders were built
+        self.train: Loader | None = None
+        self.val: Loader | None = None
+
+    def for_epoch(self, epoch: int) -> tuple[Loader, Loader]:
+        phase = [p for p in self.phases if p.start <= epoch][-1]
+        built = self._built_for(phase)
+        if self.active is None or built != self.active:
+            self.close()
+            spec = replace(self.base, phase=built)
+            self.train, self.val = self.backend.train(spec), self.backend.val(spec)
+            self.active = built
+        if self.train.batch_size != phase.batch_size:
+            self.train.set_batch_size(phase.batch_size)
+        self.train.set_epoch(epoch)
+        return self.train, self.val
+
+    def _built_for(self, phase: DataPhase) -> DataPhase:
+        """The phase whose loaders serve ``phase``: the last non-keep_dl phase at or before it."""
+        return [p for p in self.phases if p.start <= phase.start and not p.keep_dl][-1]
+
+    def close(self) -> None:
+        for loader in (self.train, self.val):
+            if loader is not None:
+                loader.close()
+        self.train = self.val = None
+        self.active = None

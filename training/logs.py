@@ -1,0 +1,73 @@
+"""Rank-0 run logging: TensorBoard events with imagenet18's tags, the `~~` human log, a progress line.
+
+Event steps are global training images seen, as in imagenet18, so the DAWN exporter and
+TensorBoard plots line up across batch-size changes. Other ranks get a logger that writes nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+
+class RunLogger:
+    def __init__(self, logdir: str | os.PathLike, enabled: bool, start_time: float | None = None,
+                 purge_step: int | None = None, stream: TextIO = sys.stdout):
+        """``start_time`` is the original run's start when resuming: the `first` event is then not
+        written again and hours continue from the first start, so a resumed run exports as one run."""
+        self.enabled = enabled
+        self.stream = stream
+        self.logdir = Path(logdir)
+        self.writer = None
+        self.start_time = start_time if start_time is not None else time.time()
+        if not enabled:
+            return
+        from torch.utils.tensorboard import SummaryWriter
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.writer = SummaryWriter(str(self.logdir), purge_step=purge_step)
+        self._human = open(self.logdir / "train.log", "a", encoding="utf-8")
+        if start_time is None:
+            self.writer.add_scalar("first", self.start_time, 0, walltime=self.start_time)
+            self.human("~~epoch\thours\ttop1\ttop5")
+
+    def hours(self, now: float | None = None) -> float:
+        return ((now if now is not None else time.time()) - self.start_time) / 3600
+
+    def scalar(self, tag: str, value: float, step: int, walltime: float | None = None) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step, walltime=walltime)
+
+    def metadata(self, meta: dict) -> None:
+        """Run facts (torch version, GPU, world size, phases) for the DAWN JSON exporter."""
+        if self.writer is not None:
+            self.writer.add_text("run/metadata", json.dumps(meta), 0)
+            (self.logdir / "metadata.json").write_text(json.dumps(meta, indent=1))
+
+    def eval(self, epoch: int, top1: float, top5: float, seconds: float, step: int) -> None:
+        """One evaluation: events, then the `~~` row with the same wall clock as the events."""
+        now = time.time()
+        for tag, v in (("losses/test_1", top1), ("losses/test_5", top5), ("times/eval_sec", seconds),
+                       ("epoch", epoch)):
+            self.scalar(tag, v, step, walltime=now)
+        self.human(f"~~{epoch}\t{self.hours(now):.5f}\t\t{top1:.3f}\t\t{top5:.3f}")
+        if self.writer is not None:
+            self.writer.flush()
+
+    def human(self, line: str) -> None:
+        if self.enabled:
+            print(line, file=self.stream, flush=True)
+            self._human.write(line + "\n")
+            self._human.flush()
+
+    def progress(self, line: str) -> None:
+        if self.enabled:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self._human.close()
+            self.writer = None

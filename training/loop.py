@@ -1,0 +1,262 @@
+"""The training loop every recipe feeds: train_epoch, evaluate, run.
+
+Recipes build a TrainState (model, optimizer, schedule), loaders and Hooks, and hand them here.
+The hot path keeps the host out of the GPU's way: the loss is read back (a host sync) only on
+logging steps, and the learning rate comes from the pure schedule, not from tensors.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from training import dist
+from training.data import Loader
+from training.logs import RunLogger
+from training.optim import set_lr
+from training.phases import Schedule
+
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN/inf; the message names the epoch and step."""
+
+
+@dataclass
+class EvalResult:
+    top1: float  # percent
+    top5: float  # percent
+    loss: float  # mean cross-entropy
+    count: int  # images evaluated, all ranks together
+    seconds: float
+
+
+@dataclass
+class TrainState:
+    model: nn.Module  # what the training forward runs (maybe DDP-wrapped / compiled)
+    raw_model: nn.Module  # unwrapped: what is evaluated and checkpointed
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    schedule: Schedule
+    epoch: int = 0  # next epoch to run
+    step: int = 0  # global training images seen (the TensorBoard step)
+
+
+@dataclass
+class Hooks:
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    after_step: Callable[[TrainState, int], None] | None = None  # e.g. lookahead / EMA
+    evaluate: Callable[[nn.Module, Loader], EvalResult] | None = None  # e.g. TTA
+    after_epoch: Callable[[TrainState], None] | None = None  # e.g. checkpoint
+    eval_every: int = 1  # epochs between evaluations; 0: only after the last epoch
+
+
+@dataclass
+class RunContext:
+    dist: dist.DistInfo
+    logger: RunLogger
+    num_train: int  # training images, all ranks together (for iterations per epoch)
+    precision: str = "fp32"  # fp32 | fp16 | bf16
+    seed: int = 0
+    short_epoch_steps: int = 0  # >0: cap steps per epoch (smoke tests)
+    max_epochs: int = 0  # >0: stop after this many epochs of this invocation
+    nonfinite: str = "stop"  # stop | skip
+    print_freq: int = 50
+    profile: bool = False
+
+
+class PhaseSource(Protocol):
+    def for_epoch(self, epoch: int) -> tuple[Loader, Loader]: ...
+
+
+class StageTimer:
+    """Per-stage wall time (data wait, forward, backward, optimizer, ...). Synchronises the device
+    at each boundary so GPU time lands in the right stage; a no-op unless profiling."""
+
+    def __init__(self, enabled: bool, device: torch.device):
+        self.enabled = enabled
+        self.device = device
+        self.totals: dict[str, float] = defaultdict(float)
+        self._t = time.perf_counter()
+
+    def mark(self, stage: str) -> None:
+        if not self.enabled:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.totals[stage] += now - self._t
+        self._t = now
+
+    def table(self, epoch: int) -> str:
+        total = sum(self.totals.values()) or 1.0
+        rows = [f"profile epoch {epoch}: stage        seconds   share"]
+        rows += [f"  {k:<22}{v:>9.3f} {100 * v / total:6.1f}%" for k, v in self.totals.items()]
+        return "\n".join(rows)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[precision])
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts (as device tensors, no sync) of top-1 and top-5 hits; top-k is capped by classes."""
+    k = min(5, logits.shape[1])
+    pred = logits.topk(k, dim=1).indices
+    hits = pred == labels[:, None]
+    return hits[:, 0].sum(), hits.any(dim=1).sum()
+
+
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, precision: str = "fp32") -> EvalResult:
+    """Exact under DDP: each rank evaluates its own images once; counts are summed across ranks."""
+    start = time.time()
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # top1, top5, loss, count
+    with torch.no_grad(), autocast(device, precision):
+        for images, labels in loader:
+            logits = model(images).float()
+            c1, c5 = topk_correct(logits, labels)
+            sums += torch.stack([c1.double(), c5.double(),
+                                 F.cross_entropy(logits, labels, reduction="sum").double(),
+                                 torch.tensor(float(labels.numel()), dtype=torch.float64, device=device)])
+    dist.all_reduce_sum(sums)
+    model.train(was_training)
+    c1, c5, loss, n = sums.tolist()
+    n = max(n, 1.0)
+    return EvalResult(100 * c1 / n, 100 * c5 / n, loss / n, int(n), time.time() - start)
+
+
+def _step_finite(loss: torch.Tensor) -> bool:
+    """All ranks agree whether to skip, or DDP replicas would drift apart (one small all-reduce)."""
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    return dist.all_reduce_sum(bad).item() == 0
+
+
+def train_epoch(state: TrainState, loader: Loader, hooks: Hooks, ctx: RunContext, epoch: int) -> None:
+    sched, opt, device = state.schedule, state.optimizer, ctx.dist.device
+    full_iters = len(loader)
+    iters = sched.iters_per_epoch(epoch, ctx.num_train, ctx.dist.world_size)
+    if ctx.short_epoch_steps:
+        iters = min(iters, ctx.short_epoch_steps)
+    state.model.train()
+    timer = StageTimer(ctx.profile, device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)  # device-side NaN watch: no sync
+    t_log, images_since_log = time.time(), 0
+    for i, (images, labels) in enumerate(loader):
+        if i >= iters:
+            break
+        timer.mark("data wait")
+        set_lr(opt, sched.lr(epoch, i, full_iters))
+        with autocast(device, ctx.precision):
+            logits = state.model(images)
+            loss = hooks.loss_fn(logits, labels)
+        timer.mark("forward")
+        if ctx.nonfinite == "skip" and not _step_finite(loss):
+            ctx.logger.progress(f"warning: non-finite loss at epoch {epoch} step {i}: step skipped")
+            opt.zero_grad(set_to_none=True)
+            continue
+        if state.scaler is not None:
+            state.scaler.scale(loss).backward()
+            timer.mark("backward")
+            state.scaler.step(opt)
+            state.scaler.update()
+        else:
+            loss.backward()
+            timer.mark("backward")
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        if hooks.after_step is not None:
+            hooks.after_step(state, i)
+        timer.mark("optimizer")
+        if ctx.nonfinite == "stop":
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), i, first_bad)
+        batch = labels.shape[0]
+        state.step += batch * ctx.dist.world_size
+        images_since_log += batch
+        if (i + 1) % ctx.print_freq == 0 or i + 1 == iters:
+            _check_finite(first_bad, epoch)
+            now = time.time()
+            ips = images_since_log / max(now - t_log, 1e-9)
+            t_log, images_since_log = now, 0
+            _log_train(state, ctx, logits, labels, loss, ips, epoch, i, iters)
+    _check_finite(first_bad, epoch)
+    if ctx.profile:
+        ctx.logger.progress(timer.table(epoch))
+
+
+def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
+    bad = int(first_bad.item())
+    if bad >= 0:
+        raise NonFiniteLoss(f"non-finite loss at epoch {epoch} step {bad}; stopping "
+                            "(the last good checkpoint is kept; train.nonfinite=skip skips such steps)")
+
+
+def _log_train(state: TrainState, ctx: RunContext, logits, labels, loss, ips: float,
+               epoch: int, i: int, iters: int) -> None:
+    c1, c5 = topk_correct(logits.detach().float(), labels)
+    n = labels.shape[0]
+    lr = state.optimizer.param_groups[0]["lr"] / state.optimizer.param_groups[0].get("lr_scale", 1.0)
+    log, step = ctx.logger, state.step
+    log.scalar("losses/xent", loss.item(), step)
+    log.scalar("losses/train_1", 100 * c1.item() / n, step)
+    log.scalar("losses/train_5", 100 * c5.item() / n, step)
+    log.scalar("times/1gpu_images_per_sec", ips, step)
+    log.scalar("sizes/lr", lr, step)
+    left = _images_left(state, ctx, epoch, i + 1)
+    eta = left / max(ips * ctx.dist.world_size, 1e-9)
+    log.progress(f"epoch {epoch} [{i + 1}/{iters}] loss {loss.item():.4f} lr {lr:.5g} "
+                 f"{ips:,.0f} img/s/rank  ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
+
+
+def _images_left(state: TrainState, ctx: RunContext, epoch: int, done: int) -> int:
+    sched, world = state.schedule, ctx.dist.world_size
+    left = 0
+    for e in range(epoch, sched.num_epochs):
+        iters = sched.iters_per_epoch(e, ctx.num_train, world)
+        if ctx.short_epoch_steps:
+            iters = min(iters, ctx.short_epoch_steps)
+        left += (iters - (done if e == epoch else 0)) * sched.data_phase(e).batch_size * world
+    return max(left, 0)
+
+
+def run(state: TrainState, loaders: PhaseSource, hooks: Hooks, ctx: RunContext) -> EvalResult | None:
+    """Train from state.epoch to the schedule's end (or ctx.max_epochs more), evaluating and calling
+    after_epoch (checkpointing) as configured. Returns the last evaluation."""
+    sched, log = state.schedule, ctx.logger
+    last_eval, last_phase = None, None
+    end = sched.num_epochs
+    if ctx.max_epochs:
+        end = min(end, state.epoch + ctx.max_epochs)
+    for epoch in range(state.epoch, end):
+        # Reseed per epoch (not once per run) so a run resumed at this epoch draws the same numbers.
+        torch.manual_seed(ctx.seed * 1_000_003 + epoch)
+        train, val = loaders.for_epoch(epoch)
+        phase = sched.data_phase(epoch)
+        if phase != last_phase:
+            log.scalar("sizes/batch", phase.batch_size, state.step)
+            log.scalar("sizes/image", phase.size, state.step)
+            log.human(f"phase at epoch {epoch}: size {phase.size} batch {phase.batch_size} "
+                      f"min_scale {phase.min_scale} rect_val {phase.rect_val} train_dir '{phase.train_dir}'")
+            last_phase = phase
+        train_epoch(state, train, hooks, ctx, epoch)
+        state.epoch = epoch + 1
+        final = state.epoch == sched.num_epochs
+        if final or (hooks.eval_every and state.epoch % hooks.eval_every == 0):
+            if hooks.evaluate is not None:
+                last_eval = hooks.evaluate(state.raw_model, val)
+            else:
+                last_eval = evaluate(state.raw_model, val, ctx.dist.device, ctx.precision)
+            log.eval(epoch, last_eval.top1, last_eval.top5, last_eval.seconds, state.step)
+        if hooks.after_epoch is not None:
+            hooks.after_epoch(state)
+    return last_eval

@@ -1,0 +1,30 @@
+"""ImageNet models: any torchvision classification architecture, with imagenet18's tweaks."""
+from __future__ import annotations
+
+import torch.nn as nn
+import torchvision
+
+from training.config import ConfigError
+
+
+def build(arch: str, num_classes: int, init_bn0: bool = False) -> nn.Module:
+    """``arch`` is a torchvision classification model name (resnet50, resnet18, ...).
+
+    init_bn0 zero-initialises the last BN gamma of each residual block so every block starts as the
+    identity, which lets the large-batch warm-up of imagenet18 run at high lr (Goyal et al., 2017).
+    """
+    names = torchvision.models.list_models(module=torchvision.models)
+    if arch not in names:
+        raise ConfigError(f"unknown --arch {arch!r}: not a torchvision classification model")
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    if init_bn0:
+        from torchvision.models.resnet import BasicBlock, Bottleneck
+        zeroed = 0
+        for m in model.modules():
+            last_bn = m.bn3 if isinstance(m, Bottleneck) else m.bn2 if isinstance(m, BasicBlock) else None
+            if last_bn is not None:
+                nn.init.zeros_(last_bn.weight)
+                zeroed += 1
+        if not zeroed:
+            raise ConfigError(f"--init-bn0: {arch} has no torchvision residual blocks to zero-initialise")
+    return model

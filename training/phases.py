@@ -1,0 +1,312 @@
+"""The phase-schedule DSL of fast.ai/DIUx imagenet18, parsed safely into an immutable Schedule.
+
+A schedule is a list of dicts. Dicts with ``bs`` are data phases (image size, batch size, data
+dirs, crop scale, rectangular validation); dicts with ``lr`` are learning-rate phases; a dict may be
+both. Input may be the imagenet18 Python-literal string, JSON, YAML, or an already-parsed list. It is
+parsed with ``ast.literal_eval`` / ``yaml.safe_load``, never evaluated.
+
+Pure Python on purpose (no torch import): a user can inspect a schedule before paying for GPUs, and
+every function here is a pure function of (epoch, iteration).
+"""
+from __future__ import annotations
+
+import ast
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+KEYS = ("ep", "sz", "bs", "lr", "trndir", "valdir", "min_scale", "rect_val", "keep_dl", "epoch_step")
+DEFAULT_MIN_SCALE = 0.08  # imagenet18's RandomResizedCrop lower area bound
+
+
+class PhaseError(ValueError):
+    """A schedule that cannot be run; the message is one line naming the phase and key."""
+
+
+@dataclass(frozen=True)
+class DataPhase:
+    start: int  # first epoch of this phase
+    size: int  # training image side, px
+    batch_size: int  # per-process batch size
+    train_dir: str  # suffix appended to DATA, e.g. '-sz/160' (then '/train')
+    val_dir: str  # suffix appended to DATA (then '/validation'); defaults to train_dir
+    min_scale: float  # lower bound of the random-resized-crop area fraction
+    rect_val: bool  # rectangular (aspect-ratio-batched) validation
+    keep_dl: bool  # this phase only changed the batch size of the previous one
+
+
+@dataclass(frozen=True)
+class LrPhase:
+    start: float  # epoch
+    end: float | None  # epoch; None for a constant phase (holds until the next phase)
+    lr_start: float
+    lr_end: float | None  # None for a constant phase
+    epoch_step: bool  # linear ramp stepped once per epoch instead of per iteration
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What one epoch of a run does, as printed by ``train.py --dry-run``."""
+
+    epoch: int
+    size: int
+    batch_size: int
+    iters: int
+    lr_first: float
+    lr_last: float
+    min_scale: float
+    rect_val: bool
+    train_dir: str
+    val_dir: str
+
+
+@dataclass(frozen=True)
+class Schedule:
+    data_phases: tuple[DataPhase, ...]
+    lr_phases: tuple[LrPhase, ...]
+    raw: tuple[dict, ...]  # the validated input dicts (tuples as lists), saved with checkpoints
+
+    @property
+    def total_epochs(self) -> float:
+        """Where training stops, in epochs (may be fractional): the largest lr phase bound."""
+        return max(max(p.start, p.end or 0.0) for p in self.lr_phases)
+
+    @property
+    def num_epochs(self) -> int:
+        """Epochs the loop runs; the last one is partial when total_epochs is fractional."""
+        return math.ceil(self.total_epochs)
+
+    def data_phase(self, epoch: int) -> DataPhase:
+        return _last_started(self.data_phases, epoch)
+
+    def data_phase_index(self, epoch: int) -> int:
+        return self.data_phases.index(self.data_phase(epoch))
+
+    def lr(self, epoch: int, iteration: int, iters_per_epoch: int) -> float:
+        """lr for 0-based ``iteration`` of ``epoch`` (imagenet18's Scheduler: batch_num = iteration+1)."""
+        return lr_at(self.lr_phases, epoch, iteration + 1, iters_per_epoch)
+
+    def iters_per_epoch(self, epoch: int, num_images: int, world_size: int = 1) -> int:
+        """Steps in ``epoch``: ceil(ceil(N / world) / bs), as DistributedSampler + DataLoader give;
+        a fractional final epoch runs only its share of them."""
+        full = math.ceil(math.ceil(num_images / world_size) / self.data_phase(epoch).batch_size)
+        remaining = self.total_epochs - epoch
+        return full if remaining >= 1 else max(1, math.ceil(remaining * full))
+
+    def plan(self, num_images: int, world_size: int = 1) -> list[EpochPlan]:
+        rows = []
+        for epoch in range(self.num_epochs):
+            ph = self.data_phase(epoch)
+            full = math.ceil(math.ceil(num_images / world_size) / ph.batch_size)
+            iters = self.iters_per_epoch(epoch, num_images, world_size)
+            rows.append(EpochPlan(
+                epoch=epoch, size=ph.size, batch_size=ph.batch_size, iters=iters,
+                lr_first=self.lr(epoch, 0, full), lr_last=self.lr(epoch, iters - 1, full),
+                min_scale=ph.min_scale, rect_val=ph.rect_val,
+                train_dir=ph.train_dir, val_dir=ph.val_dir))
+        return rows
+
+
+def _last_started(phases: Sequence[Any], epoch: float) -> Any:
+    current = phases[0]
+    for p in phases:
+        if p.start <= epoch:
+            current = p
+    return current
+
+
+def lr_at(phases: Sequence[LrPhase], epoch: int, batch_num: int, batch_tot: int) -> float:
+    """imagenet18's arithmetic, kept operation for operation so values match its logs to the bit."""
+    ph = _last_started(phases, epoch)
+    if ph.end is None:
+        return ph.lr_start
+    if epoch >= ph.end:  # between a ramp's end and the next phase: hold the end value
+        return ph.lr_end
+    if ph.epoch_step:
+        batch_num = 0
+    step_tot = (ph.end - ph.start) * batch_tot
+    step_curr = (epoch - ph.start) * batch_tot + batch_num
+    step_size = (ph.lr_end - ph.lr_start) / step_tot
+    return ph.lr_start + step_curr * step_size
+
+
+# ---------------------------------------------------------------------------------------- parsing
+
+def load_phases(source: str | Sequence[dict]) -> list[dict]:
+    """Turn a --phases argument (literal/JSON/YAML text, a file path, or a list) into a list of dicts."""
+    if not isinstance(source, str):
+        data: Any = source
+    else:
+        text = source
+        if os.path.isfile(source):
+            with open(source, encoding="utf-8") as f:
+                text = f.read()
+        data = _parse_text(text)
+        if isinstance(data, dict) and "phases" in data:  # a config file holding a phases list
+            data = data["phases"]
+    if not isinstance(data, (list, tuple)) or not data:
+        raise PhaseError("phases: expected a non-empty list of dicts")
+    return [_to_lists(p) for p in data]
+
+
+def _parse_text(text: str) -> Any:
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        tree = None
+    if tree is not None:  # Python but not a literal: a call or attribute is code, refuse it outright
+        code = next((n for n in ast.walk(tree) if isinstance(n, (ast.Call, ast.Attribute, ast.Lambda))), None)
+        if code is not None:
+            raise PhaseError(f"phases: not a literal (found {ast.unparse(code)[:60]!r}); "
+                             "only literals are accepted and nothing is evaluated")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise PhaseError("phases: not a Python literal, JSON or YAML list of dicts "
+                         "(only literals are accepted; nothing is evaluated)") from None
+
+
+def _to_lists(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_to_lists(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_lists(v) for k, v in value.items()}
+    return value
+
+
+def parse_schedule(source: str | Sequence[dict]) -> Schedule:
+    """Parse and validate; raises PhaseError with a one-line message on the first problem."""
+    raw = load_phases(source)
+    data: list[DataPhase] = []
+    lrs: list[LrPhase] = []
+    for i, p in enumerate(raw):
+        err = _reporter(i)
+        if not isinstance(p, dict):
+            raise PhaseError(f"phase {i}: expected a dict, got {type(p).__name__}")
+        for k in p:
+            if k not in KEYS:
+                raise PhaseError(f"phase {i}: unknown key {k!r} (allowed: {', '.join(KEYS)})")
+        if "ep" not in p:
+            raise err("ep", "missing")
+        start, end = _epochs(p["ep"], err)
+        if "bs" not in p and "lr" not in p:
+            raise err("bs", "a phase needs 'bs' (data phase) or 'lr' (lr phase)")
+        if "bs" in p:
+            data.append(_data_phase(p, start, data, err))
+        elif any(k in p for k in ("sz", "trndir", "valdir", "min_scale", "rect_val", "keep_dl")):
+            bad = next(k for k in ("sz", "trndir", "valdir", "min_scale", "rect_val", "keep_dl") if k in p)
+            raise err(bad, "only a data phase (one with 'bs') may set it")
+        if "lr" in p:
+            lrs.append(_lr_phase(p, start, end, lrs, err))
+        elif "epoch_step" in p:
+            raise err("epoch_step", "only an lr phase may set it")
+    if not data:
+        raise PhaseError("phases: no data phase (a dict with 'bs' and 'sz')")
+    if not lrs:
+        raise PhaseError("phases: no lr phase (a dict with 'lr')")
+    if lrs[0].start != 0:
+        raise PhaseError(f"phases: lr does not cover epoch 0 (first lr phase starts at {lrs[0].start})")
+    if lrs[-1].end is None:
+        raise PhaseError(f"phase {raw.index(next(p for p in reversed(raw) if 'lr' in p))}: key 'ep': "
+                         "the last lr phase needs an end epoch [start, end]: it sets the run's length")
+    return Schedule(tuple(data), tuple(lrs), tuple(raw))
+
+
+def _reporter(i: int):
+    return lambda key, msg: PhaseError(f"phase {i}: key {key!r}: {msg}")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _epochs(ep: Any, err) -> tuple[float, float | None]:
+    if _number(ep):
+        start, end = ep, None
+    elif isinstance(ep, list) and len(ep) == 2 and all(_number(e) for e in ep):
+        start, end = ep
+        if end <= start:
+            raise err("ep", f"end epoch {end} must be after start {start}")
+    else:
+        raise err("ep", f"expected a number or [start, end], got {ep!r}")
+    if start < 0:
+        raise err("ep", f"negative epoch {start}")
+    return start, end
+
+
+def _data_phase(p: dict, start: float, prev: list[DataPhase], err) -> DataPhase:
+    if start != int(start):
+        raise err("ep", f"a data phase starts at a whole epoch, got {start}")
+    start = int(start)
+    if not prev and start != 0:
+        raise err("ep", f"the first data phase must start at epoch 0, got {start}")
+    if prev and start <= prev[-1].start:
+        raise err("ep", f"epochs not increasing: data phase at {start} after one at {prev[-1].start}")
+    bs = p["bs"]
+    if not isinstance(bs, int) or isinstance(bs, bool) or bs <= 0:
+        raise err("bs", f"expected a positive integer, got {bs!r}")
+    if p.get("keep_dl", False):
+        if not prev:
+            raise err("keep_dl", "the first data phase has no loader to keep")
+        # imagenet18's own schedules repeat the unchanged 'sz' in keep_dl phases: accept that
+        extra = [k for k in ("sz", "trndir", "valdir", "min_scale", "rect_val") if k in p
+                 and not (k == "sz" and p["sz"] == prev[-1].size)]
+        if extra:
+            raise err(extra[0], "a keep_dl phase changes only the batch size")
+        return DataPhase(**{**prev[-1].__dict__, "start": start, "batch_size": bs, "keep_dl": True})
+    if "sz" not in p:
+        raise err("sz", "missing (a data phase needs 'sz' and 'bs')")
+    sz = p["sz"]
+    if not isinstance(sz, int) or isinstance(sz, bool) or sz <= 0:
+        raise err("sz", f"expected a positive integer, got {sz!r}")
+    min_scale = p.get("min_scale", DEFAULT_MIN_SCALE)
+    if not _number(min_scale) or not 0 < min_scale <= 1:
+        raise err("min_scale", f"expected a number in (0, 1], got {min_scale!r}")
+    for key in ("rect_val", "keep_dl"):
+        if not isinstance(p.get(key, False), bool):
+            raise err(key, f"expected true or false, got {p[key]!r}")
+    trndir = p.get("trndir", "")
+    valdir = p.get("valdir", trndir)
+    for key, v in (("trndir", trndir), ("valdir", valdir)):
+        if not isinstance(v, str):
+            raise err(key, f"expected a string, got {v!r}")
+    return DataPhase(start=start, size=sz, batch_size=bs, train_dir=trndir, val_dir=valdir,
+                     min_scale=float(min_scale), rect_val=p.get("rect_val", False), keep_dl=False)
+
+
+def _lr_phase(p: dict, start: float, end: float | None, prev: list[LrPhase], err) -> LrPhase:
+    lr = p["lr"]
+    if _number(lr):
+        lr_start, lr_end = lr, None
+    elif isinstance(lr, list) and len(lr) == 2 and all(_number(v) for v in lr):
+        lr_start, lr_end = lr
+        if end is None:
+            raise err("lr", "a linear lr [start, end] needs an end epoch: 'ep': [start, end]")
+    else:
+        raise err("lr", f"expected a number or [start, end], got {lr!r}")
+    if min(lr_start, lr_end if lr_end is not None else lr_start) < 0:
+        raise err("lr", f"negative learning rate {lr!r}")
+    if prev:
+        last = prev[-1]
+        if start <= last.start or (last.end is not None and start < last.end):
+            span = f"{last.start}..{last.end}" if last.end is not None else f"{last.start}"
+            raise err("ep", f"epochs not increasing: lr phase at {start} overlaps the one at {span}")
+    epoch_step = p.get("epoch_step", False)
+    if not isinstance(epoch_step, bool):
+        raise err("epoch_step", f"expected true or false, got {epoch_step!r}")
+    if lr_end is None and end is not None:  # a constant lr over [start, end)
+        lr_end = lr_start
+    return LrPhase(start=start, end=end, lr_start=lr_start, lr_end=lr_end, epoch_step=epoch_step)
+
+
+def describe(schedule: Schedule, num_images: int, world_size: int = 1) -> Iterable[dict]:
+    """The --dry-run rows as plain dicts."""
+    for row in schedule.plan(num_images, world_size):
+        yield dict(row.__dict__)

@@ -1,0 +1,197 @@
+"""The imagenet18 recipe: ResNet-50 (or any torchvision model), progressive resizing, DDP.
+
+Builds the model, optimizer, loaders and checkpointing, restores a checkpoint when resuming
+(also on its own after an elastic restart), and hands everything to the shared loop.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from training import checkpoint, dist, loop
+from training.config import Config, ConfigError, dump, to_dict
+from training.data import DataError, LoaderSpec, PhaseLoaders, get_backend
+from training.logs import RunLogger
+from training.models import resnet
+from training.optim import sgd
+from training.phases import Schedule, parse_schedule
+
+
+def check_logdir(logdir: str) -> None:
+    """Fail before any training if the run's files cannot be written."""
+    try:
+        Path(logdir).mkdir(parents=True, exist_ok=True)
+        probe = Path(logdir) / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"logdir {logdir} is not writable ({e.strerror})") from None
+
+
+def check_data_root(root: str, schedule: Schedule, loader: str) -> None:
+    if loader == "synthetic":
+        return
+    if not root:
+        raise DataError("no DATA dir given (positional DATA or data.dir=...)")
+    for ph in schedule.data_phases:
+        for d in (root + ph.train_dir + "/train", root + ph.val_dir + "/validation"):
+            if not os.path.isdir(d):
+                raise DataError(f"data dir {d} does not exist (phase at epoch {ph.start})")
+
+
+def find_resume(cfg: Config) -> str:
+    """'auto' (or an elastic restart with no --resume): the latest good checkpoint in the logdir."""
+    resume = cfg.train.resume
+    if not resume and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        resume = "auto"
+    return resume
+
+
+def load_resume(resume: str, cfg: Config, info: dist.DistInfo) -> dict | None:
+    """Rank 0 reads the checkpoint and sends it to the others, so ranks on other nodes need no
+    shared filesystem; everyone gets the same state or the same error."""
+    ckpt, error = None, None
+    if info.is_main and resume:
+        try:
+            if resume == "auto":
+                found = checkpoint.latest_good(cfg.train.logdir)
+                ckpt = found[1] if found else None
+                if found:
+                    print(f"resuming from {found[0]}", file=sys.stderr)
+            else:
+                ckpt = checkpoint.load(resume)
+            if ckpt is not None and ckpt["arch"] != cfg.model.arch:
+                raise checkpoint.CheckpointError(
+                    f"checkpoint is for arch {ckpt['arch']!r}, this run is {cfg.model.arch!r}")
+        except checkpoint.CheckpointError as e:
+            error = str(e)
+    ckpt, error = dist.broadcast_object((ckpt, error))
+    if error:
+        raise checkpoint.CheckpointError(error)
+    return ckpt
+
+
+def build_loaders(cfg: Config, schedule: Schedule, info: dist.DistInfo) -> PhaseLoaders:
+    on_gpu = info.device.type == "cuda"
+    amp = loop.AMP_DTYPES.get(cfg.train.precision) if on_gpu else None
+    spec = LoaderSpec(root=cfg.data.dir, phase=schedule.data_phases[0], rank=info.rank,
+                      world_size=info.world_size, device=info.device, workers=cfg.data.workers,
+                      seed=cfg.train.seed, dtype=amp or torch.float32,
+                      channels_last=on_gpu and cfg.train.channels_last, bad_images=cfg.data.bad_images,
+                      synthetic_images=cfg.data.synthetic_images, synthetic_classes=cfg.data.synthetic_classes)
+    backend = get_backend(cfg.data.loader, log=lambda m: print(m, file=sys.stderr) if info.is_main else None)
+    return PhaseLoaders(backend, spec, schedule.data_phases)
+
+
+def run_metadata(cfg: Config, info: dist.DistInfo) -> dict:
+    gpu = torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else "cpu"
+    return {"torch": torch.__version__, "arch": cfg.model.arch, "gpu": gpu,
+            "gpu_count": info.world_size if info.device.type == "cuda" else 0,
+            "world_size": info.world_size, "precision": cfg.train.precision, "phases": cfg.phases,
+            "host": platform.node(), "command": " ".join(sys.argv)}
+
+
+def main(cfg: Config) -> int:
+    schedule = parse_schedule(cfg.phases)
+    check_data_root(cfg.data.dir, schedule, cfg.data.loader)
+    info = dist.setup(cfg.train.device, cfg.train.dist_timeout_s)
+    try:
+        if info.is_main:
+            check_logdir(cfg.train.logdir)
+        return _train(cfg, schedule, info)
+    finally:
+        dist.teardown()
+
+
+def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo) -> int:
+    ckpt = load_resume(find_resume(cfg), cfg, info)
+    start_epoch = ckpt["epoch"] if ckpt else 0
+    if ckpt:
+        # The run goes on with the schedule it started with, so lr, size and batch stay consistent.
+        schedule = parse_schedule(ckpt["config"]["phases"])
+    loaders = build_loaders(cfg, schedule, info)
+    train_loader, _ = loaders.for_epoch(min(start_epoch, schedule.num_epochs - 1))
+    num_classes = cfg.model.num_classes or len(train_loader.classes)
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    model = resnet.build(cfg.model.arch, num_classes, cfg.model.init_bn0).to(info.device)
+    if info.device.type == "cuda" and cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = sgd(model, cfg.optim, info.device)
+    scaler = torch.amp.GradScaler(info.device.type) if cfg.train.precision == "fp16" else None
+    if ckpt:
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise checkpoint.CheckpointError(f"checkpoint does not fit {cfg.model.arch} with "
+                                             f"{num_classes} classes: {str(e).splitlines()[0]}") from None
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        checkpoint.set_rng_state(ckpt["rng"])
+
+    forward_model: nn.Module = model
+    if info.distributed:
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        forward_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.train.compile:
+        forward_model = torch.compile(forward_model)
+
+    state = loop.TrainState(forward_model, model, optimizer, scaler, schedule,
+                            epoch=start_epoch, step=ckpt["step"] if ckpt else 0)
+    logger = RunLogger(cfg.train.logdir, info.is_main, start_time=ckpt.get("start_time") if ckpt else None,
+                       purge_step=state.step if ckpt else None)
+    if info.is_main:
+        (Path(cfg.train.logdir) / "config.yaml").write_text(dump(cfg))
+        if not ckpt:
+            logger.metadata(run_metadata(cfg, info))
+    ctx = loop.RunContext(dist=info, logger=logger, num_train=train_loader.num_images,
+                          precision=cfg.train.precision, seed=cfg.train.seed,
+                          short_epoch_steps=cfg.train.short_epoch_steps if cfg.train.short_epoch else 0,
+                          max_epochs=cfg.train.max_epochs, nonfinite=cfg.train.nonfinite,
+                          print_freq=cfg.train.print_freq, profile=cfg.train.profile)
+    try:
+        if cfg.train.evaluate:
+            _, val = loaders.for_epoch(max(start_epoch - 1, 0))
+            res = loop.evaluate(model, val, info.device, cfg.train.precision)
+            if info.is_main:
+                print(json.dumps({"epoch": start_epoch, "top1": res.top1, "top5": res.top5,
+                                  "loss": res.loss, "images": res.count}))
+            return 0
+        hooks = loop.Hooks(
+            loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
+            after_epoch=lambda s: _save(s, cfg, info, logger),
+        )
+        loop.run(state, loaders, hooks, ctx)
+        return 0
+    finally:
+        loaders.close()
+        logger.close()
+
+
+def _save(state: loop.TrainState, cfg: Config, info: dist.DistInfo, logger: RunLogger) -> None:
+    """Rank 0 writes; the others wait, so nobody runs ahead of a checkpoint that may fail."""
+    if info.is_main:
+        t0 = time.time()
+        payload = {
+            "model": state.raw_model.state_dict(), "optimizer": state.optimizer.state_dict(),
+            "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+            "epoch": state.epoch, "step": state.step, "rng": checkpoint.rng_state(),
+            "config": to_dict(cfg) | {"phases": list(state.schedule.raw)},
+            "arch": cfg.model.arch, "start_time": logger.start_time,
+        }
+        try:
+            checkpoint.save(payload, cfg.train.logdir, state.epoch, cfg.train.keep_checkpoints)
+            logger.scalar("times/checkpoint_sec", time.time() - t0, state.step)
+        except OSError as e:
+            # A full disk must not kill a long run: the previous checkpoint is intact; say so loudly.
+            print(f"error: checkpoint after epoch {state.epoch} not written ({e.strerror or e}); "
+                  "the previous checkpoint is kept, training continues", file=sys.stderr)
+    dist.barrier()
