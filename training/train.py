@@ -74,7 +74,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def resolve(argv: list[str]) -> tuple[argparse.Namespace, C.Config]:
-    args = make_parser().parse_args(argv)
+    args = make_parser().parse_intermixed_args(argv)
     overrides: list[tuple[list[str], object]] = []
     defaults = C.Config()
     data_dirs = [a for a in args.args if not OVERRIDE.match(a)]

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The main job: install, fetch CIFAR-10, train it on the GPU if there is one, else on the CPU.
+#   bash launch/cifar10.sh [extra train.py args, e.g. --runs 5 or train.seed=3]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install --quiet --disable-pip-version-check -r requirements.txt
+DATA=${DATA:-data}
+SHARED=${SHARED_DIR:-../shared}
+if [ ! -d "$DATA/cifar-10-batches-py" ] && [ -f "$SHARED/datasets/cifar10/materialize.py" ]; then
+  python3 "$SHARED/datasets/cifar10/materialize.py" "$DATA"  # offline copy of the real data set
+fi
+if python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  CONFIG=configs/cifar10.yaml
+else
+  echo "no CUDA device: using the CPU configuration (configs/cifar10_cpu.yaml)" >&2
+  CONFIG=configs/cifar10_cpu.yaml
+fi
+exec python3 training/train.py --config "$CONFIG" --data "$DATA" "$@"

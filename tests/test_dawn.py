@@ -1,0 +1,275 @@
+"""DAWNBench exporter: the real imagenet18 run, generated runs (resume, purge, tensor scalars, run
+metadata, --ignore-eval arithmetic, targets) and the one-line errors with exit status 2."""
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURE_EVENTS, REPO
+from dawn.events import EventsError, load_run, load_scalars, run_metadata
+
+EXPORTER = "dawn/prepare_dawn_tsv.py"
+ACC = ("losses/test_1", "losses/test_5", "times/eval_sec", "epoch")
+
+
+def export(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, EXPORTER, *args], cwd=REPO, capture_output=True, text=True)
+
+
+def tsv_rows(text: str) -> list[list[str]]:
+    rows = list(csv.reader(io.StringIO(text), delimiter="\t"))
+    assert rows[0] == ["epoch", "hours", "top1Accuracy", "top5Accuracy"]
+    return rows[1:]
+
+
+def write_run(logdir: Path, evals, first: float | None = 1000.0, purge_step: int | None = None,
+              extra=()) -> Path:
+    """One SummaryWriter file: `first` at wall time ``first`` (unless None), then for each
+    (step, wall, top1, top5, eval_sec, epoch) the four evaluation tags at that wall time; ``extra``
+    is (tag, value, step) logged after. Returns the new event file."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    before = set(logdir.glob("events.out.tfevents.*")) if logdir.exists() else set()
+    w = SummaryWriter(str(logdir), purge_step=purge_step)
+    if first is not None:
+        w.add_scalar("first", first, 0, walltime=first)
+    for step, wall, top1, top5, eval_sec, epoch in evals:
+        for tag, v in zip(ACC, (top1, top5, eval_sec, epoch)):
+            w.add_scalar(tag, v, step, walltime=wall)
+    for tag, v, step in extra:
+        w.add_scalar(tag, v, step, walltime=1000.0)
+    w.close()
+    (new,) = set(logdir.glob("events.out.tfevents.*")) - before
+    return new
+
+
+# ------------------------------------------------------------------------------- the real run
+
+def test_fixture_tsv_matches_submitted_entry():
+    r = export("--events_path", str(FIXTURE_EVENTS))
+    assert r.returncode == 0, r.stderr
+    rows = tsv_rows(r.stdout)
+    submitted = tsv_rows((FIXTURE_EVENTS / "dawnbench_entry.tsv").read_text())
+    assert len(rows) == 36
+    assert [x[0] for x in rows] == [str(i) for i in range(36)]
+    assert [(x[2], x[3]) for x in rows] == [(x[2], x[3]) for x in submitted]
+    assert rows[-1][1] == "0.44029"
+    assert rows[29][1] == "0.32206"  # hours from `first`, 26 s more than the submitted (from train start)
+    (summary,) = r.stderr.strip().splitlines()
+    assert "epoch 29" in summary and "0.32206" in summary and "93%" in summary
+
+
+def test_fixture_json_entry(tmp_path):
+    out = tmp_path / "entry.json"
+    r = export("--events_path", str(FIXTURE_EVENTS), "--format", "json", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == ""
+    entry = json.loads(out.read_text())
+    assert entry["framework"] == f"PyTorch {importlib.metadata.version('torch')}"
+    assert entry["misc"]["frameworkSource"].startswith("current environment")
+    assert entry["model"] == "unknown" and entry["hardware"] == "unknown"
+    assert entry["timestamp"] == "2018-09-05"
+    assert entry["misc"]["timeToTarget"] == {"top5Accuracy": 93.0, "reached": True, "epoch": 29,
+                                             "hours": 0.32206, "evalTimeExcluded": False}
+    assert entry["misc"]["worldSize"] == 64
+    # The data phases rebuilt from the logged sizes are those of the run's --phases argument.
+    from training.phases import parse_schedule
+
+    phases = parse_schedule((FIXTURE_EVENTS / "phases.txt").read_text()).data_phases
+    assert [(d["fromEpoch"], d["size"], d["batchSize"]) for d in entry["misc"]["schedule"]["data"]] \
+        == [(p.start, p.size, p.batch_size) for p in phases]
+
+
+def test_fixture_every_scalar_kept():
+    scalars = load_scalars(FIXTURE_EVENTS)
+    assert len(scalars) == 24
+    assert {t: len(scalars[t]) for t in ("sizes/lr", "losses/xent", "losses/test_5", "first")} == \
+        {"sizes/lr": 3407, "losses/xent": 865, "losses/test_5": 36, "first": 1}
+    for series in scalars.values():
+        steps = [s.step for s in series]
+        assert steps == sorted(steps)
+
+
+def test_fixture_ignore_eval_and_stop_at_target():
+    r = export("--events_path", str(FIXTURE_EVENTS), "--ignore-eval", "--stop-at-target")
+    assert r.returncode == 0, r.stderr
+    rows = tsv_rows(r.stdout)
+    assert len(rows) == 30 and rows[-1][3] == "93.012"
+    # 0.32206 h minus the 30 evaluations' cumulative times/eval_sec (95.5 s) = 0.29410 h
+    assert rows[-1][1] == "0.29410"
+
+
+# ---------------------------------------------------------------------------- generated runs
+
+def test_ignore_eval_subtracts_cumulative_eval_time_including_the_row(tmp_path):
+    write_run(tmp_path, [(100, 1000 + 3600, 10.0, 20.0, 360.0, 0),
+                         (200, 1000 + 7200, 30.0, 40.0, 720.0, 1)])
+    assert [x[1] for x in tsv_rows(export("--events_path", str(tmp_path)).stdout)] == \
+        ["1.00000", "2.00000"]
+    r = export("--events_path", str(tmp_path), "--ignore-eval")
+    # row 0: 3600 - 360 s; row 1: 7200 - (360 + 720) s
+    assert [x[1] for x in tsv_rows(r.stdout)] == ["0.90000", "1.70000"]
+
+
+def test_resumed_run_later_file_wins(tmp_path):
+    crashed = write_run(tmp_path, [(100, 1360, 10.0, 20.0, 1.0, 0), (200, 1720, 30.0, 50.0, 1.0, 1)])
+    resumed = write_run(tmp_path, [(200, 2080, 31.0, 60.0, 1.0, 1), (300, 2440, 40.0, 70.0, 1.0, 2)],
+                        first=None)
+    # Names sorting against creation order: files must be ordered by wall time, not by name.
+    crashed = crashed.rename(tmp_path / "events.out.tfevents.9999999999.z")
+    resumed = resumed.rename(tmp_path / "events.out.tfevents.0000000001.a")
+    run = load_run(tmp_path)
+    assert run.files == (crashed, resumed)
+    assert [(s.step, s.value) for s in run.scalars["losses/test_5"]] == [(100, 20.0), (200, 60.0),
+                                                                         (300, 70.0)]
+    rows = tsv_rows(export("--events_path", str(tmp_path)).stdout)
+    assert rows == [["0", "0.10000", "10.000", "20.000"], ["1", "0.30000", "31.000", "60.000"],
+                    ["2", "0.40000", "40.000", "70.000"]]
+
+
+def test_purge_step_drops_the_crashed_attempts_tail(tmp_path):
+    write_run(tmp_path, [(100, 1360, 10.0, 20.0, 1.0, 0), (200, 1720, 30.0, 50.0, 1.0, 1),
+                         (300, 2080, 35.0, 55.0, 1.0, 2)])
+    write_run(tmp_path, [(200, 2800, 31.0, 60.0, 1.0, 1)], first=None, purge_step=200)
+    steps = [(s.step, s.value) for s in load_scalars(tmp_path)["losses/test_5"]]
+    assert steps == [(100, 20.0), (200, 60.0)]
+
+
+def test_tensor_scalars_and_run_metadata_text(tmp_path):
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.util.tensor_util import make_tensor_proto
+    from torch.utils.tensorboard import SummaryWriter
+
+    phases = [{"ep": 0, "sz": 128, "bs": 256}, {"ep": [0, 2], "lr": [1.0, 2.0]},
+              {"ep": 2, "sz": 224, "bs": 128}, {"ep": [2, 4], "lr": [2.0, 0.1]}]
+    meta = {"torch": "9.9.9", "arch": "resnet50", "gpu": "NVIDIA H100", "gpu_count": 8,
+            "world_size": 8, "phases": phases, "command": "train.py --arch resnet50"}
+    w = SummaryWriter(str(tmp_path))
+    w.add_text("run/metadata", json.dumps(meta), 0)  # as training/logs.py does
+    scalars_plugin = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"))
+    seen = set()
+    # TF2-style tensor scalars: plugin metadata only on each tag's first value.
+    for tag, value, step, wall in [("first", 0.0, 0, 1000.0), ("losses/test_1", 50.0, 10, 1360.0),
+                                   ("losses/test_5", 80.0, 10, 1360.0),
+                                   ("losses/test_1", 70.0, 20, 1720.0),
+                                   ("losses/test_5", 93.5, 20, 1720.0)]:
+        v = Summary.Value(tag=tag, tensor=make_tensor_proto(np.float32(value)))
+        if tag not in seen:
+            v.metadata.CopyFrom(scalars_plugin)
+            seen.add(tag)
+        w.file_writer.add_summary(Summary(value=[v]), step, wall)
+    w.close()
+
+    run = load_run(tmp_path)
+    assert [(s.step, s.value) for s in run.scalars["losses/test_5"]] == [(10, 80.0), (20, 93.5)]
+    assert run_metadata(run) == meta
+    r = export("--events_path", str(tmp_path), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    entry = json.loads(r.stdout)
+    assert entry["framework"] == "PyTorch 9.9.9"
+    assert entry["misc"]["frameworkSource"].startswith("run metadata")
+    assert entry["model"] == "resnet50"
+    assert entry["hardware"] == "8 x NVIDIA H100"
+    assert entry["timestamp"] == "1970-01-01"
+    assert entry["misc"]["worldSize"] == 8 and entry["misc"]["command"] == meta["command"]
+    sched = entry["misc"]["schedule"]
+    assert sched["source"] == "run metadata phases" and sched["epochs"] == 4
+    assert [(d["fromEpoch"], d["size"], d["batchSize"]) for d in sched["data"]] == \
+        [(0, 128, 256), (2, 224, 128)]
+    assert sched["lr"] == [{"epochs": [0, 2], "lr": [1.0, 2.0]}, {"epochs": [2, 4], "lr": [2.0, 0.1]}]
+    assert entry["misc"]["timeToTarget"] == {"top5Accuracy": 93.0, "reached": True, "epoch": 1,
+                                             "hours": 0.2, "evalTimeExcluded": False}
+
+
+def test_never_reaches_target(tmp_path):
+    write_run(tmp_path, [(100, 1360, 10.0, 80.0, 1.0, 0), (200, 1720, 30.0, 92.9, 1.0, 1)])
+    r = export("--events_path", str(tmp_path), "--stop-at-target")
+    assert r.returncode == 0
+    assert len(tsv_rows(r.stdout)) == 2
+    (summary,) = r.stderr.strip().splitlines()
+    assert "never reached 93%" in summary and "92.900" in summary
+
+
+def test_stop_at_target_counts_the_value_as_written(tmp_path):
+    # 92.9996 is written as 93.000, and DAWNBench reads the TSV: it reaches 93.
+    write_run(tmp_path, [(100, 1360, 10.0, 80.0, 1.0, 0), (200, 1720, 30.0, 92.9996, 1.0, 1),
+                         (300, 2080, 35.0, 94.0, 1.0, 2)])
+    r = export("--events_path", str(tmp_path), "--stop-at-target")
+    assert [x[3] for x in tsv_rows(r.stdout)] == ["80.000", "93.000"]
+    assert "epoch 1 after 0.20000 h" in r.stderr
+    r = export("--events_path", str(tmp_path), "--target-top5", "50")
+    assert len(tsv_rows(r.stdout)) == 3 and "reached 50% at epoch 0" in r.stderr
+
+
+def test_empty_file_in_a_run_dir_is_skipped(tmp_path):
+    write_run(tmp_path, [(100, 1360, 10.0, 20.0, 1.0, 0)])
+    (tmp_path / "events.out.tfevents.2000000000.crashed").write_bytes(b"")
+    r = export("--events_path", str(tmp_path))
+    assert r.returncode == 0 and len(tsv_rows(r.stdout)) == 1
+    assert "skipped empty event file" in r.stderr
+
+
+def test_out_is_written_whole_and_kept_on_error(tmp_path):
+    run = tmp_path / "run"
+    write_run(run, [(100, 1360, 10.0, 20.0, 1.0, 0), (200, 1720, 30.0, 50.0, 1.0, 1)])
+    out = tmp_path / "dawn.tsv"
+    assert export("--events_path", str(run), "--out", str(out)).returncode == 0
+    assert len(tsv_rows(out.read_text())) == 2
+    assert export("--events_path", str(tmp_path / "missing"), "--out", str(out)).returncode == 2
+    assert len(tsv_rows(out.read_text())) == 2  # the previous output is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dawn.tsv", "run"]  # no temp files left
+
+
+# ------------------------------------------------------------------------------------ errors
+
+def _no_accuracy(d: Path) -> Path:
+    write_run(d, [], extra=[("losses/xent", 1.0, 10)])
+    return d
+
+
+def _empty_file(d: Path) -> Path:
+    (d / "events.out.tfevents.1.host").write_bytes(b"")
+    return d / "events.out.tfevents.1.host"
+
+
+def _nested(d: Path) -> Path:
+    write_run(d / "run1", [(100, 1360, 10.0, 20.0, 1.0, 0)])
+    return d
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing", "no such file or directory"),
+    (lambda d: d, "no event files"),
+    (_empty_file, "empty event file"),
+    (lambda d: _empty_file(d).parent, "only empty event files"),
+    (_no_accuracy, "no accuracy tags"),
+    (_nested, "in subdirectories"),
+])
+def test_errors_are_one_line_exit_2(tmp_path, make, message):
+    r = export("--events_path", str(make(tmp_path)))
+    assert r.returncode == 2
+    assert r.stdout == ""
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("prepare_dawn_tsv.py: error: ") and message in line
+
+
+def test_missing_start_tag_and_another_start_tag(tmp_path):
+    write_run(tmp_path, [(100, 1360, 10.0, 20.0, 1.0, 0)], first=None, extra=[("start", 0.0, 0)])
+    r = export("--events_path", str(tmp_path))
+    assert r.returncode == 2 and "no start tag 'first'" in r.stderr
+    r = export("--events_path", str(tmp_path), "--start-tag", "start")
+    assert r.returncode == 0 and tsv_rows(r.stdout)[0][1] == "0.10000"
+
+
+def test_library_errors_are_value_errors(tmp_path):
+    assert issubclass(EventsError, ValueError)
+    with pytest.raises(EventsError, match="no event files"):
+        load_scalars(tmp_path)

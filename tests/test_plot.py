@@ -1,0 +1,75 @@
+"""Plots: accuracy curves of runs (CLI) and the phase-schedule figure; both must be valid PNGs."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURE_EVENTS, REPO
+from dawn.events import EventsError
+from dawn.plot import plot_runs, plot_schedule
+from training.phases import parse_schedule
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path: Path) -> None:
+    from matplotlib.image import imread
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    h, w, channels = imread(path).shape
+    assert h > 100 and w > 100 and channels in (3, 4)
+
+
+def small_run(logdir: Path, top5s: list[float]) -> Path:
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(logdir))
+    w.add_scalar("first", 0.0, 0, walltime=1000.0)
+    for i, top5 in enumerate(top5s):
+        wall = 1000.0 + 600 * (i + 1)
+        for tag, v in (("losses/test_1", top5 - 20), ("losses/test_5", top5), ("times/eval_sec", 5.0)):
+            w.add_scalar(tag, v, 100 * (i + 1), walltime=wall)
+    w.close()
+    return logdir
+
+
+def test_curves_cli_several_runs(tmp_path):
+    run = small_run(tmp_path / "cpu-run", [40.0, 80.0, 94.0])
+    out = tmp_path / "curves.png"
+    r = subprocess.run([sys.executable, "dawn/plot.py", str(FIXTURE_EVENTS), str(run), "--out", str(out),
+                        "--target-top5", "93"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert_png(out)
+
+
+def test_curves_cli_error_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "dawn/plot.py", str(tmp_path / "missing"), "--out",
+                        str(tmp_path / "x.png")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert "no such file or directory" in line
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_runs_in_process(tmp_path):
+    run = small_run(tmp_path / "never", [40.0, 60.0])
+    out = plot_runs([run], tmp_path / "c.png", target_top5=93, ignore_eval=True)
+    assert_png(out)
+    with pytest.raises(EventsError):
+        plot_runs([tmp_path], tmp_path / "d.png")
+
+
+@pytest.mark.parametrize("phases, world", [
+    ((FIXTURE_EVENTS / "phases.txt").read_text(), 64),
+    # a fractional last epoch, epoch-stepped lr, a tiny dataset (fewer steps than sample points)
+    ([{"ep": 0, "sz": 32, "bs": 8}, {"ep": [0, 2], "lr": [0.1, 0.4], "epoch_step": True},
+      {"ep": 2, "sz": 48, "bs": 4, "min_scale": 0.35}, {"ep": [2, 3.5], "lr": [0.4, 0.0]}], 1),
+])
+def test_plot_schedule(tmp_path, phases, world):
+    out = plot_schedule(parse_schedule(phases), tmp_path / "schedule.png", num_images=1000 if world == 1
+                        else 1_281_167, world_size=world)
+    assert out == tmp_path / "schedule.png"
+    assert_png(out)

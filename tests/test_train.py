@@ -1,0 +1,105 @@
+"""The trainer end to end on CPU: events at the right steps, DDP over gloo, exact resume, bad input."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO, make_jpeg_tree
+
+TINY = ["--config", "configs/tiny_cpu.yaml", "data.workers=0", "train.print_freq=1"]
+
+
+def scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def train(*args: str, nproc: int = 1, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "training/train.py", *args]
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "training/train.py", *args]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    if check and r.returncode != 0:
+        raise AssertionError(f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    # 24 train images (3 classes x 8), 12 validation images, varied sizes and aspect ratios
+    return make_jpeg_tree(tmp_path_factory.mktemp("jpeg") / "data")
+
+
+def final_weights(logdir: Path) -> dict[str, torch.Tensor]:
+    ckpts = sorted((logdir / "checkpoints").glob("epoch_*.pt"))
+    return torch.load(ckpts[-1], weights_only=True)["model"]
+
+
+def test_two_process_gloo_run_logs_one_eval_per_epoch(data, tmp_path):
+    logdir = tmp_path / "run"
+    train(str(data), *TINY, f"train.logdir={logdir}", nproc=2)
+    s = scalars(logdir)
+    # 24 images, 2 ranks: 12 per rank per epoch whatever the batch size, so 24 global images per epoch
+    assert [st for st, _ in s["losses/test_1"]] == [24, 48, 72]
+    assert [v for _, v in s["epoch"]] == [0, 1, 2]
+    assert [v for _, v in s["sizes/image"]] == [32, 32, 48]
+    assert [v for _, v in s["sizes/batch"]] == [8, 16, 8]  # keep_dl at epoch 1, new phase at 2
+    assert all(0 <= v <= 100 for _, v in s["losses/test_5"])
+    assert len(s["first"]) == 1
+    rows = [line for line in (logdir / "train.log").read_text().splitlines() if line.startswith("~~")]
+    assert rows[0] == "~~epoch\thours\ttop1\ttop5" and len(rows) == 4
+    assert (logdir / "config.yaml").exists()
+
+
+def test_resume_matches_uninterrupted_run(data, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(str(data), *TINY, f"train.logdir={full}")
+    train(str(data), *TINY, f"train.logdir={part}", "train.max_epochs=1")
+    assert [p.name for p in sorted((part / "checkpoints").glob("*.pt"))] == ["epoch_0001.pt"]
+    train(str(data), *TINY, f"train.logdir={part}", "--resume", "auto")
+    a, b = final_weights(full), final_weights(part)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the resumed run exports as one run: one `first`, evals at consecutive steps
+    s = scalars(part)
+    assert len(s["first"]) == 1
+    assert [st for st, _ in s["losses/test_1"]] == [st for st, _ in scalars(full)["losses/test_1"]]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["/nonexistent/data"], "data dir /nonexistent/data-"),
+    (["DATA", "optim.momentun=0.9"], "unknown config key 'optim.momentun'"),
+    (["DATA", "optim.momentum=fast"], "config key 'optim.momentum': expected float"),
+    (["DATA", "--arch", "resnet5O"], "unknown --arch 'resnet5O'"),
+])
+def test_bad_input_one_line_exit_2(data, tmp_path, args, message):
+    args = [str(data) if a == "DATA" else a for a in args]
+    r = train(*args, *TINY, f"train.logdir={tmp_path / 'r'}", check=False)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+
+
+def test_checkpoint_from_another_arch_is_refused(data, tmp_path):
+    logdir = tmp_path / "r18"
+    train(str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1")
+    ckpt = next((logdir / "checkpoints").glob("*.pt"))
+    r = train(str(data), *TINY, "--arch", "resnet34", f"train.logdir={tmp_path / 'r34'}",
+              "--resume", str(ckpt), check=False)
+    assert r.returncode == 2 and "checkpoint is for arch 'resnet18'" in r.stderr, r.stderr
+
+
+def test_unwritable_logdir(data, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")  # a logdir beneath a regular file cannot be created, even by root
+    r = train(str(data), *TINY, f"train.logdir={blocker / 'run'}", check=False)
+    assert r.returncode == 2 and "not writable" in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
