@@ -13,13 +13,16 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 if __package__ in (None, ""):  # run as `python dawn/plot.py`: sys.path[0] is dawn/
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dawn.events import EventsError, load_run  # noqa: E402
 from dawn.prepare_dawn_tsv import eval_rows, first_reaching  # noqa: E402
+
+if TYPE_CHECKING:
+    from training.phases import Schedule
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 LR_POINTS_PER_EPOCH = 200  # enough to draw warm-up ramps smoothly without one point per step
@@ -62,7 +65,7 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path, target_top5: float = 
     return out
 
 
-def plot_schedule(schedule, path: str | Path, num_images: int = IMAGENET_TRAIN_IMAGES,
+def plot_schedule(schedule: Schedule, path: str | Path, num_images: int = IMAGENET_TRAIN_IMAGES,
                   world_size: int = 1) -> Path:
     """Three stacked panels against epochs for a ``training.phases.Schedule``: the lr (sampled up
     to LR_POINTS_PER_EPOCH times per epoch, ending on each epoch's last step), the training image

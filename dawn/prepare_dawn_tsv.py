@@ -21,14 +21,13 @@ import importlib.metadata
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python dawn/prepare_dawn_tsv.py`: sys.path[0] is dawn/
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dawn.events import EventsError, Run, Scalar, load_run, run_metadata  # noqa: E402
+from dawn.events import METADATA_TAG, EventsError, Run, Scalar, load_run, run_metadata  # noqa: E402
 
 TOP1, TOP5, EVAL_SEC, EPOCH = "losses/test_1", "losses/test_5", "times/eval_sec", "epoch"
 SIZE, BATCH, WORLD = "sizes/image", "sizes/batch", "sizes/world"
@@ -102,7 +101,7 @@ def dawn_entry(run: Run, rows: list[EvalRow], target_top5: float, ignore_eval: b
     """A DAWNBench ImageNet-training JSON skeleton; what the run did not log is "unknown"."""
     meta = run_metadata(run) or {}
     if "torch" in meta:
-        torch_version, source = meta["torch"], f"run metadata ({run.path})"
+        torch_version, source = meta["torch"], f"run metadata ({METADATA_TAG})"
     else:  # without run metadata the best guess is the torch this exporter runs with
         torch_version = importlib.metadata.version("torch")
         source = "current environment (the run logged no torch version)"
@@ -176,8 +175,8 @@ def _schedule_summary(run: Run, meta: dict, rows: list[EvalRow]) -> dict | str:
                  "size": int(size) if size is not None else UNKNOWN,
                  "batchSize": int(batch) if batch is not None else UNKNOWN}
         if data and data[-1]["fromEpoch"] == phase["fromEpoch"]:
-            data[-1] = phase
-        elif not data or (data[-1]["size"], data[-1]["batchSize"]) != (phase["size"], phase["batchSize"]):
+            data[-1] = phase  # both sizes changed at one epoch, logged at different steps
+        elif not data or data[-1] | {"fromEpoch": phase["fromEpoch"]} != phase:
             data.append(phase)
     return {"source": f"logged scalars {SIZE}, {BATCH}", "epochs": rows[-1].epoch + 1,
             "data": data, "lr": UNKNOWN}
@@ -191,14 +190,12 @@ def _value_at(series: list[Scalar], step: int) -> float | None:
 
 def write_atomic(text: str, out: Path) -> None:
     """Write via a temp file in the same directory and rename, so ``out`` is never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # same filesystem, so the rename is atomic
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

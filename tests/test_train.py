@@ -58,6 +58,13 @@ def test_two_process_gloo_run_logs_one_eval_per_epoch(data, tmp_path):
     rows = [line for line in (logdir / "train.log").read_text().splitlines() if line.startswith("~~")]
     assert rows[0] == "~~epoch\thours\ttop1\ttop5" and len(rows) == 4
     assert (logdir / "config.yaml").exists()
+    # the DAWN exporter reads our run: its hours and accuracies are the `~~` rows'
+    tsv = subprocess.run([sys.executable, "dawn/prepare_dawn_tsv.py", "--events_path", str(logdir)],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
+    ours = [r[2:].split("\t\t") for r in rows[1:]]
+    theirs = [r.split("\t") for r in tsv[1:]]
+    assert [[e, h] for e, h, _, _ in theirs] == [o[0].split("\t") for o in ours]
+    assert [[t1, t5] for _, _, t1, t5 in theirs] == [o[1:] for o in ours]
 
 
 def test_resume_matches_uninterrupted_run(data, tmp_path):
@@ -77,7 +84,7 @@ def test_resume_matches_uninterrupted_run(data, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["/nonexistent/data"], "data dir /nonexistent/data-"),
+    (["/nonexistent/data"], "data dir /nonexistent/data/train does not exist"),
     (["DATA", "optim.momentun=0.9"], "unknown config key 'optim.momentun'"),
     (["DATA", "optim.momentum=fast"], "config key 'optim.momentum': expected float"),
     (["DATA", "--arch", "resnet5O"], "unknown --arch 'resnet5O'"),

@@ -22,6 +22,7 @@ from training.logs import RunLogger
 from training.models import resnet
 from training.optim import sgd
 from training.phases import Schedule, parse_schedule
+from training.profiling import TraceWindow
 
 
 def check_logdir(logdir: str) -> None:
@@ -120,6 +121,8 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo) -> int:
     train_loader, _ = loaders.for_epoch(min(start_epoch, schedule.num_epochs - 1))
     num_classes = cfg.model.num_classes or len(train_loader.classes)
 
+    if info.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # sizes are fixed within a phase: autotune once per shape
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model = resnet.build(cfg.model.arch, num_classes, cfg.model.init_bn0).to(info.device)
     if info.device.type == "cuda" and cfg.train.channels_last:
@@ -147,7 +150,7 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo) -> int:
     state = loop.TrainState(forward_model, model, optimizer, scaler, schedule,
                             epoch=start_epoch, step=ckpt["step"] if ckpt else 0)
     logger = RunLogger(cfg.train.logdir, info.is_main, start_time=ckpt.get("start_time") if ckpt else None,
-                       purge_step=state.step if ckpt else None)
+                       purge_step=state.step + 1 if ckpt else None)  # keep the eval logged at the checkpoint's step
     if info.is_main:
         (Path(cfg.train.logdir) / "config.yaml").write_text(dump(cfg))
         if not ckpt:
@@ -165,11 +168,14 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo) -> int:
                 print(json.dumps({"epoch": start_epoch, "top1": res.top1, "top5": res.top5,
                                   "loss": res.loss, "images": res.count}))
             return 0
+        trace = TraceWindow(cfg.train.profile_trace if info.is_main else "", info.device)
         hooks = loop.Hooks(
             loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
+            after_step=trace.hook,
             after_epoch=lambda s: _save(s, cfg, info, logger),
         )
-        loop.run(state, loaders, hooks, ctx)
+        with trace:
+            loop.run(state, loaders, hooks, ctx)
         return 0
     finally:
         loaders.close()
