@@ -73,3 +73,11 @@ def test_plot_schedule(tmp_path, phases, world):
                         else 1_281_167, world_size=world)
     assert out == tmp_path / "schedule.png"
     assert_png(out)
+
+
+def test_train_cli_plot_schedule(tmp_path):
+    out = tmp_path / "s.png"
+    r = subprocess.run([sys.executable, "training/train.py", "--config", "configs/imagenet18/8x8.yaml",
+                        "--plot-schedule", str(out), "--world-size", "64"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert_png(out)

@@ -62,6 +62,7 @@ class TrainConfig:
     dist_timeout_s: int = 1800  # collective timeout before a hung rank fails the group, seconds
     print_freq: int = 50  # steps between progress lines (and host syncs for the loss)
     profile: bool = False  # per-stage time table each epoch
+    profile_trace: str = ""  # dir: torch.profiler trace of training steps 5-8, for TensorBoard; '' off
     max_epochs: int = 0  # >0: stop after this many epochs (testing, resume drills)
 
 
@@ -70,8 +71,49 @@ class CifarConfig:
     """The single-GPU CIFAR recipe's knobs; each one switchable for ablations."""
 
     dataset: str = "cifar10"  # cifar10 | cifar100
-    runs: int = 1
+    runs: int = 1  # independent runs (seeds train.seed, train.seed + 1, ...)
     results: str = ""  # JSON results file
+    download: bool = True  # try torchvision's download when the data dir holds no data set
+    warmup_runs: int = 1  # untimed runs on random labels first (compile, cudnn autotune); 0: none
+    # network (training/models/cifar.py)
+    widths: list = field(default_factory=lambda: [64, 256, 256])  # channels of the 3 conv groups
+    act: str = "gelu"  # gelu | relu
+    whiten: bool = True  # first conv = patch whitening from the data, frozen (else a trained conv)
+    whiten_kernel: int = 2  # whitening patch side, px (24 output channels at 2)
+    whiten_eps: float = 5e-4  # added to patch-covariance eigenvalues, in (normalised pixel)^2
+    whiten_samples: int = 5000  # training images the patch covariance is estimated from
+    whiten_bias_epochs: float = 3  # epochs the whitening bias trains before it is frozen
+    dirac: bool = True  # identity init of the first in_channels filters of each 3x3 conv
+    bn_frozen_weight: bool = True  # BatchNorm scale fixed at 1 (only the bias trains)
+    bn_momentum: float = 0.6  # weight of the old running stats per step (PyTorch's momentum = 1 - this)
+    bn_eps: float = 1e-12
+    head_scale: float = 0.1111111  # logits multiplier (1/9)
+    head_unit_std: bool = False  # head weight init rescaled to unit std (with Muon, head_scale = 1/width)
+    # optimisation; the phases' lr is a multiplier (peak 1.0) of the lrs below
+    optimizer: str = "sgd"  # sgd (Nesterov SGD for all) | muon (Muon for conv filters, SGD for the rest)
+    lr: float = 11.5  # SGD lr, decoupled: per 1024 examples, normalised by 1 + 1/(1 - momentum)
+    bias_lr_scale: float = 64.0  # x lr for BatchNorm and whitening biases (not their weight decay)
+    head_lr_scale: float = 1.0  # x lr for the linear head
+    momentum: float = 0.85  # SGD momentum (Nesterov)
+    weight_decay: float = 0.0153  # per 1024 examples, decoupled from lr (decay per step = wd*bs/1024/(1+1/(1-m)) * lr multiplier)
+    label_smoothing: float = 0.2
+    muon_lr: float = 0.24  # Muon step, in units of the orthogonalised update (spectral norm ~1)
+    muon_momentum: float = 0.6  # Muon's Nesterov momentum
+    muon_ns_steps: int = 3  # Newton-Schulz iterations
+    lookahead: bool = True  # airbench94's lookahead-EMA of the weights
+    lookahead_start_epoch: float = 3  # first epoch of the EMA
+    lookahead_every: int = 5  # steps between EMA updates (each also copies the EMA into the weights)
+    lookahead_decay: float = 0.95  # per-step EMA decay, raised to the number of steps between updates
+    lookahead_pow: float = 3.0  # decay x (step / total steps) ** pow: weak early, strong at the end
+    # data and augmentation (training/data/cifar.py)
+    flip: str = "alternate"  # alternate | random | none
+    translate: int = 2  # max random shift, px
+    pad_mode: str = "reflect"  # reflect | zeros: the padding the shifted-in border comes from
+    cutout: int = 0  # side of a zeroed square, px; 0: off
+    drop_last: bool = True  # every step the same batch shape
+    eval_batch_size: int = 2000
+    tta_level: int = 2  # 0: plain; 1: + mirror; 2: + mirror x 1-px translations (6 views)
+    eval_every: int = 0  # epochs between evaluations (inside the timed run); 0: only the final TTA one
 
 
 @dataclass
@@ -93,6 +135,10 @@ CHOICES = {
     "train.precision": ("fp32", "fp16", "bf16"),
     "train.nonfinite": ("stop", "skip"),
     "cifar.dataset": ("cifar10", "cifar100"),
+    "cifar.act": ("gelu", "relu"),
+    "cifar.optimizer": ("sgd", "muon"),
+    "cifar.flip": ("alternate", "random", "none"),
+    "cifar.pad_mode": ("reflect", "zeros"),
 }
 
 

@@ -96,9 +96,11 @@ class StageTimer:
         self._t = now
 
     def table(self, epoch: int) -> str:
-        total = sum(self.totals.values()) or 1.0
+        total = sum(self.totals.values())
+        share = total or 1.0
         rows = [f"profile epoch {epoch}: stage        seconds   share"]
-        rows += [f"  {k:<22}{v:>9.3f} {100 * v / total:6.1f}%" for k, v in self.totals.items()]
+        rows += [f"  {k:<22}{v:>9.3f} {100 * v / share:6.1f}%" for k, v in self.totals.items()]
+        rows.append(f"  {'total':<22}{total:>9.3f} {100 * total / share:6.1f}%")
         return "\n".join(rows)
 
 
@@ -122,13 +124,15 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, precision
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # top1, top5, loss, count
+    count = 0  # counted on the host: no copy to the device per batch
     with torch.no_grad(), autocast(device, precision):
         for images, labels in loader:
             logits = model(images).float()
             c1, c5 = topk_correct(logits, labels)
-            sums += torch.stack([c1.double(), c5.double(),
-                                 F.cross_entropy(logits, labels, reduction="sum").double(),
-                                 torch.tensor(float(labels.numel()), dtype=torch.float64, device=device)])
+            sums[:3] += torch.stack([c1.double(), c5.double(),
+                                     F.cross_entropy(logits, labels, reduction="sum").double()])
+            count += labels.shape[0]
+    sums[3] = count
     dist.all_reduce_sum(sums)
     model.train(was_training)
     c1, c5, loss, n = sums.tolist()
@@ -142,14 +146,19 @@ def _step_finite(loss: torch.Tensor) -> bool:
     return dist.all_reduce_sum(bad).item() == 0
 
 
-def train_epoch(state: TrainState, loader: Loader, hooks: Hooks, ctx: RunContext, epoch: int) -> None:
+def train_epoch(state: TrainState, loader: Loader, hooks: Hooks, ctx: RunContext, epoch: int,
+                timer: StageTimer | None = None) -> None:
+    """One epoch's steps. Given a timer (run passes one), its table is left to the caller to extend
+    and print; without one, a profiled epoch prints its own table of the training stages."""
     sched, opt, device = state.schedule, state.optimizer, ctx.dist.device
     full_iters = len(loader)
     iters = sched.iters_per_epoch(epoch, ctx.num_train, ctx.dist.world_size)
     if ctx.short_epoch_steps:
         iters = min(iters, ctx.short_epoch_steps)
     state.model.train()
-    timer = StageTimer(ctx.profile, device)
+    own_timer = timer is None
+    if timer is None:
+        timer = StageTimer(ctx.profile, device)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # device-side NaN watch: no sync
     t_log, images_since_log = time.time(), 0
     for i, (images, labels) in enumerate(loader):
@@ -189,14 +198,17 @@ def train_epoch(state: TrainState, loader: Loader, hooks: Hooks, ctx: RunContext
             ips = images_since_log / max(now - t_log, 1e-9)
             t_log, images_since_log = now, 0
             _log_train(state, ctx, logits, labels, loss, ips, epoch, i, iters)
+    timer.mark("data wait")  # the fetch that ended the loop
     _check_finite(first_bad, epoch)
-    if ctx.profile:
+    if ctx.profile and own_timer:
         ctx.logger.progress(timer.table(epoch))
 
 
 def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
-    bad = int(first_bad.item())
-    if bad >= 0:
+    """All ranks stop together, at the earliest bad step of any rank (one tiny all-reduce)."""
+    never = torch.iinfo(torch.long).max
+    bad = int(dist.all_reduce_min(torch.where(first_bad >= 0, first_bad, never).reshape(1)).item())
+    if bad != never:
         raise NonFiniteLoss(f"non-finite loss at epoch {epoch} step {bad}; stopping "
                             "(the last good checkpoint is kept; train.nonfinite=skip skips such steps)")
 
@@ -238,6 +250,7 @@ def run(state: TrainState, loaders: PhaseSource, hooks: Hooks, ctx: RunContext) 
     if ctx.max_epochs:
         end = min(end, state.epoch + ctx.max_epochs)
     for epoch in range(state.epoch, end):
+        timer = StageTimer(ctx.profile, ctx.dist.device)  # one table per epoch, evaluation and checkpoint included
         # Reseed per epoch (not once per run) so a run resumed at this epoch draws the same numbers.
         torch.manual_seed(ctx.seed * 1_000_003 + epoch)
         train, val = loaders.for_epoch(epoch)
@@ -248,7 +261,7 @@ def run(state: TrainState, loaders: PhaseSource, hooks: Hooks, ctx: RunContext) 
             log.human(f"phase at epoch {epoch}: size {phase.size} batch {phase.batch_size} "
                       f"min_scale {phase.min_scale} rect_val {phase.rect_val} train_dir '{phase.train_dir}'")
             last_phase = phase
-        train_epoch(state, train, hooks, ctx, epoch)
+        train_epoch(state, train, hooks, ctx, epoch, timer)
         state.epoch = epoch + 1
         final = state.epoch == sched.num_epochs
         if final or (hooks.eval_every and state.epoch % hooks.eval_every == 0):
@@ -257,6 +270,10 @@ def run(state: TrainState, loaders: PhaseSource, hooks: Hooks, ctx: RunContext) 
             else:
                 last_eval = evaluate(state.raw_model, val, ctx.dist.device, ctx.precision)
             log.eval(epoch, last_eval.top1, last_eval.top5, last_eval.seconds, state.step)
+            timer.mark("evaluation")
         if hooks.after_epoch is not None:
             hooks.after_epoch(state)
+            timer.mark("checkpoint")
+        if ctx.profile:
+            log.progress(timer.table(epoch))
     return last_eval

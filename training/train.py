@@ -44,6 +44,7 @@ VALUED = {
     "max_epochs": "train.max_epochs", "runs": "cifar.runs", "results": "cifar.results",
     "dataset": "cifar.dataset", "print_freq": "train.print_freq", "nonfinite": "train.nonfinite",
     "dist_timeout": "train.dist_timeout_s", "keep_checkpoints": "train.keep_checkpoints",
+    "profile_trace": "train.profile_trace",
 }
 
 

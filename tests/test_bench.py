@@ -1,0 +1,146 @@
+"""bench throughput / decode on the CPU, the loop's per-stage profile table, the profiler trace."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import REPO
+from training import bench, loop
+from training.dist import DistInfo
+from training.logs import RunLogger
+from training.phases import parse_schedule
+from training.profiling import TraceWindow
+
+
+def test_throughput_cli_cpu_writes_both_paths_ratio_and_memory(tmp_path):
+    out = tmp_path / "tp.json"
+    r = subprocess.run([sys.executable, "-m", "training.bench", "throughput", "--arch", "resnet18", "--sizes", "32",
+                        "--batch-size", "4", "--steps", "2", "--warmup", "1", "--repeats", "1", "--device", "cpu",
+                        "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "ratio ours/reference" in r.stdout
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["arch"] == "resnet18" and doc["meta"]["device_type"] == "cpu"
+    (row,) = doc["results"]
+    assert row["size"] == 32 and row["batch_size"] == 4
+    for name in ("reference", "ours"):
+        p = row[name]
+        assert p["img_s"] > 0 and len(p["img_s_windows"]) == 1 and p["step_ms"] > 0
+        assert p["warmup_s"] > 0 and p["peak_mem_mib"] > 0 and p["memory_kind"].startswith("rss")
+    assert row["ratio"] == pytest.approx(row["ours"]["img_s"] / row["reference"]["img_s"])
+    assert row["ours"]["eval_img_s"] > 0 and row["reference"]["eval_img_s"] is None
+    assert row["reference"]["config"]["host_syncs_per_step"] == 3
+    ours = row["ours"]["config"]
+    assert ours["host_syncs_per_step"] == 0 and ours["optimizer"] == "foreach"
+    assert (ours["precision"], ours["channels_last"], ours["compile_mode"]) == ("fp32", False, "")
+
+
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision >= 0.29 points to TorchCodec
+def test_decode_cli_cpu(tmp_path, capsys):
+    out = tmp_path / "decode.json"
+    assert bench.main(["decode", "--images", "4", "--width", "64", "--height", "48", "--batch-size", "2",
+                       "--repeats", "1", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["images"] == 4 and doc["results"]["cpu"]["img_s"] > 0
+    assert "cpu" in capsys.readouterr().out
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_stage_timer_totals_and_table(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(loop.time, "perf_counter", clock)
+    syncs = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: syncs.append(device))
+    timer = loop.StageTimer(True, torch.device("cuda", 0))
+    for stage, seconds in (("data wait", 1.0), ("forward", 2.0), ("backward", 4.0), ("data wait", 1.0),
+                           ("evaluation", 1.5), ("checkpoint", 0.5)):
+        clock.now += seconds
+        timer.mark(stage)
+    assert dict(timer.totals) == {"data wait": 2.0, "forward": 2.0, "backward": 4.0, "evaluation": 1.5,
+                                  "checkpoint": 0.5}
+    assert len(syncs) == 6  # one device sync per boundary, so GPU time lands in its stage
+    rows = timer.table(3).splitlines()
+    assert rows[0].startswith("profile epoch 3")
+    assert [r.split()[0] for r in rows[1:]] == ["data", "forward", "backward", "evaluation", "checkpoint", "total"]
+    assert rows[-1].split() == ["total", "10.000", "100.0%"]
+    assert rows[3].split() == ["backward", "4.000", "40.0%"]
+
+
+def test_stage_timer_disabled_is_a_no_op(monkeypatch):
+    def boom(*_):
+        raise AssertionError("a disabled timer must not touch the clock or the device")
+    timer = loop.StageTimer(False, torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "synchronize", boom)
+    monkeypatch.setattr(loop.time, "perf_counter", boom)
+    for stage in ("data wait", "forward", "backward", "optimizer", "evaluation", "checkpoint"):
+        timer.mark(stage)
+    assert not timer.totals
+
+
+class Batches:
+    """Loader protocol over fixed CPU batches."""
+
+    def __init__(self, n: int, batch_size: int = 4):
+        gen = torch.Generator().manual_seed(0)
+        self.batches = [(torch.randn(batch_size, 6, generator=gen), torch.randint(0, 3, (batch_size,), generator=gen))
+                        for _ in range(n)]
+        self.batch_size, self.num_images, self.classes = batch_size, n * batch_size, ["a", "b", "c"]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class Source:
+    def __init__(self):
+        self.train, self.val = Batches(3), Batches(2)
+
+    def for_epoch(self, epoch: int):
+        return self.train, self.val
+
+
+def test_run_prints_one_table_per_epoch_with_evaluation_and_checkpoint(tmp_path, capsys):
+    model = nn.Linear(6, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = parse_schedule([{"ep": 0, "sz": 8, "bs": 4}, {"ep": [0, 2], "lr": 0.1}])
+    state = loop.TrainState(model, model, opt, None, schedule)
+    saved = []
+    hooks = loop.Hooks(loss_fn=nn.CrossEntropyLoss(), after_epoch=lambda s: saved.append(s.epoch))
+    logger = RunLogger(tmp_path / "run", True)
+    ctx = loop.RunContext(dist=DistInfo(0, 1, 0, torch.device("cpu")), logger=logger, num_train=12, profile=True)
+    loop.run(state, Source(), hooks, ctx)
+    logger.close()
+    err = capsys.readouterr().err
+    tables = err.split("profile epoch ")[1:]
+    assert saved == [1, 2] and len(tables) == 2
+    for block in tables:
+        stages = [line.split()[0] for line in block.splitlines()[1:] if line.startswith("  ")]
+        assert stages == ["data", "forward", "backward", "optimizer", "evaluation", "checkpoint", "total"]
+
+
+def test_profile_trace_writes_a_tensorboard_trace(tmp_path):
+    model = nn.Linear(6, 3)
+    with TraceWindow(str(tmp_path / "trace"), torch.device("cpu")) as trace:
+        hook = trace.hook
+        for i in range(10):
+            model(torch.randn(4, 6)).sum().backward()
+            hook(None, i)
+    assert list(Path(tmp_path / "trace").glob("*.pt.trace.json"))
+    assert TraceWindow("", torch.device("cpu")).hook is None  # off: no hook, no profiler

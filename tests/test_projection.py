@@ -1,0 +1,87 @@
+"""Projected wall time: hand-computed minutes, interpolation, the CLI table, a missing size."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from training import projection as P
+from training.phases import parse_schedule
+
+# two data phases: 2 epochs at 128 px (bs 100), then 1 epoch at 224 px (bs 50)
+SMALL = [{"ep": 0, "sz": 128, "bs": 100}, {"ep": [0, 2], "lr": [1.0, 2.0]},
+         {"ep": 2, "sz": 224, "bs": 50}, {"ep": [2, 3], "lr": 0.1}]
+
+
+def write(path, rates: dict) -> str:
+    path.write_text(json.dumps({"meta": {"device": "test GPU", "arch": "resnet50"},
+                                "results": [{"size": s, "ours": r} for s, r in rates.items()]}))
+    return str(path)
+
+
+@pytest.fixture
+def tp(tmp_path) -> P.Throughput:
+    return P.load_throughput(write(tmp_path / "tp.json", {
+        128: {"img_s": 100, "eval_img_s": 400},
+        224: {"img_s": 50, "eval_img_s": 200, "warmup_overhead_s": 6}}))
+
+
+def test_hand_computed_minutes(tp):
+    # 1001 images on 2 GPUs: 501 per rank. 128 px: ceil(501/100) = 6 steps = 600 images per rank per epoch,
+    # 600 / (100 img/s * 0.5) = 12 s, twice = 24 s. 224 px: ceil(501/50) = 11 steps = 550 images,
+    # 550 / (50 * 0.5) = 22 s, plus 6 s warm-up. Eval: ceil(200/2) = 100 images per rank,
+    # 100/400 = 0.25 s after epochs 0 and 1, 100/200 = 0.5 s after epoch 2. Total 53 s.
+    proj = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1001, num_val=200)
+    first, second = proj.rows
+    assert (first.first_epoch, first.last_epoch, first.size, first.images) == (0, 1, 128, 2400)
+    assert (second.first_epoch, second.last_epoch, second.size, second.images) == (2, 2, 224, 1100)
+    assert first.train_s == pytest.approx(24.0) and first.eval_s == pytest.approx(0.5) and first.warmup_s == 0
+    assert second.train_s == pytest.approx(22.0) and second.eval_s == pytest.approx(0.5)
+    assert second.warmup_s == 6
+    assert proj.total_s / 60 == pytest.approx(53 / 60)
+    only_last = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1001, num_val=200,
+                          eval_every=0)
+    assert only_last.total_s == pytest.approx(52.5)  # one evaluation, after the last epoch
+    assert "~0.9 min" in P.format_table(proj, "small.yaml", "resnet50")
+
+
+def test_interpolates_seconds_per_image_against_pixels(tp):
+    r = P.rate_at(tp, 176)
+    f = (176**2 - 128**2) / (224**2 - 128**2)
+    assert r.train_img_s == pytest.approx(1 / (1 / 100 + f * (1 / 50 - 1 / 100)))
+    assert r.source == "interp 128-224" and r.warmup_s == pytest.approx(6 * f)
+    with pytest.raises(P.ProjectionError, match="size 288 px is not in"):
+        P.rate_at(tp, 288)
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "training.bench", "project", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_table_for_8x8(tmp_path):
+    f = write(tmp_path / "tp.json", {128: {"img_s": 3000}, 224: {"img_s": 1000}, 288: {"img_s": 600}})
+    r = bench("--config", "configs/imagenet18/8x8.yaml", "--gpus", "64", "--throughput", f)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[0] == "phase")
+    rows = [line.split() for line in lines[header + 1:-2]]
+    # data phases of 8x8: 128 px bs 128, keep_dl bs 256, 224 px bs 128, keep_dl bs 224, 288 px bs 128
+    assert [(row[1], int(row[2]), int(row[3])) for row in rows] == [
+        ("0-5", 128, 128), ("6-13", 128, 256), ("14-16", 224, 128), ("17-28", 224, 224), ("29-36", 288, 128)]
+    total = next(line.split() for line in lines if line.startswith("total"))
+    assert float(total[-1]) == pytest.approx(sum(float(row[-1]) for row in rows), abs=0.03)
+    # ceil(1281167/64) = 20019 images per rank per epoch at 0.9 efficiency: 14 epochs at 3000 img/s,
+    # 15 at 1000, 8 at 600, plus 37 evaluations of 782 images at 3x the training rate
+    assert 11 < float(total[-1]) < 14
+    assert "scaling efficiency 90%" in r.stdout and lines[-1].startswith("64 GPU(s) of this kind: ~")
+
+
+def test_missing_size_exits_2_with_one_line(tmp_path):
+    f = write(tmp_path / "tp.json", {128: {"img_s": 3000}, 224: {"img_s": 1000}})
+    r = bench("--config", "configs/imagenet18/8x8.yaml", "--gpus", "8", "--throughput", f)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: size 288 px is not in")

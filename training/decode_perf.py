@@ -1,0 +1,80 @@
+"""JPEG decode throughput of torchvision.io.decode_jpeg: the CPU (libjpeg-turbo, one core, as one
+loader worker decodes) against CUDA (nvJPEG, a batch per call), on generated photo-like JPEGs.
+
+The images are octaves of smooth colour noise plus grain, so they compress about as ImageNet photos
+do (solid colours would decode unrealistically fast). Warm-up calls (nvJPEG handle creation, CUDA
+context) are timed and reported separately; img/s is the median of ``repeats`` passes.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torchvision.io import decode_jpeg, encode_jpeg
+
+OCTAVES = ((4, 60.0), (16, 40.0), (64, 25.0))  # (noise cells per 512 px, amplitude in grey levels)
+GRAIN = 16.0  # per-pixel noise, std in grey levels (~90 KiB per 500x375 q90 JPEG, near ImageNet's ~110 KB mean)
+
+
+def generate_jpegs(count: int, width: int, height: int, quality: int = 90, seed: int = 0) -> list[torch.Tensor]:
+    """``count`` encoded JPEGs (1-D uint8 tensors) of width x height px."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        img = torch.full((3, height, width), 128.0) + GRAIN * torch.randn(3, height, width, generator=gen)
+        for cells, amp in OCTAVES:
+            small = torch.randn(1, 3, max(2, height * cells // 512), max(2, width * cells // 512), generator=gen)
+            img += amp * F.interpolate(small, size=(height, width), mode="bicubic", align_corners=False)[0]
+        out.append(encode_jpeg(img.clamp(0, 255).to(torch.uint8), quality=quality))
+    return out
+
+
+def measure(jpegs: list[torch.Tensor], device: torch.device, batch_size: int, repeats: int) -> dict:
+    """Decode every image ``repeats`` times after one warm-up pass over the first batch."""
+    def one_pass(items: list[torch.Tensor]) -> None:
+        for i in range(0, len(items), batch_size):
+            decode_jpeg(items[i:i + batch_size], device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    t0 = time.perf_counter()
+    one_pass(jpegs[:batch_size])
+    warmup_s = time.perf_counter() - t0
+    passes = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        one_pass(jpegs)
+        passes.append(time.perf_counter() - t0)
+    return {"img_s": len(jpegs) / statistics.median(passes), "img_s_passes": [len(jpegs) / s for s in passes],
+            "warmup_s": warmup_s}
+
+
+def run_decode(count: int, width: int, height: int, quality: int, batch_size: int, repeats: int,
+               devices: list[torch.device]) -> dict:
+    """The JSON document: generated-image facts, then one entry per device."""
+    jpegs = generate_jpegs(count, width, height, quality)
+    torch.set_num_threads(1)  # the CPU figure is one core's (one loader worker), whatever the machine has
+    results = {}
+    for device in devices:
+        r = measure(jpegs, device, batch_size, repeats)
+        results[str(device)] = r | {"mpix_s": r["img_s"] * width * height / 1e6}
+    return {"kind": "decode", "meta": {
+        "torch": torch.__version__, "torchvision": torchvision.__version__, "images": count,
+        "width": width, "height": height, "quality": quality,
+        "mean_kib": sum(j.numel() for j in jpegs) / count / 1024, "batch_size": batch_size, "repeats": repeats,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu only",
+        "date": time.strftime("%Y-%m-%d")}, "results": results}
+
+
+def format_table(doc: dict) -> str:
+    m = doc["meta"]
+    rows = [f"decode_jpeg: {m['images']} generated JPEGs {m['width']}x{m['height']} q{m['quality']} "
+            f"(mean {m['mean_kib']:.0f} KiB), batch {m['batch_size']}, median of {m['repeats']}, "
+            f"torchvision {m['torchvision']}, {m['device']}",
+            f"{'device':<8}{'img/s':>10}{'Mpix/s':>10}{'warm-up s':>11}"]
+    for name, r in doc["results"].items():
+        rows.append(f"{name:<8}{r['img_s']:>10,.0f}{r['mpix_s']:>10,.0f}{r['warmup_s']:>11.2f}")
+    return "\n".join(rows)
