@@ -4,6 +4,8 @@ A checkpoint holds everything needed to continue a run exactly: the unwrapped mo
 grad scaler, the next epoch to run, the global step, RNG states, the resolved config and the
 schedule, and the run's start time (so a resumed run's hours continue the original clock).
 Loading uses ``weights_only=True``: a checkpoint from an untrusted place cannot run code.
+A CRC-32 of every tensor's bytes is stored inside and checked on load, so a checkpoint damaged
+after it was written (bit rot, a bad copy) is refused like a truncated one, not trained on.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import random
 import re
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ import torch
 
 FORMAT = 1
 _NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
+_TEMP = re.compile(r"^\.epoch_\d{4,}\.pt\..*\.tmp$")  # atomic_save's temp files
 
 
 class CheckpointError(ValueError):
@@ -66,11 +70,40 @@ def list_checkpoints(logdir: str | os.PathLike) -> list[Path]:
 def save(state: dict, logdir: str | os.PathLike, epoch: int, keep: int) -> Path:
     """Save the checkpoint taken after ``epoch`` epochs, then prune all but the newest ``keep``."""
     path = path_for(logdir, epoch)
-    atomic_save({"format": FORMAT, **state}, path)
-    if keep > 0:
-        for old in list_checkpoints(logdir)[:-keep]:
+    payload = {"format": FORMAT, **state}
+    payload["checksum"] = tensor_checksum(payload)
+    atomic_save(payload, path)
+    # Pruning is housekeeping: the new checkpoint is safe, so a failure here only warns. Temp files
+    # of a writer killed mid-save (SIGKILL skips atomic_save's cleanup) go too: one writer per logdir.
+    stale = [p for p in path.parent.iterdir() if _TEMP.match(p.name)]
+    for old in (list_checkpoints(logdir)[:-keep] if keep > 0 else []) + stale:
+        try:
             old.unlink(missing_ok=True)
+        except OSError as e:
+            print(f"warning: could not remove old checkpoint file {old} ({e.strerror or e})", file=sys.stderr)
     return path
+
+
+def tensor_checksum(obj: Any) -> int:
+    """CRC-32 of the bytes of every tensor in ``obj`` (nested dicts/lists), in traversal order;
+    the ``checksum`` entry itself is left out."""
+    crc = 0
+
+    def walk(x: Any) -> None:
+        nonlocal crc
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous().reshape(-1)
+            crc = zlib.crc32(t.view(torch.uint8).numpy() if t.numel() else b"", crc)
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                if k != "checksum":
+                    walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(obj)
+    return crc
 
 
 def load(path: str | os.PathLike) -> dict:
@@ -87,6 +120,8 @@ def load(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint {path}: not a checkpoint of this trainer")
     if ckpt["format"] != FORMAT:
         raise CheckpointError(f"checkpoint {path}: format {ckpt['format']}, expected {FORMAT}")
+    if "checksum" in ckpt and tensor_checksum(ckpt) != ckpt["checksum"]:
+        raise CheckpointError(f"checkpoint {path}: corrupt (tensor checksum mismatch)")
     return ckpt
 
 

@@ -1,9 +1,17 @@
-"""torchrun environment, process-group set-up and teardown, rank helpers, reductions."""
+"""torchrun environment, process-group set-up and teardown, rank helpers, reductions, and the
+failure side: a one-line report when a collective fails because a peer died or hung, and the
+fault-injection drill (docs/OPERATIONS.md)."""
 from __future__ import annotations
 
 import datetime
 import os
+import re
+import signal
+import socket
+import sys
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -46,9 +54,27 @@ def setup(requested_device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     device = pick_device(requested_device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s),
-                                device_id=device if device.type == "cuda" else None)
+        timeout = datetime.timedelta(seconds=timeout_s)
+        store = _attempt_store(world_size, timeout)
+        extra = {"store": store, "rank": rank, "world_size": world_size} if store is not None else {}
+        dist.init_process_group(backend, timeout=timeout, device_id=device if device.type == "cuda" else None,
+                                **extra)
     return DistInfo(rank, world_size, local_rank, device)
+
+
+def _attempt_store(world_size: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """torchrun lends its rendezvous TCPStore to the workers (TORCHELASTIC_USE_AGENT_STORE), and a
+    failed attempt's keys stay in it: a restarted group's gloo/NCCL bootstrap can read a dead
+    worker's address and fail to connect, attempt after attempt (pytorch/pytorch#135712). On one
+    machine every rank knows the attempt (the restart count), so each attempt gets its own keys.
+    Across machines restart counts are per node: there the launchers set
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, which gives every attempt a fresh store instead."""
+    if (restart_count() == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+            or os.environ.get("GROUP_WORLD_SIZE", "1") != "1"):
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"fastimagenet/attempt{restart_count()}/", store)
 
 
 def teardown() -> None:
@@ -59,6 +85,12 @@ def teardown() -> None:
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_min(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return t
 
 
@@ -73,3 +105,85 @@ def broadcast_object(obj: object, src: int = 0) -> object:
         dist.broadcast_object_list(box, src=src)
         return box[0]
     return obj
+
+
+# ----------------------------------------------------------------------------- peer failures
+
+FAULT_ENV = "FASTIMAGENET_FAULT"
+
+
+def restart_count() -> int:
+    """Which attempt of an elastic run this is (0: the first, or not under torchrun)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def is_peer_failure(e: BaseException) -> bool:
+    """A collective that failed because another rank died, hung or lost its connection: a backend
+    error (DistError), or gloo's RuntimeError for a timeout or a closed connection."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    if isinstance(e, dist.DistError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("gloo" in text or "nccl" in text)
+
+
+def peer_failure_message(e: BaseException, info: DistInfo, timeout_s: float, where: str = "") -> str:
+    """One line naming this rank, the collective timeout and the ranks that did not report the same
+    failure within a grace period (the likely dead or hung ones), via the rendezvous store."""
+    lines = str(e).strip().splitlines()
+    cause = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]) if lines else type(e).__name__  # drop [file.cc:NN]
+    cause = cause.split(". ")[0].rstrip(".")[:200]  # gloo adds advice sentences after the fact
+    silent = _silent_ranks(info, min(float(timeout_s), 30.0))
+    if silent:
+        who = f"no word from rank {', '.join(map(str, silent))}: likely dead or hung"
+    else:
+        who = "a peer rank likely died or hung (torchrun's failure summary names the first to exit)"
+    return (f"error: rank {info.rank} of {info.world_size} (host {socket.gethostname()}, local rank "
+            f"{info.local_rank}){' ' + where if where else ''}: collective failed: {cause}; "
+            f"collective timeout {timeout_s:g}s (train.dist_timeout_s); {who}")
+
+
+def _silent_ranks(info: DistInfo, grace_s: float) -> list[int] | None:
+    """Every rank that catches a peer failure checks in at the store; after all but one have (or
+    grace_s), the ranks missing are the suspects. None when the store cannot be reached."""
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        store.set_timeout(datetime.timedelta(seconds=max(grace_s, 1.0)))
+        prefix = f"fastimagenet/peer_failure/{restart_count()}/"
+        store.set(prefix + str(info.rank), "1")
+        reported = store.add(prefix + "count", 1)
+        deadline = time.monotonic() + grace_s
+        while reported < info.world_size - 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            reported = store.add(prefix + "count", 0)
+        return [r for r in range(info.world_size) if not store.check([prefix + str(r)])]
+    except Exception:  # the store's host may be the dead one
+        return None
+
+
+def fault_injector(rank: int) -> Callable[[int, int], None] | None:
+    """The fault drill: FASTIMAGENET_FAULT="kill:EPOCH:STEP:RANK" (or "hang:...") makes RANK SIGKILL
+    itself (or sleep forever) right after training step STEP of EPOCH, in the first attempt of a run
+    only, so an elastic restart goes through. None (nothing checked per step) when unset."""
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec or restart_count() > 0:
+        return None
+    parts = spec.split(":")
+    if len(parts) != 4 or parts[0] not in ("kill", "hang") or not all(p.isdigit() for p in parts[1:]):
+        from training.config import ConfigError
+        raise ConfigError(f"{FAULT_ENV}={spec!r}: expected kill|hang:EPOCH:STEP:RANK")
+    action, epoch, step, target = parts[0], int(parts[1]), int(parts[2]), int(parts[3])
+    if rank != target:
+        return None
+
+    def fire(at_epoch: int, at_step: int) -> None:
+        if at_epoch == epoch and at_step == step:
+            print(f"fault drill ({FAULT_ENV}): rank {rank} {'killed' if action == 'kill' else 'hangs'} "
+                  f"after epoch {epoch} step {step}", file=sys.stderr, flush=True)
+            if action == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            while True:
+                time.sleep(3600)
+
+    return fire

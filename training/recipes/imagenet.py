@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,8 +26,10 @@ from training.phases import Schedule, parse_schedule
 from training.profiling import TraceWindow
 
 
-def check_logdir(logdir: str) -> None:
-    """Fail before any training if the run's files cannot be written."""
+def check_logdir(logdir: str) -> list[Path]:
+    """Fail before any training if the run's files cannot be written. Returns the dirs it created,
+    so a run stopped by bad input before it wrote anything leaves nothing behind."""
+    created = [p for p in (Path(logdir), *Path(logdir).parents) if not p.exists()]
     try:
         Path(logdir).mkdir(parents=True, exist_ok=True)
         probe = Path(logdir) / ".write_test"
@@ -34,6 +37,7 @@ def check_logdir(logdir: str) -> None:
         probe.unlink()
     except OSError as e:
         raise ConfigError(f"logdir {logdir} is not writable ({e.strerror})") from None
+    return created
 
 
 def check_data_root(root: str, schedule: Schedule, loader: str) -> None:
@@ -48,9 +52,11 @@ def check_data_root(root: str, schedule: Schedule, loader: str) -> None:
 
 
 def find_resume(cfg: Config) -> str:
-    """'auto' (or an elastic restart with no --resume): the latest good checkpoint in the logdir."""
+    """'auto', or an elastic restart: the latest good checkpoint in the logdir. A restarted group
+    prefers the run's own checkpoints to an explicit --resume path (where the first attempt began),
+    which it uses only while the logdir holds none."""
     resume = cfg.train.resume
-    if not resume and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+    if dist.restart_count() > 0 and (not resume or checkpoint.list_checkpoints(cfg.train.logdir)):
         resume = "auto"
     return resume
 
@@ -66,6 +72,9 @@ def load_resume(resume: str, cfg: Config, info: dist.DistInfo) -> dict | None:
                 ckpt = found[1] if found else None
                 if found:
                     print(f"resuming from {found[0]}", file=sys.stderr)
+                else:
+                    print(f"warning: no usable checkpoint in {checkpoint.checkpoint_dir(cfg.train.logdir)}; "
+                          "starting from epoch 0", file=sys.stderr)
             else:
                 ckpt = checkpoint.load(resume)
             if ckpt is not None and ckpt["arch"] != cfg.model.arch:
@@ -103,16 +112,53 @@ def main(cfg: Config) -> int:
     schedule = parse_schedule(cfg.phases)
     check_data_root(cfg.data.dir, schedule, cfg.data.loader)
     info = dist.setup(cfg.train.device, cfg.train.dist_timeout_s)
+    created: list[Path] = []
+    progress: dict = {}  # _train puts its TrainState here, for the failure message
     try:
         if info.is_main:
-            check_logdir(cfg.train.logdir)
-        return _train(cfg, schedule, info)
+            created = check_logdir(cfg.train.logdir)
+        return _train(cfg, schedule, info, progress)
+    except Exception as e:
+        for d in created:  # deepest first; only while still empty: bad input leaves no partial output
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        if isinstance(e, loop.NonFiniteLoss):
+            if info.is_main:
+                print(f"error: {e}", file=sys.stderr, flush=True)
+            return 1
+        if dist.is_peer_failure(e):
+            st = progress.get("state")
+            where = f"at epoch {st.epoch} (global step {st.step})" if st else "before training"
+            print(dist.peer_failure_message(e, info, cfg.train.dist_timeout_s, where), file=sys.stderr, flush=True)
+            return 1
+        raise
     finally:
         dist.teardown()
 
 
-def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo) -> int:
-    ckpt = load_resume(find_resume(cfg), cfg, info)
+def _trim_human_log(logdir: str, keep_before: int | None) -> None:
+    """Drop the `~~` rows of epochs >= keep_before that a crashed attempt wrote after the checkpoint
+    being resumed (None: the whole log, the run starts over), so train.log reads as one run."""
+    path = Path(logdir) / "train.log"
+    if not path.exists():
+        return
+    if keep_before is None:
+        path.unlink()
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    keep = [ln for ln in lines if not ((m := re.match(r"~~(\d+)\t", ln)) and int(m.group(1)) >= keep_before)]
+    if len(keep) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict) -> int:
+    fault = dist.fault_injector(info.rank)  # the drill of docs/OPERATIONS.md; None unless asked for
+    resume = find_resume(cfg)
+    ckpt = load_resume(resume, cfg, info)
     start_epoch = ckpt["epoch"] if ckpt else 0
     if ckpt:
         # The run goes on with the schedule it started with, so lr, size and batch stay consistent.
@@ -149,8 +195,17 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo) -> int:
 
     state = loop.TrainState(forward_model, model, optimizer, scaler, schedule,
                             epoch=start_epoch, step=ckpt["step"] if ckpt else 0)
+    progress["state"] = state
+    # One run across restarts: events a crashed attempt wrote after the checkpoint's step are purged
+    # (the checkpoint's own step keeps its evaluation); a restart with no usable checkpoint starts
+    # over and purges the earlier attempt. train.log's `~~` rows likewise. Evaluating changes nothing.
+    purge = None
+    if not cfg.train.evaluate:
+        purge = state.step + 1 if ckpt else (0 if dist.restart_count() > 0 else None)
+    if info.is_main and purge is not None:
+        _trim_human_log(cfg.train.logdir, start_epoch if ckpt else None)
     logger = RunLogger(cfg.train.logdir, info.is_main, start_time=ckpt.get("start_time") if ckpt else None,
-                       purge_step=state.step + 1 if ckpt else None)  # keep the eval logged at the checkpoint's step
+                       purge_step=purge)
     if info.is_main:
         (Path(cfg.train.logdir) / "config.yaml").write_text(dump(cfg))
         if not ckpt:
@@ -169,9 +224,15 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo) -> int:
                                   "loss": res.loss, "images": res.count}))
             return 0
         trace = TraceWindow(cfg.train.profile_trace if info.is_main else "", info.device)
+        after_step = trace.hook
+        if fault is not None:  # the fault drill runs after any other per-step hook
+            def after_step(s: loop.TrainState, i: int, inner=after_step) -> None:
+                if inner is not None:
+                    inner(s, i)
+                fault(s.epoch, i)
         hooks = loop.Hooks(
             loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
-            after_step=trace.hook,
+            after_step=after_step,
             after_epoch=lambda s: _save(s, cfg, info, logger),
         )
         with trace:
@@ -183,7 +244,12 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo) -> int:
 
 
 def _save(state: loop.TrainState, cfg: Config, info: dist.DistInfo, logger: RunLogger) -> None:
-    """Rank 0 writes; the others wait, so nobody runs ahead of a checkpoint that may fail."""
+    """Rank 0 writes; the others wait, so nobody runs ahead of a checkpoint that may fail.
+    Non-finite weights are never saved, so the last checkpoint on disk is always a good one."""
+    weights = [t for t in state.raw_model.state_dict().values() if t.is_floating_point()]
+    if weights and not bool(torch.stack([torch.isfinite(t).all() for t in weights]).all()):
+        raise loop.NonFiniteLoss(f"weights became non-finite in epoch {state.epoch - 1}; not checkpointed "
+                                 "(the last good checkpoint is kept)")
     if info.is_main:
         t0 = time.time()
         payload = {
@@ -198,6 +264,6 @@ def _save(state: loop.TrainState, cfg: Config, info: dist.DistInfo, logger: RunL
             logger.scalar("times/checkpoint_sec", time.time() - t0, state.step)
         except OSError as e:
             # A full disk must not kill a long run: the previous checkpoint is intact; say so loudly.
-            print(f"error: checkpoint after epoch {state.epoch} not written ({e.strerror or e}); "
+            print(f"warning: checkpoint after epoch {state.epoch} not written ({e.strerror or e}); "
                   "the previous checkpoint is kept, training continues", file=sys.stderr)
     dist.barrier()

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One machine, N GPUs: torchrun --standalone, elastic restarts on, imagenet18's one-machine schedule.
+#
+#   bash launch/local.sh DATA [train.py args ...]
+#   NPROC=8 MAX_RESTARTS=3 bash launch/local.sh ~/data/imagenet --logdir runs/1x8
+#   LAUNCH_DRY_RUN=1 bash launch/local.sh DATA      # print the torchrun command, run nothing
+#
+# Options (environment variables; every one has a default):
+#   NPROC         processes = GPUs on this machine (default: the GPUs nvidia-smi lists)
+#   CONFIG        config file (default configs/imagenet18/1x8.yaml)
+#   MAX_RESTARTS  torchrun --max-restarts (default 3): a failed group restarts and resumes from the
+#                 latest good checkpoint in the logdir by itself (docs/OPERATIONS.md)
+#   DIST_TIMEOUT  collective timeout in seconds, train.dist_timeout_s (default: the config's, 1800)
+#   RESUME        passed as --resume (auto: continue the run in the logdir); default: none
+#   IFNAME        network interface for NCCL and gloo sockets (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME)
+#   NCCL_*        any NCCL variable you export (NCCL_DEBUG=INFO, NCCL_IB_DISABLE=1, ...) passes through
+#   PYTHON        interpreter (default python3); torchrun runs as "$PYTHON -m torch.distributed.run"
+#   LAUNCH_DRY_RUN=1  print the command instead of running it
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
+  echo "usage: [NPROC=8] [CONFIG=...] bash launch/local.sh DATA [train.py args ...]" >&2
+  exit 2
+fi
+DATA=$1
+shift
+PYTHON=${PYTHON:-python3}
+CONFIG=${CONFIG:-configs/imagenet18/1x8.yaml}
+MAX_RESTARTS=${MAX_RESTARTS:-3}
+if [ -z "${NPROC:-}" ]; then
+  NPROC=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  if [ "${NPROC:-0}" -lt 1 ]; then
+    echo "error: no GPU found (nvidia-smi); set NPROC (CPU processes also need train.device=cpu)" >&2
+    exit 2
+  fi
+fi
+case "$NPROC" in ''|*[!0-9]*|0) echo "error: NPROC=$NPROC: expected a positive integer" >&2; exit 2 ;; esac
+case "$CONFIG" in
+  configs/imagenet18/*) [ "$NPROC" = 8 ] || echo "warning: $CONFIG is tuned for 8 processes per machine (per-process batch sizes and lrs as published); running $NPROC" >&2 ;;
+esac
+if [ -n "${IFNAME:-}" ]; then
+  export NCCL_SOCKET_IFNAME=$IFNAME GLOO_SOCKET_IFNAME=$IFNAME
+fi
+# A fresh rendezvous store per attempt: with torchrun's shared store a restarted group can read a
+# dead worker's address left by the failed attempt (pytorch/pytorch#135712).
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
+
+cmd=("$PYTHON" -m torch.distributed.run --standalone --nnodes=1 "--nproc_per_node=$NPROC"
+     "--max-restarts=$MAX_RESTARTS" training/train.py "$DATA" --config "$CONFIG")
+[ -n "${DIST_TIMEOUT:-}" ] && cmd+=("train.dist_timeout_s=$DIST_TIMEOUT")
+[ -n "${RESUME:-}" ] && cmd+=(--resume "$RESUME")
+cmd+=("$@")
+
+if [ -n "${LAUNCH_DRY_RUN:-}" ]; then
+  for v in NCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME TORCH_DISABLE_SHARE_RDZV_TCP_STORE; do
+    [ -n "${!v:-}" ] && echo "export $v=${!v}"
+  done
+  printf '%q ' "${cmd[@]}"
+  echo
+  exit 0
+fi
+exec "${cmd[@]}"

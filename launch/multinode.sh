@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Several machines of N GPUs: run this on every node; torchrun joins them (c10d rendezvous by
+# default), restarts failed groups (--max-restarts), and each restart resumes from the latest good
+# checkpoint. The config defaults to the imagenet18 schedule for NNODES machines of 8 GPUs.
+#
+#   # c10d rendezvous: the same command on every node (any node's host:port as the endpoint)
+#   NNODES=8 RDZV_ENDPOINT=node0:29400 RDZV_ID=run42 bash launch/multinode.sh DATA [train.py args]
+#   NNODES=16 RDZV_ENDPOINT=node0:29400 RDZV_ID=run43 bash launch/multinode.sh DATA
+#   # fixed node ranks instead (static rendezvous): NODE_RANK differs per node
+#   NNODES=8 NODE_RANK=3 MASTER_ADDR=node0 bash launch/multinode.sh DATA
+#
+# Options (environment variables):
+#   NNODES          machines (required); CONFIG defaults to configs/imagenet18/${NNODES}x8.yaml
+#                   (1, 4, 8 and 16 exist)
+#   NPROC_PER_NODE  processes = GPUs per machine (default 8)
+#   RDZV_ENDPOINT   host[:port] of the c10d rendezvous (default port 29400); RDZV_ID names the job
+#                   (default fastimagenet; use a new one per job)
+#   NODE_RANK, MASTER_ADDR, MASTER_PORT (29500)   static rendezvous, used when NODE_RANK is set
+#   MAX_RESTARTS    torchrun --max-restarts (default 3)
+#   DIST_TIMEOUT    collective timeout, seconds (train.dist_timeout_s; the config's by default, 1800)
+#   RESUME          passed as --resume (auto: continue the run in the logdir)
+#   IFNAME          interface for NCCL and gloo sockets (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME)
+#   NCCL_*          any NCCL variable you export (NCCL_DEBUG=INFO, NCCL_IB_DISABLE=1, ...) passes through
+#   PYTHON          interpreter (default python3)
+#   LAUNCH_DRY_RUN=1  print the command instead of running it
+# The logdir must be on a filesystem every node sees (rank 0 writes the checkpoints, and after a
+# restart rank 0 may be on another node), or use static rendezvous so node 0 stays rank 0.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
+  echo "usage: NNODES=8 RDZV_ENDPOINT=host:29400 bash launch/multinode.sh DATA [train.py args ...]" >&2
+  exit 2
+fi
+DATA=$1
+shift
+: "${NNODES:?set NNODES (number of machines)}"
+PYTHON=${PYTHON:-python3}
+NPROC_PER_NODE=${NPROC_PER_NODE:-8}
+MAX_RESTARTS=${MAX_RESTARTS:-3}
+for v in NNODES NPROC_PER_NODE MAX_RESTARTS; do
+  case "${!v}" in ''|*[!0-9]*) echo "error: $v=${!v}: expected an integer" >&2; exit 2 ;; esac
+done
+CONFIG=${CONFIG:-configs/imagenet18/${NNODES}x8.yaml}
+if [ ! -f "$CONFIG" ]; then
+  echo "error: no config $CONFIG (imagenet18 schedules: $(cd configs/imagenet18 && echo *.yaml)); set CONFIG" >&2
+  exit 2
+fi
+case "$CONFIG" in
+  configs/imagenet18/*) [ "$NPROC_PER_NODE" = 8 ] || echo "warning: $CONFIG is tuned for 8 processes per machine; running $NPROC_PER_NODE" >&2 ;;
+esac
+if [ -n "${IFNAME:-}" ]; then
+  export NCCL_SOCKET_IFNAME=$IFNAME GLOO_SOCKET_IFNAME=$IFNAME
+fi
+# A fresh rendezvous store per attempt: with torchrun's shared store a restarted group can read a
+# dead worker's address left by the failed attempt (pytorch/pytorch#135712).
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
+
+cmd=("$PYTHON" -m torch.distributed.run "--nnodes=$NNODES" "--nproc_per_node=$NPROC_PER_NODE"
+     "--max-restarts=$MAX_RESTARTS")
+if [ -n "${NODE_RANK:-}" ]; then
+  : "${MASTER_ADDR:?static rendezvous (NODE_RANK set) needs MASTER_ADDR}"
+  cmd+=("--node-rank=$NODE_RANK" "--master-addr=$MASTER_ADDR" "--master-port=${MASTER_PORT:-29500}")
+else
+  : "${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port (c10d rendezvous), or NODE_RANK and MASTER_ADDR}"
+  cmd+=(--rdzv-backend=c10d "--rdzv-endpoint=$RDZV_ENDPOINT" "--rdzv-id=${RDZV_ID:-fastimagenet}")
+fi
+cmd+=(training/train.py "$DATA" --config "$CONFIG")
+[ -n "${DIST_TIMEOUT:-}" ] && cmd+=("train.dist_timeout_s=$DIST_TIMEOUT")
+[ -n "${RESUME:-}" ] && cmd+=(--resume "$RESUME")
+cmd+=("$@")
+
+if [ -n "${LAUNCH_DRY_RUN:-}" ]; then
+  for v in NCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME TORCH_DISABLE_SHARE_RDZV_TCP_STORE; do
+    [ -n "${!v:-}" ] && echo "export $v=${!v}"
+  done
+  printf '%q ' "${cmd[@]}"
+  echo
+  exit 0
+fi
+exec "${cmd[@]}"

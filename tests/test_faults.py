@@ -1,0 +1,274 @@
+"""Faults, end to end on CPU: a worker SIGKILLed mid-epoch under torchrun --max-restarts, a hung rank
+and the collective timeout, non-finite losses, and bad inputs (one line, exit 2, no partial output).
+
+The kill and the hang use the fault drill of docs/OPERATIONS.md (FASTIMAGENET_FAULT), which fires
+only in the first attempt of an elastic run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import REPO, make_jpeg_tree
+from dawn.events import load_run
+from dawn.prepare_dawn_tsv import eval_rows
+from training import dist, loop, train
+from training.logs import RunLogger
+from training.phases import parse_schedule
+
+TINY = ["--config", str(REPO / "configs" / "tiny_cpu.yaml"), "data.workers=0", "train.print_freq=1"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    # 24 train images (3 classes x 8), 12 validation: with 2 ranks, 2 steps in epochs 0 and 2, 1 in epoch 1
+    return make_jpeg_tree(tmp_path_factory.mktemp("jpeg") / "data")
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run_group(cmd: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run in a new session; on timeout kill the whole group, so no worker outlives the test."""
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**ENV, **(env or {})}, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        raise AssertionError(f"timed out after {timeout}s\n{out[-2000:]}\n{err[-4000:]}") from None
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def torchrun(*args: str, nproc: int = 2, restarts: int = 0, env: dict | None = None,
+             timeout: int = 300) -> subprocess.CompletedProcess:
+    """Plain torchrun, as a user would type it (no launcher, no extra environment)."""
+    return run_group([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                      f"--max-restarts={restarts}", "training/train.py", *args], env, timeout)
+
+
+def final_checkpoint(logdir: Path) -> dict:
+    return torch.load(sorted((logdir / "checkpoints").glob("epoch_*.pt"))[-1], weights_only=True)
+
+
+def series(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar the DAWN exporter's reader sees, wall-clock tags left out."""
+    return {tag: [(s.step, s.value) for s in values] for tag, values in load_run(logdir).scalars.items()
+            if not tag.startswith("times/") and tag != "first"}
+
+
+def test_sigkill_mid_epoch_elastic_restart_matches_uninterrupted_run(data, tmp_path):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    # The uninterrupted run goes through launch/local.sh (torchrun --standalone --max-restarts=2) ...
+    r = run_group(["bash", "launch/local.sh", str(data), "data.workers=0", "train.print_freq=1",
+                   f"train.logdir={ref}"],
+                  {"PYTHON": sys.executable, "NPROC": "2", "CONFIG": "configs/tiny_cpu.yaml", "MAX_RESTARTS": "2"})
+    assert r.returncode == 0, r.stderr[-4000:]
+    # ... the killed one through plain torchrun: rank 1 SIGKILLs itself after step 0 of epoch 2's two
+    # steps (mid-epoch, after the size change), and the restarted group carries on by itself.
+    r = torchrun(str(data), *TINY, f"train.logdir={run}", restarts=2, env={dist.FAULT_ENV: "kill:2:0:1"})
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "fault drill (FASTIMAGENET_FAULT): rank 1 killed after epoch 2 step 0" in r.stderr
+    assert f"resuming from {run / 'checkpoints' / 'epoch_0002.pt'}" in r.stderr  # epoch 2, size 48, bs 8
+
+    a, b = final_checkpoint(ref), final_checkpoint(run)
+    assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"] == 72
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    # One run in the event log: one start, and every logged value (loss per step, lr, sizes,
+    # accuracy) at the same steps as the uninterrupted run's, no orphaned tail, nothing missing.
+    assert len(load_run(run).scalars["first"]) == 1
+    assert series(run) == series(ref)
+    rows = eval_rows(load_run(run).scalars)
+    assert [(x.epoch, x.step) for x in rows] == [(0, 24), (1, 48), (2, 72)]
+    assert [(x.top1, x.top5) for x in rows] == [(x.top1, x.top5) for x in eval_rows(load_run(ref).scalars)]
+    assert all(0 < x.hours < y.hours for x, y in zip(rows, rows[1:]))
+    human = [ln.split("\t")[0] for ln in (run / "train.log").read_text().splitlines() if ln.startswith("~~")]
+    assert human == ["~~epoch", "~~0", "~~1", "~~2"]
+
+
+def test_hung_rank_fails_the_group_after_the_timeout_naming_it(data, tmp_path):
+    start = time.time()
+    r = torchrun(str(data), *TINY, f"train.logdir={tmp_path / 'run'}", "train.dist_timeout_s=5",
+                 env={dist.FAULT_ENV: "hang:0:0:1"}, timeout=120)
+    elapsed = time.time() - start
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error: rank 0 of 2")]
+    assert len(lines) == 1, r.stderr[-4000:]
+    assert "at epoch 0" in lines[0] and "collective failed" in lines[0]
+    assert "collective timeout 5s (train.dist_timeout_s)" in lines[0]
+    assert lines[0].endswith("no word from rank 1: likely dead or hung"), lines[0]
+    assert elapsed < 90
+
+
+def test_restart_before_the_first_checkpoint_starts_the_log_over(data, tmp_path, capsys, monkeypatch, one_thread):
+    logdir = tmp_path / "run"
+    crashed = RunLogger(logdir, True)  # a first attempt that died in epoch 0: a start, a loss, no checkpoint
+    crashed.scalar("losses/xent", 99.0, 8)
+    crashed.close()
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    rc = train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1", "train.short_epoch=true",
+                     "train.short_epoch_steps=1"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert f"warning: no usable checkpoint in {logdir / 'checkpoints'}; starting from epoch 0" in err
+    scalars = load_run(logdir).scalars
+    assert len(scalars["first"]) == 1 and scalars["first"][0].wall_time > crashed.start_time
+    assert 99.0 not in [x.value for x in scalars["losses/xent"]]
+    assert (logdir / "train.log").read_text().count("~~epoch") == 1
+
+
+# ------------------------------------------------------------------------------ non-finite loss
+
+NAN_AT_EPOCH_1 = "[{'ep':0,'sz':32,'bs':8},{'ep':(0,1),'lr':0.02},{'ep':(1,3),'lr':1e30}]"
+
+
+def test_nonfinite_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(
+        data, tmp_path, capsys, one_thread):
+    logdir = tmp_path / "run"
+    rc = train.main([str(data), *TINY, f"train.logdir={logdir}", "--phases", NAN_AT_EPOCH_1])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert rc == 1
+    assert err == ["error: non-finite loss at epoch 1 step 1; stopping (the last good checkpoint is kept; "
+                   "train.nonfinite=skip skips such steps)"]
+    assert [p.name for p in (logdir / "checkpoints").iterdir()] == ["epoch_0001.pt"]
+    assert final_checkpoint(logdir)["epoch"] == 1
+
+
+class Batches:
+    """A loader of fixed batches; the second one is poisoned with a NaN."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.batches = [(torch.randn(2, 3, 4, 4, generator=g), torch.tensor([0, 1])) for _ in range(4)]
+        self.batches[1][0][0, 0, 0, 0] = float("nan")
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def _epoch(tmp_path: Path, nonfinite: str, loader) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = parse_schedule([{"ep": 0, "sz": 4, "bs": 2}, {"ep": [0, 1], "lr": 0.1}])
+    state = loop.TrainState(model, model, opt, None, sched)
+    ctx = loop.RunContext(dist=dist.DistInfo(0, 1, 0, torch.device("cpu")), logger=RunLogger(tmp_path, True),
+                          num_train=8, nonfinite=nonfinite, print_freq=1)
+    try:
+        loop.train_epoch(state, loader, loop.Hooks(loss_fn=nn.CrossEntropyLoss()), ctx, epoch=0)
+    finally:
+        ctx.logger.close()
+    return model
+
+
+def test_nonfinite_skip_skips_only_that_step(tmp_path, capsys):
+    model = _epoch(tmp_path / "a", "skip", Batches())
+    assert "warning: non-finite loss at epoch 0 step 1: step skipped" in capsys.readouterr().err
+    clean = Batches()
+    clean.batches.pop(1)  # the same run without the poisoned batch (constant lr, no momentum)
+    ref = _epoch(tmp_path / "b", "skip", clean)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        assert torch.isfinite(p).all() and torch.equal(p, q)
+
+
+def test_nonfinite_stop_names_epoch_and_step(tmp_path):
+    with pytest.raises(loop.NonFiniteLoss, match=r"^non-finite loss at epoch 0 step 1; stopping"):
+        _epoch(tmp_path, "stop", Batches())
+
+
+# ---------------------------------------------------------------------------------- bad inputs
+
+def tree(tmp_path: Path, **kw) -> Path:
+    return make_jpeg_tree(tmp_path / "data", classes=2, train_per_class=2, val_per_class=1, **kw)
+
+
+def _empty_dir(tmp_path):
+    (tmp_path / "data").mkdir()
+    return tmp_path / "data", "data dir {data}/train does not exist"
+
+
+def _no_class_folders(tmp_path):
+    for split in ("train", "validation"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+    return tmp_path / "data", "no class folders in {data}/train"
+
+
+def _empty_class(tmp_path):
+    data = tree(tmp_path)
+    (data / "train" / "n00000009").mkdir()
+    (data / "validation" / "n00000009").mkdir()
+    return data, "class folder holds no images: {data}/train/n00000009"
+
+
+def _classes_differ(tmp_path):
+    data = tree(tmp_path)
+    (data / "validation" / "n00000001").rename(data / "validation" / "n00000007")
+    return data, ("class folders differ between {data}/train (2) and {data}/validation (2): "
+                  "1 only in train (first n00000001)")
+
+
+def _corrupt_image(tmp_path):
+    data = tree(tmp_path)
+    bad = data / "train" / "n00000001" / "img_0001.JPEG"
+    bad.write_bytes(bad.read_bytes()[:300])  # truncated: no end-of-image marker
+    return data, "unreadable image {data}/train/n00000001/img_0001.JPEG: "
+
+
+@pytest.mark.parametrize("make,extra", [
+    (_empty_dir, []),
+    (_no_class_folders, []),
+    (_empty_class, []),
+    (_classes_differ, []),
+    (_corrupt_image, ["data.bad_images=error"]),
+])
+def test_bad_data_one_line_exit_2_no_partial_output(tmp_path, capsys, make, extra):
+    data, message = make(tmp_path)
+    logdir = tmp_path / "out" / "run"
+    rc = train.main([str(data), *TINY, f"train.logdir={logdir}", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and message.format(data=data) in err, err
+    assert not (tmp_path / "out").exists()  # the logdir it created for the run is gone again
+
+
+def test_corrupt_image_is_skipped_with_a_named_warning(tmp_path, capsys, one_thread):
+    data, _ = _corrupt_image(tmp_path)
+    rc = train.main([str(data), *TINY, f"train.logdir={tmp_path / 'run'}", "train.max_epochs=1",
+                     "train.short_epoch=true", "train.short_epoch_steps=1"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert f"loader: skipping unreadable image {data}/train/n00000001/img_0001.JPEG: " in err
+
+
+@pytest.mark.parametrize("phases,message", [
+    ("[{'ep':0,'bs':2}]", "error: phase 0: "),
+    ("[{'ep': 0, 'sz': 32, 'bs': 8}, {'ep': (0, 2), 'lr': 0.1}", "error: phases: not a Python literal, JSON or YAML"),
+    ("[{'ep': 0, 'sz': __import__('os').system('touch {marker}'), 'bs': 8}]", "error: phases: not a literal"),
+    ("{}", "error: phases: expected a non-empty list of dicts"),
+])
+def test_bad_phases_in_a_real_run(tmp_path, capsys, phases, message):
+    marker = tmp_path / "pwned"
+    logdir = tmp_path / "run"
+    rc = train.main([str(tree(tmp_path)), *TINY, f"train.logdir={logdir}",
+                     "--phases", phases.replace("{marker}", str(marker))])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith(message), err
+    assert not marker.exists() and not logdir.exists()

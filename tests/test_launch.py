@@ -1,0 +1,109 @@
+"""The launchers: shell syntax, and the exact torchrun / srun command each would run (LAUNCH_DRY_RUN=1)
+for the imagenet18 schedules on 1, 8 and 16 machines. A real run of launch/local.sh is in
+test_faults.py (the uninterrupted reference of the SIGKILL test)."""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+
+import pytest
+
+from conftest import REPO
+
+SCRIPTS = ["launch/local.sh", "launch/multinode.sh", "launch/slurm.sbatch"]
+TORCHRUN = ["python3", "-m", "torch.distributed.run"]
+
+
+def launch(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("SLURM_", "NCCL_", "GLOO_", "TORCH_DISABLE_SHARE"))
+             and k not in ("NPROC", "NNODES", "NODE_RANK", "MASTER_ADDR", "RDZV_ENDPOINT", "CONFIG", "PYTHON")}
+    return subprocess.run(["bash", script, *args], cwd=REPO, capture_output=True, text=True, timeout=30,
+                          env={**clean, "LAUNCH_DRY_RUN": "1", **env})
+
+
+def dry_run(script: str, *args: str, **env: str) -> tuple[list[str], list[str]]:
+    """(exports, command tokens) of the last command line printed."""
+    r = launch(script, *args, **env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    return [ln for ln in lines if ln.startswith("export ")], shlex.split(lines[-1])
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_shell_syntax(script):
+    r = subprocess.run(["bash", "-n", script], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert os.access(REPO / script, os.X_OK)
+
+
+def test_local_one_machine_eight_gpus():
+    exports, cmd = dry_run("launch/local.sh", "/data/imagenet", "--logdir", "runs/a b", NPROC="8")
+    assert cmd == TORCHRUN + ["--standalone", "--nnodes=1", "--nproc_per_node=8", "--max-restarts=3",
+                              "training/train.py", "/data/imagenet", "--config", "configs/imagenet18/1x8.yaml",
+                              "--logdir", "runs/a b"]
+    assert exports == ["export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"]
+
+
+def test_local_options():
+    exports, cmd = dry_run("launch/local.sh", "DATA", NPROC="2", CONFIG="configs/tiny_cpu.yaml", MAX_RESTARTS="5",
+                           DIST_TIMEOUT="120", RESUME="auto", IFNAME="eth1", PYTHON="/opt/py/bin/python")
+    assert cmd[:3] == ["/opt/py/bin/python", "-m", "torch.distributed.run"]
+    assert "--nproc_per_node=2" in cmd and "--max-restarts=5" in cmd
+    assert cmd[cmd.index("DATA"):] == ["DATA", "--config", "configs/tiny_cpu.yaml", "train.dist_timeout_s=120",
+                                       "--resume", "auto"]
+    assert "export NCCL_SOCKET_IFNAME=eth1" in exports and "export GLOO_SOCKET_IFNAME=eth1" in exports
+
+
+@pytest.mark.parametrize("nnodes", ["8", "16"])
+def test_multinode_c10d(nnodes):
+    exports, cmd = dry_run("launch/multinode.sh", "/data", "--fp16", NNODES=nnodes,
+                           RDZV_ENDPOINT="node0:29400", RDZV_ID="job7")
+    assert cmd == TORCHRUN + [f"--nnodes={nnodes}", "--nproc_per_node=8", "--max-restarts=3",
+                              "--rdzv-backend=c10d", "--rdzv-endpoint=node0:29400", "--rdzv-id=job7",
+                              "training/train.py", "/data", "--config", f"configs/imagenet18/{nnodes}x8.yaml",
+                              "--fp16"]
+
+
+def test_multinode_static_node_rank():
+    _, cmd = dry_run("launch/multinode.sh", "/data", NNODES="8", NODE_RANK="3", MASTER_ADDR="node0")
+    assert "--node-rank=3" in cmd and "--master-addr=node0" in cmd and "--master-port=29500" in cmd
+    assert not any(c.startswith("--rdzv") for c in cmd)
+
+
+@pytest.mark.parametrize("nodes", ["1", "8", "16"])
+def test_slurm(nodes):
+    r = launch("launch/slurm.sbatch", "/data", SLURM_NNODES=nodes, SLURM_JOB_ID="123", HEAD_NODE="gpu-a01")
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.strip().splitlines() if not ln.startswith("export ")]
+    srun, torchrun = shlex.split(lines[0]), shlex.split(lines[1])
+    assert srun == ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
+                    "bash", "launch/multinode.sh", "/data"]
+    assert torchrun == TORCHRUN + [f"--nnodes={nodes}", "--nproc_per_node=8", "--max-restarts=3",
+                                   "--rdzv-backend=c10d", "--rdzv-endpoint=gpu-a01:29400", "--rdzv-id=slurm-123",
+                                   "training/train.py", "/data", "--config", f"configs/imagenet18/{nodes}x8.yaml"]
+
+
+def test_slurm_requeued_job_resumes():
+    r = launch("launch/slurm.sbatch", "/data", SLURM_NNODES="8", SLURM_JOB_ID="9", HEAD_NODE="h",
+               SLURM_RESTART_COUNT="1")
+    assert r.returncode == 0, r.stderr
+    assert shlex.split(r.stdout.strip().splitlines()[-1])[-2:] == ["--resume", "auto"], r.stdout
+
+
+@pytest.mark.parametrize("script,env,message", [
+    ("launch/local.sh", {}, "usage:"),
+    ("launch/multinode.sh", {"NNODES": "8"}, "usage:"),
+    ("launch/local.sh", {"NPROC": "two", "DATA": "x"}, "NPROC=two: expected a positive integer"),
+    ("launch/multinode.sh", {"NNODES": "3", "RDZV_ENDPOINT": "h:1", "DATA": "x"},
+     "no config configs/imagenet18/3x8.yaml"),
+    ("launch/multinode.sh", {"NNODES": "8", "DATA": "x"}, "set RDZV_ENDPOINT"),
+    ("launch/multinode.sh", {"NNODES": "8", "NODE_RANK": "1", "DATA": "x"}, "needs MASTER_ADDR"),
+    ("launch/slurm.sbatch", {"DATA": "x"}, "not inside a Slurm allocation"),
+])
+def test_bad_launch_options(script, env, message):
+    args = [env.pop("DATA")] if "DATA" in env else []
+    r = launch(script, *args, **env)
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+    assert "torch.distributed.run" not in r.stdout
