@@ -102,12 +102,17 @@ def loader(args: argparse.Namespace) -> int:
     print(f"loader benchmark: {data} ({sum(1 for _ in (data / 'train').rglob('*.JPEG'))} train images), "
           f"batch {args.batch_size}, {args.workers} workers/threads, {args.batches} timed batches, "
           f"median of {args.repeats}, {os.cpu_count()} CPUs")
-    print(f"{'size':>5} {'torchvision img/s':>18} {'dali img/s':>11} {'dali/torchvision':>17}")
+    print(f"{'size':>5} {'torchvision img/s (range)':>26} {'dali img/s (range)':>26} {'dali/torchvision':>17}")
     for size in args.sizes:
-        tv = statistics.median(results[("torchvision", size)])
-        dl = statistics.median(results[("dali", size)])
-        print(f"{size:>5} {tv:>18.1f} {dl:>11.1f} {dl / tv:>16.2f}x")
+        tv, dl = results[("torchvision", size)], results[("dali", size)]
+        print(f"{size:>5} {_cell(tv):>26} {_cell(dl):>26} "
+              f"{statistics.median(dl) / statistics.median(tv):>16.2f}x")
     return 0
+
+
+def _cell(runs: list[float]) -> str:
+    """median (min-max): the range shows how much the shared cores disturbed the runs."""
+    return f"{statistics.median(runs):.0f} ({min(runs):.0f}-{max(runs):.0f})"
 
 
 def _add_loader(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,154 @@
+"""The DALI backend on the CPU (real DALI, device_id=None), against the same trees as torchvision."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("nvidia.dali")
+
+from conftest import PALETTE, make_jpeg_tree  # noqa: E402
+from training.data import IMAGENET_MEAN, IMAGENET_STD, DataError, LoaderSpec, PhaseLoaders, get_backend  # noqa: E402
+from training.data import dali, imagefolder  # noqa: E402
+from training.phases import DataPhase  # noqa: E402
+
+
+def phase(start=0, size=32, bs=4, rect=False, keep_dl=False) -> DataPhase:
+    return DataPhase(start=start, size=size, batch_size=bs, train_dir="", val_dir="",
+                     min_scale=0.35, rect_val=rect, keep_dl=keep_dl)
+
+
+def spec(root: Path, rank=0, world=1, **kw) -> LoaderSpec:
+    kw.setdefault("phase", phase())
+    return LoaderSpec(root=str(root), rank=rank, world_size=world, device=torch.device("cpu"),
+                      workers=kw.pop("workers", 2), seed=kw.pop("seed", 0), **kw)
+
+
+def pixel_classes(x: torch.Tensor) -> list[int]:
+    """Class whose PALETTE colour is nearest to each image's un-normalised centre patch."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    h, w = x.shape[2] // 2, x.shape[3] // 2
+    rgb = (x.float() * std + mean)[:, :, h - 2:h + 2, w - 2:w + 2].mean((2, 3))
+    return torch.cdist(rgb, torch.tensor(PALETTE, dtype=torch.float)).argmin(1).tolist()
+
+
+def bad_huffman_jpeg(src: Path, dst: Path) -> None:
+    """Valid header and end marker, but a scan naming an undefined Huffman table."""
+    data = src.read_bytes()
+    sos = data.index(b"\xff\xda")
+    dst.write_bytes(data[:sos] + b"\xff\xda\x00\x0c\x03\x01\x77\x02\x77\x03\x77\x00\x3f\x00" + data[sos + 14:])
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def test_auto_picks_dali():
+    assert get_backend("auto").name == "dali"
+
+
+def test_labels_match_pixels_train_val_and_rect(jpeg_tree):
+    s = spec(jpeg_tree)
+    for loader in (dali.train_loader(s), dali.val_loader(s), dali.val_loader(replace(s, phase=phase(rect=True)))):
+        n = 0
+        for x, y in loader:
+            assert pixel_classes(x) == y.tolist()
+            n += len(y)
+        assert n == loader.num_images
+        loader.close()
+
+
+def test_same_shard_order_and_rect_shapes_as_torchvision(jpeg_tree):
+    s = spec(jpeg_tree, phase=phase(rect=True))
+    d, t = dali.train_loader(s), imagefolder.train_loader(s)
+    for epoch in (0, 2):
+        d.set_epoch(epoch)
+        t.set_epoch(epoch)
+        assert [y.tolist() for _, y in d] == [y.tolist() for _, y in t]
+    dv, tv = dali.val_loader(s), imagefolder.val_loader(s)
+    assert [(x.shape, y.tolist()) for x, y in dv] == [(x.shape, y.tolist()) for x, y in tv]
+
+
+def test_shapes_dtypes_per_phase_keep_dl_and_rebuild(jpeg_tree):
+    phases = (phase(0, 32, 4), phase(1, 32, 6, keep_dl=True), phase(2, 48, 5, rect=True))
+    loaders = PhaseLoaders(get_backend("dali"), spec(jpeg_tree, channels_last=True, dtype=torch.bfloat16), phases)
+    first = None
+    for epoch, (size, bs) in enumerate(((32, 4), (32, 6), (48, 5))):
+        train, val = loaders.for_epoch(epoch)
+        first = train if first is None else first
+        assert (train is first) == (epoch < 2)
+        assert train.batch_size == bs and len(train) == math.ceil(24 / bs)
+        batches = list(train)
+        assert [len(y) for _, y in batches] == [bs] * (24 // bs) + ([24 % bs] if 24 % bs else [])
+        for x, y in batches:
+            assert x.dtype == torch.bfloat16 and y.dtype == torch.int64
+            assert x.shape[1:] == (3, size, size) and x.is_contiguous(memory_format=torch.channels_last)
+        for x, _ in val:
+            assert min(x.shape[2:]) == size and x.is_contiguous(memory_format=torch.channels_last)
+    loaders.close()
+
+
+def test_two_ranks_cover_train_at_least_once_and_validation_exactly_once(tmp_path):
+    root = make_jpeg_tree(tmp_path / "data", classes=3, train_per_class=7, val_per_class=3)  # 21 and 9
+    specs = [spec(root, rank=r, world=2, phase=phase(bs=4)) for r in range(2)]
+    trains = [dali.train_loader(s) for s in specs]
+    counts = [[len(y) for _, y in t] for t in trains]
+    assert len(trains[0]) == len(trains[1]) == len(counts[0]) == len(counts[1]) == math.ceil(11 / 4)
+    assert sum(counts[0]) == sum(counts[1]) == 11
+    labels = Counter(l for t in trains for _, y in t for l in y.tolist())
+    assert all(labels[c] >= 7 for c in range(3))  # 22 slots: every image, one padded repeat
+    vals = [dali.val_loader(s) for s in specs]
+    assert Counter(l for v in vals for _, y in v for l in y.tolist()) == Counter({0: 3, 1: 3, 2: 3})
+
+
+def test_same_seed_and_epoch_same_batches(jpeg_tree):
+    a, b = dali.train_loader(spec(jpeg_tree, workers=1)), dali.train_loader(spec(jpeg_tree, workers=2))
+    a.set_epoch(1)
+    b.set_epoch(1)
+    got_a, got_b = list(a), list(b)
+    assert all(torch.equal(x, xb) and torch.equal(y, yb) for (x, y), (xb, yb) in zip(got_a, got_b))
+    a.set_epoch(2)
+    assert not torch.equal(next(iter(a))[0], got_a[0][0])
+
+
+def test_bad_images_skip_at_index_time_and_error(jpeg_tree, capsys):
+    (jpeg_tree / "train" / "n00000000" / "notes.txt").write_text("not an image")
+    loader = dali.train_loader(spec(jpeg_tree))
+    assert [Path(p).name for p in loader.skipped] == ["notes.txt"]
+    assert sum(len(y) for _, y in loader) == 24
+    assert "notes.txt" in capsys.readouterr().err
+    with pytest.raises(DataError, match=r"notes\.txt"):
+        dali.train_loader(spec(jpeg_tree, bad_images="error"))
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_image_failing_only_at_decode_is_named(jpeg_tree, split):
+    good = sorted((jpeg_tree / split).rglob("*.JPEG"))
+    bad_huffman_jpeg(good[0], jpeg_tree / split / "n00000001" / "huff.JPEG")
+    loader = (dali.train_loader if split == "train" else dali.val_loader)(spec(jpeg_tree))
+    with pytest.raises(DataError, match=r"huff\.JPEG") as e:
+        list(loader)
+    assert "\n" not in str(e.value)
+    with pytest.raises(DataError, match=r"huff\.JPEG"):  # a new pass gets a fresh pipeline, not a dead one
+        list(loader)
+    loader.close()
+
+
+def test_phase_changes_release_pipelines(jpeg_tree):
+    phases = tuple(phase(e, 32 + 16 * (e % 2), 4, rect=e % 2 == 1) for e in range(7))
+    loaders = PhaseLoaders(get_backend("dali"), spec(jpeg_tree), phases)
+    rss = []
+    for epoch in range(7):
+        train, val = loaders.for_epoch(epoch)
+        sum(len(y) for _, y in train)
+        sum(len(y) for _, y in val)
+        rss.append(rss_mb())
+    loaders.close()
+    # after a warm-up change, five more rebuilds of train and val pipelines
+    assert rss[-1] - rss[1] < 100, rss

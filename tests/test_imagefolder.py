@@ -1,0 +1,184 @@
+"""The torchvision backend and the tree index it shares with DALI (CPU, small generated JPEG trees)."""
+from __future__ import annotations
+
+import math
+import multiprocessing
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+from conftest import PALETTE, make_jpeg_tree
+from training.data import IMAGENET_MEAN, IMAGENET_STD, DataError, LoaderSpec, PhaseLoaders, get_backend
+from training.data import imagefolder
+from training.phases import DataPhase
+
+
+def phase(start=0, size=32, bs=4, rect=False, keep_dl=False, min_scale=0.35) -> DataPhase:
+    return DataPhase(start=start, size=size, batch_size=bs, train_dir="", val_dir="",
+                     min_scale=min_scale, rect_val=rect, keep_dl=keep_dl)
+
+
+def spec(root: Path, rank=0, world=1, workers=0, **kw) -> LoaderSpec:
+    kw.setdefault("phase", phase())
+    return LoaderSpec(root=str(root), rank=rank, world_size=world, device=torch.device("cpu"),
+                      workers=workers, seed=kw.pop("seed", 0), **kw)
+
+
+def pixel_classes(x: torch.Tensor) -> list[int]:
+    """Class whose PALETTE colour is nearest to each image's un-normalised centre patch."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    h, w = x.shape[2] // 2, x.shape[3] // 2
+    rgb = (x.float() * std + mean)[:, :, h - 2:h + 2, w - 2:w + 2].mean((2, 3))
+    return torch.cdist(rgb, torch.tensor(PALETTE, dtype=torch.float)).argmin(1).tolist()
+
+
+def truncated_jpeg(src: Path, dst: Path) -> None:
+    data = src.read_bytes()
+    dst.write_bytes(data[:len(data) // 2])
+
+
+def bad_huffman_jpeg(src: Path, dst: Path) -> None:
+    """Valid header and end marker (passes the index check) but a scan naming an undefined
+    Huffman table: only a decoder finds it."""
+    data = src.read_bytes()
+    sos = data.index(b"\xff\xda")
+    dst.write_bytes(data[:sos] + b"\xff\xda\x00\x0c\x03\x01\x77\x02\x77\x03\x77\x00\x3f\x00" + data[sos + 14:])
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def test_labels_match_pixels_train_val_and_rect(jpeg_tree):
+    s = spec(jpeg_tree)
+    for loader in (imagefolder.train_loader(s), imagefolder.val_loader(s),
+                   imagefolder.val_loader(replace(s, phase=phase(rect=True)))):
+        n = 0
+        for x, y in loader:
+            assert pixel_classes(x) == y.tolist()
+            n += len(y)
+        assert n == loader.num_images
+        loader.close()
+
+
+def test_shapes_dtypes_per_phase_keep_dl_and_rebuild(jpeg_tree):
+    phases = (phase(0, 32, 4), phase(1, 32, 6, keep_dl=True), phase(2, 48, 5, rect=True))
+    loaders = PhaseLoaders(get_backend("torchvision"), spec(jpeg_tree, dtype=torch.float16, channels_last=True),
+                           phases)
+    first = None
+    for epoch, (size, bs) in enumerate(((32, 4), (32, 6), (48, 5))):
+        train, val = loaders.for_epoch(epoch)
+        first = train if first is None else first
+        assert (train is first) == (epoch < 2)  # keep_dl kept the loader, the size change rebuilt it
+        assert train.batch_size == bs and len(train) == math.ceil(24 / bs)
+        batches = list(train)
+        assert len(batches) == len(train)
+        for x, y in batches:
+            assert x.dtype == torch.float16 and y.dtype == torch.int64
+            assert x.shape[1:] == (3, size, size) and x.is_contiguous(memory_format=torch.channels_last)
+        assert [len(y) for _, y in batches] == [bs] * (24 // bs) + ([24 % bs] if 24 % bs else [])
+        for x, _ in val:
+            assert x.dtype == torch.float16 and min(x.shape[2:]) == size
+            assert epoch < 2 or all(d % 8 == 0 for d in x.shape[2:])  # rect_val: long side floored to 8
+    loaders.close()
+
+
+def test_two_ranks_cover_train_at_least_once_and_validation_exactly_once(tmp_path):
+    root = make_jpeg_tree(tmp_path / "data", classes=3, train_per_class=7, val_per_class=3)  # 21 and 9
+    specs = [spec(root, rank=r, world=2, phase=phase(bs=4)) for r in range(2)]
+    for epoch in (0, 3):
+        shards = [imagefolder.shard_indices(21, 0, epoch, r, 2) for r in range(2)]
+        assert set(shards[0]) | set(shards[1]) == set(range(21)) and len(shards[0]) == len(shards[1]) == 11
+        sampler = DistributedSampler(range(21), num_replicas=2, rank=1, shuffle=True, seed=0)
+        sampler.set_epoch(epoch)
+        assert shards[1] == list(sampler)  # the same order DistributedSampler gives
+    trains = [imagefolder.train_loader(s) for s in specs]
+    counts = [[len(y) for _, y in t] for t in trains]
+    assert len(trains[0]) == len(trains[1]) == math.ceil(11 / 4) == len(counts[0]) == len(counts[1])
+    assert sum(counts[0]) == sum(counts[1]) == 11
+    vals = [imagefolder.val_loader(s) for s in specs]
+    labels = Counter(l for v in vals for _, y in v for l in y.tolist())
+    assert labels == Counter({0: 3, 1: 3, 2: 3}) and vals[0].num_images == 9
+
+
+def test_same_seed_and_epoch_same_batches_whatever_the_workers(jpeg_tree):
+    a = imagefolder.train_loader(spec(jpeg_tree, workers=0))
+    b = imagefolder.train_loader(spec(jpeg_tree, workers=2))
+    epochs_a = []
+    for epoch in (0, 1):  # a runs epoch 0 first; b starts at epoch 1 as a resumed run would
+        a.set_epoch(epoch)
+        epochs_a.append([(x.clone(), y.clone()) for x, y in a])
+    b.set_epoch(1)
+    for _ in range(2):  # and twice over the same persistent workers
+        got = list(b)
+        assert len(got) == len(epochs_a[1])
+        assert all(torch.equal(x, xa) and torch.equal(y, ya) for (x, y), (xa, ya) in zip(got, epochs_a[1]))
+    assert not torch.equal(epochs_a[0][0][0], epochs_a[1][0][0])  # a new epoch reshuffles and re-augments
+    a.close()
+    b.close()
+
+
+def test_bad_images_skipped_named_counted(jpeg_tree, capsys):
+    good = sorted((jpeg_tree / "train").rglob("*.JPEG"))
+    (jpeg_tree / "train" / "n00000000" / "notes.txt").write_text("not an image")
+    truncated_jpeg(good[0], jpeg_tree / "train" / "n00000001" / "cut.JPEG")
+    bad_huffman_jpeg(good[0], jpeg_tree / "train" / "n00000002" / "huff.JPEG")
+    loader = imagefolder.train_loader(spec(jpeg_tree, phase=phase(bs=5)))
+    assert loader.num_images == 25  # the header check drops two; huff.JPEG only fails to decode
+    assert sorted(Path(p).name for p in loader.skipped) == ["cut.JPEG", "notes.txt"]
+    assert sum(len(y) for _, y in loader) == 24
+    assert sorted(Path(p).name for p in loader.skipped) == ["cut.JPEG", "huff.JPEG", "notes.txt"]
+    err = capsys.readouterr().err
+    for name in ("notes.txt", "cut.JPEG", "huff.JPEG"):
+        assert sum(name in line for line in err.splitlines()) == 1
+
+
+def test_bad_images_error_names_the_file(jpeg_tree):
+    good = sorted((jpeg_tree / "train").rglob("*.JPEG"))
+    bad_huffman_jpeg(good[0], jpeg_tree / "train" / "n00000002" / "huff.JPEG")
+    loader = imagefolder.train_loader(spec(jpeg_tree, bad_images="error", workers=1))
+    with pytest.raises(DataError, match=r"huff\.JPEG"):
+        list(loader)
+    loader.close()
+    truncated_jpeg(good[0], jpeg_tree / "train" / "n00000001" / "cut.JPEG")
+    with pytest.raises(DataError, match=r"cut\.JPEG: truncated") as e:
+        imagefolder.train_loader(spec(jpeg_tree, bad_images="error"))
+    assert "\n" not in str(e.value)
+
+
+def test_dataset_errors_are_one_line(tmp_path):
+    cases = []
+    cases.append((tmp_path / "missing", "data dir not found"))
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    cases.append((tmp_path / "empty", "no class folders"))
+    make_jpeg_tree(tmp_path / "hollow", splits=("train",))
+    (tmp_path / "hollow" / "train" / "n00000009").mkdir()
+    cases.append((tmp_path / "hollow", r"class folder holds no images: .*n00000009"))
+    for root, message in cases:
+        with pytest.raises(DataError, match=message) as e:
+            imagefolder.train_loader(spec(root))
+        assert "\n" not in str(e.value)
+    root = make_jpeg_tree(tmp_path / "mismatch")
+    (root / "validation" / "n00000002").rename(root / "validation" / "n00000007")
+    with pytest.raises(DataError, match=r"class folders differ .* only in train \(first n00000002\)"):
+        imagefolder.val_loader(spec(root))
+
+
+def test_phase_changes_release_memory_and_workers(jpeg_tree):
+    phases = tuple(phase(e, 32 + 16 * (e % 2), 4, rect=e % 2 == 1) for e in range(6))
+    loaders = PhaseLoaders(get_backend("torchvision"), spec(jpeg_tree, workers=1), phases)
+    rss = []
+    for epoch in range(6):
+        train, val = loaders.for_epoch(epoch)
+        next(iter(train))
+        sum(len(y) for _, y in val)
+        rss.append(rss_mb())
+    loaders.close()
+    assert rss[-1] - rss[0] < 100, rss  # five rebuilds; a leak of loaders or workers would show
+    assert multiprocessing.active_children() == []

@@ -1,0 +1,102 @@
+"""imagenet18's rectangular validation: the crop rule, batching across ranks, the cached size index."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.data import LoaderSpec
+from training.data import imagefolder
+from training.data.rectval import ValBatch, crop_hw, val_batches
+from training.phases import DataPhase
+
+# (width, height) -> aspect ratios 2.0, 1.0, 0.5, 1.5, 0.75, 1.2
+SIZES = [(200, 100), (100, 100), (100, 200), (150, 100), (90, 120), (120, 100)]
+# Sorted by ratio: 2 (0.5), 4 (0.75), 1 (1.0), 5 (1.2), 3 (1.5), 0 (2.0). In pairs, mean ratios
+# 0.625 -> tall: int(64 / 0.625) = 102 -> 96 x 64; 1.1 -> int(70.4) = 70 -> 64 x 64;
+# 1.75 -> int(112.0) = 112 -> 64 x 112.
+EXPECTED = [ValBatch((2, 4), (96, 64)), ValBatch((1, 5), (64, 64)), ValBatch((3, 0), (64, 112))]
+
+
+def test_crop_rule_known_answers():
+    assert crop_hw(4 / 3, 128) == (128, 168)  # int(170.67) = 170 -> 168
+    assert crop_hw(0.75, 128) == (168, 128)
+    assert crop_hw(1.0, 224) == (224, 224)
+    assert crop_hw(1.0, 100) == (100, 96)  # imagenet18 floors the long side even when square
+    assert crop_hw(2.2, 288) == (288, 632)  # int(633.6) = 633 -> 632
+
+
+def test_batches_known_answers_and_rank_split():
+    assert val_batches(SIZES, 2, 64, 0, 1, rect=True) == EXPECTED
+    assert val_batches(SIZES, 2, 64, 0, 2, rect=True) == EXPECTED[:2]
+    assert val_batches(SIZES, 2, 64, 1, 2, rect=True) == EXPECTED[2:]
+    assert val_batches(SIZES, 4, 32, 0, 1, rect=False) == [ValBatch((0, 1, 2, 3), (32, 32)),
+                                                            ValBatch((4, 5), (32, 32))]
+
+
+@pytest.mark.parametrize("world,bs,rect", itertools.product((1, 2, 3, 8), (1, 3, 5), (False, True)))
+def test_every_image_exactly_once_across_ranks(world, bs, rect):
+    rng = np.random.default_rng(world * 10 + bs)
+    sizes = [tuple(int(v) for v in rng.integers(20, 200, 2)) for _ in range(23)]
+    seen = [i for r in range(world) for b in val_batches(sizes, bs, 64, r, world, rect) for i in b.indices]
+    assert sorted(seen) == list(range(23))
+
+
+def _tree(root: Path) -> Path:
+    """validation/a/img{i}.JPEG of SIZES (index i is file i) and a one-image train/a."""
+    for split, sizes in (("validation", SIZES), ("train", SIZES[:1])):
+        d = root / split / "a"
+        d.mkdir(parents=True)
+        for i, (w, h) in enumerate(sizes):
+            Image.new("RGB", (w, h), (200, 30, 30)).save(d / f"img{i}.JPEG")
+    return root
+
+
+def _spec(root: Path, world: int = 1, rank: int = 0) -> LoaderSpec:
+    phase = DataPhase(start=0, size=64, batch_size=2, train_dir="", val_dir="", min_scale=0.35,
+                      rect_val=True, keep_dl=False)
+    return LoaderSpec(root=str(root), phase=phase, rank=rank, world_size=world,
+                      device=torch.device("cpu"), workers=0, seed=0)
+
+
+def test_rect_batches_from_real_files(tmp_path):
+    loader = imagefolder.val_loader(_spec(_tree(tmp_path / "data")))
+    shapes = [tuple(x.shape) for x, _ in loader]
+    assert shapes == [(2, 3, *b.hw) for b in EXPECTED]
+    r0 = [tuple(x.shape) for x, _ in imagefolder.val_loader(_spec(tmp_path / "data", 2, 0))]
+    r1 = [tuple(x.shape) for x, _ in imagefolder.val_loader(_spec(tmp_path / "data", 2, 1))]
+    assert r0 + r1 == shapes
+
+
+def test_size_index_cached_beside_data_and_invalidated(tmp_path, monkeypatch):
+    root = _tree(tmp_path / "data")
+    split = str(root / "validation")
+    first = imagefolder.index_tree(split, ["a"])
+    cache = root / ".validation-index.npz"
+    assert cache.is_file()
+    with np.load(cache, allow_pickle=False) as z:  # plain arrays: readable without pickle
+        assert z["wh"].tolist() == [list(s) for s in SIZES]
+    calls = []
+    real_probe = imagefolder.probe_image
+    monkeypatch.setattr(imagefolder, "probe_image", lambda p: calls.append(p) or real_probe(p))
+    assert imagefolder.index_tree(split, ["a"]).sizes == first.sizes == SIZES
+    assert calls == []  # served from the cache
+    Image.new("RGB", (50, 70)).save(root / "validation" / "a" / "img9.JPEG")
+    assert imagefolder.index_tree(split, ["a"]).sizes == SIZES + [(50, 70)]
+    assert len(calls) == 7  # the file list changed: every header read again
+
+
+def test_read_only_data_falls_back_or_skips_caching(tmp_path, monkeypatch):
+    root = _tree(tmp_path / "data")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")  # nothing can be created under a regular file, even by root
+    fallback = tmp_path / "user-cache" / "v.npz"
+    monkeypatch.setattr(imagefolder, "_cache_files", lambda d: [str(blocker / "v.npz"), str(fallback)])
+    assert imagefolder.index_tree(str(root / "validation"), ["a"]).sizes == SIZES
+    assert fallback.is_file()
+    monkeypatch.setattr(imagefolder, "_cache_files", lambda d: [str(blocker / "v.npz")])
+    assert imagefolder.index_tree(str(root / "validation"), ["a"]).sizes == SIZES

@@ -1,0 +1,74 @@
+"""The pre-resize tool: shorter side, layout, resumability, atomic writes, errors."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PIL import Image
+
+from training.resize import main
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    """train/ and validation/ with large wide, large tall, and small images; returns their sizes."""
+    sizes = {"train/a/wide.JPEG": (400, 300), "train/a/tall.JPEG": (250, 500),
+             "train/b/small.JPEG": (120, 90), "validation/a/v.JPEG": (330, 220),
+             "validation/b/v.png": (300, 600)}
+    for rel, wh in sizes.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", wh, (40, 90, 200)).save(root / rel)
+    return sizes
+
+
+def test_shorter_side_aspect_layout_and_small_images_copied(tmp_path, capsys):
+    sizes = _tree(tmp_path / "data")
+    assert main([str(tmp_path / "data"), str(tmp_path / "out"), "--size", "160", "--workers", "2"]) == 0
+    assert "5 written, 0 already done, 0 unreadable" in capsys.readouterr().out
+    expected = {"train/a/wide.JPEG": (213, 160), "train/a/tall.JPEG": (160, 320),
+                "validation/a/v.JPEG": (240, 160), "validation/b/v.png": (160, 320)}
+    for rel, wh in expected.items():
+        with Image.open(tmp_path / "out" / rel) as im:
+            assert im.size == wh and im.format == ("PNG" if rel.endswith(".png") else "JPEG")
+    # never upscaled: a smaller image is copied byte for byte
+    assert (tmp_path / "out/train/b/small.JPEG").read_bytes() == (tmp_path / "data/train/b/small.JPEG").read_bytes()
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file()) \
+        == sorted(sizes)
+
+
+def test_resumable_skips_done_files_and_redoes_partial_ones(tmp_path, capsys):
+    _tree(tmp_path / "data")
+    args = [str(tmp_path / "data"), str(tmp_path / "out"), "--size", "160", "--workers", "1"]
+    assert main(args) == 0
+    done = tmp_path / "out/train/a/wide.JPEG"
+    os.utime(done, (1, 1))
+    # a run killed mid-write left a partial temp file and no final file
+    victim = tmp_path / "out/validation/a/v.JPEG"
+    partial = victim.parent / ".v.JPEG.part"
+    victim.unlink()
+    partial.write_bytes(b"\xff\xd8 half a jpeg")
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "1 written, 4 already done" in capsys.readouterr().out
+    assert done.stat().st_mtime == 1  # not rewritten
+    assert not partial.exists()
+    with Image.open(victim) as im:
+        assert im.size == (240, 160)
+
+
+def test_unreadable_input_named_and_skipped(tmp_path, capsys):
+    _tree(tmp_path / "data")
+    (tmp_path / "data/train/a/broken.JPEG").write_bytes(b"not a jpeg")
+    assert main([str(tmp_path / "data"), str(tmp_path / "out"), "--workers", "1"]) == 0
+    out = capsys.readouterr()
+    assert "1 unreadable" in out.out and "broken.JPEG" in out.err
+    assert not (tmp_path / "out/train/a/broken.JPEG").exists()
+    assert not list((tmp_path / "out").rglob("*.part"))
+
+
+def test_missing_data_exits_2_with_one_line(tmp_path, capsys):
+    assert main([str(tmp_path / "nope"), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not found" in err
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty"), str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,62 @@
+"""Validation batching for every backend, including imagenet18's rectangular validation.
+
+imagenet18 (fast.ai / DIUx) validated on rectangles instead of centre squares: images are sorted by
+aspect ratio w/h (rounded to 5 decimals), cut into consecutive chunks of the batch size, and each
+chunk is centre-cropped to its mean aspect ratio: the shorter side becomes the target size, the
+longer side ``int(size * ar)`` (or ``int(size / ar)`` for tall batches) floored to a multiple of 8.
+Rank r validates a contiguous block of whole chunks, so each image is seen exactly once and every
+batch is the same chunk whatever the world size (imagenet18's ValDistSampler did the same).
+
+Image sizes come from the shared header index (imagefolder.index_tree), which is cached beside the
+data, so no image is decoded to build the batches.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ValBatch:
+    indices: tuple[int, ...]  # into the split's index
+    hw: tuple[int, int]  # centre-crop (height, width) of every image in the batch
+
+
+def aspect_ratio(width: int, height: int) -> float:
+    return round(width / height, 5)
+
+
+def crop_hw(ar: float, size: int) -> tuple[int, int]:
+    """imagenet18's crop for a batch of mean aspect ratio ``ar`` (w/h): (height, width)."""
+    if ar < 1:  # tall
+        return int(size / ar) // 8 * 8, size
+    return size, int(size * ar) // 8 * 8
+
+
+def _chunks(order: Sequence[int], batch_size: int) -> list[tuple[int, ...]]:
+    return [tuple(order[i:i + batch_size]) for i in range(0, len(order), batch_size)]
+
+
+def _rank_block(chunks: list, rank: int, world_size: int) -> list:
+    per = math.ceil(len(chunks) / world_size)
+    return chunks[rank * per:(rank + 1) * per]
+
+
+def val_batches(sizes: Sequence[tuple[int, int]], batch_size: int, size: int, rank: int,
+                world_size: int, rect: bool) -> list[ValBatch]:
+    """This rank's validation batches over images of (width, height) ``sizes``.
+
+    Square: index order, (size, size) crops. Rectangular: aspect-ratio order, per-chunk crops.
+    Some ranks may get one batch fewer (or none): validation needs no padding, only a sum.
+    """
+    if not rect:
+        chunks = _chunks(range(len(sizes)), batch_size)
+        return [ValBatch(c, (size, size)) for c in _rank_block(chunks, rank, world_size)]
+    ars = [aspect_ratio(w, h) for w, h in sizes]
+    order = sorted(range(len(sizes)), key=ars.__getitem__)  # stable: ties keep index order
+    chunks = _chunks(order, batch_size)
+    return [ValBatch(c, crop_hw(round(float(np.mean([ars[i] for i in c])), 5), size))
+            for c in _rank_block(chunks, rank, world_size)]
