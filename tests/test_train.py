@@ -44,9 +44,12 @@ def final_weights(logdir: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpts[-1], weights_only=True)["model"]
 
 
-def test_two_process_gloo_run_logs_one_eval_per_epoch(data, tmp_path):
+@pytest.mark.parametrize("loader", ["torchvision", "dali"])
+def test_two_process_gloo_run_logs_one_eval_per_epoch(data, tmp_path, loader):
+    if loader == "dali":
+        pytest.importorskip("nvidia.dali")
     logdir = tmp_path / "run"
-    train(str(data), *TINY, f"train.logdir={logdir}", nproc=2)
+    train(str(data), *TINY, f"train.logdir={logdir}", f"data.loader={loader}", nproc=2)
     s = scalars(logdir)
     # 24 images, 2 ranks: 12 per rank per epoch whatever the batch size, so 24 global images per epoch
     assert [st for st, _ in s["losses/test_1"]] == [24, 48, 72]
