@@ -70,12 +70,5 @@ cmd+=(training/train.py "$DATA" --config "$CONFIG")
 [ -n "${RESUME:-}" ] && cmd+=(--resume "$RESUME")
 cmd+=("$@")
 
-if [ -n "${LAUNCH_DRY_RUN:-}" ]; then
-  for v in NCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME TORCH_DISABLE_SHARE_RDZV_TCP_STORE; do
-    [ -n "${!v:-}" ] && echo "export $v=${!v}"
-  done
-  printf '%q ' "${cmd[@]}"
-  echo
-  exit 0
-fi
-exec "${cmd[@]}"
+. launch/common.sh
+run_or_print "${cmd[@]}"
