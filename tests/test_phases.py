@@ -175,3 +175,16 @@ def test_shipped_configs_parse():
         r = subprocess.run([sys.executable, "training/train.py", "--config", str(path), "--dry-run",
                             "--world-size", "8"], cwd=REPO, capture_output=True, text=True)
         assert r.returncode == 0, (path, r.stderr)
+
+
+def test_lr_phase_starting_mid_epoch_switches_mid_epoch():
+    # airbench-style: the peak at 2.277 epochs falls inside epoch 2 (B = 98 steps per epoch)
+    s = parse_schedule([{"ep": 0, "sz": 32, "bs": 512}, {"ep": [0, 2.277], "lr": [0.0, 1.0]},
+                        {"ep": [2.277, 9.9], "lr": [1.0, 0.0]}])
+    lrs = [s.lr(2, i, 98) for i in range(98)]
+    peak = lrs.index(max(lrs))
+    assert max(lrs) == 1.0 and peak == 27  # step 27 ends at 2 + 28/98 > 2.277: held at the peak
+    assert all(a < b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))  # rising before
+    assert all(a > b for a, b in zip(lrs[peak:], lrs[peak + 1:]))  # falling after
+    last = s.iters_per_epoch(9, 98 * 512) - 1
+    assert last == 88 and s.lr(9, last, 98) == 0.0  # the partial final epoch ends at lr 0

@@ -75,6 +75,8 @@ class CifarConfig:
     results: str = ""  # JSON results file
     download: bool = True  # try torchvision's download when the data dir holds no data set
     warmup_runs: int = 1  # untimed runs on random labels first (compile, cudnn autotune); 0: none
+    compile_mode: str = "default"  # torch.compile mode with train.compile: default | reduce-overhead | max-autotune
+    threads: int = 0  # CPU only: torch threads (0: torch's default; 1 is faster on a CPU shared with other jobs)
     # network (training/models/cifar.py)
     widths: list = field(default_factory=lambda: [64, 256, 256])  # channels of the 3 conv groups
     act: str = "gelu"  # gelu | relu
@@ -139,6 +141,7 @@ CHOICES = {
     "cifar.optimizer": ("sgd", "muon"),
     "cifar.flip": ("alternate", "random", "none"),
     "cifar.pad_mode": ("reflect", "zeros"),
+    "cifar.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 
 

@@ -12,6 +12,22 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from training.config import ConfigError
+
+
+def check_logdir(logdir: str) -> list[Path]:
+    """Fail before any training if the run's files cannot be written. Returns the dirs it created,
+    so a run stopped by bad input before it wrote anything leaves nothing behind."""
+    created = [p for p in (Path(logdir), *Path(logdir).parents) if not p.exists()]
+    try:
+        Path(logdir).mkdir(parents=True, exist_ok=True)
+        probe = Path(logdir) / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"logdir {logdir} is not writable ({e.strerror})") from None
+    return created
+
 
 class RunLogger:
     def __init__(self, logdir: str | os.PathLike, enabled: bool, start_time: float | None = None,

@@ -56,6 +56,7 @@ class Hooks:
     evaluate: Callable[[nn.Module, Loader], EvalResult] | None = None  # e.g. TTA
     after_epoch: Callable[[TrainState], None] | None = None  # e.g. checkpoint
     eval_every: int = 1  # epochs between evaluations; 0: only after the last epoch
+    loss_is_sum: bool = False  # loss_fn sums over the batch (a fixed loss scale); logs divide by it
 
 
 @dataclass
@@ -165,7 +166,8 @@ def train_epoch(state: TrainState, loader: Loader, hooks: Hooks, ctx: RunContext
         if i >= iters:
             break
         timer.mark("data wait")
-        set_lr(opt, sched.lr(epoch, i, full_iters))
+        lr = sched.lr(epoch, i, full_iters)
+        set_lr(opt, lr)
         with autocast(device, ctx.precision):
             logits = state.model(images)
             loss = hooks.loss_fn(logits, labels)
@@ -197,7 +199,8 @@ def train_epoch(state: TrainState, loader: Loader, hooks: Hooks, ctx: RunContext
             now = time.time()
             ips = images_since_log / max(now - t_log, 1e-9)
             t_log, images_since_log = now, 0
-            _log_train(state, ctx, logits, labels, loss, ips, epoch, i, iters)
+            mean_loss = loss.item() / (batch if hooks.loss_is_sum else 1)
+            _log_train(state, ctx, logits, labels, mean_loss, lr, ips, epoch, i, iters)
     timer.mark("data wait")  # the fetch that ended the loop
     _check_finite(first_bad, epoch)
     if ctx.profile and own_timer:
@@ -213,20 +216,20 @@ def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
                             "(the last good checkpoint is kept; train.nonfinite=skip skips such steps)")
 
 
-def _log_train(state: TrainState, ctx: RunContext, logits, labels, loss, ips: float,
+def _log_train(state: TrainState, ctx: RunContext, logits, labels, loss: float, lr: float, ips: float,
                epoch: int, i: int, iters: int) -> None:
+    """A logging step: the only place the step's results are read back to the host."""
     c1, c5 = topk_correct(logits.detach().float(), labels)
     n = labels.shape[0]
-    lr = state.optimizer.param_groups[0]["lr"] / state.optimizer.param_groups[0].get("lr_scale", 1.0)
     log, step = ctx.logger, state.step
-    log.scalar("losses/xent", loss.item(), step)
+    log.scalar("losses/xent", loss, step)
     log.scalar("losses/train_1", 100 * c1.item() / n, step)
     log.scalar("losses/train_5", 100 * c5.item() / n, step)
     log.scalar("times/1gpu_images_per_sec", ips, step)
     log.scalar("sizes/lr", lr, step)
     left = _images_left(state, ctx, epoch, i + 1)
     eta = left / max(ips * ctx.dist.world_size, 1e-9)
-    log.progress(f"epoch {epoch} [{i + 1}/{iters}] loss {loss.item():.4f} lr {lr:.5g} "
+    log.progress(f"epoch {epoch} [{i + 1}/{iters}] loss {loss:.4f} lr {lr:.5g} "
                  f"{ips:,.0f} img/s/rank  ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
 
 

@@ -120,15 +120,16 @@ def _last_started(phases: Sequence[Any], epoch: float) -> Any:
 
 def lr_at(phases: Sequence[LrPhase], epoch: int, batch_num: int, batch_tot: int) -> float:
     """imagenet18's arithmetic, kept operation for operation so values match its logs to the bit."""
-    ph = _last_started(phases, epoch)
+    position = epoch + max(batch_num - 1, 0) / batch_tot  # this iteration, in epochs: phases may
+    ph = _last_started(phases, position)  # start or end mid-epoch (CIFAR's fractional schedules)
     if ph.end is None:
         return ph.lr_start
-    if epoch >= ph.end:  # between a ramp's end and the next phase: hold the end value
-        return ph.lr_end
     if ph.epoch_step:
         batch_num = 0
     step_tot = (ph.end - ph.start) * batch_tot
     step_curr = (epoch - ph.start) * batch_tot + batch_num
+    if step_curr > step_tot:  # past a ramp's end (a gap, or its last partial step): hold the end value
+        return ph.lr_end
     step_size = (ph.lr_end - ph.lr_start) / step_tot
     return ph.lr_start + step_curr * step_size
 

@@ -107,8 +107,8 @@ class CifarNet(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
                 m.reset_parameters()
-        if self.whiten.bias is not None:
-            self.whiten.bias.zero_()
+        self.whiten.bias.zero_()
+        self.whiten.bias.requires_grad_(True)  # trains for the first epochs of each run
         if self.head_unit_std:  # airbench94_muon: unit-std head, logits divided by the width instead
             self.head.weight.mul_(1 / self.head.weight.std())
 

@@ -17,27 +17,13 @@ import torch
 import torch.nn as nn
 
 from training import checkpoint, dist, loop
-from training.config import Config, ConfigError, dump, to_dict
+from training.config import Config, dump, to_dict
 from training.data import DataError, LoaderSpec, PhaseLoaders, get_backend
-from training.logs import RunLogger
+from training.logs import RunLogger, check_logdir
 from training.models import resnet
 from training.optim import sgd
 from training.phases import Schedule, parse_schedule
 from training.profiling import TraceWindow
-
-
-def check_logdir(logdir: str) -> list[Path]:
-    """Fail before any training if the run's files cannot be written. Returns the dirs it created,
-    so a run stopped by bad input before it wrote anything leaves nothing behind."""
-    created = [p for p in (Path(logdir), *Path(logdir).parents) if not p.exists()]
-    try:
-        Path(logdir).mkdir(parents=True, exist_ok=True)
-        probe = Path(logdir) / ".write_test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"logdir {logdir} is not writable ({e.strerror})") from None
-    return created
 
 
 def check_data_root(root: str, schedule: Schedule, loader: str) -> None:

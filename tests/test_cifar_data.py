@@ -1,0 +1,177 @@
+"""CIFAR pickles and the device-resident loader: reading, errors, batched augmentation."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.data import DataError
+from training.data import cifar as cd
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def write_cifar100(root: Path, n_train: int = 60, n_test: int = 20, seed: int = 0) -> Path:
+    """A small data set in torchvision's cifar-100-python format (pickled dicts, real key names)."""
+    rng = np.random.default_rng(seed)
+    d = root / "cifar-100-python"
+    d.mkdir(parents=True)
+    for name, n in (("train", n_train), ("test", n_test)):
+        fine = rng.integers(0, 100, n)
+        # each image's red plane holds its fine label, so the pairing can be checked after loading
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        data[:, :1024] = fine[:, None].astype(np.uint8)
+        with open(d / name, "wb") as f:
+            pickle.dump({"filenames": [f"img{i}.png" for i in range(n)], "batch_label": f"{name} batch",
+                         "fine_labels": fine.tolist(), "coarse_labels": (fine // 5).tolist(), "data": data}, f)
+    with open(d / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"fine{i}" for i in range(100)],
+                     "coarse_label_names": [f"coarse{i}" for i in range(20)]}, f)
+    return root
+
+
+def test_reads_real_cifar10(cifar_batches):
+    train = cd.load_split(cifar_batches, "cifar10", train=True)
+    test = cd.load_split(cifar_batches, "cifar10", train=False)
+    assert train.images.shape == (50000, 3, 32, 32) and train.images.dtype == np.uint8
+    assert test.images.shape == (10000, 3, 32, 32)
+    assert train.classes[0] == "airplane" and len(train.classes) == 10
+    assert np.bincount(test.labels).tolist() == [1000] * 10
+    # the README's per-channel statistics of the train split
+    mean = train.images[:10000].reshape(10000, 3, -1).mean(axis=(0, 2)) / 255
+    assert np.allclose(mean, cd.CIFAR10_MEAN, atol=0.01)
+    # DIR may also name the cifar-10-batches-py folder itself
+    assert len(cd.load_split(Path(cifar_batches) / "cifar-10-batches-py", "cifar10", False).labels) == 10000
+
+
+def test_reads_cifar100_format(tmp_path):
+    root = write_cifar100(tmp_path)
+    train = cd.load_split(root, "cifar100", train=True)
+    test = cd.load_split(root, "cifar100", train=False)
+    assert train.images.shape == (60, 3, 32, 32) and test.images.shape == (20, 3, 32, 32)
+    assert len(train.classes) == 100 and train.classes[7] == "fine7"
+    assert (train.images[:, 0, 0, 0] == train.labels).all()  # fine labels, paired with their images
+    assert cd.ensure_data(str(root), "cifar100", download=False) == str(root)
+
+
+def test_missing_and_corrupt_data_are_one_line_errors(tmp_path):
+    with pytest.raises(DataError, match="no cifar-10-batches-py in") as e:
+        cd.ensure_data(str(tmp_path), "cifar10", download=False)
+    assert "\n" not in str(e.value) and "DIR" in str(e.value)
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    with pytest.raises(DataError, match="batches.meta: missing"):
+        cd.load_split(tmp_path, "cifar10")
+    (d / "batches.meta").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match="not a readable CIFAR pickle"):
+        cd.load_split(tmp_path, "cifar10")
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": ["a", "b"]}, f)
+    with open(d / "data_batch_1", "wb") as f:
+        pickle.dump({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 5]}, f)
+    with pytest.raises(DataError, match="labels outside 0..1"):
+        cd.load_split(tmp_path, "cifar10")
+
+
+def pattern_images(n: int, seed: int = 0) -> torch.Tensor:
+    """Asymmetric, pixel-distinct images: value = (3 * (y * 32 + x) + c + 7 * i) mod 251 + 1 (never 0)."""
+    c, y, x = torch.meshgrid(torch.arange(3), torch.arange(32), torch.arange(32), indexing="ij")
+    base = 3 * (y * 32 + x) + c
+    return torch.stack([(base + 7 * i) % 251 + 1 for i in range(n)]).to(torch.uint8)
+
+
+def make_loader(images, labels=None, **kw) -> cd.CifarTrainLoader:
+    labels = torch.arange(len(images)) if labels is None else labels
+    return cd.CifarTrainLoader(images, labels, [str(i) for i in range(len(images))], kw.pop("bs", 16),
+                               mean=MEAN, std=STD, **kw)
+
+
+def test_batches_shapes_dtype_and_label_pairing():
+    n = 100
+    labels = torch.arange(n) % 10
+    images = (labels * 20 + 10).to(torch.uint8)[:, None, None, None].expand(n, 3, 32, 32).contiguous()
+    loader = make_loader(images, labels, bs=32, dtype=torch.float16, channels_last=True, cutout=0)
+    assert len(loader) == 3 and loader.num_images == n  # drop_last
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            assert x.shape == (32, 3, 32, 32) and x.dtype == torch.float16 and y.dtype == torch.int64
+            assert x.is_contiguous(memory_format=torch.channels_last)
+            # each image is a constant (flip and reflect-translate keep it so): it must match its label
+            value = (x.float()[:, 0, 16, 16] * STD[0] + MEAN[0]) * 255
+            assert torch.allclose(value, (y * 20 + 10).float(), atol=0.6)
+    loader.drop_last = False
+    assert len(loader) == 4 and sum(len(y) for _, y in loader) == n
+
+
+def test_alternating_flip_is_deterministic_and_alternates():
+    images = pattern_images(64)
+    loader = make_loader(images, translate=0, flip="alternate", seed=3)
+    idx = torch.arange(64)
+    loader.set_epoch(0)
+    e0 = loader.augment(idx)
+    loader.set_epoch(1)
+    e1 = loader.augment(idx)
+    loader.set_epoch(0)
+    assert torch.equal(loader.augment(idx), e0)  # deterministic per (seed, epoch)
+    assert torch.equal(e1, e0.flip(-1))  # odd epochs mirror exactly the images even epochs did not
+    plain = cd.normalize(images, MEAN, STD, torch.float32, False)
+    flipped = (e0 != plain).flatten(1).any(1)
+    assert torch.equal(e0[flipped], plain[flipped].flip(-1))
+    assert 10 < int(flipped.sum()) < 54  # a fair coin per image, fixed for the run
+    loader.set_epoch(2)
+    assert torch.equal(loader.augment(idx), e0)
+    loader.start_run(4)  # a new seed draws new flip bits
+    assert not torch.equal(loader.augment(idx), e0)
+    # the epoch's order and shifts are deterministic too
+    a = make_loader(images, seed=5)
+    b = make_loader(images, seed=5)
+    a.set_epoch(7)
+    b.set_epoch(7)
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b))
+
+
+@pytest.mark.parametrize("pad_mode", ["zeros", "reflect"])
+def test_translate_stays_within_bounds(pad_mode):
+    r = 2
+    images = pattern_images(200)
+    loader = make_loader(images, translate=r, pad_mode=pad_mode, flip="none", seed=1)
+    idx = torch.arange(200)
+    out = loader.augment(idx)
+    plain = cd.normalize(images, MEAN, STD, torch.float32, False)
+    mode = "constant" if pad_mode == "zeros" else "reflect"
+    padded = torch.nn.functional.pad(plain, (r, r, r, r), mode=mode)
+    found = set()
+    for i in range(200):
+        matches = [(dy, dx) for dy in range(2 * r + 1) for dx in range(2 * r + 1)
+                   if torch.equal(out[i], padded[i, :, dy:dy + 32, dx:dx + 32])]
+        assert len(matches) == 1, f"image {i} is not a shift of at most {r} px"
+        found.add(matches[0])
+    assert len(found) == (2 * r + 1) ** 2  # every shift in [-r, r]^2 occurs
+
+
+def test_cutout_zeroes_one_clipped_square():
+    images = pattern_images(50)
+    loader = make_loader(images, translate=0, flip="none", cutout=8, seed=2)
+    out = loader.augment(torch.arange(50))
+    plain = cd.normalize(images, MEAN, STD, torch.float32, False)
+    for i in range(50):
+        cut = (out[i] != plain[i]).any(0)  # pixels changed (the pattern has no pixel at the mean)
+        assert (out[i][:, cut] == 0).all()
+        ys, xs = cut.nonzero(as_tuple=True)
+        assert 1 <= len(ys) <= 64
+        assert len(ys) == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)  # a rectangle
+        assert ys.max() - ys.min() < 8 and xs.max() - xs.min() < 8
+
+
+def test_eval_loader_in_order():
+    images = pattern_images(25)
+    loader = cd.CifarEvalLoader(images, torch.arange(25), ["x"], 10, mean=MEAN, std=STD)
+    assert len(loader) == 3
+    ys = torch.cat([y for _, y in loader])
+    assert torch.equal(ys, torch.arange(25))
+    x0 = next(iter(loader))[0]
+    assert torch.allclose(x0, cd.normalize(images[:10], MEAN, STD, torch.float32, False))

@@ -1,0 +1,236 @@
+"""The CIFAR recipe: network init, optimizer groups, lookahead, TTA, Muon, statistics, results, e2e."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from training import config as C
+from training.data import cifar as cd
+from training.models import cifar as cm
+from training.phases import parse_schedule
+from training.recipes import cifar as R
+
+from test_cifar_data import write_cifar100
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def train_images(cifar_batches):
+    split = cd.load_split(cifar_batches, "cifar10", train=True)
+    x = torch.from_numpy(split.images[:2000])
+    return cd.normalize(x, cd.CIFAR10_MEAN, cd.CIFAR10_STD, torch.float32, False)
+
+
+def test_whitening_layer_whitens_patch_covariance(train_images):
+    eps = 5e-4
+    net = cm.CifarNet(widths=(8, 8, 8))
+    net.init_whiten(train_images, eps)
+    w = net.whiten.weight.detach()
+    assert w.shape == (24, 3, 2, 2) and not net.whiten.weight.requires_grad
+    assert torch.equal(w[12:], -w[:12])  # filters and their negatives
+    p = cm.patches(train_images, 2).double()
+    cov = p.T @ p / len(p)
+    eig = torch.linalg.eigvalsh(cov).flip(0)
+    wf = w[:12].reshape(12, -1).double()
+    white = wf @ cov @ wf.T  # second moment of the whitening outputs
+    assert torch.allclose(white, torch.diag(eig / (eig + eps)), atol=2e-3)
+    assert white.diagonal().min() > 0.4  # eps caps the gain of the weakest direction (eig ~ eps)
+    # with a negligible eps every direction comes out at unit variance and uncorrelated: identity,
+    # measured through the conv itself on the same images
+    net.init_whiten(train_images, 1e-6)
+    out = torch.nn.functional.conv2d(train_images, net.whiten.weight[:12])
+    flat = out.permute(1, 0, 2, 3).reshape(12, -1).double()
+    assert torch.allclose(flat @ flat.T / flat.shape[1], torch.eye(12, dtype=torch.float64), atol=0.01)
+
+
+def test_dirac_init_is_identity_and_bn_scale_frozen():
+    torch.manual_seed(0)
+    net = cm.CifarNet(widths=(16, 32, 32))
+    g = net.layers[2]  # 16 -> 32
+    x = torch.randn(4, 16, 8, 8)
+    assert torch.allclose(g.conv1(x)[:, :16], x, atol=1e-6)  # first in_channels filters: identity
+    assert not torch.allclose(g.conv1(x)[:, 16:], torch.zeros(4, 16, 8, 8))  # the rest: random
+    y = torch.randn(4, 32, 8, 8)
+    assert torch.allclose(g.conv2(y), y, atol=1e-6)  # square conv: exactly the identity
+    assert not g.norm1.weight.requires_grad and g.norm1.bias.requires_grad
+    assert g.norm1.momentum == pytest.approx(0.4) and g.norm1.eps == 1e-12
+    no_dirac = cm.CifarNet(widths=(16, 32, 32), dirac=False, bn_frozen_weight=False)
+    assert not torch.allclose(no_dirac.layers[2].conv2(y), y, atol=1e-3)
+    assert no_dirac.layers[2].norm1.weight.requires_grad
+    # reset keeps the parameter objects (a compiled wrapper stays valid) and re-draws them
+    before = [p for p in net.parameters()]
+    w = net.head.weight.clone()
+    net.whiten.bias.requires_grad_(False)  # as frozen by the previous run
+    net.reset()
+    assert net.whiten.bias.requires_grad
+    assert all(a is b for a, b in zip(before, net.parameters()))
+    assert not torch.equal(w, net.head.weight)
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_param_groups_bias_lr_and_decoupled_weight_decay():
+    cfg = C.CifarConfig()
+    net = cm.CifarNet(widths=(8, 16, 16))
+    groups = R.param_groups(net, cfg, batch_size=1024)
+    by = {g["name"]: g for g in groups}
+    assert groups[0]["name"] == "filters" and groups[0]["lr_scale"] > 0
+    ks = 1024 * (1 + 1 / (1 - 0.85))
+    assert by["filters"]["lr_scale"] == pytest.approx(11.5 / ks)
+    assert by["norm"]["lr_scale"] == pytest.approx(64 * 11.5 / ks)
+    assert by["whiten_bias"]["lr_scale"] == by["norm"]["lr_scale"]
+    # the decay per step (lr x weight_decay) is the same in every group: 0.0153 * 1024 / ks
+    for g in groups:
+        assert g["lr_scale"] * g["weight_decay"] == pytest.approx(0.0153 * 1024 / ks)
+    n_params = sum(len(g["params"]) for g in groups)
+    assert n_params == len([p for p in net.parameters() if p.requires_grad])
+    muon = R.param_groups(net, C.CifarConfig(optimizer="muon"), 1024)
+    assert muon[0]["muon"] and muon[0]["lr_scale"] == 0.24 and len(muon[0]["params"]) == 6
+
+
+def test_step_hooks_lookahead_and_whiten_bias_freeze():
+    sched = parse_schedule([{"ep": 0, "sz": 32, "bs": 10}, {"ep": [0, 2], "lr": [1.0, 0.0]}])
+    cfg = C.CifarConfig(lookahead_start_epoch=0, lookahead_every=2, whiten_bias_epochs=1)
+    net = nn.Linear(3, 2)
+    opt = torch.optim.SGD([{"params": [net.weight], "name": "filters"},
+                           {"params": [net.bias], "name": "whiten_bias", "lr_scale": 5.0}], lr=0.1)
+    hooks = R.StepHooks(net, opt, sched, num_images=45, drop_last=True, cfg=cfg)
+    assert hooks.steps == [4, 4] and hooks.total == 8
+    state = type("S", (), {"epoch": 0})()
+    w0 = net.weight.detach().clone()
+    for i in range(4):
+        with torch.no_grad():
+            net.weight.add_(1.0)
+        hooks(state, i)
+        if i == 1:  # first lookahead step: only snapshots
+            assert torch.allclose(hooks.ema[0], w0 + 2)
+    assert opt.param_groups[1]["lr_scale"] == 0.0  # frozen after 1 epoch
+    assert not net.bias.requires_grad  # and no gradient: backward stops earlier
+    # at the end of the epoch the weights are the EMA, which lags the raw weights
+    assert torch.equal(net.weight, hooks.ema[0]) and (net.weight < w0 + 4).all()
+
+
+def test_tta_views_and_weights():
+    # a "model" reading one pixel: the views' logits are that pixel of each view
+    model = lambda x: x[:, 0, 5, 7:8].float() * torch.ones(1, 2)  # noqa: E731
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
+    tta0, plain = R.tta_logits(model, x, 0)
+    assert torch.equal(tta0, plain)
+    tta1, _ = R.tta_logits(model, x, 1)
+    assert torch.allclose(tta1[:, 0], 0.5 * x[:, 0, 5, 7] + 0.5 * x[:, 0, 5, 24])
+    tta2, _ = R.tta_logits(model, x, 2)
+    up_left = 0.5 * x[:, 0, 4, 6] + 0.5 * x[:, 0, 4, 25]  # padded[0:32] shifts content by +1 px
+    down_right = 0.5 * x[:, 0, 6, 8] + 0.5 * x[:, 0, 6, 23]
+    assert torch.allclose(tta2[:, 0], 0.5 * tta1[:, 0] + 0.25 * up_left + 0.25 * down_right)
+
+
+def test_muon_orthogonalizes_and_its_sgd_groups_match_torch_sgd():
+    from training.muon import Muon, orthogonalize
+    torch.manual_seed(0)
+    g = torch.randn(32, 72)
+    s = torch.linalg.svdvals(orthogonalize(g, steps=5))
+    assert s.min() > 0.5 and s.max() < 1.5
+    p1 = nn.Parameter(torch.randn(5, 4))
+    p2 = nn.Parameter(p1.detach().clone())
+    ours = Muon([{"params": [p1], "lr": 0.1, "weight_decay": 0.01}], momentum=0.85, nesterov=True)
+    ref = torch.optim.SGD([p2], lr=0.1, momentum=0.85, nesterov=True, weight_decay=0.01)
+    for step in range(3):
+        grad = torch.randn(5, 4)
+        p1.grad, p2.grad = grad.clone(), grad.clone()
+        ours.step()
+        ref.step()
+    assert torch.allclose(p1, p2, atol=1e-6)
+    w = nn.Parameter(torch.randn(8, 4, 3, 3))
+    opt = Muon([{"params": [w], "lr": 0.1, "muon": True, "momentum": 0.6}])
+    w.grad = torch.randn_like(w)
+    opt.step()
+    assert w.norm().item() == pytest.approx(math.sqrt(8), rel=0.1)  # normalised, then a ~unit step
+
+
+def test_statistics_against_hand_computed():
+    s = R.summarize([94.1, 93.9, 94.3, 93.7])
+    assert s["n"] == 4 and s["mean"] == pytest.approx(94.0) and s["min"] == 93.7
+    std = math.sqrt((0.01 + 0.01 + 0.09 + 0.09) / 3)  # 0.258199
+    assert s["std"] == pytest.approx(std)
+    half = 3.182 * std / 2  # t_{0.975, 3} = 3.182
+    assert s["ci95"] == pytest.approx([94.0 - half, 94.0 + half])
+    assert s["share_ge_threshold"] == 0.5
+    one = R.summarize([93.5])
+    assert one["std"] == 0.0 and one["ci95"] is None and one["share_ge_threshold"] == 0.0
+    # t quantiles: table values and the expansion beyond df 30
+    for df, t in ((1, 12.706), (9, 2.262), (24, 2.064), (40, 2.021), (60, 2.000), (120, 1.980), (10**6, 1.960)):
+        assert R.t975(df) == pytest.approx(t, abs=1.5e-3)
+
+
+def test_results_json_schema():
+    cfg = C.build([str(REPO / "configs" / "cifar10.yaml")], [])
+    runs = [R.RunResult(0, 94.2, 93.6, 3.5), R.RunResult(1, 93.8, 93.1, 3.3), R.RunResult(2, 94.0, 93.4, 3.4)]
+    out = json.loads(json.dumps(R.results_json(cfg, runs, {"warmup_seconds": 20.0})))
+    assert [set(r) for r in out["runs"]] == [{"seed", "accuracy", "accuracy_no_tta", "train_seconds"}] * 3
+    assert out["mean_accuracy"] == pytest.approx(94.0) and out["std_accuracy"] == pytest.approx(0.2)
+    assert out["median_train_seconds"] == 3.4 and out["share_ge_94"] == pytest.approx(2 / 3)
+    assert out["config"]["recipe"] == "cifar" and out["config"]["cifar"]["lr"] == 11.5
+    assert out["warmup_seconds"] == 20.0 and len(out["ci95_mean_accuracy"]) == 2
+    assert any(">= 94%: 2/3 (67%)" in line for line in R.format_summary(runs))
+
+
+def test_configs_parse_and_reject_unused_sections():
+    for name in ("cifar10.yaml", "cifar10_cpu.yaml", "cifar10_ci.yaml", "cifar10_muon.yaml"):
+        cfg = C.build([str(REPO / "configs" / name)], [])
+        R.check_config(cfg)
+    cfg = C.build([str(REPO / "configs" / "cifar10_ci.yaml")], [(["optim", "label_smoothing"], 0.1)])
+    with pytest.raises(C.ConfigError, match="optim.label_smoothing is not used by the cifar recipe"):
+        R.check_config(cfg)
+    cfg = C.build([str(REPO / "configs" / "cifar10_ci.yaml")],
+                  [(["phases"], [{"ep": 0, "sz": 24, "bs": 64}, {"ep": [0, 1], "lr": 1.0}])])
+    with pytest.raises(C.ConfigError, match="sz 32"):
+        R.check_config(cfg)
+    with pytest.raises(C.ConfigError, match="cifar.flip"):
+        C.build([], [(["cifar", "flip"], "sometimes")])
+
+
+def train_py(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "training" / "train.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_missing_data_exits_2_with_one_line(tmp_path):
+    r = train_py("--config", str(REPO / "configs" / "cifar10_ci.yaml"), "--data", str(tmp_path / "none"),
+                 "cifar.download=false", f"train.logdir={tmp_path / 'run'}", timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "materialize.py" in r.stderr
+
+
+def test_cifar100_end_to_end_on_generated_data(tmp_path):
+    root = write_cifar100(tmp_path / "data", n_train=300, n_test=100)
+    results = tmp_path / "r.json"
+    r = train_py("--config", str(REPO / "configs" / "cifar10_ci.yaml"), "--data", str(root), "--dataset", "cifar100",
+                 "--results", str(results), f"train.logdir={tmp_path / 'run'}", "cifar.eval_batch_size=50",
+                 "--phases", "[{'ep': 0, 'sz': 32, 'bs': 100}, {'ep': [0, 2], 'lr': [1.0, 0.0]}]", timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(results.read_text())
+    assert out["config"]["cifar"]["dataset"] == "cifar100" and len(out["runs"]) == 1
+    assert 0 <= out["runs"][0]["accuracy"] <= 100
+
+
+def test_ci_config_end_to_end_on_real_cifar10(cifar_batches, tmp_path):
+    """The short CI run: real data, the same code path as the GPU recipe, a loose accuracy floor."""
+    results = tmp_path / "results.json"
+    r = train_py("--config", str(REPO / "configs" / "cifar10_ci.yaml"), "--data", str(cifar_batches),
+                 "--results", str(results), f"train.logdir={tmp_path / 'run'}", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(results.read_text())
+    run = out["runs"][0]
+    assert run["accuracy"] > 40, r.stdout
+    assert run["accuracy_no_tta"] > 35 and run["train_seconds"] > 0
+    assert out["mean_accuracy"] == run["accuracy"] and out["config"]["cifar"]["widths"]
+    assert "run 0 seed 0: accuracy" in r.stdout and "data load to device" in r.stdout
+    events = list((tmp_path / "run").rglob("events.out.tfevents.*"))
+    assert len(events) >= 2  # the run's own events and the summary

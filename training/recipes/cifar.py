@@ -1,0 +1,502 @@
+"""The single-device CIFAR recipe: airbench-class net and method, N seeded runs, statistics, JSON.
+
+One run (what is timed, as airbench times it, with CUDA events on a GPU): normalise the resident
+images, initialise the whitening layer from data, train through the shared loop (training/loop.py)
+with the phase schedule, then the final multi-view (TTA) evaluation. Loading the data onto the device
+and the torch.compile / cudnn warm-up run (on random labels) are outside the timed region and are
+printed separately.
+
+Units, airbench94 style: the phases' ``lr`` is a multiplier (peak 1.0); ``cifar.lr`` is decoupled
+(per 1024 examples, divided by the Nesterov gain 1 + 1/(1 - momentum)), and ``cifar.weight_decay``
+is per 1024 examples and independent of lr. The loss is *summed* over the batch (a static loss
+scale of batch_size, so fp16 gradients do not underflow without a GradScaler, which would sync the
+host every step); the conversion to PyTorch SGD numbers is in ``param_groups``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from training import dist, loop
+from training.config import Config, ConfigError, ModelConfig, OptimConfig, dump, to_dict
+from training.data import DataError
+from training.data import cifar as cdata
+from training.logs import RunLogger, check_logdir
+from training.models import cifar as cmodel
+from training.phases import Schedule, parse_schedule
+
+DEFAULT_DATA_DIR = "./data"
+THRESHOLD = 94.0  # percent: the share of runs at or above it is reported
+
+
+# ------------------------------------------------------------------------------------ statistics
+
+# Two-sided 95% Student t critical values t_{0.975, df}, df = 1..30 (standard tables).
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042)
+
+
+def t975(df: int) -> float:
+    """t_{0.975} for ``df`` degrees of freedom: the table to 30, then the Cornish-Fisher expansion
+    around z = 1.959964 (error < 1e-4 beyond df 30)."""
+    if df < 1:
+        raise ValueError("df must be >= 1")
+    if df <= len(T975):
+        return T975[df - 1]
+    z = 1.959963984540054
+    g1 = (z ** 3 + z) / 4
+    g2 = (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96
+    g3 = (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384
+    return z + g1 / df + g2 / df ** 2 + g3 / df ** 3
+
+
+def summarize(accuracies: list[float], threshold: float = THRESHOLD) -> dict:
+    """mean, sample std (n-1), min, max, the 95% t-interval of the mean, and the share >= threshold."""
+    n = len(accuracies)
+    if not n:
+        raise ValueError("no runs")
+    mean = statistics.fmean(accuracies)
+    std = statistics.stdev(accuracies) if n > 1 else 0.0
+    half = t975(n - 1) * std / math.sqrt(n) if n > 1 else float("nan")
+    return {"n": n, "mean": mean, "std": std, "min": min(accuracies), "max": max(accuracies),
+            "ci95": [mean - half, mean + half] if n > 1 else None,
+            "share_ge_threshold": sum(a >= threshold for a in accuracies) / n, "threshold": threshold}
+
+
+# ------------------------------------------------------------------------------------ run pieces
+
+@dataclass
+class RunResult:
+    seed: int
+    accuracy: float  # percent, with TTA (the headline number)
+    accuracy_no_tta: float  # percent, plain single view
+    train_seconds: float  # timed region: whitening init .. end of the final TTA evaluation
+
+
+@dataclass
+class Timer:
+    """CUDA events on a GPU (device time between two points of the stream), else a host clock."""
+
+    device: torch.device
+    seconds: float = 0.0
+    _start: object = field(default=None, repr=False)
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def stop(self) -> float:
+        if self.device.type == "cuda":
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            end.synchronize()
+            self.seconds = self._start.elapsed_time(end) / 1000
+        else:
+            self.seconds = time.perf_counter() - self._start
+        return self.seconds
+
+
+def kilostep_scale(momentum: float) -> float:
+    """airbench: 1024 examples x the Nesterov steady-state gain 1 + 1/(1 - momentum)."""
+    return 1024 * (1 + 1 / (1 - momentum))
+
+
+def param_groups(model: cmodel.CifarNet, cfg, batch_size: int) -> list[dict]:
+    """Groups with ``lr_scale`` (the loop sets lr = phase multiplier x lr_scale) and weight decay set
+    so the decay per step is weight_decay * batch / kilostep x multiplier in every group (decoupled
+    from each group's lr, as airbench94). Group 0 is the conv filters (its lr_scale is never 0)."""
+    ks = kilostep_scale(cfg.momentum)
+    wd_step = cfg.weight_decay * batch_size / ks  # decay per step at multiplier 1
+
+    def sgd_group(params, mult: float, name: str) -> dict:
+        lr = cfg.lr * mult / ks
+        return {"params": params, "lr_scale": lr, "weight_decay": wd_step / lr if lr else 0.0, "name": name}
+
+    filters = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim == 4]
+    head = [model.head.weight]
+    norms = [p for n, p in model.named_parameters() if p.requires_grad and "norm" in n]
+    whiten_bias = [model.whiten.bias]
+    if cfg.optimizer == "muon":
+        first = {"params": filters, "lr_scale": cfg.muon_lr, "muon": True, "momentum": cfg.muon_momentum,
+                 "ns_steps": cfg.muon_ns_steps, "normalize": True, "weight_decay": 0.0, "name": "filters"}
+    else:
+        first = sgd_group(filters, 1.0, "filters")
+    groups = [first, sgd_group(head, cfg.head_lr_scale, "head"),
+              sgd_group(norms, cfg.bias_lr_scale, "norm"),
+              sgd_group(whiten_bias, cfg.bias_lr_scale, "whiten_bias")]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(model: cmodel.CifarNet, cfg, batch_size: int, device: torch.device) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg, batch_size)
+    if cfg.optimizer == "muon":
+        from training.muon import Muon
+        return Muon(groups, lr=0.0, momentum=cfg.momentum, nesterov=True)
+    kw = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.SGD(groups, lr=0.0, momentum=cfg.momentum, nesterov=True, **kw)
+
+
+def loss_fn(label_smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Summed label-smoothed cross-entropy (see the module docstring for why summed)."""
+    def fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing, reduction="sum")
+    return fn
+
+
+def batches_per_epoch(schedule: Schedule, epoch: int, num_images: int, drop_last: bool) -> int:
+    """What the training loader yields in a whole ``epoch``."""
+    bs = schedule.data_phase(epoch).batch_size
+    return num_images // bs if drop_last else math.ceil(num_images / bs)
+
+
+def steps_in_epoch(schedule: Schedule, epoch: int, num_images: int, drop_last: bool) -> int:
+    """Steps the loop runs in ``epoch``: the schedule's count (a fractional last epoch runs its
+    share), capped by what the loader yields."""
+    return min(schedule.iters_per_epoch(epoch, num_images), batches_per_epoch(schedule, epoch, num_images, drop_last))
+
+
+class StepHooks:
+    """after_step: airbench94's lookahead-EMA and the whitening-bias freeze. Each lookahead update
+    moves an EMA of the weights (and BN statistics) towards the weights and copies it back into
+    them; the decay grows as (step / total)^pow, so it averages hard only near the end; at the end
+    of every epoch the weights are set to the EMA."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
+                 num_images: int, drop_last: bool, cfg, short_epoch_steps: int = 0):
+        self.optimizer, self.schedule, self.cfg = optimizer, schedule, cfg
+        self.steps = [steps_in_epoch(schedule, e, num_images, drop_last) for e in range(schedule.num_epochs)]
+        if short_epoch_steps:
+            self.steps = [min(s, short_epoch_steps) for s in self.steps]
+        self.full = [batches_per_epoch(schedule, e, num_images, drop_last) for e in range(schedule.num_epochs)]
+        self.total = sum(self.steps)
+        self.count = 0
+        self.bias_frozen = False
+        self.ema: list[torch.Tensor] | None = None
+        self.tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+
+    def __call__(self, state: loop.TrainState, i: int) -> None:
+        cfg, epoch = self.cfg, state.epoch  # state.epoch is the running epoch until it ends
+        self.count += 1
+        last = i + 1 == self.steps[epoch]
+        if not self.bias_frozen and epoch + (i + 1) / self.full[epoch] >= cfg.whiten_bias_epochs:
+            self.bias_frozen = True
+            for g in self.optimizer.param_groups:
+                if g.get("name") == "whiten_bias":
+                    g["lr_scale"] = 0.0  # frozen: lr 0 from the next step on
+                    # and no gradient: backward then stops at the first 3x3 conv's weights, skipping
+                    # the largest input-gradient of the net (31x31 px) and the GELU before it
+                    for p in g["params"]:
+                        p.requires_grad_(False)
+        if not cfg.lookahead:
+            return
+        if epoch >= cfg.lookahead_start_epoch and self.count % cfg.lookahead_every == 0:
+            if self.ema is None:
+                self.ema = [t.detach().clone() for t in self.tensors]
+            else:
+                decay = cfg.lookahead_decay ** cfg.lookahead_every * (self.count / self.total) ** cfg.lookahead_pow
+                torch._foreach_lerp_(self.ema, self.tensors, 1 - decay)
+                torch._foreach_copy_(self.tensors, self.ema)
+        if last and self.ema is not None:
+            torch._foreach_copy_(self.tensors, self.ema)
+
+
+# ------------------------------------------------------------------------------- TTA evaluation
+
+def tta_logits(model: nn.Module, images: torch.Tensor, level: int,
+               channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(TTA logits, plain logits). level 1 averages the image and its mirror; level 2 also averages
+    the mirror pair of the image shifted 1 px up-left and 1 px down-right (reflect padding), with
+    weights 1/2 for the unshifted pair and 1/4 for each shifted pair (airbench's 6 views)."""
+    plain = model(images)
+    if level == 0:
+        return plain, plain
+    mirror = 0.5 * plain + 0.5 * model(images.flip(-1))
+    if level == 1:
+        return mirror, plain
+    h, w = images.shape[-2:]
+    # reflect-pad in fp32 off the GPU (half reflect-pad is missing on some CPU builds)
+    padded = F.pad(images if images.is_cuda else images.float(), (1, 1, 1, 1), mode="reflect").to(images.dtype)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    shifted = []
+    for view in (padded[..., 0:h, 0:w], padded[..., 2:h + 2, 2:w + 2]):
+        view = view.contiguous(memory_format=fmt)
+        shifted.append(0.5 * model(view) + 0.5 * model(view.flip(-1)))
+    return 0.5 * mirror + 0.25 * shifted[0] + 0.25 * shifted[1], plain
+
+
+def make_evaluate(forward: nn.Module, raw: nn.Module, device: torch.device, precision: str, level: int,
+                  extra: dict, channels_last: bool = False) -> Callable[[nn.Module, object], loop.EvalResult]:
+    """The loop's evaluate hook: TTA top-1/top-5 over the loader; the plain top-1 goes to ``extra``.
+    The loop passes the raw model; the compiled wrapper of it is used instead when there is one."""
+    def evaluate(model: nn.Module, loader) -> loop.EvalResult:
+        start = time.time()
+        net = forward if model is raw else model
+        was_training = net.training
+        net.eval()
+        sums = torch.zeros(4, dtype=torch.float64, device=device)  # tta top1, top5, loss, plain top1
+        n = 0
+        with torch.no_grad(), loop.autocast(device, precision):
+            for images, labels in loader:
+                logits, plain = tta_logits(net, images, level, channels_last)
+                logits, plain = logits.float(), plain.float()
+                c1, c5 = loop.topk_correct(logits, labels)
+                sums += torch.stack([c1.double(), c5.double(),
+                                     F.cross_entropy(logits, labels, reduction="sum").double(),
+                                     (plain.argmax(1) == labels).sum().double()])
+                n += labels.shape[0]
+        net.train(was_training)
+        c1, c5, loss, p1 = sums.tolist()
+        n = max(n, 1)
+        extra["accuracy_no_tta"] = 100 * p1 / n
+        return loop.EvalResult(100 * c1 / n, 100 * c5 / n, loss / n, n, time.time() - start)
+    return evaluate
+
+
+# --------------------------------------------------------------------------------------- checks
+
+def check_config(cfg: Config) -> Schedule:
+    """Sections this recipe does not read must stay at their defaults: a setting there would
+    otherwise be silently ignored."""
+    for section, default in (("optim", OptimConfig()), ("model", ModelConfig())):
+        for key, value in to_dict(getattr(cfg, section)).items():
+            if value != getattr(default, key):
+                raise ConfigError(f"{section}.{key} is not used by the cifar recipe (its settings are cifar.*)")
+    if cfg.train.resume or cfg.train.evaluate:
+        raise ConfigError("train.resume / train.evaluate: the cifar recipe keeps no checkpoints (a run is seconds)")
+    c = cfg.cifar
+    schedule = parse_schedule(cfg.phases)
+    for ph in schedule.data_phases:
+        if ph.size != 32:
+            raise ConfigError(f"phases: the cifar recipe trains at sz 32, got sz {ph.size} at epoch {ph.start}")
+    for key in ("runs", "eval_batch_size", "whiten_samples", "lookahead_every"):
+        if getattr(c, key) < 1:
+            raise ConfigError(f"cifar.{key} must be >= 1, got {getattr(c, key)}")
+    for key in ("warmup_runs", "translate", "cutout", "eval_every", "muon_ns_steps", "threads"):
+        if getattr(c, key) < 0:
+            raise ConfigError(f"cifar.{key} must be >= 0, got {getattr(c, key)}")
+    if c.tta_level not in (0, 1, 2):
+        raise ConfigError(f"cifar.tta_level must be 0, 1 or 2, got {c.tta_level}")
+    if not 0 <= c.momentum < 1 or not 0 <= c.bn_momentum < 1 or not 0 <= c.lookahead_decay <= 1:
+        raise ConfigError("cifar.momentum and cifar.bn_momentum must be in [0, 1), cifar.lookahead_decay in [0, 1]")
+    if c.translate > 15:
+        raise ConfigError(f"cifar.translate must be < 16 px, got {c.translate}")
+    return schedule
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ------------------------------------------------------------------------------------ the driver
+
+class Trainer:
+    """Everything built once (data on the device, loaders, model, compiled wrapper), then any number
+    of runs, each from fresh weights, a fresh optimizer and its own seed."""
+
+    def __init__(self, cfg: Config, schedule: Schedule, device: torch.device, data_dir: str):
+        self.cfg, self.schedule, self.device = cfg, schedule, device
+        c = cfg.cifar
+        on_gpu = device.type == "cuda"
+        if on_gpu:
+            torch.backends.cudnn.benchmark = True
+        elif c.threads:
+            torch.set_num_threads(c.threads)
+        self.precision = cfg.train.precision
+        dtype = loop.AMP_DTYPES.get(self.precision, torch.float32) if on_gpu else torch.float32
+        channels_last = cfg.train.channels_last
+        t0 = time.perf_counter()
+        train_split = cdata.load_split(data_dir, c.dataset, train=True)
+        test_split = cdata.load_split(data_dir, c.dataset, train=False)
+        mean, std = cdata.STATS[c.dataset]
+        x_train, y_train = cdata.to_device(train_split, device)
+        x_test, y_test = cdata.to_device(test_split, device)
+        self.classes = train_split.classes
+        first = schedule.data_phases[0]
+        try:
+            self.train = cdata.CifarTrainLoader(
+                x_train, y_train, self.classes, first.batch_size, mean=mean, std=std, seed=cfg.train.seed,
+                dtype=dtype, channels_last=channels_last, flip=c.flip, translate=c.translate,
+                pad_mode=c.pad_mode, cutout=c.cutout, drop_last=c.drop_last)
+        except DataError as e:
+            raise ConfigError(f"cifar: {e}") from None
+        self.val = cdata.CifarEvalLoader(x_test, y_test, self.classes, c.eval_batch_size, mean=mean, std=std,
+                                         dtype=dtype, channels_last=channels_last)
+        self.whiten_images = x_train[:c.whiten_samples]
+        self.mean, self.std, self.dtype, self.channels_last = mean, std, dtype, channels_last
+        if on_gpu:
+            torch.cuda.synchronize(device)
+        self.data_seconds = time.perf_counter() - t0
+
+        self.model = cmodel.build(c, len(self.classes)).to(device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        # dynamic=False: one static graph per shape (train batch, eval batch), as the warm-up sees them
+        self.forward: nn.Module = (torch.compile(self.model, dynamic=False, mode=c.compile_mode)
+                                   if cfg.train.compile else self.model)
+        self.extra: dict = {}
+        self.evaluate = make_evaluate(self.forward, self.model, device, self.precision, c.tta_level, self.extra,
+                                      channels_last)
+
+    def for_epoch(self, epoch: int):
+        """The loop's PhaseSource: one resident loader serves every data phase (only bs changes)."""
+        self.train.set_batch_size(self.schedule.data_phase(epoch).batch_size)
+        self.train.set_epoch(epoch)
+        return self.train, self.val
+
+    def run(self, seed: int, logdir: str | None, warmup: bool = False) -> RunResult:
+        cfg, c = self.cfg, self.cfg.cifar
+        torch.manual_seed(seed)
+        self.model.reset()
+        optimizer = make_optimizer(self.model, c, self.schedule.data_phases[0].batch_size, self.device)
+        true_labels = self.train.labels
+        if warmup:  # airbench: the warm-up's only job is compiling/autotuning, so its labels are noise
+            self.train.labels = torch.randint(0, len(self.classes), true_labels.shape, device=self.device,
+                                              generator=torch.Generator(device=self.device).manual_seed(seed))
+        logger = RunLogger(logdir or ".", enabled=logdir is not None)
+        try:
+            timer = Timer(self.device)
+            timer.start()
+            self.train.start_run(seed)
+            if c.whiten:
+                whiten_x = cdata.normalize(self.whiten_images, self.mean, self.std, torch.float32, False)
+                self.model.init_whiten(whiten_x, c.whiten_eps)
+            ctx_short = cfg.train.short_epoch_steps if cfg.train.short_epoch else 0
+            state = loop.TrainState(self.forward, self.model, optimizer, None, self.schedule)
+            hooks = loop.Hooks(loss_fn=loss_fn(c.label_smoothing),
+                               after_step=StepHooks(self.model, optimizer, self.schedule, self.train.num_images,
+                                                    c.drop_last, c, ctx_short),
+                               evaluate=self.evaluate, eval_every=c.eval_every, loss_is_sum=True)
+            ctx = loop.RunContext(dist=dist.DistInfo(0, 1, 0, self.device), logger=logger,
+                                  num_train=self.train.num_images, precision=self.precision, seed=seed,
+                                  short_epoch_steps=ctx_short,
+                                  max_epochs=cfg.train.max_epochs, nonfinite=cfg.train.nonfinite,
+                                  print_freq=cfg.train.print_freq, profile=cfg.train.profile)
+            self.extra.clear()
+            result = loop.run(state, self, hooks, ctx)
+            if state.epoch < self.schedule.num_epochs or result is None:  # stopped early (max_epochs)
+                result = self.evaluate(self.model, self.val)
+            seconds = timer.stop()
+        finally:
+            self.train.labels = true_labels
+            logger.close()
+        return RunResult(seed, result.top1, self.extra["accuracy_no_tta"], seconds)
+
+    def close(self) -> None:
+        self.train.close()
+        self.val.close()
+
+
+def format_summary(results: list[RunResult]) -> list[str]:
+    acc = summarize([r.accuracy for r in results])
+    plain = summarize([r.accuracy_no_tta for r in results])
+    secs = [r.train_seconds for r in results]
+    ci = acc["ci95"]
+    ci_text = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a (1 run)"
+    hits = sum(r.accuracy >= THRESHOLD for r in results)
+    return [
+        f"runs {acc['n']}: accuracy (TTA) mean {acc['mean']:.2f}% std {acc['std']:.2f} min {acc['min']:.2f} "
+        f"95% CI of the mean {ci_text}; >= {THRESHOLD:g}%: {hits}/{acc['n']} ({100 * acc['share_ge_threshold']:.0f}%)",
+        f"accuracy without TTA mean {plain['mean']:.2f}% std {plain['std']:.2f} min {plain['min']:.2f}",
+        f"train time (timed region) median {statistics.median(secs):.3f} s mean {statistics.fmean(secs):.3f} s "
+        f"min {min(secs):.3f} s",
+    ]
+
+
+def results_json(cfg: Config, results: list[RunResult], extra: dict) -> dict:
+    acc = summarize([r.accuracy for r in results])
+    plain = summarize([r.accuracy_no_tta for r in results])
+    return {
+        "runs": [{"seed": r.seed, "accuracy": r.accuracy, "accuracy_no_tta": r.accuracy_no_tta,
+                  "train_seconds": r.train_seconds} for r in results],
+        "mean_accuracy": acc["mean"], "std_accuracy": acc["std"],
+        "median_train_seconds": statistics.median(r.train_seconds for r in results),
+        "min_accuracy": acc["min"], "ci95_mean_accuracy": acc["ci95"],
+        "share_ge_94": acc["share_ge_threshold"], "mean_accuracy_no_tta": plain["mean"],
+        **extra,
+        "config": to_dict(cfg),
+    }
+
+
+def main(cfg: Config) -> int:
+    schedule = check_config(cfg)
+    c = cfg.cifar
+    info = dist.setup(cfg.train.device, cfg.train.dist_timeout_s)
+    try:
+        if info.world_size > 1:
+            raise ConfigError("the cifar recipe runs on one device; launch it without torchrun")
+        device = info.device
+        data_dir = cdata.ensure_data(cfg.data.dir or DEFAULT_DATA_DIR, c.dataset, download=c.download)
+        check_logdir(cfg.train.logdir)
+        (Path(cfg.train.logdir) / "config.yaml").write_text(dump(cfg))
+        trainer = Trainer(cfg, schedule, device, data_dir)
+        try:
+            return _runs(cfg, trainer, device)
+        finally:
+            trainer.close()
+    finally:
+        dist.teardown()
+
+
+def _runs(cfg: Config, trainer: Trainer, device: torch.device) -> int:
+    c = cfg.cifar
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    _say(f"cifar: {c.dataset} {trainer.train.num_images} train / {trainer.val.num_images} test images on "
+         f"{dev_name}, torch {torch.__version__}, {cfg.train.precision}, compile {cfg.train.compile}; "
+         f"data load to device {trainer.data_seconds:.2f} s (not timed)")
+    warmup_seconds = 0.0
+    for w in range(c.warmup_runs):
+        t0 = time.perf_counter()
+        trainer.run(cfg.train.seed - 1 - w, None, warmup=True)
+        warmup_seconds += time.perf_counter() - t0
+    if c.warmup_runs:
+        _say(f"warm-up ({c.warmup_runs} run(s) on random labels: compile, autotune): "
+             f"{warmup_seconds:.2f} s (not timed)")
+    from torch.utils.tensorboard import SummaryWriter
+    summary = SummaryWriter(cfg.train.logdir)
+    results: list[RunResult] = []
+    try:
+        for r in range(c.runs):
+            seed = cfg.train.seed + r
+            res = trainer.run(seed, os.path.join(cfg.train.logdir, f"run_{r:03d}"))
+            results.append(res)
+            _say(f"run {r} seed {seed}: accuracy {res.accuracy:.2f}% (no TTA {res.accuracy_no_tta:.2f}%) "
+                 f"time {res.train_seconds:.3f} s")
+            summary.add_scalar("cifar/accuracy", res.accuracy, r)
+            summary.add_scalar("cifar/accuracy_no_tta", res.accuracy_no_tta, r)
+            summary.add_scalar("cifar/train_seconds", res.train_seconds, r)
+        lines = format_summary(results)
+        for line in lines:
+            _say(line)
+        summary.add_text("cifar/summary", "\n\n".join(lines), 0)
+    finally:
+        summary.close()
+    extra = {"warmup_seconds": warmup_seconds, "data_load_seconds": trainer.data_seconds,
+             "device": dev_name, "torch": torch.__version__, "host": platform.node(),
+             "command": " ".join(sys.argv)}
+    if c.results:
+        out = Path(c.results)
+        try:
+            if out.parent != Path(""):
+                out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results_json(cfg, results, extra), indent=1) + "\n")
+        except OSError as e:
+            raise ConfigError(f"results file {out}: {e.strerror}") from None
+        _say(f"results: {out}")
+    return 0
