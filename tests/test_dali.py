@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -11,42 +12,13 @@ import torch
 
 pytest.importorskip("nvidia.dali")
 
-from conftest import PALETTE, make_jpeg_tree  # noqa: E402
-from training.data import IMAGENET_MEAN, IMAGENET_STD, DataError, LoaderSpec, PhaseLoaders, get_backend  # noqa: E402
+from conftest import make_jpeg_tree  # noqa: E402
+from training.data import DataError, PhaseLoaders, get_backend  # noqa: E402
 from training.data import dali, imagefolder  # noqa: E402
-from training.phases import DataPhase  # noqa: E402
+import loader_helpers  # noqa: E402
+from loader_helpers import bad_huffman_jpeg, phase, pixel_classes, rss_mb  # noqa: E402
 
-
-def phase(start=0, size=32, bs=4, rect=False, keep_dl=False) -> DataPhase:
-    return DataPhase(start=start, size=size, batch_size=bs, train_dir="", val_dir="",
-                     min_scale=0.35, rect_val=rect, keep_dl=keep_dl)
-
-
-def spec(root: Path, rank=0, world=1, **kw) -> LoaderSpec:
-    kw.setdefault("phase", phase())
-    return LoaderSpec(root=str(root), rank=rank, world_size=world, device=torch.device("cpu"),
-                      workers=kw.pop("workers", 2), seed=kw.pop("seed", 0), **kw)
-
-
-def pixel_classes(x: torch.Tensor) -> list[int]:
-    """Class whose PALETTE colour is nearest to each image's un-normalised centre patch."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
-    h, w = x.shape[2] // 2, x.shape[3] // 2
-    rgb = (x.float() * std + mean)[:, :, h - 2:h + 2, w - 2:w + 2].mean((2, 3))
-    return torch.cdist(rgb, torch.tensor(PALETTE, dtype=torch.float)).argmin(1).tolist()
-
-
-def bad_huffman_jpeg(src: Path, dst: Path) -> None:
-    """Valid header and end marker, but a scan naming an undefined Huffman table."""
-    data = src.read_bytes()
-    sos = data.index(b"\xff\xda")
-    dst.write_bytes(data[:sos] + b"\xff\xda\x00\x0c\x03\x01\x77\x02\x77\x03\x77\x00\x3f\x00" + data[sos + 14:])
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+spec = partial(loader_helpers.spec, workers=2)  # DALI threads
 
 
 def test_auto_picks_dali():

@@ -11,48 +11,10 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from conftest import PALETTE, make_jpeg_tree
-from training.data import IMAGENET_MEAN, IMAGENET_STD, DataError, LoaderSpec, PhaseLoaders, get_backend
+from conftest import make_jpeg_tree
+from training.data import DataError, PhaseLoaders, get_backend
 from training.data import imagefolder
-from training.phases import DataPhase
-
-
-def phase(start=0, size=32, bs=4, rect=False, keep_dl=False, min_scale=0.35) -> DataPhase:
-    return DataPhase(start=start, size=size, batch_size=bs, train_dir="", val_dir="",
-                     min_scale=min_scale, rect_val=rect, keep_dl=keep_dl)
-
-
-def spec(root: Path, rank=0, world=1, workers=0, **kw) -> LoaderSpec:
-    kw.setdefault("phase", phase())
-    return LoaderSpec(root=str(root), rank=rank, world_size=world, device=torch.device("cpu"),
-                      workers=workers, seed=kw.pop("seed", 0), **kw)
-
-
-def pixel_classes(x: torch.Tensor) -> list[int]:
-    """Class whose PALETTE colour is nearest to each image's un-normalised centre patch."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
-    h, w = x.shape[2] // 2, x.shape[3] // 2
-    rgb = (x.float() * std + mean)[:, :, h - 2:h + 2, w - 2:w + 2].mean((2, 3))
-    return torch.cdist(rgb, torch.tensor(PALETTE, dtype=torch.float)).argmin(1).tolist()
-
-
-def truncated_jpeg(src: Path, dst: Path) -> None:
-    data = src.read_bytes()
-    dst.write_bytes(data[:len(data) // 2])
-
-
-def bad_huffman_jpeg(src: Path, dst: Path) -> None:
-    """Valid header and end marker (passes the index check) but a scan naming an undefined
-    Huffman table: only a decoder finds it."""
-    data = src.read_bytes()
-    sos = data.index(b"\xff\xda")
-    dst.write_bytes(data[:sos] + b"\xff\xda\x00\x0c\x03\x01\x77\x02\x77\x03\x77\x00\x3f\x00" + data[sos + 14:])
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+from loader_helpers import bad_huffman_jpeg, phase, pixel_classes, rss_mb, spec, truncated_jpeg
 
 
 def test_labels_match_pixels_train_val_and_rect(jpeg_tree):
