@@ -66,11 +66,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-schedule", metavar="PNG", help="draw lr / size / batch against epochs and exit")
     p.add_argument("--distributed", action="store_true", help="accepted for imagenet18 compatibility; "
                    "torchrun's environment decides")
-    for flag in SWITCHES:
-        p.add_argument("--" + flag.replace("_", "-"), action="store_true", dest=flag)
-    p.add_argument("-e", action="store_true", dest="evaluate", help="same as --evaluate")
-    for flag in VALUED:
-        p.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None)
+    for flag, (path, value) in SWITCHES.items():
+        names = ["--" + flag.replace("_", "-")] + (["-e"] if flag == "evaluate" else [])
+        p.add_argument(*names, action="store_true", dest=flag, help=f"{path}={value}")
+    for flag, path in VALUED.items():
+        p.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, metavar="V", help=f"{path}=V")
     return p
 
 
