@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from training.data import LoaderSpec
-from training.data import imagefolder
+from training.data import imagefolder, tree
 from training.data.rectval import ValBatch, crop_hw, val_batches
 from training.phases import DataPhase
 
@@ -75,18 +75,18 @@ def test_rect_batches_from_real_files(tmp_path):
 def test_size_index_cached_beside_data_and_invalidated(tmp_path, monkeypatch):
     root = _tree(tmp_path / "data")
     split = str(root / "validation")
-    first = imagefolder.index_tree(split, ["a"])
+    first = tree.index_tree(split, ["a"])
     cache = root / ".validation-index.npz"
     assert cache.is_file()
     with np.load(cache, allow_pickle=False) as z:  # plain arrays: readable without pickle
         assert z["wh"].tolist() == [list(s) for s in SIZES]
     calls = []
-    real_probe = imagefolder.probe_image
-    monkeypatch.setattr(imagefolder, "probe_image", lambda p: calls.append(p) or real_probe(p))
-    assert imagefolder.index_tree(split, ["a"]).sizes == first.sizes == SIZES
+    real_probe = tree.probe_image
+    monkeypatch.setattr(tree, "probe_image", lambda p: calls.append(p) or real_probe(p))
+    assert tree.index_tree(split, ["a"]).sizes == first.sizes == SIZES
     assert calls == []  # served from the cache
     Image.new("RGB", (50, 70)).save(root / "validation" / "a" / "img9.JPEG")
-    assert imagefolder.index_tree(split, ["a"]).sizes == SIZES + [(50, 70)]
+    assert tree.index_tree(split, ["a"]).sizes == SIZES + [(50, 70)]
     assert len(calls) == 7  # the file list changed: every header read again
 
 
@@ -95,8 +95,8 @@ def test_read_only_data_falls_back_or_skips_caching(tmp_path, monkeypatch):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")  # nothing can be created under a regular file, even by root
     fallback = tmp_path / "user-cache" / "v.npz"
-    monkeypatch.setattr(imagefolder, "_cache_files", lambda d: [str(blocker / "v.npz"), str(fallback)])
-    assert imagefolder.index_tree(str(root / "validation"), ["a"]).sizes == SIZES
+    monkeypatch.setattr(tree, "_cache_files", lambda d: [str(blocker / "v.npz"), str(fallback)])
+    assert tree.index_tree(str(root / "validation"), ["a"]).sizes == SIZES
     assert fallback.is_file()
-    monkeypatch.setattr(imagefolder, "_cache_files", lambda d: [str(blocker / "v.npz")])
-    assert imagefolder.index_tree(str(root / "validation"), ["a"]).sizes == SIZES
+    monkeypatch.setattr(tree, "_cache_files", lambda d: [str(blocker / "v.npz")])
+    assert tree.index_tree(str(root / "validation"), ["a"]).sizes == SIZES

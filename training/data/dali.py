@@ -3,7 +3,7 @@
 Importing this module fails with ImportError when DALI cannot be loaded, which is what
 ``get_backend('auto')`` relies on to fall back to torchvision.
 
-What it shares with the torchvision backend (imagefolder.py, rectval.py): the tree index with its
+What it shares with the torchvision backend (tree.py, rectval.py): the tree index with its
 bad-image detection, sorted-class labels, each rank's shard of an epoch, and validation batching.
 
 Why each rank reads its own file list instead of DALI's shard_id/num_shards: DALI's shards are
@@ -34,8 +34,8 @@ except OSError as e:  # a broken install (missing shared library) falls back lik
     raise ImportError(f"DALI failed to load: {e}") from e
 
 from training.data import IMAGENET_MEAN, IMAGENET_STD, DataError, LoaderSpec
-from training.data.imagefolder import (RRC_RATIO, VAL_RESIZE, TreeIndex, shard_indices, train_batches,
-                                       train_index, val_index)
+from training.data.imagefolder import RRC_RATIO, VAL_RESIZE
+from training.data.tree import TreeIndex, shard_indices, train_batches, train_index, val_index
 from training.data.rectval import ValBatch, val_batches
 
 _MEAN = [255 * m for m in IMAGENET_MEAN]

@@ -7,7 +7,7 @@ longer side ``int(size * ar)`` (or ``int(size / ar)`` for tall batches) floored 
 Rank r validates a contiguous block of whole chunks, so each image is seen exactly once and every
 batch is the same chunk whatever the world size (imagenet18's ValDistSampler did the same).
 
-Image sizes come from the shared header index (imagefolder.index_tree), which is cached beside the
+Image sizes come from the shared header index (tree.index_tree), which is cached beside the
 data, so no image is decoded to build the batches.
 """
 from __future__ import annotations

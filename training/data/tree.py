@@ -1,0 +1,210 @@
+"""The ImageFolder tree index every file-based backend (torchvision, DALI) shares.
+
+Class discovery (labels in sorted class order, like torchvision's ImageFolder), the file index,
+bad-image detection at index time, and the per-epoch shard of a rank. Bad images are found by
+reading each file's header and tail once, then cached beside the data (numpy, never pickle), so
+every rank drops the same files before sharding and batch counts stay equal across ranks.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.data import DataError, LoaderSpec
+
+# Formats both backends decode (DALI has no GIF); MPO is how PIL names multi-picture camera JPEGs.
+DECODABLE = {"JPEG", "MPO", "PNG", "BMP", "TIFF", "PPM", "WEBP", "JPEG2000"}
+INDEX_VERSION = 1
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def log(msg: str) -> None:
+    print(f"loader: {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class TreeIndex:
+    """The usable images of one split: parallel lists in sorted (class, path) order."""
+
+    root: str
+    classes: list[str]
+    paths: list[str]
+    labels: list[int]
+    sizes: list[tuple[int, int]]  # (width, height) from the header
+    skipped: dict[str, str] = field(default_factory=dict)  # bad file -> reason
+
+
+def find_classes(split_dir: str) -> list[str]:
+    """Sorted class folder names (hidden folders ignored); DataError if there is nothing to read."""
+    if not os.path.exists(split_dir):
+        raise DataError(f"data dir not found: {split_dir}")
+    if not os.path.isdir(split_dir):
+        raise DataError(f"data dir is not a directory: {split_dir}")
+    classes = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"no class folders in {split_dir}")
+    return classes
+
+
+def check_same_classes(train_dir: str, train: list[str], val_dir: str, val: list[str]) -> None:
+    """Validation labels index the training class list, so the two lists must be equal."""
+    if train != val:
+        only_train = sorted(set(train) - set(val))
+        only_val = sorted(set(val) - set(train))
+        what = (f"{len(only_train)} only in train (first {only_train[0]})" if only_train
+                else f"{len(only_val)} only in validation (first {only_val[0]})")
+        raise DataError(f"class folders differ between {train_dir} ({len(train)}) and "
+                        f"{val_dir} ({len(val)}): {what}")
+
+
+def _list_files(split_dir: str, classes: list[str]) -> tuple[list[str], list[int]]:
+    """Relative paths of every non-hidden file under each class folder, as ImageFolder orders them."""
+    rel, labels = [], []
+    for label, name in enumerate(classes):
+        found = []
+        for dirpath, dirnames, filenames in os.walk(os.path.join(split_dir, name), followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel_dir = os.path.relpath(dirpath, split_dir)
+            found += [os.path.join(rel_dir, f) for f in sorted(filenames) if not f.startswith(".")]
+        if not found:
+            raise DataError(f"class folder holds no images: {os.path.join(split_dir, name)}")
+        rel += found
+        labels += [label] * len(found)
+    return rel, labels
+
+
+def probe_image(path: str) -> tuple[int, int] | str:
+    """(width, height) of a decodable image, else why not. Reads the header and the last bytes only:
+    a JPEG without its end marker or a PNG without IEND is truncated and would stop DALI's decoder."""
+    try:
+        with Image.open(path) as im:
+            fmt, size = im.format, im.size
+        if fmt not in DECODABLE:
+            return f"unsupported format {fmt}"
+        if fmt in ("JPEG", "MPO", "PNG"):
+            with open(path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 1024))
+                tail = f.read()
+            # Cameras may append bytes after the end marker, so look in the last KiB, not the last 2 bytes.
+            if (b"\xff\xd9" if fmt != "PNG" else b"IEND") not in tail:
+                return "truncated file"
+    except DECODE_ERRORS as e:
+        return f"{type(e).__name__}: {e}"
+    if min(size) <= 0:
+        return f"empty image {size}"
+    return size
+
+
+def _cache_files(split_dir: str) -> list[str]:
+    """Where the header index may live: beside the split (like imagenet18's sorted_idxar.p), else in
+    the user cache when DATA is read-only."""
+    split_dir = os.path.abspath(split_dir)
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    key = hashlib.sha1(os.fsencode(split_dir)).hexdigest()[:20]
+    return [os.path.join(os.path.dirname(split_dir), f".{os.path.basename(split_dir)}-index.npz"),
+            os.path.join(home, "training-data-index", f"{key}.npz")]
+
+
+def _load_cache(files: list[str], digest: str, n: int) -> tuple[np.ndarray, dict[int, str]] | None:
+    for path in files:
+        try:
+            with np.load(path, allow_pickle=False) as z:  # never pickle: the cache may be shared
+                if int(z["version"]) != INDEX_VERSION or str(z["digest"]) != digest or len(z["wh"]) != n:
+                    continue
+                return z["wh"], {int(i): str(w) for i, w in zip(z["bad_idx"], z["bad_why"])}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            continue
+    return None
+
+
+def _save_cache(files: list[str], digest: str, wh: np.ndarray, bad: dict[int, str]) -> None:
+    """Atomic (temp + rename, so concurrent ranks never read half a file); never fails."""
+    for path in files:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(tmp, "wb") as f:
+                np.savez(f, version=np.array(INDEX_VERSION), digest=np.array(digest), wh=wh,
+                         bad_idx=np.array(sorted(bad), dtype=np.int64),
+                         bad_why=np.array([bad[i] for i in sorted(bad)], dtype=str))
+            os.replace(tmp, path)
+            return
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def index_tree(split_dir: str, classes: list[str], bad_images: str = "skip", verbose: bool = True) -> TreeIndex:
+    """Index a split: list files, probe each header once (cached, keyed by the file list), then
+    stop on the first bad image ('error') or drop every bad one with a warning line ('skip')."""
+    rel, labels = _list_files(split_dir, classes)
+    digest = hashlib.sha1(b"\n".join(os.fsencode(p) for p in rel)).hexdigest()
+    files = _cache_files(split_dir)
+    cached = _load_cache(files, digest, len(rel))
+    if cached is None:
+        with ThreadPoolExecutor(min(32, 4 * (os.cpu_count() or 1))) as pool:
+            probes = list(pool.map(probe_image, (os.path.join(split_dir, p) for p in rel), chunksize=64))
+        wh = np.array([p if isinstance(p, tuple) else (0, 0) for p in probes], dtype=np.int32).reshape(-1, 2)
+        bad = {i: p for i, p in enumerate(probes) if isinstance(p, str)}
+        _save_cache(files, digest, wh, bad)
+    else:
+        wh, bad = cached
+    if bad and bad_images == "error":
+        i = min(bad)
+        raise DataError(f"unreadable image {os.path.join(split_dir, rel[i])}: {bad[i]} "
+                        "(data.bad_images=skip drops such files)")
+    index = TreeIndex(split_dir, classes, [], [], [])
+    for i, (p, label) in enumerate(zip(rel, labels)):
+        path = os.path.join(split_dir, p)
+        if i in bad:
+            index.skipped[path] = bad[i]
+            if verbose:
+                log(f"skipping unreadable image {path}: {bad[i]}")
+            continue
+        index.paths.append(path)
+        index.labels.append(label)
+        index.sizes.append((int(wh[i, 0]), int(wh[i, 1])))
+    if not index.paths:
+        raise DataError(f"no readable images in {split_dir}")
+    if bad and verbose:
+        log(f"skipped {len(bad)} unreadable image(s) in {split_dir}")
+    return index
+
+
+def train_index(spec: LoaderSpec) -> TreeIndex:
+    return index_tree(spec.train_dir, find_classes(spec.train_dir), spec.bad_images, spec.rank == 0)
+
+
+def val_index(spec: LoaderSpec) -> TreeIndex:
+    train_classes = find_classes(spec.train_dir)
+    classes = find_classes(spec.val_dir)
+    check_same_classes(spec.train_dir, train_classes, spec.val_dir, classes)
+    return index_tree(spec.val_dir, classes, spec.bad_images, spec.rank == 0)
+
+
+def shard_indices(n: int, seed: int, epoch: int, rank: int, world_size: int) -> list[int]:
+    """This rank's sample order for an epoch, exactly as DistributedSampler(shuffle=True) gives it:
+    one permutation seeded by seed + epoch, padded from its head to a multiple of world_size, dealt
+    round-robin. Every rank gets ceil(n / world_size) samples; every sample appears at least once."""
+    g = torch.Generator()
+    g.manual_seed(seed + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    total = math.ceil(n / world_size) * world_size
+    order += (order * math.ceil(total / n))[: total - n]
+    return order[rank:total:world_size]
+
+
+def train_batches(n: int, batch_size: int, world_size: int) -> int:
+    """Batches per rank per epoch: ceil(ceil(N / world) / bs), on every rank."""
+    return math.ceil(math.ceil(n / world_size) / batch_size)
