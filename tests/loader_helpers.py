@@ -1,6 +1,7 @@
 """Helpers shared by the loader tests (torchvision and DALI backends)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -46,3 +47,16 @@ def bad_huffman_jpeg(src: Path, dst: Path) -> None:
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def assert_labels_match_pixels(backend, s: LoaderSpec) -> None:
+    """Train, validation and rect validation of a backend module yield every image with the label
+    its colour encodes."""
+    for loader in (backend.train_loader(s), backend.val_loader(s),
+                   backend.val_loader(replace(s, phase=phase(rect=True)))):
+        n = 0
+        for x, y in loader:
+            assert pixel_classes(x) == y.tolist()
+            n += len(y)
+        assert n == loader.num_images
+        loader.close()

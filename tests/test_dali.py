@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from conftest import make_jpeg_tree  # noqa: E402
 from training.data import DataError, PhaseLoaders, get_backend  # noqa: E402
 from training.data import dali, imagefolder  # noqa: E402
 import loader_helpers  # noqa: E402
-from loader_helpers import bad_huffman_jpeg, phase, pixel_classes, rss_mb  # noqa: E402
+from loader_helpers import assert_labels_match_pixels, bad_huffman_jpeg, phase, rss_mb  # noqa: E402
 
 spec = partial(loader_helpers.spec, workers=2)  # DALI threads
 
@@ -26,14 +25,7 @@ def test_auto_picks_dali():
 
 
 def test_labels_match_pixels_train_val_and_rect(jpeg_tree):
-    s = spec(jpeg_tree)
-    for loader in (dali.train_loader(s), dali.val_loader(s), dali.val_loader(replace(s, phase=phase(rect=True)))):
-        n = 0
-        for x, y in loader:
-            assert pixel_classes(x) == y.tolist()
-            n += len(y)
-        assert n == loader.num_images
-        loader.close()
+    assert_labels_match_pixels(dali, spec(jpeg_tree))
 
 
 def test_same_shard_order_and_rect_shapes_as_torchvision(jpeg_tree):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import multiprocessing
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,19 +13,11 @@ from torch.utils.data import DistributedSampler
 from conftest import make_jpeg_tree
 from training.data import DataError, PhaseLoaders, get_backend
 from training.data import imagefolder
-from loader_helpers import bad_huffman_jpeg, phase, pixel_classes, rss_mb, spec, truncated_jpeg
+from loader_helpers import assert_labels_match_pixels, bad_huffman_jpeg, phase, rss_mb, spec, truncated_jpeg
 
 
 def test_labels_match_pixels_train_val_and_rect(jpeg_tree):
-    s = spec(jpeg_tree)
-    for loader in (imagefolder.train_loader(s), imagefolder.val_loader(s),
-                   imagefolder.val_loader(replace(s, phase=phase(rect=True)))):
-        n = 0
-        for x, y in loader:
-            assert pixel_classes(x) == y.tolist()
-            n += len(y)
-        assert n == loader.num_images
-        loader.close()
+    assert_labels_match_pixels(imagefolder, spec(jpeg_tree))
 
 
 def test_shapes_dtypes_per_phase_keep_dl_and_rebuild(jpeg_tree):
