@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return run(cfg)
     except (PhaseError, C.ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        # the same on every rank (a function of the command line): under torchrun, say it once
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr)
         return 2
 
 
@@ -131,7 +133,8 @@ def run(cfg: C.Config) -> int:
             from training.recipes import imagenet as recipe
         return recipe.main(cfg)
     except (DataError, CheckpointError, PhaseError, C.ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"error: {rank}{e}", file=sys.stderr)  # may differ per rank (its shard, its disk)
         return 2
 
 
