@@ -14,7 +14,7 @@ import ast
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import yaml
 
@@ -305,9 +305,3 @@ def _lr_phase(p: dict, start: float, end: float | None, prev: list[LrPhase], err
     if lr_end is None and end is not None:  # a constant lr over [start, end)
         lr_end = lr_start
     return LrPhase(start=start, end=end, lr_start=lr_start, lr_end=lr_end, epoch_step=epoch_step)
-
-
-def describe(schedule: Schedule, num_images: int, world_size: int = 1) -> Iterable[dict]:
-    """The --dry-run rows as plain dicts."""
-    for row in schedule.plan(num_images, world_size):
-        yield dict(row.__dict__)
