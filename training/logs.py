@@ -62,7 +62,7 @@ class RunLogger:
             self.writer.add_text("run/metadata", json.dumps(meta), 0)
             (self.logdir / "metadata.json").write_text(json.dumps(meta, indent=1))
 
-    def eval(self, epoch: int, top1: float, top5: float, seconds: float, step: int) -> None:
+    def log_eval(self, epoch: int, top1: float, top5: float, seconds: float, step: int) -> None:
         """One evaluation: events, then the `~~` row with the same wall clock as the events."""
         now = time.time()
         for tag, v in (("losses/test_1", top1), ("losses/test_5", top5), ("times/eval_sec", seconds),

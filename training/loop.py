@@ -272,7 +272,7 @@ def run(state: TrainState, loaders: PhaseSource, hooks: Hooks, ctx: RunContext) 
                 last_eval = hooks.evaluate(state.raw_model, val)
             else:
                 last_eval = evaluate(state.raw_model, val, ctx.dist.device, ctx.precision)
-            log.eval(epoch, last_eval.top1, last_eval.top5, last_eval.seconds, state.step)
+            log.log_eval(epoch, last_eval.top1, last_eval.top5, last_eval.seconds, state.step)
             timer.mark("evaluation")
         if hooks.after_epoch is not None:
             hooks.after_epoch(state)
