@@ -1,4 +1,33 @@
-# Sourced by the launchers: run the assembled command, or print it under LAUNCH_DRY_RUN=1.
+# Sourced by the launchers (after `cd` to the repo root): what local.sh and multinode.sh share.
+
+# The first argument must be DATA, not a flag.
+need_data() {
+  local usage=$1
+  shift
+  if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
+    echo "usage: $usage" >&2
+    exit 2
+  fi
+}
+
+# imagenet18's per-process batch sizes and lrs were published for 8 processes per machine.
+warn_unless_8() {
+  case "$1" in
+    configs/imagenet18/*) [ "$2" = 8 ] || echo "warning: $1 is tuned for 8 processes per machine (per-process batch sizes and lrs as published); running $2" >&2 ;;
+  esac
+}
+
+# Socket interface for NCCL and gloo, and a fresh rendezvous store per restart attempt: with
+# torchrun's shared store a restarted group can read a dead worker's address left by the failed
+# attempt (pytorch/pytorch#135712).
+network_env() {
+  if [ -n "${IFNAME:-}" ]; then
+    export NCCL_SOCKET_IFNAME=$IFNAME GLOO_SOCKET_IFNAME=$IFNAME
+  fi
+  export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
+}
+
+# Run the assembled command, or print it under LAUNCH_DRY_RUN=1.
 run_or_print() {
   if [ -n "${LAUNCH_DRY_RUN:-}" ]; then
     for v in NCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME TORCH_DISABLE_SHARE_RDZV_TCP_STORE; do

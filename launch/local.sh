@@ -18,11 +18,9 @@
 #   LAUNCH_DRY_RUN=1  print the command instead of running it
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. launch/common.sh
 
-if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
-  echo "usage: [NPROC=8] [CONFIG=...] bash launch/local.sh DATA [train.py args ...]" >&2
-  exit 2
-fi
+need_data "[NPROC=8] [CONFIG=...] bash launch/local.sh DATA [train.py args ...]" "$@"
 DATA=$1
 shift
 PYTHON=${PYTHON:-python3}
@@ -36,15 +34,8 @@ if [ -z "${NPROC:-}" ]; then
   fi
 fi
 case "$NPROC" in ''|*[!0-9]*|0) echo "error: NPROC=$NPROC: expected a positive integer" >&2; exit 2 ;; esac
-case "$CONFIG" in
-  configs/imagenet18/*) [ "$NPROC" = 8 ] || echo "warning: $CONFIG is tuned for 8 processes per machine (per-process batch sizes and lrs as published); running $NPROC" >&2 ;;
-esac
-if [ -n "${IFNAME:-}" ]; then
-  export NCCL_SOCKET_IFNAME=$IFNAME GLOO_SOCKET_IFNAME=$IFNAME
-fi
-# A fresh rendezvous store per attempt: with torchrun's shared store a restarted group can read a
-# dead worker's address left by the failed attempt (pytorch/pytorch#135712).
-export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
+warn_unless_8 "$CONFIG" "$NPROC"
+network_env
 
 cmd=("$PYTHON" -m torch.distributed.run --standalone --nnodes=1 "--nproc_per_node=$NPROC"
      "--max-restarts=$MAX_RESTARTS" training/train.py "$DATA" --config "$CONFIG")
@@ -52,5 +43,4 @@ cmd=("$PYTHON" -m torch.distributed.run --standalone --nnodes=1 "--nproc_per_nod
 [ -n "${RESUME:-}" ] && cmd+=(--resume "$RESUME")
 cmd+=("$@")
 
-. launch/common.sh
 run_or_print "${cmd[@]}"

@@ -27,11 +27,9 @@
 # restart rank 0 may be on another node), or use static rendezvous so node 0 stays rank 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. launch/common.sh
 
-if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then
-  echo "usage: NNODES=8 RDZV_ENDPOINT=host:29400 bash launch/multinode.sh DATA [train.py args ...]" >&2
-  exit 2
-fi
+need_data "NNODES=8 RDZV_ENDPOINT=host:29400 bash launch/multinode.sh DATA [train.py args ...]" "$@"
 DATA=$1
 shift
 : "${NNODES:?set NNODES (number of machines)}"
@@ -46,15 +44,8 @@ if [ ! -f "$CONFIG" ]; then
   echo "error: no config $CONFIG (imagenet18 schedules: $(cd configs/imagenet18 && echo *.yaml)); set CONFIG" >&2
   exit 2
 fi
-case "$CONFIG" in
-  configs/imagenet18/*) [ "$NPROC_PER_NODE" = 8 ] || echo "warning: $CONFIG is tuned for 8 processes per machine; running $NPROC_PER_NODE" >&2 ;;
-esac
-if [ -n "${IFNAME:-}" ]; then
-  export NCCL_SOCKET_IFNAME=$IFNAME GLOO_SOCKET_IFNAME=$IFNAME
-fi
-# A fresh rendezvous store per attempt: with torchrun's shared store a restarted group can read a
-# dead worker's address left by the failed attempt (pytorch/pytorch#135712).
-export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
+warn_unless_8 "$CONFIG" "$NPROC_PER_NODE"
+network_env
 
 cmd=("$PYTHON" -m torch.distributed.run "--nnodes=$NNODES" "--nproc_per_node=$NPROC_PER_NODE"
      "--max-restarts=$MAX_RESTARTS")
@@ -70,5 +61,4 @@ cmd+=(training/train.py "$DATA" --config "$CONFIG")
 [ -n "${RESUME:-}" ] && cmd+=(--resume "$RESUME")
 cmd+=("$@")
 
-. launch/common.sh
 run_or_print "${cmd[@]}"
