@@ -149,17 +149,14 @@ def _step_finite(loss: torch.Tensor) -> bool:
 
 def train_epoch(state: TrainState, loader: Loader, hooks: Hooks, ctx: RunContext, epoch: int,
                 timer: StageTimer | None = None) -> None:
-    """One epoch's steps. Given a timer (run passes one), its table is left to the caller to extend
-    and print; without one, a profiled epoch prints its own table of the training stages."""
+    """One epoch's steps; stage times go to ``timer`` (run passes one and prints its table)."""
     sched, opt, device = state.schedule, state.optimizer, ctx.dist.device
     full_iters = len(loader)
     iters = sched.iters_per_epoch(epoch, ctx.num_train, ctx.dist.world_size)
     if ctx.short_epoch_steps:
         iters = min(iters, ctx.short_epoch_steps)
     state.model.train()
-    own_timer = timer is None
-    if timer is None:
-        timer = StageTimer(ctx.profile, device)
+    timer = timer or StageTimer(False, device)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)  # device-side NaN watch: no sync
     t_log, images_since_log = time.time(), 0
     for i, (images, labels) in enumerate(loader):
@@ -203,8 +200,6 @@ def train_epoch(state: TrainState, loader: Loader, hooks: Hooks, ctx: RunContext
             _log_train(state, ctx, logits, labels, mean_loss, lr, ips, epoch, i, iters)
     timer.mark("data wait")  # the fetch that ended the loop
     _check_finite(first_bad, epoch)
-    if ctx.profile and own_timer:
-        ctx.logger.progress(timer.table(epoch))
 
 
 def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
