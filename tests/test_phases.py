@@ -62,6 +62,17 @@ def test_iterations_per_epoch_follow_distributed_sampler(sched):
     assert sched.iters_per_epoch(6, 1000, 2) == 2  # bs 256
 
 
+def test_batch_shapes_are_each_phases_full_and_partial_batch(sched):
+    # 20,019 images per rank: bs 128 and 256 leave 51, bs 224 leaves 83; in order of first use
+    assert sched.batch_shapes(N, W) == [(128, 128), (51, 128), (256, 128), (128, 224), (51, 224),
+                                        (224, 224), (83, 224), (128, 288), (51, 288)]
+    assert sched.batch_shapes(100, 1) == [(100, 128), (100, 224), (100, 288)]  # one short batch each
+    # the fractional final epoch runs only part of its batches: no partial batch from it
+    frac = parse_schedule([{"ep": 0, "sz": 32, "bs": 8}, {"ep": [0, 1.5], "lr": [0.1, 0.0]}])
+    assert frac.batch_shapes(20, 1) == [(8, 32), (4, 32)]
+    assert frac.batch_shapes(24, 1) == [(8, 32)]
+
+
 def test_input_forms_agree():
     literal = "[{'ep': 0, 'sz': 32, 'bs': 4}, {'ep': (0, 2), 'lr': (0.1, 0.2)}]"
     as_json = json.dumps([{"ep": 0, "sz": 32, "bs": 4}, {"ep": [0, 2], "lr": [0.1, 0.2]}])

@@ -38,7 +38,7 @@ def test_batches_known_answers_and_rank_split():
                                                             ValBatch((4, 5), (32, 32))]
 
 
-@pytest.mark.parametrize("world,bs,rect", itertools.product((1, 2, 3, 8), (1, 3, 5), (False, True)))
+@pytest.mark.parametrize("world,bs,rect", list(itertools.product((1, 2, 3, 8), (1, 3, 5), (False, True))))
 def test_every_image_exactly_once_across_ranks(world, bs, rect):
     rng = np.random.default_rng(world * 10 + bs)
     sizes = [tuple(int(v) for v in rng.integers(20, 200, 2)) for _ in range(23)]

@@ -113,3 +113,35 @@ def test_unwritable_logdir(data, tmp_path):
     blocker.write_text("")  # a logdir beneath a regular file cannot be created, even by root
     r = train(str(data), *TINY, f"train.logdir={blocker / 'run'}", check=False)
     assert r.returncode == 2 and "not writable" in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+
+
+def test_compile_static_gives_each_schedule_shape_its_own_graph(monkeypatch):
+    """imagenet18 8x8 trains 9 batch shapes; dynamo's default cap of 8 graphs would run the 9th
+    eagerly, and the default dynamic=None would make the graph shape-generic at the 2nd."""
+    from training.phases import parse_schedule
+    from training.recipes.imagenet import compile_static
+
+    shapes = parse_schedule((REPO / "configs/imagenet18/8x8.yaml").read_text().split("phases:", 1)[1]
+                            ).batch_shapes(1_281_167, 64)
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: real_compile(m, backend=counting_backend, **kw))
+    conf = torch._dynamo.config
+    name = "recompile_limit" if hasattr(conf, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(conf, name, 8)
+    torch._dynamo.reset()
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=8), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(1), torch.nn.Linear(4, 2))
+    model = compile_static(net, len(shapes))
+    try:
+        for _ in range(2):  # second pass: every shape is served from its graph, nothing recompiles
+            for bs, size in shapes:
+                model(torch.zeros(bs, 3, size, size))
+    finally:
+        torch._dynamo.reset()
+    assert len(shapes) == 9 and len(graphs) == 9

@@ -35,10 +35,13 @@ def generate_jpegs(count: int, width: int, height: int, quality: int = 90, seed:
 def measure(jpegs: list[torch.Tensor], device: torch.device, batch_size: int, repeats: int) -> dict:
     """Decode every image ``repeats`` times after one warm-up pass over the first batch."""
     def one_pass(items: list[torch.Tensor]) -> None:
-        for i in range(0, len(items), batch_size):
-            decode_jpeg(items[i:i + batch_size], device=device)
         if device.type == "cuda":
+            for i in range(0, len(items), batch_size):
+                decode_jpeg(items[i:i + batch_size], device=device)  # nvJPEG's batched decode
             torch.cuda.synchronize(device)
+        else:
+            for item in items:  # one at a time, as a loader worker does (torchvision < 0.20 takes no list here)
+                decode_jpeg(item)
 
     t0 = time.perf_counter()
     one_pass(jpegs[:batch_size])

@@ -96,6 +96,19 @@ class Schedule:
         remaining = self.total_epochs - epoch
         return full if remaining >= 1 else max(1, math.ceil(remaining * full))
 
+    def batch_shapes(self, num_images: int, world_size: int = 1) -> list[tuple[int, int]]:
+        """Distinct (per-rank batch, image size) pairs of the training batches, in order of first
+        use: each phase's full batch and the partial last batch of an epoch that runs to its end
+        (ceil(N / world) mod bs). A model compiled with static shapes needs one graph per pair."""
+        per_rank = math.ceil(num_images / world_size)
+        shapes: dict[tuple[int, int], None] = {}  # an ordered set
+        for row in self.plan(num_images, world_size):
+            full = math.ceil(per_rank / row.batch_size)
+            shapes.setdefault((min(row.batch_size, per_rank), row.size))
+            if row.iters == full:
+                shapes.setdefault((per_rank - (full - 1) * row.batch_size, row.size))
+        return list(shapes)
+
     def plan(self, num_images: int, world_size: int = 1) -> list[EpochPlan]:
         rows = []
         for epoch in range(self.num_epochs):

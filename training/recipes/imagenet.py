@@ -86,6 +86,19 @@ def build_loaders(cfg: Config, schedule: Schedule, info: dist.DistInfo) -> Phase
     return PhaseLoaders(backend, spec, schedule.data_phases)
 
 
+def compile_static(model: nn.Module, num_shapes: int) -> nn.Module:
+    """torch.compile with static shapes, one graph per training shape. The default (dynamic=None)
+    turns the batch dimension symbolic at epoch 0's partial last batch and the spatial ones at the
+    first size change, so every later phase would run shape-generic kernels; static graphs are also
+    what ``bench throughput`` measures. Dynamo compiles at most 8 graphs per function by default
+    and runs further shapes eagerly, so the cap is raised to the schedule's count (imagenet18 8x8
+    has 9)."""
+    conf = torch._dynamo.config
+    name = "recompile_limit" if hasattr(conf, "recompile_limit") else "cache_size_limit"  # renamed in 2.7
+    setattr(conf, name, max(getattr(conf, name), num_shapes))
+    return torch.compile(model, dynamic=False)
+
+
 def run_metadata(cfg: Config, info: dist.DistInfo) -> dict:
     gpu = torch.cuda.get_device_name(info.device) if info.device.type == "cuda" else "cpu"
     return {"torch": torch.__version__, "arch": cfg.model.arch, "gpu": gpu,
@@ -177,7 +190,11 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict)
         ids = [info.device.index] if info.device.type == "cuda" else None
         forward_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.train.compile:
-        forward_model = torch.compile(forward_model)
+        shapes = schedule.batch_shapes(train_loader.num_images, info.world_size)
+        if info.is_main:
+            print(f"compile: one static graph per training shape (per-rank batch, size): {shapes}",
+                  file=sys.stderr)
+        forward_model = compile_static(forward_model, len(shapes))
 
     state = loop.TrainState(forward_model, model, optimizer, scaler, schedule,
                             epoch=start_epoch, step=ckpt["step"] if ckpt else 0)
