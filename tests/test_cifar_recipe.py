@@ -213,8 +213,10 @@ def test_cifar100_end_to_end_on_generated_data(tmp_path):
     results = tmp_path / "r.json"
     r = train_py("--config", str(REPO / "configs" / "cifar10_ci.yaml"), "--data", str(root), "--dataset", "cifar100",
                  "--results", str(results), f"train.logdir={tmp_path / 'run'}", "cifar.eval_batch_size=50",
-                 "--phases", "[{'ep': 0, 'sz': 32, 'bs': 100}, {'ep': [0, 2], 'lr': [1.0, 0.0]}]", timeout=120)
+                 "--phases", "[{'ep': 0, 'sz': 32, 'bs': 100}, {'ep': [0, 2], 'lr': [1.0, 0.0]}]",
+                 "train.precision=bf16", timeout=120)  # autocast on the CPU runs, and is warned about
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "warning: train.precision=bf16 on the CPU" in r.stderr
     out = json.loads(results.read_text())
     assert out["config"]["cifar"]["dataset"] == "cifar100" and len(out["runs"]) == 1
     assert 0 <= out["runs"][0]["accuracy"] <= 100
@@ -232,5 +234,6 @@ def test_ci_config_end_to_end_on_real_cifar10(cifar_batches, tmp_path):
     assert run["accuracy_no_tta"] > 35 and run["train_seconds"] > 0
     assert out["mean_accuracy"] == run["accuracy"] and out["config"]["cifar"]["widths"]
     assert "run 0 seed 0: accuracy" in r.stdout and "data load to device" in r.stdout
+    assert "warning" not in r.stderr  # fp32 on the CPU: nothing to warn about
     events = list((tmp_path / "run").rglob("events.out.tfevents.*"))
     assert len(events) >= 2  # the run's own events and the summary

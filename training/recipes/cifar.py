@@ -441,6 +441,8 @@ def main(cfg: Config) -> int:
         if info.world_size > 1:
             raise ConfigError("the cifar recipe runs on one device; launch it without torchrun")
         device = info.device
+        if warning := loop.precision_warning(device, cfg.train.precision):
+            print(warning, file=sys.stderr)
         data_dir = cdata.ensure_data(cfg.data.dir or DEFAULT_DATA_DIR, c.dataset, download=c.download)
         check_logdir(cfg.train.logdir)
         (Path(cfg.train.logdir) / "config.yaml").write_text(dump(cfg))

@@ -111,6 +111,8 @@ def main(cfg: Config) -> int:
     schedule = parse_schedule(cfg.phases)
     check_data_root(cfg.data.dir, schedule, cfg.data.loader)
     info = dist.setup(cfg.train.device, cfg.train.dist_timeout_s)
+    if info.is_main and (warning := loop.precision_warning(info.device, cfg.train.precision)):
+        print(warning, file=sys.stderr)
     created: list[Path] = []
     progress: dict = {}  # _train puts its TrainState here, for the failure message
     try:
