@@ -94,7 +94,7 @@ def compile_static(model: nn.Module, num_shapes: int) -> nn.Module:
     and runs further shapes eagerly, so the cap is raised to the schedule's count (imagenet18 8x8
     has 9)."""
     conf = torch._dynamo.config
-    name = "recompile_limit" if hasattr(conf, "recompile_limit") else "cache_size_limit"  # renamed in 2.7
+    name = "recompile_limit" if hasattr(conf, "recompile_limit") else "cache_size_limit"  # 2.4 has only the old name
     setattr(conf, name, max(getattr(conf, name), num_shapes))
     return torch.compile(model, dynamic=False)
 
