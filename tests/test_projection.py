@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from training import projection as P
+from training.bench import project as P
 from training.phases import parse_schedule
 
 # two data phases: 2 epochs at 128 px (bs 100), then 1 epoch at 224 px (bs 50)

@@ -17,6 +17,7 @@ torch.cuda.max_memory_allocated on CUDA, the process's peak resident set (VmHWM,
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import gc
 import os
@@ -32,7 +33,8 @@ import torch
 import torch.nn as nn
 
 from training import loop
-from training.config import OptimConfig, TrainConfig
+from training.bench import write_json
+from training.config import ConfigError, OptimConfig, TrainConfig
 from training.dist import DistInfo
 from training.logs import RunLogger
 from training.models import resnet
@@ -339,3 +341,39 @@ def format_table(doc: dict) -> str:
                         f"{p['peak_mem_mib']:>10,.0f}{ev:>12}  {desc}")
         rows.append(f"{r['size']:>5} ratio ours/reference {r['ratio']:.2f}x")
     return "\n".join(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda: no CUDA device is visible", file=sys.stderr)
+        return 2
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ours = ours_config(device, args.precision, args.channels_last, args.compile or "", args.cudnn_benchmark)
+    try:
+        doc = run_throughput(args.arch, args.sizes, args.batch_size, args.steps, args.warmup,
+                                  args.repeats, device, ours)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(doc))
+    write_json(args.json, doc)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("throughput", help="training img/s: torchvision's reference loop vs ours, synthetic data")
+    p.add_argument("--arch", default="resnet50", help="torchvision model name")
+    p.add_argument("--sizes", type=int, nargs="+", default=[128, 224, 288], help="image sides, px")
+    p.add_argument("--batch-size", type=int, default=256, help="images per step")
+    p.add_argument("--steps", type=int, default=50, help="timed steps per window")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (reported as warm-up)")
+    p.add_argument("--repeats", type=int, default=3, help="timed windows; the median is reported")
+    p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when present")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="ours (default bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="ours (default: on CUDA only, as the trainer)")
+    p.add_argument("--compile", metavar="MODE", help="ours: torch.compile mode (default, reduce-overhead, "
+                   "max-autotune, max-autotune-no-cudagraphs); default eager")
+    p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True, help="ours")
+    p.add_argument("--json", metavar="FILE", help="write the results (input of `project`)")
+    p.set_defaults(func=run)

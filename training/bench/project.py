@@ -15,8 +15,10 @@ data loading that cannot keep up, checkpoint writes.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 from dataclasses import dataclass
 
 from training.phases import Schedule
@@ -186,3 +188,35 @@ def format_table(p: Projection, config: str, arch: str) -> str:
                f"{warm:>12.2f}{p.total_s / 60:>10.2f}")
     out.append(f"{p.gpus} GPU(s) of this kind: ~{p.total_s / 60:.1f} min to the end of the schedule ({epochs} epochs)")
     return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    from training import config as C
+    from training.phases import PhaseError, parse_schedule
+    try:
+        cfg = C.build([args.config], [])
+        schedule = parse_schedule(cfg.phases)
+        tp = load_throughput(args.throughput, args.path)
+        efficiency = args.efficiency if args.efficiency is not None else \
+            1.0 if args.gpus == 1 else DEFAULT_EFFICIENCY
+        proj = project(schedule, tp, args.gpus, efficiency, args.num_train_images, args.num_val_images,
+                       args.eval_every)
+    except (C.ConfigError, PhaseError, ProjectionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(proj, args.config, cfg.model.arch))
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("project", help="projected wall time of a schedule from `throughput --json` figures")
+    p.add_argument("--config", required=True, help="a YAML config with phases")
+    p.add_argument("--gpus", type=int, required=True, help="GPUs (processes) in the run")
+    p.add_argument("--throughput", required=True, metavar="FILE", help="written by `throughput --json`")
+    p.add_argument("--efficiency", type=float, help="multi-GPU scaling efficiency in (0, 1] "
+                   "(default 1 on one GPU, 0.9 on more)")
+    p.add_argument("--path", choices=("ours", "reference"), default="ours", help="which measured path")
+    p.add_argument("--num-train-images", type=int, default=1_281_167, help="images per epoch (ImageNet's)")
+    p.add_argument("--num-val-images", type=int, default=50_000, help="images per evaluation (ImageNet's)")
+    p.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations; 0: last only")
+    p.set_defaults(func=run)

@@ -7,13 +7,17 @@ context) are timed and reported separately; img/s is the median of ``repeats`` p
 """
 from __future__ import annotations
 
+import argparse
 import statistics
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torchvision.io import decode_jpeg, encode_jpeg
+
+from training.bench import write_json
 
 OCTAVES = ((4, 60.0), (16, 40.0), (64, 25.0))  # (noise cells per 512 px, amplitude in grey levels)
 GRAIN = 16.0  # per-pixel noise, std in grey levels (~90 KiB per 500x375 q90 JPEG, near ImageNet's ~110 KB mean)
@@ -81,3 +85,28 @@ def format_table(doc: dict) -> str:
     for name, r in doc["results"].items():
         rows.append(f"{name:<8}{r['img_s']:>10,.0f}{r['mpix_s']:>10,.0f}{r['warmup_s']:>11.2f}")
     return "\n".join(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    else:
+        print("decode: no CUDA device, CPU only", file=sys.stderr)
+    doc = run_decode(args.images, args.width, args.height, args.quality, args.batch_size,
+                                 args.repeats, devices)
+    print(format_table(doc))
+    write_json(args.json, doc)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("decode", help="torchvision.io.decode_jpeg img/s, CUDA (nvJPEG) vs one CPU core")
+    p.add_argument("--images", type=int, default=512, help="generated JPEGs")
+    p.add_argument("--width", type=int, default=500, help="px (ImageNet's typical 500x375)")
+    p.add_argument("--height", type=int, default=375, help="px")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality, 1-100")
+    p.add_argument("--batch-size", type=int, default=128, help="images per decode_jpeg call")
+    p.add_argument("--repeats", type=int, default=5, help="passes; the median is reported")
+    p.add_argument("--json", metavar="FILE")
+    p.set_defaults(func=run)

@@ -1,0 +1,38 @@
+"""The tools that measure the trainer, one module per subcommand of ``python -m training.bench``.
+
+    python -m training.bench throughput --arch resnet50 --sizes 128 224 288 --batch-size 256 --json tp.json
+    python -m training.bench project --config configs/imagenet18/8x8.yaml --gpus 64 --throughput tp.json
+    python -m training.bench pipeline DATA --sizes 128 224 --loader torchvision dali --json pipe.json
+    python -m training.bench loader [DATA] [--sizes 128 224] [--batch-size 64] [--workers 2]
+    python -m training.bench decode [--images 512] [--batch-size 128]
+
+Figures go to docs/BENCHMARKS.md with their command, machine, versions, date and N.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+# subcommand -> module in this package; each module has add_parser(subparsers) setting func
+SUBCOMMANDS = ("throughput", "project", "loader", "decode")
+
+
+def write_json(path: str | None, doc: dict) -> None:
+    if path:
+        Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"training.bench.{name}").add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,5 @@
+import sys
+
+from training.bench import main
+
+sys.exit(main())
