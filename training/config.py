@@ -14,6 +14,10 @@ from typing import Any
 
 import yaml
 
+from training import bounded
+
+MAX_FILE_CHARS = 1 << 20  # a config file; the shipped ones are ~2 KB
+
 
 class ConfigError(ValueError):
     """Bad configuration; the message is one line naming the key."""
@@ -143,6 +147,20 @@ CHOICES = {
     "cifar.pad_mode": ("reflect", "zeros"),
     "cifar.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
+# Inclusive ranges of numeric keys; anything outside would crash mid-run or do nothing quietly.
+# (The cifar.* keys are checked by the cifar recipe, which knows how they combine.)
+RANGES = {
+    "model.num_classes": (0, None),
+    "data.workers": (0, None),
+    "data.synthetic_images": (1, None),
+    "data.synthetic_classes": (1, None),
+    "train.seed": (0, 2**31 - 1),
+    "train.short_epoch_steps": (1, None),
+    "train.keep_checkpoints": (0, None),
+    "train.dist_timeout_s": (1, 7 * 24 * 3600),
+    "train.print_freq": (1, None),
+    "train.max_epochs": (0, None),
+}
 
 
 def to_dict(cfg: Any) -> dict:
@@ -182,17 +200,24 @@ def _coerce(name: str, value: Any, hint: Any, current: Any) -> Any:
         raise ConfigError(f"config key {name!r}: expected {want}, got {value!r}")
     if name in CHOICES and value not in CHOICES[name]:
         raise ConfigError(f"config key {name!r}: {value!r} is not one of {', '.join(CHOICES[name])}")
+    low, high = RANGES.get(name, (None, None))
+    if (low is not None and value < low) or (high is not None and value > high):
+        want = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ConfigError(f"config key {name!r}: must be {want}, got {value!r}")
     return float(value) if origin is float else value
 
 
 def load_yaml(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        data = bounded.load_yaml(bounded.read_text(path, MAX_FILE_CHARS), MAX_FILE_CHARS)
     except OSError as e:
         raise ConfigError(f"config file {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except bounded.LimitError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    except bounded.TextError as e:
+        raise ConfigError(f"config file {path}: not valid YAML: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -200,18 +225,20 @@ def load_yaml(path: str) -> dict:
     return data
 
 
-def parse_value(raw: str) -> Any:
+def parse_value(raw: str, name: str = "value") -> Any:
     """A command-line value read as YAML ('5e-5' -> 5e-05, 'true' -> True); unparsable stays text."""
     try:
-        return yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        return bounded.load_yaml(raw, MAX_FILE_CHARS) if raw.strip() else ""
+    except bounded.LimitError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    except bounded.TextError:
         return raw
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'optim.weight_decay=5e-5' -> (['optim', 'weight_decay'], 5e-05)."""
     key, _, raw = text.partition("=")
-    return key.strip().split("."), parse_value(raw)
+    return key.strip().split("."), parse_value(raw, key.strip())
 
 
 def merge(data: dict, path: list[str], value: Any) -> dict:

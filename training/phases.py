@@ -3,7 +3,8 @@
 A schedule is a list of dicts. Dicts with ``bs`` are data phases (image size, batch size, data
 dirs, crop scale, rectangular validation); dicts with ``lr`` are learning-rate phases; a dict may be
 both. Input may be the imagenet18 Python-literal string, JSON, YAML, or an already-parsed list. It is
-parsed with ``ast.literal_eval`` / ``yaml.safe_load``, never evaluated.
+parsed with ``ast.literal_eval`` / ``yaml.safe_load`` within bounds (training/bounded.py), never
+evaluated; a schedule is at most MAX_PHASES phases and MAX_EPOCHS epochs.
 
 Pure Python on purpose (no torch import): a user can inspect a schedule before paying for GPUs, and
 every function here is a pure function of (epoch, iteration).
@@ -16,10 +17,17 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import yaml
+from training import bounded
 
 KEYS = ("ep", "sz", "bs", "lr", "trndir", "valdir", "min_scale", "rect_val", "keep_dl", "epoch_step")
 DEFAULT_MIN_SCALE = 0.08  # imagenet18's RandomResizedCrop lower area bound
+# Bounds on what a run can mean (imagenet18 trains ~35 epochs in 8 phases at <= 288 px): beyond
+# them a schedule is a typo or generated input, and planning it would never finish.
+MAX_EPOCHS = 1000
+MAX_PHASES = 100
+MAX_SIZE = 4096  # px
+MAX_BATCH = 65536  # per process
+MAX_CHARS = 65536  # --phases text or file; imagenet18's 8x8 schedule is ~700
 
 
 class PhaseError(ValueError):
@@ -154,25 +162,43 @@ def load_phases(source: str | Sequence[dict]) -> list[dict]:
     if not isinstance(source, str):
         data: Any = source
     else:
-        text = source
-        if os.path.isfile(source):
-            with open(source, encoding="utf-8") as f:
-                text = f.read()
-        data = _parse_text(text)
+        data = _parse_text(_read_source(source))
         if isinstance(data, dict) and "phases" in data:  # a config file holding a phases list
             data = data["phases"]
     if not isinstance(data, (list, tuple)) or not data:
         raise PhaseError("phases: expected a non-empty list of dicts")
+    if len(data) > MAX_PHASES:
+        raise PhaseError(f"phases: {len(data)} phases; at most {MAX_PHASES} are accepted")
     return [_to_lists(p) for p in data]
+
+
+def _read_source(source: str) -> str:
+    """The schedule text: the file's when ``source`` names one, else ``source`` itself."""
+    try:
+        if os.path.isfile(source):
+            return bounded.read_text(source, MAX_CHARS)
+        if os.path.exists(source):
+            raise PhaseError(f"phases: {source} is not a file")
+    except bounded.LimitError as e:
+        raise PhaseError(f"phases file {source}: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PhaseError(f"phases file {source}: {getattr(e, 'strerror', None) or e}") from None
+    return source
 
 
 def _parse_text(text: str) -> Any:
     try:
-        return ast.literal_eval(text.strip())
+        bounded.check_length(text, MAX_CHARS)
+        bounded.check_nesting(text)
+    except bounded.LimitError as e:
+        raise PhaseError(f"phases: {e}") from None
+    text = text.strip()
+    try:
+        return ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         pass
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         tree = None
     if tree is not None:  # Python but not a literal: a call or attribute is code, refuse it outright
@@ -181,8 +207,10 @@ def _parse_text(text: str) -> Any:
             raise PhaseError(f"phases: not a literal (found {ast.unparse(code)[:60]!r}); "
                              "only literals are accepted and nothing is evaluated")
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return bounded.load_yaml(text, MAX_CHARS)
+    except bounded.LimitError as e:
+        raise PhaseError(f"phases: {e}") from None
+    except bounded.TextError:
         raise PhaseError("phases: not a Python literal, JSON or YAML list of dicts "
                          "(only literals are accepted; nothing is evaluated)") from None
 
@@ -252,6 +280,8 @@ def _epochs(ep: Any, err) -> tuple[float, float | None]:
         raise err("ep", f"expected a number or [start, end], got {ep!r}")
     if start < 0:
         raise err("ep", f"negative epoch {start}")
+    if max(start, end or 0) > MAX_EPOCHS:
+        raise err("ep", f"epoch {max(start, end or 0)} is past the maximum of {MAX_EPOCHS} epochs")
     return start, end
 
 
@@ -264,8 +294,8 @@ def _data_phase(p: dict, start: float, prev: list[DataPhase], err) -> DataPhase:
     if prev and start <= prev[-1].start:
         raise err("ep", f"epochs not increasing: data phase at {start} after one at {prev[-1].start}")
     bs = p["bs"]
-    if not isinstance(bs, int) or isinstance(bs, bool) or bs <= 0:
-        raise err("bs", f"expected a positive integer, got {bs!r}")
+    if not isinstance(bs, int) or isinstance(bs, bool) or not 0 < bs <= MAX_BATCH:
+        raise err("bs", f"expected a positive integer <= {MAX_BATCH}, got {bs!r}")
     if p.get("keep_dl", False):
         if not prev:
             raise err("keep_dl", "the first data phase has no loader to keep")
@@ -278,8 +308,8 @@ def _data_phase(p: dict, start: float, prev: list[DataPhase], err) -> DataPhase:
     if "sz" not in p:
         raise err("sz", "missing (a data phase needs 'sz' and 'bs')")
     sz = p["sz"]
-    if not isinstance(sz, int) or isinstance(sz, bool) or sz <= 0:
-        raise err("sz", f"expected a positive integer, got {sz!r}")
+    if not isinstance(sz, int) or isinstance(sz, bool) or not 0 < sz <= MAX_SIZE:
+        raise err("sz", f"expected a positive integer <= {MAX_SIZE} (px), got {sz!r}")
     min_scale = p.get("min_scale", DEFAULT_MIN_SCALE)
     if not _number(min_scale) or not 0 < min_scale <= 1:
         raise err("min_scale", f"expected a number in (0, 1], got {min_scale!r}")
