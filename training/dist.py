@@ -16,6 +16,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from training.config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -38,7 +40,7 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is visible")
+        raise ConfigError("--device cuda: no CUDA device is visible (train.device=auto or cpu runs on the CPU)")
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
 

@@ -14,13 +14,17 @@ one line each and skipped. A missing DATA, or one with neither train/ nor valida
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
 from multiprocessing import Pool
 
 from PIL import Image
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from training.cli import ArgParser, int_range, positive_int  # noqa: E402
 
 SPLITS = ("train", "validation")
 _ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -77,12 +81,12 @@ def _run(args: tuple[tuple[str, str], int, int]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.resize", description=__doc__.split("\n")[0])
+    p = ArgParser(prog="python -m training.resize", description=__doc__.split("\n")[0])
     p.add_argument("data", help="ImageNet dir holding train/ and validation/")
     p.add_argument("out", help="output dir (created)")
-    p.add_argument("--size", type=int, default=160, help="shorter side in px (default 160)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    p.add_argument("--size", type=positive_int, default=160, help="shorter side in px (default 160)")
+    p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    p.add_argument("--quality", type=int_range(1, 100), default=90, help="JPEG quality, 1..100 (default 90)")
     a = p.parse_args(argv)
     if not os.path.isdir(a.data):
         print(f"resize: data dir not found: {a.data}", file=sys.stderr)
@@ -90,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     if not any(os.path.isdir(os.path.join(a.data, s)) for s in SPLITS):
         print(f"resize: {a.data} holds neither train/ nor validation/", file=sys.stderr)
         return 2
-    if a.size <= 0:
-        print(f"resize: --size must be positive, got {a.size}", file=sys.stderr)
+    try:
+        os.makedirs(a.out, exist_ok=True)
+    except OSError as e:
+        print(f"resize: cannot create the output dir {a.out}: {e.strerror}", file=sys.stderr)
         return 2
     jobs = [(j, a.size, a.quality) for j in plan(a.data, a.out)]
     counts = {"done": 0, "skipped": 0, "failed": 0}

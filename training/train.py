@@ -20,12 +20,14 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from training import config as C  # noqa: E402
-from training.phases import PhaseError, load_phases, parse_schedule  # noqa: E402
+from training.cli import ArgParser, output_problem, positive_int  # noqa: E402
+from training.phases import PhaseError, Schedule, load_phases, parse_schedule  # noqa: E402
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 
@@ -48,12 +50,6 @@ VALUED = {
 }
 
 
-class ArgParser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, like every other bad input
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def make_parser() -> argparse.ArgumentParser:
     p = ArgParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                   epilog=__doc__.split("\n", 1)[1])
@@ -61,8 +57,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="append", default=[], help="YAML config file (repeatable)")
     p.add_argument("--phases", help="phase schedule: imagenet18 literal, JSON, YAML, or a file")
     p.add_argument("--dry-run", action="store_true", help="print the per-epoch plan as JSON lines and exit")
-    p.add_argument("--num-train-images", type=int, default=1_281_167, help="for --dry-run (ImageNet's)")
-    p.add_argument("--world-size", type=int, default=1, help="for --dry-run")
+    p.add_argument("--num-train-images", type=positive_int, default=1_281_167, help="for --dry-run (ImageNet's)")
+    p.add_argument("--world-size", type=positive_int, default=1, help="for --dry-run")
     p.add_argument("--plot-schedule", metavar="PNG", help="draw lr / size / batch against epochs and exit")
     p.add_argument("--distributed", action="store_true", help="accepted for imagenet18 compatibility; "
                    "torchrun's environment decides")
@@ -90,8 +86,14 @@ def resolve(argv: list[str]) -> tuple[argparse.Namespace, C.Config]:
         raw = getattr(args, flag)
         if raw is not None:
             section, key = path.split(".")
+            name = "--" + flag.replace("_", "-")
             keep_text = isinstance(getattr(getattr(defaults, section), key), str)
-            overrides.append(([section, key], raw if keep_text else C.parse_value(raw)))
+            value = raw if keep_text else C.parse_value(raw, name)
+            try:  # checked alone first, so the message names the flag the user typed
+                C.from_dict({section: {key: value}})
+            except C.ConfigError as e:
+                raise C.ConfigError(f"{name}: {e}") from None
+            overrides.append(([section, key], value))
     if args.phases is not None:
         overrides.append((["phases"], load_phases(args.phases)))
     overrides += [C.parse_override(a) for a in args.args if OVERRIDE.match(a)]
@@ -108,18 +110,41 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             for row in schedule.plan(args.num_train_images, args.world_size):
                 print(json.dumps(row.__dict__))
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler below
             return 0
         if args.plot_schedule:
-            from dawn.plot import plot_schedule
-            plot_schedule(schedule, args.plot_schedule, num_images=args.num_train_images,
-                          world_size=args.world_size)
-            return 0
+            return plot(schedule, args)
+        if cfg.recipe == "cifar" and cfg.cifar.results:
+            check_output_file(cfg.cifar.results, "--results")
         return run(cfg)
+    except BrokenPipeError:  # the reader stopped early (`--dry-run | head`): what it read was written
+        return 0
     except (PhaseError, C.ConfigError) as e:
         # the same on every rank (a function of the command line): under torchrun, say it once
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def check_output_file(path: str, flag: str, make_parents: bool = True) -> None:
+    if (problem := output_problem(path, make_parents)) is not None:
+        raise C.ConfigError(f"{flag} {path}: {problem}")
+
+
+def plot(schedule: Schedule, args: argparse.Namespace) -> int:
+    """--plot-schedule: the figure, or a one-line error and no file (a missing folder, an
+    unknown format)."""
+    from dawn.plot import plot_schedule
+    path = args.plot_schedule
+    check_output_file(path, "--plot-schedule", make_parents=False)
+    existed = os.path.exists(path)
+    try:
+        plot_schedule(schedule, path, num_images=args.num_train_images, world_size=args.world_size)
+    except (OSError, ValueError) as e:
+        if not existed:
+            Path(path).unlink(missing_ok=True)
+        raise C.ConfigError(f"--plot-schedule {path}: {getattr(e, 'strerror', None) or e}") from None
+    return 0
 
 
 def run(cfg: C.Config) -> int:

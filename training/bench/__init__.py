@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from training.cli import ArgParser, output_problem
+
 # subcommand -> module in this package; each module has add_parser(subparsers) setting func
 SUBCOMMANDS = ("throughput", "project", "loader", "decode")
 
@@ -26,7 +28,7 @@ def write_json(path: str | None, doc: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__.split("\n")[0])
+    p = ArgParser(prog="python -m training.bench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(f"training.bench.{name}").add_parser(sub)
@@ -35,4 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "json", None) and (problem := output_problem(args.json, make_parents=False)) is not None:
+        print(f"error: --json {args.json}: {problem}", file=sys.stderr)  # before minutes of measuring
+        return 2
     return args.func(args)

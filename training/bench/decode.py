@@ -18,6 +18,7 @@ import torchvision
 from torchvision.io import decode_jpeg, encode_jpeg
 
 from training.bench import write_json
+from training.cli import int_range, positive_int
 
 OCTAVES = ((4, 60.0), (16, 40.0), (64, 25.0))  # (noise cells per 512 px, amplitude in grey levels)
 GRAIN = 16.0  # per-pixel noise, std in grey levels (~90 KiB per 500x375 q90 JPEG, near ImageNet's ~110 KB mean)
@@ -102,11 +103,11 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decode", help="torchvision.io.decode_jpeg img/s, CUDA (nvJPEG) vs one CPU core")
-    p.add_argument("--images", type=int, default=512, help="generated JPEGs")
-    p.add_argument("--width", type=int, default=500, help="px (ImageNet's typical 500x375)")
-    p.add_argument("--height", type=int, default=375, help="px")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality, 1-100")
-    p.add_argument("--batch-size", type=int, default=128, help="images per decode_jpeg call")
-    p.add_argument("--repeats", type=int, default=5, help="passes; the median is reported")
+    p.add_argument("--images", type=positive_int, default=512, help="generated JPEGs")
+    p.add_argument("--width", type=positive_int, default=500, help="px (ImageNet's typical 500x375)")
+    p.add_argument("--height", type=positive_int, default=375, help="px")
+    p.add_argument("--quality", type=int_range(1, 100), default=90, help="JPEG quality, 1-100")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per decode_jpeg call")
+    p.add_argument("--repeats", type=positive_int, default=5, help="passes; the median is reported")
     p.add_argument("--json", metavar="FILE")
     p.set_defaults(func=run)

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from training.cli import nonnegative_int, positive_int
+
 DEFAULT_TREE = ".cache/bench-imagenet"
 
 
@@ -119,10 +121,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("loader", help="DALI vs torchvision train-loader img/s")
     p.add_argument("data", nargs="?", default=DEFAULT_TREE,
                    help=f"ImageNet-style tree (default {DEFAULT_TREE}; generated when it has no train/)")
-    p.add_argument("--sizes", type=int, nargs="+", default=[128, 224])
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers = DALI threads")
-    p.add_argument("--batches", type=int, default=20, help="timed batches per run")
-    p.add_argument("--repeats", type=int, default=3, help="runs per loader and size; the median is reported")
-    p.add_argument("--generate", type=int, default=500, help="train images to generate when DATA is empty")
+    p.add_argument("--sizes", type=positive_int, nargs="+", default=[128, 224])
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--workers", type=nonnegative_int, default=2, help="DataLoader workers = DALI threads")
+    p.add_argument("--batches", type=positive_int, default=20, help="timed batches per run")
+    p.add_argument("--repeats", type=positive_int, default=3, help="runs per loader and size; the median is reported")
+    p.add_argument("--generate", type=positive_int, default=500, help="train images to generate when DATA is empty")
     p.set_defaults(func=run)

@@ -21,6 +21,7 @@ import math
 import sys
 from dataclasses import dataclass
 
+from training.cli import nonnegative_int, positive_int
 from training.phases import Schedule
 
 IMAGENET_TRAIN = 1_281_167  # images in ImageNet-1k train
@@ -211,12 +212,12 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("project", help="projected wall time of a schedule from `throughput --json` figures")
     p.add_argument("--config", required=True, help="a YAML config with phases")
-    p.add_argument("--gpus", type=int, required=True, help="GPUs (processes) in the run")
+    p.add_argument("--gpus", type=positive_int, required=True, help="GPUs (processes) in the run")
     p.add_argument("--throughput", required=True, metavar="FILE", help="written by `throughput --json`")
     p.add_argument("--efficiency", type=float, help="multi-GPU scaling efficiency in (0, 1] "
                    "(default 1 on one GPU, 0.9 on more)")
     p.add_argument("--path", choices=("ours", "reference"), default="ours", help="which measured path")
-    p.add_argument("--num-train-images", type=int, default=1_281_167, help="images per epoch (ImageNet's)")
-    p.add_argument("--num-val-images", type=int, default=50_000, help="images per evaluation (ImageNet's)")
-    p.add_argument("--eval-every", type=int, default=1, help="epochs between evaluations; 0: last only")
+    p.add_argument("--num-train-images", type=positive_int, default=1_281_167, help="images per epoch (ImageNet's)")
+    p.add_argument("--num-val-images", type=positive_int, default=50_000, help="images per evaluation (ImageNet's)")
+    p.add_argument("--eval-every", type=nonnegative_int, default=1, help="epochs between evaluations; 0: last only")
     p.set_defaults(func=run)

@@ -34,6 +34,7 @@ import torch.nn as nn
 
 from training import loop
 from training.bench import write_json
+from training.cli import nonnegative_int, positive_int
 from training.config import ConfigError, OptimConfig, TrainConfig
 from training.dist import DistInfo
 from training.logs import RunLogger
@@ -363,11 +364,11 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("throughput", help="training img/s: torchvision's reference loop vs ours, synthetic data")
     p.add_argument("--arch", default="resnet50", help="torchvision model name")
-    p.add_argument("--sizes", type=int, nargs="+", default=[128, 224, 288], help="image sides, px")
-    p.add_argument("--batch-size", type=int, default=256, help="images per step")
-    p.add_argument("--steps", type=int, default=50, help="timed steps per window")
-    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (reported as warm-up)")
-    p.add_argument("--repeats", type=int, default=3, help="timed windows; the median is reported")
+    p.add_argument("--sizes", type=positive_int, nargs="+", default=[128, 224, 288], help="image sides, px")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per step")
+    p.add_argument("--steps", type=positive_int, default=50, help="timed steps per window")
+    p.add_argument("--warmup", type=nonnegative_int, default=10, help="untimed steps first (reported as warm-up)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed windows; the median is reported")
     p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when present")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="ours (default bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
