@@ -61,13 +61,39 @@ def folder(root: str | os.PathLike, dataset: str) -> Path:
     return root if root.name == name else root / name
 
 
+# What a CIFAR pickle may name: numpy's array reconstruction (numpy 1 and 2 spell the module
+# differently) and bytes from Python 2 text. Anything else (os.system, builtins.eval, ...) is code.
+_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    *((mod, name) for mod in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("_reconstruct", "scalar")),
+    *((mod, "_frombuffer") for mod in ("numpy.core.numeric", "numpy._core.numeric")),
+}
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR's files hold (dicts, lists, str/bytes, numbers, numpy arrays), so a
+    tampered file (from a mirror, a shared disk) runs nothing."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise _Refused(f"refused: it names {module}.{name}, which no CIFAR file holds; nothing from it was run")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            return _CifarUnpickler(f, encoding="latin1").load()
     except FileNotFoundError:
         raise DataError(f"{path}: missing (expected torchvision's {path.parent.name} layout)") from None
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
+    except _Refused as e:
+        raise DataError(f"{path}: {e}") from None
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError) as e:
         raise DataError(f"{path}: not a readable CIFAR pickle ({e.__class__.__name__}: {e})") from None
 
 

@@ -444,10 +444,10 @@ def main(cfg: Config) -> int:
         if warning := loop.precision_warning(device, cfg.train.precision):
             print(warning, file=sys.stderr)
         data_dir = cdata.ensure_data(cfg.data.dir or DEFAULT_DATA_DIR, c.dataset, download=c.download)
-        check_logdir(cfg.train.logdir)
-        (Path(cfg.train.logdir) / "config.yaml").write_text(dump(cfg))
-        trainer = Trainer(cfg, schedule, device, data_dir)
+        trainer = Trainer(cfg, schedule, device, data_dir)  # data read first: bad data leaves no logdir
         try:
+            check_logdir(cfg.train.logdir)
+            (Path(cfg.train.logdir) / "config.yaml").write_text(dump(cfg))
             return _runs(cfg, trainer, device)
         finally:
             trainer.close()
