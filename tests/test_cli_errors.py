@@ -1,0 +1,212 @@
+"""Hostile and malformed command lines: each is one line on stderr naming what is wrong, exit
+status 2, no traceback and no file written, within a second. In-process calls of each tool's
+main(), so the group runs in seconds; hang-prone cases also run as bounded subprocesses."""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from training import bench, resize, train
+
+TINY = str(REPO / "configs" / "tiny_cpu.yaml")
+CIFAR = str(REPO / "configs" / "cifar10_cpu.yaml")
+DEEP_LIST = "[" * 5000 + "]" * 5000
+HUGE_EPOCHS = "[{'ep':0,'sz':128,'bs':8},{'ep':(0,1e18),'lr':0.1}]"
+
+
+def call(main, argv: list[str]) -> int:
+    """A tool's exit status, whether main returns it or argparse exits with it."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """An empty current directory: relative outputs (the configs' logdirs) would land here."""
+    d = tmp_path / "cwd"
+    d.mkdir()
+    monkeypatch.chdir(d)
+    return d
+
+
+def assert_refused(rc: int, err: str, message: str, workdir: Path, inputs: tuple[str, ...] = ()) -> None:
+    assert rc == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert message in err, err
+    assert sorted(p.name for p in workdir.iterdir()) == sorted(inputs)  # nothing written
+
+
+def write(workdir: Path, name: str, text: str | bytes) -> str:
+    (workdir / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(workdir / name)
+
+
+TRAIN_CASES = [
+    (["--phases", DEEP_LIST, "--dry-run"], "phases: nested more than 16 levels deep"),
+    (["--phases", "{'ep': " * 3000 + "}" * 3000, "--dry-run"], "phases: nested more than 16 levels deep"),
+    (["--phases", "[" + "1," * 40000 + "]", "--dry-run"], "phases: longer than 65,536 characters"),
+    (["--phases", HUGE_EPOCHS, "--dry-run"], "phase 1: key 'ep': epoch 1e+18 is past the maximum of 1000 epochs"),
+    (["--phases", "[{'ep':0,'sz':100000,'bs':8},{'ep':(0,1),'lr':0.1}]", "--dry-run"],
+     "phase 0: key 'sz': expected a positive integer <= 4096"),
+    (["--phases", "[{'ep':0,'sz':32,'bs':100000},{'ep':(0,1),'lr':0.1}]", "--dry-run"],
+     "phase 0: key 'bs': expected a positive integer <= 65536"),
+    (["--phases", str([{"ep": 0, "sz": 32, "bs": 8}] * 101 + [{"ep": [0, 1], "lr": 0.1}]), "--dry-run"],
+     "phases: 102 phases; at most 100"),
+    (["--config", TINY, "--dry-run", "--num-train-images", "0"], "argument --num-train-images: must be positive, got 0"),
+    (["--config", TINY, "--dry-run", "--num-train-images", "-5"], "argument --num-train-images: must be positive"),
+    (["--config", TINY, "--dry-run", "--world-size", "0"], "argument --world-size: must be positive, got 0"),
+    (["--config", TINY, "--dry-run", "--world-size", "-1"], "argument --world-size: must be positive, got -1"),
+    (["--config", TINY, "--plot-schedule", "no/such/folder/s.png"], "--plot-schedule no/such/folder/s.png: no such directory"),
+    (["--config", TINY, "--plot-schedule", "s.xyz"], "--plot-schedule s.xyz: Format 'xyz' is not supported"),
+    (["--config", TINY, "--workers", "-1"], "--workers: config key 'data.workers': must be >= 0, got -1"),
+    (["--config", TINY, "data.synthetic_images=0"], "config key 'data.synthetic_images': must be >= 1, got 0"),
+    (["--config", TINY, "--print-freq", "0"], "--print-freq: config key 'train.print_freq': must be >= 1, got 0"),
+    (["--config", TINY, "--seed", "1e30"], "--seed: config key 'train.seed': expected int"),
+    (["--config", TINY, "--dist-timeout", "10**12"], "--dist-timeout: config key 'train.dist_timeout_s': expected int"),
+    (["--config", TINY, "--dist-timeout", "999999999999"], "--dist-timeout: config key 'train.dist_timeout_s': must be in"),
+    (["--config", TINY, "train.seed=" + DEEP_LIST], "train.seed: nested more than 16 levels deep"),
+    (["--config", CIFAR, "cifar.download=false", "--results", f"{TINY}/r.json"],  # beneath a file: not even root
+     f"--results {TINY}/r.json: cannot be written ({TINY} is not a writable directory)"),
+    (["--config", CIFAR, "cifar.download=false", "--results", "."], "--results .: is a directory"),
+]
+
+
+@pytest.mark.parametrize("argv,message", TRAIN_CASES, ids=range(len(TRAIN_CASES)))
+def test_train_bad_command_line(workdir, capsys, argv, message):
+    start = time.perf_counter()
+    rc = call(train.main, argv)
+    assert_refused(rc, capsys.readouterr().err, message, workdir)
+    assert time.perf_counter() - start < 10  # an answer, not a plan of 1e18 epochs (generous: shared CPUs)
+
+
+def test_a_plot_that_fails_midway_leaves_no_file(workdir, capsys, monkeypatch):
+    import dawn.plot
+
+    def half_written(schedule, path, **kw):
+        Path(path).write_bytes(b"\x89PNG")  # a writer that dies after its first bytes (a full disk)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dawn.plot, "plot_schedule", half_written)
+    rc = call(train.main, ["--config", TINY, "--plot-schedule", "s.png"])
+    assert_refused(rc, capsys.readouterr().err, "--plot-schedule s.png: No space left on device", workdir)
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("deep.yaml", "- " * 5000 + "1\n", "phases: line 1, column 33: nested more than 16 levels deep"),
+    ("deep_map.yaml", "".join(" " * i + f"k{i}:\n" for i in range(40)) + " " * 40 + "1\n",
+     "phases: line 17, column 17: nested more than 16 levels deep"),
+    ("alias.yaml", "a: &x [1, 2]\nb: [*x, *x]\n", "phases: line 2, column 5: YAML aliases (*x) are not accepted"),
+    ("big.yaml", "#" * 70000, "longer than 65,536 characters"),
+    ("binary.yaml", b"\xff\xfe\x00garbage", "phases file"),
+], ids=lambda v: v if isinstance(v, str) and v.endswith(".yaml") else "")
+def test_phases_file_bounds(workdir, capsys, name, text, message):
+    path = write(workdir, name, text)
+    rc = call(train.main, ["--phases", path, "--dry-run"])
+    assert_refused(rc, capsys.readouterr().err, message, workdir, (name,))
+
+
+@pytest.mark.parametrize("text,message", [
+    ("phases:\n" + "- " * 5000 + "1\n", "config file {path}: line 2, column 31: nested more than 16 levels deep"),
+    ("phases: " + DEEP_LIST, "config file {path}: nested more than 16 levels deep"),
+    ("a: &x [1]\nb: *x\n", "config file {path}: line 2, column 4: YAML aliases (*x) are not accepted"),
+], ids=["block", "flow", "alias"])
+def test_config_file_bounds(workdir, capsys, text, message):
+    path = write(workdir, "c.yaml", text)
+    rc = call(train.main, ["--config", path, "--dry-run"])
+    assert_refused(rc, capsys.readouterr().err, message.format(path=path), workdir, ("c.yaml",))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_device_cuda_without_a_gpu(workdir, capsys):
+    rc = call(train.main, ["--config", TINY, "--loader", "synthetic", "--device", "cuda"])
+    assert_refused(rc, capsys.readouterr().err, "--device cuda: no CUDA device is visible", workdir)
+
+
+def test_tampered_cifar_pickle_runs_nothing(workdir, capsys):
+    marker = workdir.parent / "pwned"
+
+    class Payload:  # what a tampered data_batch_1 carries: a call to run at load time
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    d = workdir / "data" / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    (d / "batches.meta").write_bytes(pickle.dumps({"label_names": ["a", "b"]}))
+    (d / "data_batch_1").write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1],
+                                                   "extra": Payload()}))
+    rc = call(train.main, ["--config", CIFAR, "--data", str(workdir / "data"), "cifar.download=false"])
+    assert_refused(rc, capsys.readouterr().err,
+                   f"{d / 'data_batch_1'}: refused: it names posix.system, which no CIFAR file holds", workdir,
+                   ("data",))
+    assert not marker.exists()
+
+
+def test_huge_schedule_dry_run_answers_at_once_as_a_process(tmp_path):
+    """It used to plan each of 1e18 epochs: bounded here, and the process group killed on timeout."""
+    p = subprocess.Popen([sys.executable, "training/train.py", "--phases", HUGE_EPOCHS, "--dry-run"], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        raise AssertionError(f"still planning after 30 s\n{err[-2000:]}") from None
+    assert p.returncode == 2 and out == "" and err.count("\n") == 1 and "maximum of 1000 epochs" in err, err
+
+
+def test_dry_run_into_a_closed_pipe_ends_quietly():
+    """`train.py --dry-run | head -1`: 1000 rows (~170 KB) into a pipe whose reader left after one."""
+    p = subprocess.Popen([sys.executable, "training/train.py", "--phases",
+                          "[{'ep':0,'sz':32,'bs':8},{'ep':(0,1000),'lr':0.1}]", "--dry-run"], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        first = p.stdout.readline()
+        p.stdout.close()
+        err = p.stderr.read()
+        p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        raise
+    assert first.startswith(b'{"epoch": 0')
+    assert p.returncode == 0 and err == b"", err.decode()
+
+
+def test_resize_bad_arguments(workdir, capsys):
+    (workdir / "data" / "train" / "a").mkdir(parents=True)
+    blocker = write(workdir, "file", "")
+    for argv, message in [
+        (["data", "out", "--quality", "0"], "argument --quality: must be in 1..100, got 0"),
+        (["data", "out", "--workers", "-1"], "argument --workers: must be positive, got -1"),
+        (["data", "out", "--size", "big"], "argument --size: expected an integer, got 'big'"),
+    ]:
+        assert_refused(call(resize.main, argv), capsys.readouterr().err, message, workdir, ("data", "file"))
+    rc = call(resize.main, ["data", f"{blocker}/out"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "resize: cannot create the output dir" in err, err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["throughput", "--steps", "0"], "argument --steps: must be positive, got 0"),
+    (["throughput", "--sizes", "128", "-5"], "argument --sizes: must be positive, got -5"),
+    (["decode", "--quality", "101"], "argument --quality: must be in 1..100, got 101"),
+    (["decode", "--json", "no/such/dir/d.json"], "--json no/such/dir/d.json: no such directory"),
+    (["loader", "--workers", "-2"], "argument --workers: must be >= 0, got -2"),
+    (["project", "--config", TINY, "--gpus", "0", "--throughput", "t.json"], "argument --gpus: must be positive"),
+    (["project", "--config", TINY, "--gpus", "8", "--throughput", "t.json", "--eval-every", "-1"],
+     "argument --eval-every: must be >= 0"),
+    (["nonsense"], "argument command: invalid choice: 'nonsense'"),
+])
+def test_bench_bad_arguments(workdir, capsys, argv, message):
+    assert_refused(call(bench.main, argv), capsys.readouterr().err, message, workdir)
