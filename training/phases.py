@@ -192,13 +192,12 @@ def _parse_text(text: str) -> Any:
         bounded.check_nesting(text)
     except bounded.LimitError as e:
         raise PhaseError(f"phases: {e}") from None
-    text = text.strip()
     try:
-        return ast.literal_eval(text)
+        return ast.literal_eval(text.strip())
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         pass
     try:
-        tree = ast.parse(text, mode="eval")
+        tree = ast.parse(text.strip(), mode="eval")
     except (SyntaxError, ValueError, MemoryError, RecursionError):
         tree = None
     if tree is not None:  # Python but not a literal: a call or attribute is code, refuse it outright
