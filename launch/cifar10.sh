@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: install, fetch CIFAR-10, train it on the GPU if there is one, else on the CPU.
 #   bash launch/cifar10.sh [extra train.py args, e.g. --runs 5 or train.seed=3]
+# Each invocation logs to its own runs/cifar10-DATE-TIME (a logdir holds one run; --logdir DIR wins).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -r requirements.txt
@@ -15,4 +16,4 @@ else
   echo "no CUDA device: using the CPU configuration (configs/cifar10_cpu.yaml)" >&2
   CONFIG=configs/cifar10_cpu.yaml
 fi
-exec python3 training/train.py --config "$CONFIG" --data "$DATA" "$@"
+exec python3 training/train.py --config "$CONFIG" --data "$DATA" --logdir "runs/cifar10-$(date +%Y%m%d-%H%M%S)" "$@"

@@ -119,8 +119,10 @@ def test_restart_before_the_first_checkpoint_starts_the_log_over(data, tmp_path,
     logdir = tmp_path / "run"
     crashed = RunLogger(logdir, True)  # a first attempt that died in epoch 0: a start, a loss, no checkpoint
     crashed.scalar("losses/xent", 99.0, 8)
+    crashed.metadata({"launch_id": "launch-1"})  # as every attempt of one torchrun launch records it
     crashed.close()
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-1")
     rc = train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1", "train.short_epoch=true",
                      "train.short_epoch_steps=1"])
     assert rc == 0

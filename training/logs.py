@@ -29,6 +29,29 @@ def check_logdir(logdir: str) -> list[Path]:
     return created
 
 
+# What a run leaves in its logdir (both recipes; run_NNN/ are the cifar recipe's per-run dirs).
+RUN_FILES = ("config.yaml", "metadata.json", "train.log", "events.out.tfevents.*", "checkpoints/epoch_*.pt",
+             "run_[0-9][0-9][0-9]")
+
+
+def run_files(logdir: str) -> list[str]:
+    """The files of an earlier run in ``logdir``, relative and sorted; [] for a new or empty dir."""
+    d = Path(logdir)
+    return sorted({str(p.relative_to(d)) for pattern in RUN_FILES for p in d.glob(pattern)})
+
+
+def refuse_reuse(logdir: str, resumable: bool = True) -> None:
+    """A fresh run never writes into a logdir that holds a run: the two would mix (a second
+    train.log header, new checkpoints beside old ones, events a resume or the DAWN exporter reads
+    as one run). ConfigError naming the ways on; nothing is changed."""
+    found = run_files(logdir)
+    if found:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        ways = ("continue it with --resume auto, or start a new run with --logdir NEW_DIR" if resumable else
+                "start a new run with --logdir NEW_DIR (this recipe keeps no checkpoints to resume)")
+        raise ConfigError(f"logdir {logdir} already holds a run ({shown}): {ways}")
+
+
 class RunLogger:
     def __init__(self, logdir: str | os.PathLike, enabled: bool, start_time: float | None = None,
                  purge_step: int | None = None, stream: TextIO = sys.stdout):

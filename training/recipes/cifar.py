@@ -33,7 +33,7 @@ from training import dist, loop
 from training.config import Config, ConfigError, ModelConfig, OptimConfig, dump, to_dict
 from training.data import DataError
 from training.data import cifar as cdata
-from training.logs import RunLogger, check_logdir
+from training.logs import RunLogger, check_logdir, refuse_reuse
 from training.models import cifar as cmodel
 from training.phases import Schedule, parse_schedule
 
@@ -391,6 +391,7 @@ class Trainer:
             result = loop.run(state, self, hooks, ctx)
             if state.epoch < self.schedule.num_epochs or result is None:  # stopped early (max_epochs)
                 result = self.evaluate(self.model, self.val)
+                logger.log_eval(state.epoch - 1, result.top1, result.top5, result.seconds, state.step)
             seconds = timer.stop()
         finally:
             self.train.labels = true_labels
@@ -444,6 +445,7 @@ def main(cfg: Config) -> int:
         if warning := loop.precision_warning(device, cfg.train.precision):
             print(warning, file=sys.stderr)
         data_dir = cdata.ensure_data(cfg.data.dir or DEFAULT_DATA_DIR, c.dataset, download=c.download)
+        refuse_reuse(cfg.train.logdir, resumable=False)
         trainer = Trainer(cfg, schedule, device, data_dir)  # data read first: bad data leaves no logdir
         try:
             check_logdir(cfg.train.logdir)

@@ -5,6 +5,7 @@ Builds the model, optimizer, loaders and checkpointing, restores a checkpoint wh
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -19,7 +20,7 @@ import torch.nn as nn
 from training import checkpoint, dist, loop
 from training.config import Config, dump, to_dict
 from training.data import DataError, LoaderSpec, PhaseLoaders, get_backend
-from training.logs import RunLogger, check_logdir
+from training.logs import RunLogger, check_logdir, refuse_reuse
 from training.models import resnet
 from training.optim import sgd
 from training.phases import Schedule, parse_schedule
@@ -47,6 +48,26 @@ def find_resume(cfg: Config) -> str:
     return resume
 
 
+def check_fresh(cfg: Config, resume: str) -> None:
+    """A fresh run refuses a logdir holding another run (logs.refuse_reuse). A restarted group
+    (``resume`` 'auto' without the user asking) continues only the run its own launch started:
+    after a refusal, torchrun's restart must not turn into a resume of the older run."""
+    if cfg.train.resume:
+        return
+    launch = os.environ.get("TORCHELASTIC_RUN_ID")
+    if resume == "auto" and launch is not None and _launch_of(cfg.train.logdir) == launch:
+        return
+    refuse_reuse(cfg.train.logdir)
+
+
+def _launch_of(logdir: str) -> str | None:
+    """The torchrun launch (TORCHELASTIC_RUN_ID) that started the run in ``logdir``, if recorded."""
+    try:
+        return json.loads((Path(logdir) / "metadata.json").read_text()).get("launch_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def load_resume(resume: str, cfg: Config, info: dist.DistInfo) -> dict | None:
     """Rank 0 reads the checkpoint and sends it to the others, so ranks on other nodes need no
     shared filesystem; everyone gets the same state or the same error."""
@@ -58,6 +79,9 @@ def load_resume(resume: str, cfg: Config, info: dist.DistInfo) -> dict | None:
                 ckpt = found[1] if found else None
                 if found:
                     print(f"resuming from {found[0]}", file=sys.stderr)
+                elif cfg.train.evaluate:
+                    raise checkpoint.CheckpointError(
+                        f"nothing to evaluate: no usable checkpoint in {checkpoint.checkpoint_dir(cfg.train.logdir)}")
                 else:
                     print(f"warning: no usable checkpoint in {checkpoint.checkpoint_dir(cfg.train.logdir)}; "
                           "starting from epoch 0", file=sys.stderr)
@@ -104,7 +128,8 @@ def run_metadata(cfg: Config, info: dist.DistInfo) -> dict:
     return {"torch": torch.__version__, "arch": cfg.model.arch, "gpu": gpu,
             "gpu_count": info.world_size if info.device.type == "cuda" else 0,
             "world_size": info.world_size, "precision": cfg.train.precision, "phases": cfg.phases,
-            "host": platform.node(), "command": " ".join(sys.argv)}
+            "host": platform.node(), "command": " ".join(sys.argv),
+            "launch_id": os.environ.get("TORCHELASTIC_RUN_ID")}
 
 
 def main(cfg: Config) -> int:
@@ -116,7 +141,8 @@ def main(cfg: Config) -> int:
     created: list[Path] = []
     progress: dict = {}  # _train puts its TrainState here, for the failure message
     try:
-        if info.is_main:
+        if info.is_main and not cfg.train.evaluate:  # evaluating writes nothing
+            check_fresh(cfg, find_resume(cfg))
             created = check_logdir(cfg.train.logdir)
         return _train(cfg, schedule, info, progress)
     except Exception as e:
@@ -162,8 +188,19 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict)
     ckpt = load_resume(resume, cfg, info)
     start_epoch = ckpt["epoch"] if ckpt else 0
     if ckpt:
-        # The run goes on with the schedule it started with, so lr, size and batch stay consistent.
-        schedule = parse_schedule(ckpt["config"]["phases"])
+        # The run goes on with the schedule it started with, so lr, size and batch stay consistent;
+        # config.yaml and later checkpoints then record that schedule, not the ignored one.
+        saved = ckpt["config"]["phases"]
+        if info.is_main and list(schedule.raw) != saved:
+            print("warning: the phases given differ from the checkpoint's; the run goes on with the "
+                  "checkpoint's schedule (to change it, start a new run with --logdir NEW_DIR)", file=sys.stderr)
+        schedule = parse_schedule(saved)
+        cfg = dataclasses.replace(cfg, phases=saved)
+        if start_epoch >= schedule.num_epochs and not cfg.train.evaluate:
+            if info.is_main:
+                print(f"{cfg.train.logdir}: the run is already complete ({start_epoch} of {schedule.num_epochs} "
+                      "epochs); nothing to do", file=sys.stderr)
+            return 0
     loaders = build_loaders(cfg, schedule, info)
     train_loader, _ = loaders.for_epoch(min(start_epoch, schedule.num_epochs - 1))
     num_classes = cfg.model.num_classes or len(train_loader.classes)
@@ -209,9 +246,10 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict)
         purge = state.step + 1 if ckpt else (0 if dist.restart_count() > 0 else None)
     if info.is_main and purge is not None:
         _trim_human_log(cfg.train.logdir, start_epoch if ckpt else None)
-    logger = RunLogger(cfg.train.logdir, info.is_main, start_time=ckpt.get("start_time") if ckpt else None,
+    writes = info.is_main and not cfg.train.evaluate
+    logger = RunLogger(cfg.train.logdir, writes, start_time=ckpt.get("start_time") if ckpt else None,
                        purge_step=purge)
-    if info.is_main:
+    if writes:
         (Path(cfg.train.logdir) / "config.yaml").write_text(dump(cfg))
         if not ckpt:
             logger.metadata(run_metadata(cfg, info))
