@@ -7,6 +7,10 @@ configurator: a typo must never silently train the wrong thing. The resolved con
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import io
+import textwrap
+import tokenize
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,11 +36,11 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    momentum: float = 0.9
-    nesterov: bool = False
+    momentum: float = 0.9  # SGD momentum
+    nesterov: bool = False  # Nesterov momentum
     weight_decay: float = 1e-4  # per-step L2 coefficient, PyTorch SGD convention
     no_bn_wd: bool = False  # no weight decay on BatchNorm weights and biases
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # cross-entropy label smoothing, 0..1
 
 
 @dataclass
@@ -46,28 +50,28 @@ class DataConfig:
     workers: int = 8  # loader worker processes (threads for DALI) per rank
     bad_images: str = "skip"  # skip | error
     synthetic_images: int = 1024  # images per epoch for --loader synthetic
-    synthetic_classes: int = 10
+    synthetic_classes: int = 10  # classes for --loader synthetic
 
 
 @dataclass
 class TrainConfig:
-    logdir: str = "runs/default"
+    logdir: str = "runs/default"  # events, train.log, config.yaml, checkpoints/; a fresh run needs its own
     device: str = "auto"  # auto | cuda | cpu
     precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast; fp16 adds a grad scaler)
     channels_last: bool = True  # only applied on CUDA
     compile: bool = False  # torch.compile the model
-    seed: int = 0
-    resume: str = ""  # '' | auto | path to a checkpoint
-    evaluate: bool = False  # evaluate the (resumed) model and exit
+    seed: int = 0  # weights, data order and augmentation; 0..2**31-1
+    resume: str = ""  # '' (a fresh run) | auto (the logdir's newest good checkpoint) | a checkpoint path
+    evaluate: bool = False  # evaluate the checkpoint --resume names, write nothing, exit
     short_epoch: bool = False  # a few steps per epoch, for smoke tests
-    short_epoch_steps: int = 4
-    keep_checkpoints: int = 3  # how many epoch checkpoints to keep
+    short_epoch_steps: int = 4  # steps per epoch with short_epoch
+    keep_checkpoints: int = 3  # how many epoch checkpoints to keep; 0: all
     nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss does
     dist_timeout_s: int = 1800  # collective timeout before a hung rank fails the group, seconds
     print_freq: int = 50  # steps between progress lines (and host syncs for the loss)
     profile: bool = False  # per-stage time table each epoch
     profile_trace: str = ""  # dir: torch.profiler trace of training steps 5-8, for TensorBoard; '' off
-    max_epochs: int = 0  # >0: stop after this many epochs (testing, resume drills)
+    max_epochs: int = 0  # >0: train at most this many more epochs in this invocation, then stop; 0: to the end
 
 
 @dataclass
@@ -92,7 +96,7 @@ class CifarConfig:
     dirac: bool = True  # identity init of the first in_channels filters of each 3x3 conv
     bn_frozen_weight: bool = True  # BatchNorm scale fixed at 1 (only the bias trains)
     bn_momentum: float = 0.6  # weight of the old running stats per step (PyTorch's momentum = 1 - this)
-    bn_eps: float = 1e-12
+    bn_eps: float = 1e-12  # BatchNorm epsilon
     head_scale: float = 0.1111111  # logits multiplier (1/9)
     head_unit_std: bool = False  # head weight init rescaled to unit std (with Muon, head_scale = 1/width)
     # optimisation; the phases' lr is a multiplier (peak 1.0) of the lrs below
@@ -102,7 +106,7 @@ class CifarConfig:
     head_lr_scale: float = 1.0  # x lr for the linear head
     momentum: float = 0.85  # SGD momentum (Nesterov)
     weight_decay: float = 0.0153  # per 1024 examples, decoupled from lr (decay per step = wd*bs/1024/(1+1/(1-m)) * lr multiplier)
-    label_smoothing: float = 0.2
+    label_smoothing: float = 0.2  # cross-entropy label smoothing, 0..1
     muon_lr: float = 0.24  # Muon step, in units of the orthogonalised update (spectral norm ~1)
     muon_momentum: float = 0.6  # Muon's Nesterov momentum
     muon_ns_steps: int = 3  # Newton-Schulz iterations
@@ -117,7 +121,7 @@ class CifarConfig:
     pad_mode: str = "reflect"  # reflect | zeros: the padding the shifted-in border comes from
     cutout: int = 0  # side of a zeroed square, px; 0: off
     drop_last: bool = True  # every step the same batch shape
-    eval_batch_size: int = 2000
+    eval_batch_size: int = 2000  # images per evaluation batch
     tta_level: int = 2  # 0: plain; 1: + mirror; 2: + mirror x 1-px translations (6 views)
     eval_every: int = 0  # epochs between evaluations (inside the timed run); 0: only the final TTA one
 
@@ -267,3 +271,62 @@ def build(files: list[str], overrides: list[tuple[list[str], Any]]) -> Config:
 
 def dump(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def sections() -> dict[str, type]:
+    """Section name -> its dataclass (model -> ModelConfig, ...)."""
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def comments() -> dict[str, str]:
+    """'section.key' (or a top-level key) -> the comment on its line in this file: the meaning,
+    unit and choices that --help and --print-config show. Read from the source, so a key added
+    with a comment is documented everywhere at once."""
+    out = _line_comments(Config)
+    for name, cls in sections().items():
+        out.update({f"{name}.{key}": text for key, text in _line_comments(cls).items()})
+    return out
+
+
+def _line_comments(cls: type) -> dict[str, str]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    tokens: dict[int, list[str]] = {}
+    notes: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(textwrap.dedent(inspect.getsource(cls))).readline):
+        if tok.type == tokenize.COMMENT:
+            notes[tok.start[0]] = tok.string.lstrip("#").strip()
+        elif tok.type in (tokenize.NAME, tokenize.OP):
+            tokens.setdefault(tok.start[0], []).append(tok.string)
+    # a field's line starts `name :`; its comment is the one at that line's end
+    return {t[0]: notes[line] for line, t in tokens.items()
+            if len(t) > 1 and t[0] in names and t[1] == ":" and line in notes}
+
+
+def yaml_text(value: Any) -> str:
+    """A value as one line of YAML ('' for an empty string, [64, 256] for a list)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"), sort_keys=False)
+    return text.removesuffix("\n...\n").strip()
+
+
+def annotated(cfg: Config) -> str:
+    """The resolved config as YAML, every key with its comment (``--print-config``); it loads back
+    as a config file."""
+    notes = comments()
+
+    def line(indent: str, key: str, value: Any, note: str | None) -> str:
+        return f"{indent}{key}: {yaml_text(value)}" + (f"  # {note}" if note else "")
+
+    out = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.append(f"{f.name}:")
+            out += [line("  ", g.name, getattr(value, g.name), notes.get(f"{f.name}.{g.name}"))
+                    for g in dataclasses.fields(value)]
+        elif f.name == "phases" and value:
+            out.append(f"phases:  # {notes['phases']}")
+            out += [f"  - {yaml_text(p)}" for p in value]
+        else:
+            out.append(line("", f.name, value, notes.get(f.name)))
+    return "\n".join(out) + "\n"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -172,6 +173,9 @@ def load_phases(source: str | Sequence[dict]) -> list[dict]:
     return [_to_lists(p) for p in data]
 
 
+_PATH_LIKE = re.compile(r"^[^\s\[\]{}():'\",]*(/|\.[A-Za-z]\w*$)")  # no schedule syntax; a '/' or an extension
+
+
 def _read_source(source: str) -> str:
     """The schedule text: the file's when ``source`` names one, else ``source`` itself."""
     try:
@@ -183,6 +187,8 @@ def _read_source(source: str) -> str:
         raise PhaseError(f"phases file {source}: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise PhaseError(f"phases file {source}: {getattr(e, 'strerror', None) or e}") from None
+    if _PATH_LIKE.match(source.strip()):
+        raise PhaseError(f"phases: no such file: {source.strip()}")
     return source
 
 
@@ -192,26 +198,55 @@ def _parse_text(text: str) -> Any:
         bounded.check_nesting(text)
     except bounded.LimitError as e:
         raise PhaseError(f"phases: {e}") from None
+    code = text.strip()
     try:
-        return ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        pass
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except (SyntaxError, ValueError, MemoryError, RecursionError):
-        tree = None
-    if tree is not None:  # Python but not a literal: a call or attribute is code, refuse it outright
-        code = next((n for n in ast.walk(tree) if isinstance(n, (ast.Call, ast.Attribute, ast.Lambda))), None)
-        if code is not None:
-            raise PhaseError(f"phases: not a literal (found {ast.unparse(code)[:60]!r}); "
+        return ast.literal_eval(code)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
+        python_error = e if isinstance(e, SyntaxError) else None
+    if python_error is None:  # Python but not a literal: a call or attribute is code, refuse it outright
+        try:
+            tree = ast.parse(code, mode="eval")
+        except (SyntaxError, ValueError, MemoryError, RecursionError):
+            tree = None
+        call = next((n for n in ast.walk(tree) if isinstance(n, (ast.Call, ast.Attribute, ast.Lambda))), None) \
+            if tree is not None else None
+        if call is not None:
+            raise PhaseError(f"phases: not a literal (found {ast.unparse(call)[:60]!r}); "
                              "only literals are accepted and nothing is evaluated")
     try:
-        return bounded.load_yaml(text, MAX_CHARS)
+        data = bounded.load_yaml(text, MAX_CHARS)
     except bounded.LimitError as e:
         raise PhaseError(f"phases: {e}") from None
-    except bounded.TextError:
-        raise PhaseError("phases: not a Python literal, JSON or YAML list of dicts "
-                         "(only literals are accepted; nothing is evaluated)") from None
+    except bounded.TextError as e:
+        # imagenet18's literals start with '[': there Python's position says more than YAML's
+        where = _python_where(python_error, code) if python_error and code.startswith("[") else str(e)
+        raise _not_parsed(where) from None
+    if python_error is not None and _misread(data):
+        raise _not_parsed(_python_where(python_error, code))
+    return data
+
+
+def _not_parsed(where: str) -> PhaseError:
+    return PhaseError(f"phases: not a Python literal, JSON or YAML list of dicts: {where} "
+                      "(only literals are accepted; nothing is evaluated)")
+
+
+def _python_where(e: SyntaxError, text: str) -> str:
+    line, col = e.lineno or 1, e.offset or 1
+    near = text.splitlines()[line - 1][col - 1:col + 19] if line <= len(text.splitlines()) else ""
+    return f"line {line}, column {col}: {e.msg}" + (f" (near {near!r})" if near else "")
+
+
+def _misread(data: Any) -> bool:
+    """YAML read as plain text what only Python syntax means (tuples, quotes): the text was a
+    malformed Python literal, and its Python error is the one to report."""
+    if isinstance(data, str):
+        return any(c in data for c in "()'\"")
+    if isinstance(data, dict):
+        return any(_misread(k) or _misread(v) for k, v in data.items())
+    if isinstance(data, list):
+        return any(_misread(v) for v in data)
+    return False
 
 
 def _to_lists(value: Any) -> Any:

@@ -1,6 +1,7 @@
-"""Pre-resize an ImageNet tree, as imagenet18 did for its small-image phases (DATA-sz/160, -sz/320).
+"""Pre-resize an ImageNet tree, as imagenet18 did for its small-image phases (DATA-sz/160, -sz/352).
 
     python -m training.resize DATA OUT --size 160 [--workers N] [--quality 90]
+    python -m training.resize DATA DATA-sz/352 --size 352   # the configs' trndir for the 224 px phases
 
 Writes OUT/train/<class>/<file> and OUT/validation/<class>/<file> with the shorter side resized to
 ``size`` and the aspect ratio kept. Images whose shorter side is already <= size are copied byte for

@@ -9,9 +9,13 @@
   python training/train.py --config configs/imagenet18/8x8.yaml --dry-run --world-size 64
   # CIFAR-10 to 94% on one GPU (CPU fallback: configs/cifar10_cpu.yaml):
   python training/train.py --config configs/cifar10.yaml --runs 5
+  # every config key with its value and meaning, as this command line resolves it:
+  python training/train.py --config configs/tiny_cpu.yaml --print-config
 
 Positional arguments are DATA or ``section.key=value`` overrides (YAML values), applied after the
-config files and flags. Bad input exits with status 2 and a one-line error.
+config files and flags. The defaults --help shows are the built-in ones; a --config file overrides
+them. A fresh run needs a logdir of its own: one holding a run is refused (continue that run with
+--resume auto). Bad input exits with status 2 and a one-line error.
 """
 from __future__ import annotations
 
@@ -50,23 +54,42 @@ VALUED = {
 }
 
 
+# images per epoch of each recipe's data set, for --dry-run and --plot-schedule
+TRAIN_IMAGES = {"imagenet": 1_281_167, "cifar": 50_000}  # ImageNet-1k train; CIFAR-10/100 train
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = ArgParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                  epilog=__doc__.split("\n", 1)[1])
+                  epilog=__doc__.split("\n", 1)[1],
+                  usage="%(prog)s [DATA] [--config FILE ...] [options] [section.key=value ...]")
     p.add_argument("args", nargs="*", help="DATA and/or section.key=value overrides")
-    p.add_argument("--config", action="append", default=[], help="YAML config file (repeatable)")
-    p.add_argument("--phases", help="phase schedule: imagenet18 literal, JSON, YAML, or a file")
+    p.add_argument("--config", action="append", default=[], help="YAML config file (repeatable; later wins)")
+    p.add_argument("--phases", help="phase schedule: imagenet18 literal, JSON, YAML, or a file holding one")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (every key, its value and meaning) as YAML and exit")
     p.add_argument("--dry-run", action="store_true", help="print the per-epoch plan as JSON lines and exit")
-    p.add_argument("--num-train-images", type=positive_int, default=1_281_167, help="for --dry-run (ImageNet's)")
-    p.add_argument("--world-size", type=positive_int, default=1, help="for --dry-run")
+    p.add_argument("--num-train-images", type=positive_int,
+                   help="images per epoch for --dry-run / --plot-schedule (default: the recipe's data set, "
+                        f"{TRAIN_IMAGES['imagenet']:,} for imagenet, {TRAIN_IMAGES['cifar']:,} for cifar; "
+                        "data.synthetic_images with --loader synthetic)")
+    p.add_argument("--world-size", type=positive_int, default=1,
+                   help="processes for --dry-run / --plot-schedule (default 1)")
     p.add_argument("--plot-schedule", metavar="PNG", help="draw lr / size / batch against epochs and exit")
     p.add_argument("--distributed", action="store_true", help="accepted for imagenet18 compatibility; "
                    "torchrun's environment decides")
+    notes, defaults = C.comments(), C.to_dict(C.Config())
+
+    def meaning(path: str) -> str:  # argparse formats help with %
+        return notes.get(path, "").replace("%", "%%")
+
     for flag, (path, value) in SWITCHES.items():
         names = ["--" + flag.replace("_", "-")] + (["-e"] if flag == "evaluate" else [])
-        p.add_argument(*names, action="store_true", dest=flag, help=f"{path}={value}")
+        p.add_argument(*names, action="store_true", dest=flag,
+                       help=f"sets {path}={C.yaml_text(value)}: {meaning(path)}")
     for flag, path in VALUED.items():
-        p.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, metavar="V", help=f"{path}=V")
+        section, key = path.split(".")
+        p.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, metavar=key.upper(),
+                       help=f"{meaning(path)} ({path}; default {C.yaml_text(defaults[section][key])})")
     return p
 
 
@@ -98,22 +121,41 @@ def resolve(argv: list[str]) -> tuple[argparse.Namespace, C.Config]:
         overrides.append((["phases"], load_phases(args.phases)))
     overrides += [C.parse_override(a) for a in args.args if OVERRIDE.match(a)]
     cfg = C.build(args.config, overrides)
-    if not cfg.phases:
+    if args.fp16 and args.bf16:
+        raise C.ConfigError("--fp16 and --bf16 both given: choose one (train.precision)")
+    if cfg.train.evaluate and not cfg.train.resume:
+        raise C.ConfigError("--evaluate (-e) evaluates a checkpoint: give --resume PATH, or --resume auto "
+                            "for the logdir's newest")
+    if not cfg.phases and not args.print_config:
         raise C.ConfigError("no phase schedule: give --phases or a config file with 'phases'")
     return args, cfg
+
+
+def train_images(args: argparse.Namespace, cfg: C.Config) -> int:
+    """--num-train-images, else what the run would train on."""
+    if args.num_train_images:
+        return args.num_train_images
+    if cfg.recipe == "imagenet" and cfg.data.loader == "synthetic":
+        return cfg.data.synthetic_images
+    return TRAIN_IMAGES[cfg.recipe]
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args, cfg = resolve(sys.argv[1:] if argv is None else argv)
+        if args.print_config:
+            print(C.annotated(cfg), end="")
+            sys.stdout.flush()
+            return 0
         schedule = parse_schedule(cfg.phases)
         if args.dry_run:
-            for row in schedule.plan(args.num_train_images, args.world_size):
+            for row in schedule.plan(train_images(args, cfg), args.world_size):
                 print(json.dumps(row.__dict__))
             sys.stdout.flush()  # a closed pipe shows here, inside the handler below
             return 0
         if args.plot_schedule:
-            return plot(schedule, args)
+            return plot(schedule, path=args.plot_schedule, num_images=train_images(args, cfg),
+                        world_size=args.world_size)
         if cfg.recipe == "cifar" and cfg.cifar.results:
             check_output_file(cfg.cifar.results, "--results")
         return run(cfg)
@@ -131,15 +173,14 @@ def check_output_file(path: str, flag: str, make_parents: bool = True) -> None:
         raise C.ConfigError(f"{flag} {path}: {problem}")
 
 
-def plot(schedule: Schedule, args: argparse.Namespace) -> int:
+def plot(schedule: Schedule, path: str, num_images: int, world_size: int) -> int:
     """--plot-schedule: the figure, or a one-line error and no file (a missing folder, an
     unknown format)."""
     from dawn.plot import plot_schedule
-    path = args.plot_schedule
     check_output_file(path, "--plot-schedule", make_parents=False)
     existed = os.path.exists(path)
     try:
-        plot_schedule(schedule, path, num_images=args.num_train_images, world_size=args.world_size)
+        plot_schedule(schedule, path, num_images=num_images, world_size=world_size)
     except (OSError, ValueError) as e:
         if not existed:
             Path(path).unlink(missing_ok=True)
