@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata
 import json
 import os
 import sys
@@ -101,10 +100,9 @@ def dawn_entry(run: Run, rows: list[EvalRow], target_top5: float, ignore_eval: b
     """A DAWNBench ImageNet-training JSON skeleton; what the run did not log is "unknown"."""
     meta = run_metadata(run) or {}
     if "torch" in meta:
-        torch_version, source = meta["torch"], f"run metadata ({METADATA_TAG})"
-    else:  # without run metadata the best guess is the torch this exporter runs with
-        torch_version = importlib.metadata.version("torch")
-        source = "current environment (the run logged no torch version)"
+        framework, source = f"PyTorch {meta['torch']}", f"run metadata ({METADATA_TAG})"
+    else:  # the torch this exporter runs with may not be the run's: claim nothing
+        framework, source = f"PyTorch {UNKNOWN}", "the run logged no torch version"
     start = min(s.wall_time for s in run.scalars[start_tag])
     hit = first_reaching(rows, target_top5)
     world = meta.get("world_size")
@@ -114,7 +112,7 @@ def dawn_entry(run: Run, rows: list[EvalRow], target_top5: float, ignore_eval: b
         "version": "v1.0",
         "author": UNKNOWN,
         "authorEmail": UNKNOWN,
-        "framework": f"PyTorch {torch_version}",
+        "framework": framework,
         "codeURL": UNKNOWN,
         "model": meta.get("arch", UNKNOWN),
         "hardware": _hardware(meta),

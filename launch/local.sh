@@ -6,7 +6,8 @@
 #   LAUNCH_DRY_RUN=1 bash launch/local.sh DATA      # print the torchrun command, run nothing
 #
 # Options (environment variables; every one has a default):
-#   NPROC         processes = GPUs on this machine (default: the GPUs nvidia-smi lists)
+#   NPROC         processes = GPUs on this machine (default: the GPUs nvidia-smi lists; 8 when
+#                 LAUNCH_DRY_RUN=1 finds none)
 #   CONFIG        config file (default configs/imagenet18/1x8.yaml)
 #   MAX_RESTARTS  torchrun --max-restarts (default 3): a failed group restarts and resumes from the
 #                 latest good checkpoint in the logdir by itself (docs/OPERATIONS.md)
@@ -28,7 +29,10 @@ CONFIG=${CONFIG:-configs/imagenet18/1x8.yaml}
 MAX_RESTARTS=${MAX_RESTARTS:-3}
 if [ -z "${NPROC:-}" ]; then
   NPROC=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-  if [ "${NPROC:-0}" -lt 1 ]; then
+  if [ "${NPROC:-0}" -lt 1 ] && [ -n "${LAUNCH_DRY_RUN:-}" ]; then
+    NPROC=8  # printing only: show the command an 8-GPU machine would run
+    echo "note: no GPU found (nvidia-smi); printing the command for NPROC=8" >&2
+  elif [ "${NPROC:-0}" -lt 1 ]; then
     echo "error: no GPU found (nvidia-smi); set NPROC (CPU processes also need train.device=cpu)" >&2
     exit 2
   fi

@@ -20,7 +20,7 @@ from training import dist
 from training.data import Loader
 from training.logs import RunLogger
 from training.optim import set_lr
-from training.phases import Schedule
+from training.phases import DEFAULT_MIN_SCALE, DataPhase, Schedule
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -248,6 +248,16 @@ def _images_left(state: TrainState, ctx: RunContext, epoch: int, done: int) -> i
     return max(left, 0)
 
 
+def _phase_extras(phase: DataPhase) -> str:
+    """The ImageNet-only fields a phase sets (crop scale, rectangular validation, data dirs); a
+    phase that leaves them at their defaults (every CIFAR phase) prints none."""
+    extras = [f"min_scale {phase.min_scale}" if phase.min_scale != DEFAULT_MIN_SCALE else "",
+              "rect_val" if phase.rect_val else "",
+              f"train_dir '{phase.train_dir}'" if phase.train_dir else "",
+              f"val_dir '{phase.val_dir}'" if phase.val_dir != phase.train_dir else ""]
+    return "".join(" " + e for e in extras if e)
+
+
 def run(state: TrainState, loaders: PhaseSource, hooks: Hooks, ctx: RunContext) -> EvalResult | None:
     """Train from state.epoch to the schedule's end (or ctx.max_epochs more), evaluating and calling
     after_epoch (checkpointing) as configured. Returns the last evaluation."""
@@ -265,8 +275,7 @@ def run(state: TrainState, loaders: PhaseSource, hooks: Hooks, ctx: RunContext) 
         if phase != last_phase:
             log.scalar("sizes/batch", phase.batch_size, state.step)
             log.scalar("sizes/image", phase.size, state.step)
-            log.human(f"phase at epoch {epoch}: size {phase.size} batch {phase.batch_size} "
-                      f"min_scale {phase.min_scale} rect_val {phase.rect_val} train_dir '{phase.train_dir}'")
+            log.human(f"phase at epoch {epoch}: size {phase.size} batch {phase.batch_size}{_phase_extras(phase)}")
             last_phase = phase
         train_epoch(state, train, hooks, ctx, epoch, timer)
         state.epoch = epoch + 1

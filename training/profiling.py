@@ -7,6 +7,7 @@ the kernel-level view behind it.
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import torch
@@ -24,6 +25,7 @@ class TraceWindow:
     def __init__(self, logdir: str, device: torch.device):
         self._prof = None
         self._steps = 0
+        self.logdir = logdir
         if logdir:
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
             self._prof = torch.profiler.profile(
@@ -44,10 +46,18 @@ class TraceWindow:
             self.close()
 
     def close(self) -> None:
-        """Stops the profiler; a window cut short by the end of training is written as it stands."""
-        if self._prof is not None:
-            self._prof.stop()
-            self._prof = None
+        """Stops the profiler; a window cut short by the end of training is written as it stands,
+        and a warning says how much of it there is (none, for a run of WAIT + WARMUP steps or fewer)."""
+        if self._prof is None:
+            return
+        self._prof.stop()
+        self._prof = None
+        recorded, first = self._steps - WAIT_STEPS - WARMUP_STEPS, WAIT_STEPS + WARMUP_STEPS + 1
+        if recorded < ACTIVE_STEPS:
+            held = f"only {recorded} of them" if recorded > 0 else "none of them"
+            print(f"warning: --profile-trace {self.logdir}: training stopped after {self._steps} step(s); the "
+                  f"trace records steps {first}-{first + ACTIVE_STEPS - 1} of this invocation, so it holds {held}",
+                  file=sys.stderr)
 
     def __enter__(self) -> TraceWindow:
         if self._prof is not None:

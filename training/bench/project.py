@@ -50,6 +50,7 @@ class Throughput:
     file: str
     device: str
     arch: str
+    batch_size: int | None = None  # per GPU, as measured (meta.batch_size); None when not recorded
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,9 @@ def load_throughput(path: str, which: str = "ours") -> Throughput:
         rates[size] = Rate(float(img_s), float(eval_img_s) if measured else EVAL_SPEEDUP * img_s,
                            float(entry.get("warmup_overhead_s") or 0.0), "measured", measured)
     meta = doc.get("meta", {}) if isinstance(doc.get("meta"), dict) else {}
-    return Throughput(rates, which, path, str(meta.get("device", "?")), str(meta.get("arch", "?")))
+    batch = meta.get("batch_size")
+    return Throughput(rates, which, path, str(meta.get("device", "?")), str(meta.get("arch", "?")),
+                      batch if isinstance(batch, int) and not isinstance(batch, bool) else None)
 
 
 def _positive(v: object) -> bool:
@@ -175,6 +178,10 @@ def format_table(p: Projection, config: str, arch: str) -> str:
            f"{p.num_val:,} val images; evaluation {evals}"]
     if arch != tp.arch:
         out.append(f"note: throughput measured for {tp.arch}, the config trains {arch}")
+    other = sorted({r.batch_size for r in p.rows} - {tp.batch_size}) if tp.batch_size else []
+    if other:  # img/s depends on the batch: a smaller one runs the GPU less full
+        out.append(f"note: throughput measured at batch {tp.batch_size} per GPU, the config trains batch "
+                   f"{', '.join(map(str, other))} per GPU in some phases")
     if any(not r.rate.eval_measured for r in p.rows):
         out.append(f"note: eval img/s not in the file for some sizes: taken as {EVAL_SPEEDUP:g}x training img/s")
     out.append(f"{'phase':>5}  {'epochs':<7}{'size':>5}{'bs/GPU':>7}{'img/s/GPU':>11}  {'source':<15}"
