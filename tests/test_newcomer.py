@@ -1,0 +1,302 @@
+"""A newcomer's first hour, as the README and --help lead it: one run per logdir, a config.yaml that
+says what trained, plans with the recipe's data set, errors that say where, help that explains.
+Short in-process runs of the tiny CPU config (one step per epoch) on a generated JPEG tree."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, make_jpeg_tree
+from training import config as C
+from training import loop, resize, train
+from training.bench import main as bench_main
+from training.phases import DEFAULT_MIN_SCALE, DataPhase
+from training.profiling import TraceWindow
+
+TINY = ["--config", str(REPO / "configs" / "tiny_cpu.yaml"), "data.workers=0", "train.print_freq=1",
+        "train.short_epoch=true", "train.short_epoch_steps=1"]
+ONE_EPOCH = "[{'ep':0,'sz':32,'bs':8},{'ep':(0,1),'lr':0.02}]"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_jpeg_tree(tmp_path_factory.mktemp("jpeg") / "data", classes=2, train_per_class=4, val_per_class=2)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory) -> Path:
+    """A finished one-epoch run; tests copy it before touching it."""
+    logdir = tmp_path_factory.mktemp("finished") / "run"
+    assert train.main([str(data), *TINY, f"train.logdir={logdir}", "--phases", ONE_EPOCH]) == 0
+    return logdir
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / "run"))
+
+
+def snapshot(d: Path) -> dict[str, tuple[str, int]]:
+    """Every file under ``d`` with its content hash and mtime: what 'nothing changed' means."""
+    return {str(p.relative_to(d)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------- 1. one run per logdir
+
+def test_a_fresh_run_refuses_a_logdir_holding_a_run_and_changes_nothing(data, finished, tmp_path, capsys):
+    logdir = copy_of(finished, tmp_path)
+    before = snapshot(logdir)
+    rc = train.main([str(data), *TINY, f"train.logdir={logdir}", "--phases", ONE_EPOCH])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2
+    assert line.startswith(f"error: logdir {logdir} already holds a run (checkpoints/epoch_0001.pt, config.yaml, ")
+    assert line.endswith("continue it with --resume auto, or start a new run with --logdir NEW_DIR")
+    assert snapshot(logdir) == before
+
+
+def test_a_restart_does_not_resume_a_run_another_launch_started(data, finished, tmp_path, capsys, monkeypatch):
+    """torchrun restarts a group whose first attempt was refused: the restart must be refused too."""
+    logdir = copy_of(finished, tmp_path)
+    before = snapshot(logdir)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "a-later-launch")
+    rc = train.main([str(data), *TINY, f"train.logdir={logdir}", "--phases", ONE_EPOCH])
+    assert rc == 2 and "already holds a run" in one_error_line(capsys.readouterr().err)
+    assert snapshot(logdir) == before
+
+
+def test_the_cifar_recipe_refuses_a_used_logdir(tmp_path, capsys):
+    (tmp_path / "cifar-10-batches-py").mkdir()  # found, and never read: the refusal comes first
+    logdir = tmp_path / "run"
+    (logdir / "run_000").mkdir(parents=True)
+    (logdir / "config.yaml").write_text("recipe: cifar\n")
+    rc = train.main(["--config", str(REPO / "configs" / "cifar10_cpu.yaml"), "--data", str(tmp_path),
+                     "cifar.download=false", f"train.logdir={logdir}"])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2 and line.endswith("start a new run with --logdir NEW_DIR (this recipe keeps no checkpoints "
+                                     "to resume)"), line
+    assert sorted(p.name for p in logdir.iterdir()) == ["config.yaml", "run_000"]
+
+
+def test_resume_auto_on_a_finished_run_says_so_and_touches_nothing(data, finished, tmp_path, capsys):
+    logdir = copy_of(finished, tmp_path)
+    before = snapshot(logdir)
+    rc = train.main([str(data), *TINY, f"train.logdir={logdir}", "--resume", "auto"])
+    assert rc == 0
+    assert f"{logdir}: the run is already complete (1 of 1 epochs); nothing to do" in capsys.readouterr().err
+    assert snapshot(logdir) == before
+
+
+# ------------------------------------------------------------- 2. config.yaml says what trains
+
+def test_resume_with_other_phases_warns_and_config_yaml_keeps_the_schedule_that_trains(data, tmp_path, capsys):
+    logdir = tmp_path / "run"
+    assert train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1"]) == 0
+    trained = yaml.safe_load((logdir / "config.yaml").read_text())["phases"]
+    capsys.readouterr()
+    rc = train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1", "--resume", "auto",
+                     "--phases", "[{'ep':0,'sz':32,'bs':8},{'ep':(0,3),'lr':0.5}]"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "warning: the phases given differ from the checkpoint's; the run goes on with the checkpoint's " \
+           "schedule" in err
+    assert yaml.safe_load((logdir / "config.yaml").read_text())["phases"] == trained
+    assert torch.load(logdir / "checkpoints" / "epoch_0002.pt", weights_only=True)["config"]["phases"] == trained
+
+
+# ---------------------------------------------------------- 3. plans with the recipe's data set
+
+def test_dry_run_of_a_cifar_config_plans_cifars_images(capsys):
+    assert train.main(["--config", str(REPO / "configs" / "cifar10_cpu.yaml"), "--dry-run"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["iters"] for r in rows] == [100, 100, 100]  # 50,000 images / bs 500, as the config says
+
+
+def test_plot_schedule_plans_the_recipes_images(monkeypatch, tmp_path):
+    import dawn.plot
+    seen = []
+    monkeypatch.setattr(dawn.plot, "plot_schedule", lambda schedule, path, **kw: seen.append(kw))
+    for config, images in (("cifar10_cpu.yaml", 50_000), ("tiny_cpu.yaml", 1_281_167)):
+        assert train.main(["--config", str(REPO / "configs" / config), "--plot-schedule",
+                           str(tmp_path / "s.png")]) == 0
+        assert seen.pop() == {"num_images": images, "world_size": 1}
+    assert train.main(["--config", str(REPO / "configs" / "tiny_cpu.yaml"), "--loader", "synthetic",
+                       "--plot-schedule", str(tmp_path / "s.png")]) == 0
+    assert seen.pop()["num_images"] == 1024  # data.synthetic_images
+
+
+# ---------------------------------------------------------------------- 4. errors that say where
+
+@pytest.mark.parametrize("phases,message", [
+    ("[{'ep':0 'sz':32,'bs':8},{'ep':(0,2),'lr':0.1}]",
+     "phases: not a Python literal, JSON or YAML list of dicts: line 1, column 8: invalid syntax. "
+     "Perhaps you forgot a comma? (near \"0 'sz':32,'bs':8},{'\")"),
+    ("[{'ep':0,'sz':32,'bs':8},{'ep':(0,2),'lr':(0.02 0.08)}]",
+     "line 1, column 44: invalid syntax. Perhaps you forgot a comma? (near '0.02 0.08)}]')"),
+    ("- {ep: 0, sz: 32, bs: 8}\n- {ep: [0, 2] lr: 0.1}\n", "line 2, column 15: expected ',' or '}'"),
+    ("phases.txt", "error: phases: no such file: phases.txt"),
+    ("schedules/imagenet18", "error: phases: no such file: schedules/imagenet18"),
+])
+def test_phase_errors_say_where(capsys, phases, message):
+    rc = train.main(["--phases", phases, "--dry-run"])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2 and message in line, line
+    assert "unknown key" not in line
+
+
+def test_config_yaml_errors_give_line_and_column(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recipe: imagenet\ntrain:\n  seed: 1\n   logdir: x\n")
+    rc = train.main(["--config", str(bad), "--dry-run"])
+    line = one_error_line(capsys.readouterr().err)
+    assert rc == 2 and line.startswith(f"error: config file {bad}: not valid YAML: line 4, column 10: "), line
+
+
+# ----------------------------------------------------------------- 5. -e needs a checkpoint
+
+def test_evaluate_without_a_checkpoint_is_refused(data, tmp_path, capsys):
+    rc = train.main([str(data), *TINY, f"train.logdir={tmp_path / 'run'}", "-e"])
+    assert rc == 2 and "--evaluate (-e) evaluates a checkpoint: give --resume PATH" in \
+        one_error_line(capsys.readouterr().err)
+    rc = train.main([str(data), *TINY, f"train.logdir={tmp_path / 'run'}", "-e", "--resume", "auto"])
+    assert rc == 2 and "nothing to evaluate: no usable checkpoint in" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_writes_nothing(data, finished, tmp_path, capsys):
+    logdir = copy_of(finished, tmp_path)
+    before = snapshot(logdir)
+    assert train.main([str(data), *TINY, f"train.logdir={logdir}", "-e", "--resume", "auto"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["epoch"] == 1
+    assert snapshot(logdir) == before
+
+
+# ------------------------------------------------------- 6. a profile trace that records nothing
+
+def test_profile_trace_shorter_than_its_window_says_so(tmp_path, capsys):
+    with TraceWindow(str(tmp_path / "trace"), torch.device("cpu")) as trace:
+        for i in range(3):
+            torch.ones(4).sum()
+            trace.hook(None, i)
+    err = capsys.readouterr().err
+    assert f"warning: --profile-trace {tmp_path / 'trace'}: training stopped after 3 step(s); the trace " \
+           "records steps 5-8 of this invocation, so it holds none of them" in err
+
+
+# ------------------------------------------------------------------------------ 7. help, config
+
+def test_every_flag_says_what_it_means_and_its_default():
+    for action in train.make_parser()._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        text = action.help or ""
+        assert len(text) > 20 and not re.fullmatch(r"[\w.]+=\S+", text), (action.option_strings, text)
+        if action.dest in train.VALUED:
+            assert re.search(r"\(\w+\.\w+; default .+\)$", text), (action.option_strings, text)
+    helps = {a.dest: a.help for a in train.make_parser()._actions}
+    assert "more epochs in this invocation" in helps["max_epochs"]
+    assert "(data.workers; default 8)" in helps["workers"]
+
+
+def test_print_config_prints_every_key_with_its_value_and_meaning(capsys):
+    argv = ["--config", str(REPO / "configs" / "tiny_cpu.yaml"), "--workers", "3", "optim.momentum=0.8",
+            "--print-config"]
+    assert train.main(argv) == 0
+    out = capsys.readouterr().out
+    resolved = train.resolve(argv)[1]
+    assert yaml.safe_load(out) == C.to_dict(resolved)  # loads back as a config file
+    assert "  workers: 3  # loader worker processes (threads for DALI) per rank" in out.splitlines()
+    assert "  momentum: 0.8  # SGD momentum" in out.splitlines()
+    keys = [ln for ln in out.splitlines() if re.match(r"^ *\w+: \S", ln)]  # every key line holding a value
+    assert len(keys) == sum(len(v) if isinstance(v, dict) else 1 for v in C.to_dict(resolved).values()) - 1
+    assert all("  # " in ln for ln in keys), [ln for ln in keys if "  # " not in ln]
+
+
+def test_the_readmes_tiny_data_command_makes_a_tree(tmp_path):
+    cmd = next(ln for ln in (REPO / "README.md").read_text().splitlines() if "make_bench_tree" in ln)
+    r = subprocess.run(shlex.split(cmd.replace("python ", f"{sys.executable} ", 1)), cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    train_dir = tmp_path / "data" / "tiny" / "train"
+    assert len(list(train_dir.iterdir())) == 4 and len(list(train_dir.rglob("*.JPEG"))) == 100
+    assert "python training/train.py data/tiny --config configs/tiny_cpu.yaml" in (REPO / "README.md").read_text()
+
+
+# --------------------------------------------------------------------------------- 8. smaller
+
+def test_fp16_and_bf16_together_are_refused(capsys):
+    rc = train.main(["--config", str(REPO / "configs" / "tiny_cpu.yaml"), "--fp16", "--bf16", "--dry-run"])
+    assert rc == 2 and "--fp16 and --bf16 both given" in one_error_line(capsys.readouterr().err)
+
+
+def test_phase_line_prints_only_what_the_phase_sets():
+    plain = DataPhase(0, 32, 500, "", "", DEFAULT_MIN_SCALE, False, False)  # every CIFAR phase
+    assert loop._phase_extras(plain) == ""
+    imagenet = DataPhase(0, 224, 128, "-sz/352", "-sz/352", 0.087, True, False)
+    assert loop._phase_extras(imagenet) == " min_scale 0.087 rect_val train_dir '-sz/352'"
+
+
+def test_cifar_run_stopped_early_logs_its_evaluation_row(cifar_batches, tmp_path, capsys):
+    logdir = tmp_path / "run"
+    rc = train.main(["--config", str(REPO / "configs" / "cifar10_cpu.yaml"), "--data", str(cifar_batches),
+                     "cifar.download=false", f"train.logdir={logdir}", "--max-epochs", "1", "train.short_epoch=true",
+                     "train.short_epoch_steps=1", "cifar.tta_level=0"])
+    assert rc == 0
+    rows = (logdir / "run_000" / "train.log").read_text().splitlines()
+    assert rows[0] == "~~epoch\thours\ttop1\ttop5" and rows[1] == "phase at epoch 0: size 32 batch 500"
+    assert re.fullmatch(r"~~0\t[\d.]+\t\t[\d.]+\t\t[\d.]+", rows[2]) and len(rows) == 3
+
+
+def test_resize_help_names_the_configs_dirs(capsys):
+    with pytest.raises(SystemExit):
+        resize.main(["--help"])
+    out = capsys.readouterr().out
+    assert "-sz/352" in out and "-sz/320" not in out
+
+
+def test_launch_dry_run_prints_without_a_gpu(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nexit 9\n")  # a machine where nvidia-smi finds no GPU
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "NPROC"}
+    r = subprocess.run(["bash", "launch/local.sh", "DATA"], cwd=REPO, capture_output=True, text=True, timeout=30,
+                       env={**env, "PATH": f"{bin_dir}:{env['PATH']}", "LAUNCH_DRY_RUN": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "--nproc_per_node=8" in r.stdout.splitlines()[-1]
+    assert r.stderr == "note: no GPU found (nvidia-smi); printing the command for NPROC=8\n"
+
+
+def test_bench_project_notes_a_batch_size_mismatch(tmp_path, capsys):
+    tp = tmp_path / "tp.json"
+    tp.write_text(json.dumps({"meta": {"device": "test GPU", "arch": "resnet18", "batch_size": 256},
+                              "results": [{"size": s, "ours": {"img_s": 100.0}} for s in (32, 48)]}))
+    assert bench_main(["project", "--config", str(REPO / "configs" / "tiny_cpu.yaml"), "--gpus", "1",
+                       "--throughput", str(tp)]) == 0
+    assert "note: throughput measured at batch 256 per GPU, the config trains batch 8, 16 per GPU in some " \
+           "phases" in capsys.readouterr().out
