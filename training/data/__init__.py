@@ -38,6 +38,8 @@ class LoaderSpec:
     bad_images: str = "skip"  # skip | error
     synthetic_images: int = 1024
     synthetic_classes: int = 10
+    dali_fused_crop: bool = True  # DALI: decode only the crop's region (else decode whole, then crop)
+    dali_hw_load: float = 0.65  # DALI on a GPU: share of JPEGs sent to the hardware decoder, if any
 
     @property
     def train_dir(self) -> str:
