@@ -43,6 +43,8 @@ class DataConfig:
     bad_images: str = "skip"  # skip | error
     synthetic_images: int = 1024  # images per epoch for --loader synthetic
     synthetic_classes: int = 10
+    dali_fused_crop: bool = True  # DALI: decode only the crop's region (ROI); false: whole image, then crop
+    dali_hw_load: float = 0.65  # DALI on a GPU: share of JPEGs for the hardware decoder (A100/H100 class)
 
 
 @dataclass
@@ -51,7 +53,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cuda | cpu
     precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast; fp16 adds a grad scaler)
     channels_last: bool = True  # only applied on CUDA
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model (imagenet recipe: on CUDA only, static shapes)
     seed: int = 0
     resume: str = ""  # '' | auto | path to a checkpoint
     evaluate: bool = False  # evaluate the (resumed) model and exit

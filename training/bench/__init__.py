@@ -3,7 +3,6 @@
     python -m training.bench throughput --arch resnet50 --sizes 128 224 288 --batch-size 256 --json tp.json
     python -m training.bench project --config configs/imagenet18/8x8.yaml --gpus 64 --throughput tp.json
     python -m training.bench pipeline DATA --sizes 128 224 --loader torchvision dali --json pipe.json
-    python -m training.bench loader [DATA] [--sizes 128 224] [--batch-size 64] [--workers 2]
     python -m training.bench decode [--images 512] [--batch-size 128]
 
 Figures go to docs/BENCHMARKS.md with their command, machine, versions, date and N.
@@ -17,7 +16,7 @@ import sys
 from pathlib import Path
 
 # subcommand -> module in this package; each module has add_parser(subparsers) setting func
-SUBCOMMANDS = ("throughput", "project", "loader", "decode")
+SUBCOMMANDS = ("throughput", "project", "pipeline", "decode")
 
 
 def write_json(path: str | None, doc: dict) -> None:

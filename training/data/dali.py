@@ -238,6 +238,36 @@ class DaliLoader:
         self._pool.shutdown(wait=False)
 
 
+_PROBED: dict[str, str | None] = {}  # device -> None (works) or why not
+
+
+def probe(device: torch.device) -> None:
+    """On a GPU, decode one small JPEG with the ``mixed`` decoder once per process: DALI may import
+    and still fail with this driver or CUDA version. RuntimeError (one line) when it does not work."""
+    if device.type != "cuda":
+        return
+    key = str(device)
+    if key not in _PROBED:
+        import io
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, format="JPEG")
+        jpeg = np.frombuffer(buf.getvalue(), np.uint8)
+        try:
+            pipe = Pipeline(batch_size=1, num_threads=1,
+                            device_id=device.index if device.index is not None else torch.cuda.current_device())
+            with pipe:
+                pipe.set_outputs(fn.decoders.image(fn.external_source(source=lambda: [jpeg], batch=True),
+                                                   device="mixed"))
+            pipe.build()
+            pipe.run()
+            _PROBED[key] = None
+        except Exception as e:  # noqa: BLE001 - any failure here means "not usable on this GPU"
+            _PROBED[key] = f"DALI's GPU decoder failed on {device}: {str(e).strip().splitlines()[0]}"
+        dali_backend.ReleaseUnusedMemory()
+    if _PROBED[key]:
+        raise RuntimeError(_PROBED[key])
+
+
 def _pil_decodes(path: str) -> bool:
     try:
         with Image.open(path) as im:
