@@ -20,8 +20,8 @@ def phase(start=0, size=32, bs=4, rect=False, keep_dl=False, min_scale=0.35) -> 
 
 def spec(root: Path, rank=0, world=1, workers=0, **kw) -> LoaderSpec:
     kw.setdefault("phase", phase())
-    return LoaderSpec(root=str(root), rank=rank, world_size=world, device=torch.device("cpu"),
-                      workers=workers, seed=kw.pop("seed", 0), **kw)
+    kw.setdefault("device", torch.device("cpu"))
+    return LoaderSpec(root=str(root), rank=rank, world_size=world, workers=workers, seed=kw.pop("seed", 0), **kw)
 
 
 def pixel_classes(x: torch.Tensor) -> list[int]:

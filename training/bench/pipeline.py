@@ -18,9 +18,11 @@ reads 128 px from ``-sz/160`` and 224 px from ``-sz/320``; ``--source full`` rea
 size). When DATA holds no train/ split, a tree of ``--generate`` ImageNet-like JPEGs and the copies the
 sizes need are generated first, on every core.
 
-``--end-to-end``: the trainer itself (``train.py --profile``, static compiled step on CUDA), per size
-and loader, for ``--e2e-epochs`` epochs of that size; the first is warm-up (compilation, autotuning,
-the loader's first start), the others give img/s and the share of the step spent waiting for data.
+``--end-to-end [LOADER ...]``: the trainer itself (``train.py --profile``, static compiled step and bf16
+on CUDA), one run per loader whose schedule has ``--e2e-epochs`` epochs at each size in turn. The first
+epoch of a size is its warm-up (compilation, autotuning, the loader's start); the others give img/s
+(images over the data-wait + forward + backward + optimizer stages; evaluation and checkpoints are
+left out) and the share of that time spent waiting for data. ``synthetic`` gives the step's own rate.
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ from training.bench import write_json
 DEFAULT_TREE = ".cache/bench-imagenet"
 IMAGENET18_DIRS = {128: "-sz/160", 224: "-sz/320"}  # imagenet18's pre-resized copies per phase size
 COPY_SIDE = {"-sz/160": 160, "-sz/320": 320, "-sz/352": 352}
+E2E_BATCH = {128: 512, 224: 256, 288: 128}  # per-GPU batch of the end-to-end runs (imagenet18 1x8-like)
+TRAIN_STAGES = ("data wait", "forward", "backward", "optimizer")  # of train.py --profile; not eval/checkpoint
 
 
 def _busy_jiffies() -> tuple[int, int] | None:
@@ -136,16 +140,20 @@ def ensure_tree(data: Path, dirs: set[str], images: int, log=lambda m: print(m, 
             jpegtree.resized_copy(data, d, COPY_SIDE[d])
 
 
-def end_to_end(loader: str, data: str, train_dir: str, size: int, args: argparse.Namespace) -> dict:
-    """train.py --profile on one size for args.e2e_epochs epochs; parses its per-epoch stage tables."""
+def end_to_end(loader: str, data: str, dirs: dict[int, str], args: argparse.Namespace) -> list[dict]:
+    """train.py --profile over every size, args.e2e_epochs epochs each, in one run (as a schedule's
+    phases); the first epoch of each size is its warm-up. One row per size, from the stage tables."""
     import torch
     on_gpu = torch.cuda.is_available() and args.device != "cpu"
-    phases = [{"ep": 0, "sz": size, "bs": args.batch_size, "trndir": train_dir, "valdir": train_dir},
-              {"ep": [0, args.e2e_epochs], "lr": 0.1}]
+    e, sizes = args.e2e_epochs, list(dirs)
+    batch = {s: args.e2e_batch.get(s, E2E_BATCH.get(s, args.batch_size)) for s in sizes}
+    phases = [{"ep": k * e, "sz": s, "bs": batch[s], "trndir": dirs[s], "valdir": dirs[s]} for k, s in enumerate(sizes)]
+    phases.append({"ep": [0, e * len(sizes)], "lr": 0.1})
     with tempfile.TemporaryDirectory() as logdir:
         cmd = [sys.executable, "training/train.py", data, "--phases", json.dumps(phases), "--profile",
                "--loader", loader.partition(":")[0], "--workers", str(args.workers), "--logdir", logdir,
                f"data.dali_fused_crop={str(loader != 'dali:whole').lower()}", f"data.dali_hw_load={args.dali_hw_load}",
+               f"data.synthetic_images={_count(data, dirs[sizes[0]])}",
                f"train.device={'cuda' if on_gpu else 'cpu'}", f"train.compile={str(on_gpu).lower()}",
                f"train.precision={'bf16' if on_gpu else 'fp32'}", f"model.arch={args.arch}",
                "train.print_freq=1000000", "train.keep_checkpoints=1"]
@@ -153,19 +161,27 @@ def end_to_end(loader: str, data: str, train_dir: str, size: int, args: argparse
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
         wall = time.perf_counter() - t0
     if r.returncode != 0:
-        tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-        return {"loader": loader, "size": size, "error": " | ".join(tail), "wall_s": wall}
+        tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
+        return [{"loader": loader, "size": s, "error": tail, "wall_s": wall} for s in sizes]
     tables = _stage_tables(r.stderr + r.stdout)
-    steady = tables[1:] or tables
-    train_stages = ("data wait", "forward", "backward", "optimizer")
-    train_s = sum(t.get(k, 0.0) for t in steady for k in train_stages)
-    wait_s = sum(t.get("data wait", 0.0) for t in steady)
-    images = sum(1 for _ in Path(f"{data}{train_dir}/train").rglob("*.JPEG"))  # world size 1: one epoch
-    return {"loader": loader, "size": size, "train_dir": train_dir, "epochs": len(tables), "wall_s": wall,
-            "warmup_epoch_s": sum(tables[0].values()) if tables else None,
-            "img_s": images * len(steady) / train_s if train_s and images else None,
-            "data_wait_share": wait_s / train_s if train_s else None, "stages": tables,
-            "backend_line": next((ln for ln in r.stderr.splitlines() if ln.startswith("loader:")), "")}
+    rows = []
+    for k, s in enumerate(sizes):
+        mine = tables[k * e:(k + 1) * e]
+        steady = mine[1:] or mine
+        train_s = sum(t.get(st, 0.0) for t in steady for st in TRAIN_STAGES)
+        wait_s = sum(t.get("data wait", 0.0) for t in steady)
+        images = _count(data, dirs[s]) if loader != "synthetic" else _count(data, dirs[sizes[0]])
+        rows.append({"loader": loader, "size": s, "train_dir": dirs[s], "batch_size": batch[s], "epochs": len(mine),
+                     "wall_s": wall, "warmup_epoch_s": sum(mine[0].values()) if mine else None,
+                     "img_s": images * len(steady) / train_s if train_s else None,
+                     "data_wait_share": wait_s / train_s if train_s else None, "stages": mine,
+                     "backend_line": next((ln for ln in r.stderr.splitlines() if ln.startswith("loader:")), "")})
+    return rows
+
+
+def _count(data: str, train_dir: str) -> int:
+    """Images of one training epoch at world size 1: the files of DATA<dir>/train."""
+    return sum(1 for _ in Path(f"{data}{train_dir}/train").rglob("*.JPEG"))
 
 
 def _stage_tables(text: str) -> list[dict[str, float]]:
@@ -187,6 +203,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     data = Path(args.data)
     args.dirs = dict(args.dir or [])
+    args.e2e_batch = dict(args.e2e_batch or [])
+    if args.e2e_loader == []:  # --end-to-end alone: the measured loaders
+        args.e2e_loader = args.loader
     dirs = {s: _train_dir(s, args) for s in args.sizes}
     ensure_tree(data, set(dirs.values()), args.generate)
     results, e2e = [], []
@@ -201,9 +220,10 @@ def run(args: argparse.Namespace) -> int:
                     r = {"loader": loader, "size": size, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
             results.append(r)
             print(f"  {_row(r)}", file=sys.stderr, flush=True)
-            if args.end_to_end:
-                e2e.append(end_to_end(loader, str(data), dirs[size], size, args))
-                print(f"  end-to-end {_e2e_row(e2e[-1])}", file=sys.stderr, flush=True)
+    for loader in args.e2e_loader or []:
+        e2e += end_to_end(loader, str(data), dirs, args)
+        for r in e2e[-len(dirs):]:
+            print(f"  end-to-end {_e2e_row(r)}", file=sys.stderr, flush=True)
     doc = {"kind": "pipeline", "meta": _meta(args, device, data), "results": results, "end_to_end": e2e}
     print(format_table(doc))
     write_json(args.json, doc)
@@ -264,6 +284,13 @@ def _size_dir(text: str) -> tuple[int, str]:
     return int(size), d
 
 
+def _size_batch(text: str) -> tuple[int, int]:
+    size, sep, bs = text.partition("=")
+    if not (sep and size.isdigit() and bs.isdigit() and int(size) > 0 and int(bs) > 0):
+        raise argparse.ArgumentTypeError(f"expected SIZE=BATCH of positive integers (e.g. 128=512), got {text!r}")
+    return int(size), int(bs)
+
+
 def _positive(kind):
     def parse(text: str):
         v = kind(text)
@@ -278,10 +305,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("data", nargs="?", default=DEFAULT_TREE,
                    help=f"ImageNet-style tree (default {DEFAULT_TREE}; generated when it has no train/)")
     p.add_argument("--sizes", type=_positive(int), nargs="+", default=[128, 224], help="image sides, px")
-    p.add_argument("--loader", nargs="+", default=["torchvision", "dali"],
+    p.add_argument("--loader", nargs="*", default=["torchvision", "dali"],
                    choices=("torchvision", "dali", "dali:whole", "auto", "synthetic"),
                    help="backends to measure; dali:whole decodes whole images then crops (the hardware "
-                   "decoder's only mode), dali decodes the crop's region only")
+                   "decoder's only mode), dali decodes the crop's region only; none: only --end-to-end")
     p.add_argument("--workers", type=_positive(int), default=os.cpu_count() or 1,
                    help="DataLoader workers = DALI threads (default: every core)")
     p.add_argument("--batch-size", type=_positive(int), default=256, help="images per batch")
@@ -294,8 +321,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--generate", type=_positive(int), default=10_000, help="train images to generate when DATA is empty")
     p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when present")
     p.add_argument("--dali-hw-load", type=float, default=0.65, help="DALI on a GPU: hardware decoder share")
-    p.add_argument("--end-to-end", action="store_true", help="also run the trainer itself on each loader and size")
-    p.add_argument("--e2e-epochs", type=_positive(int), default=3, help="epochs per end-to-end run (first is warm-up)")
+    p.add_argument("--end-to-end", dest="e2e_loader", nargs="*", metavar="LOADER",
+                   choices=("torchvision", "dali", "dali:whole", "auto", "synthetic"),
+                   help="also run the trainer itself on these loaders (default: those of --loader) at every "
+                   "size; synthetic gives the step's own rate to compare with")
+    p.add_argument("--e2e-epochs", type=_positive(int), default=2, help="epochs per size in the end-to-end runs "
+                   "(the first is warm-up)")
+    p.add_argument("--e2e-batch", type=_size_batch, action="append", metavar="SIZE=BS",
+                   help=f"end-to-end batch per size (default {E2E_BATCH}, else --batch-size)")
     p.add_argument("--arch", default="resnet50", help="end to end: the model")
     p.add_argument("--json", metavar="FILE", help="write every window and setting")
     p.set_defaults(func=run)
