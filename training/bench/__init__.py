@@ -5,6 +5,7 @@
     python -m training.bench pipeline DATA --sizes 128 224 --loader torchvision dali --json pipe.json
     python -m training.bench loader [DATA] [--sizes 128 224] [--batch-size 64] [--workers 2]
     python -m training.bench decode [--images 512] [--batch-size 128]
+    python -m training.bench cifar --data DIR [--variants NAME=OVERRIDES ...] [--runs N] [--airbench] --json c.json
 
 Figures go to docs/BENCHMARKS.md with their command, machine, versions, date and N.
 """
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 # subcommand -> module in this package; each module has add_parser(subparsers) setting func
-SUBCOMMANDS = ("throughput", "project", "loader", "decode")
+SUBCOMMANDS = ("throughput", "project", "loader", "decode", "cifar")
 
 
 def write_json(path: str | None, doc: dict) -> None:
