@@ -91,6 +91,7 @@ class CifarConfig:
     bn_eps: float = 1e-12
     head_scale: float = 0.1111111  # logits multiplier (1/9)
     head_unit_std: bool = False  # head weight init rescaled to unit std (with Muon, head_scale = 1/width)
+    pool: str = "native"  # native (max_pool2d) | reshape (amax over a reshaped view, masked-copy backward)
     # optimisation; the phases' lr is a multiplier (peak 1.0) of the lrs below
     optimizer: str = "sgd"  # sgd (Nesterov SGD for all) | muon (Muon for conv filters, SGD for the rest)
     lr: float = 11.5  # SGD lr, decoupled: per 1024 examples, normalised by 1 + 1/(1 - momentum)
@@ -138,6 +139,7 @@ CHOICES = {
     "train.nonfinite": ("stop", "skip"),
     "cifar.dataset": ("cifar10", "cifar100"),
     "cifar.act": ("gelu", "relu"),
+    "cifar.pool": ("native", "reshape"),
     "cifar.optimizer": ("sgd", "muon"),
     "cifar.flip": ("alternate", "random", "none"),
     "cifar.pad_mode": ("reflect", "zeros"),
