@@ -172,13 +172,35 @@ def test_launch_script_variants_are_valid_configs():
     assert launch_variants("headline", "muon") == ["default=", "muon=configs/cifar10_muon.yaml"]
 
 
-def test_airbench_failure_is_one_line_exit_2_and_cwd_restored(data, monkeypatch, capsys):
+def test_a_failing_row_is_reported_and_the_others_go_on(data, tmp_path, monkeypatch, capsys):
     def warmup94():
         assert os.path.isfile("cifar10/train.pt")
         raise AssertionError("Torch not compiled with CUDA enabled")  # what airbench does on a CPU
     monkeypatch.setitem(sys.modules, "airbench", types.SimpleNamespace(warmup94=warmup94))
     cwd = os.getcwd()
-    assert bench.main(["cifar", "--data", str(data), *TINY, "--airbench"]) == 2
-    err = capsys.readouterr().err
-    assert "airbench94 failed: AssertionError: Torch not compiled" in err and err.strip().count("\n") == 0
+    out = tmp_path / "c.json"
+    # a learning rate that overflows: the recipe stops the run (non-finite loss) at the first epoch's end
+    assert bench.main(["cifar", "--data", str(data), *TINY, "--airbench", "--runs", "2", "--json", str(out),
+                       "--variants", "base=", "broken=cifar.lr=1.0e+30"]) == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert errors == ["error: airbench94 failed in warm-up: AssertionError: Torch not compiled with CUDA enabled",
+                      "error: broken failed in round 0: NonFiniteLoss: non-finite loss at epoch 0 step 1; stopping "
+                      "(the last good checkpoint is kept; train.nonfinite=skip skips such steps)"]
     assert os.getcwd() == cwd
+    doc = json.loads(out.read_text())
+    assert list(doc["variants"]) == ["base"] and len(doc["variants"]["base"]["runs"]) == 2
+    assert set(doc["meta"]["failed"]) == {"airbench94", "broken"} and doc["meta"]["order"] == [["base", "broken"], ["base"]]
+    assert "broken: FAILED in round 0" in captured.out
+
+
+def test_count_ops_per_step_cancels_evaluation(data, tmp_path, capsys):
+    out = tmp_path / "ops.json"
+    assert bench.main(["cifar", "--data", str(data), *TINY, "--count-ops", "--json", str(out), "--variants",
+                       "base=", "tta2=cifar.tta_level=2", "pool=cifar.pool=reshape"]) == 0
+    rows = json.loads(out.read_text())["variants"]
+    # evaluation and set-up are the same in the two short runs: only the steps' ops remain
+    assert rows["base"] == rows["tta2"] | {"describe": "(base config)"}
+    assert 50 < rows["base"]["top_level_per_step"] < rows["base"]["all_per_step"]
+    assert rows["pool"]["top_level_per_step"] > rows["base"]["top_level_per_step"]  # eager: more, smaller ops
+    assert "base: aten ops per training step" in capsys.readouterr().out

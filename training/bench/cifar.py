@@ -113,8 +113,6 @@ class Airbench:
         try:
             with contextlib.redirect_stdout(out):
                 fn(**kw)
-        except Exception as e:  # e.g. no CUDA: airbench asserts rather than raising one kind of error
-            raise RuntimeError(f"airbench94 failed: {e.__class__.__name__}: {e}") from e
         finally:
             os.chdir(cwd)
         return out.getvalue()
@@ -152,22 +150,80 @@ class Entry:
     data_load_seconds: float = 0.0
     config: dict | None = None
     runs: list[dict] = field(default_factory=list)
+    failed: str = ""  # why it stopped (an exception in a warm-up or run): left out of later rounds
 
 
-def ours_entry(variant: Variant, cfg: C.Config, data_dir: str, say) -> tuple[Entry, recipe.Trainer]:
-    schedule = recipe.check_config(cfg)
-    device = pick_device(cfg.train.device)
-    trainer = recipe.Trainer(cfg, schedule, device, data_dir)
+def attempt(entry: Entry, what: str, fn):
+    """fn(), or None after recording ``entry``'s failure: one broken variant (a compile mode that
+    crashes, say) must not cost the other rows their share of a one-shot GPU call."""
+    try:
+        return fn()
+    except Exception as e:  # any failure of the row's own code; bad input was rejected before
+        text = str(e).strip().splitlines()
+        entry.failed = f"{what}: {e.__class__.__name__}: {text[0] if text else ''}"[:300]
+        print(f"error: {entry.name} failed in {entry.failed}", file=sys.stderr, flush=True)
+        return None
+
+
+def ours_entry(variant: Variant, cfg: C.Config, device: torch.device, data_dir: str,
+               say) -> tuple[Entry, recipe.Trainer]:
+    trainer = recipe.Trainer(cfg, recipe.check_config(cfg), device, data_dir)
     entry = Entry(variant.name, " ".join(variant.files + variant.overrides) or "(base config)",
                   lambda r: trainer.run(cfg.train.seed + r, None), data_load_seconds=trainer.data_seconds,
                   config=C.to_dict(cfg))
     t0 = time.perf_counter()
     for w in range(cfg.cifar.warmup_runs):
-        trainer.run(cfg.train.seed - 1 - w, None, warmup=True)
+        if attempt(entry, "warm-up", lambda: trainer.run(cfg.train.seed - 1 - w, None, warmup=True)) is None:
+            return entry, trainer
     entry.warmup_seconds = time.perf_counter() - t0
     say(f"{variant.name}: data {entry.data_load_seconds:.2f} s, warm-up ({cfg.cifar.warmup_runs} run(s), "
         f"compile {cfg.train.compile}) {entry.warmup_seconds:.2f} s")
     return entry, trainer
+
+
+OPS_STEPS = (2, 6)  # steps per epoch of the two short runs whose difference ``--count-ops`` reports
+
+
+def aten_ops(trainer: recipe.Trainer, seed: int, steps: int) -> tuple[int, int]:
+    """(top-level, all) aten ops the profiler records in one run of ``steps`` steps per epoch.
+    Top-level ops are the dispatcher calls the host makes (what launches kernels eagerly); nested
+    ones are what they call in turn."""
+    from torch.profiler import ProfilerActivity, profile
+    trainer.cfg.train.short_epoch, trainer.cfg.train.short_epoch_steps = True, steps
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.run(seed, None)
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+
+    def nested(e) -> bool:
+        p = e.cpu_parent
+        while p is not None and not p.name.startswith("aten::"):
+            p = p.cpu_parent
+        return p is not None
+    return sum(not nested(e) for e in events), len(events)
+
+
+def count_ops(args: argparse.Namespace, say=lambda m: print(m, flush=True)) -> dict:
+    """aten ops per training step of each variant: two short runs (OPS_STEPS steps per epoch, so
+    set-up, evaluation and per-epoch work cancel out in their difference) under the profiler."""
+    doc = {"kind": "cifar_ops", "meta": {"torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+                                         "command": " ".join(sys.argv), "steps": OPS_STEPS}, "variants": {}}
+    data_dir = cdata.ensure_data(args.data, "cifar10", download=False)
+    for variant in map(parse_variant, args.variants):
+        cfg = build_config(args.config, args.set, variant)
+        schedule = recipe.check_config(cfg)
+        trainer = recipe.Trainer(cfg, schedule, pick_device(cfg.train.device), data_dir)
+        try:
+            trainer.run(cfg.train.seed, None)  # allocations, autotune and compile happen here, once
+            (top1, all1), (top2, all2) = (aten_ops(trainer, cfg.train.seed, s) for s in OPS_STEPS)
+        finally:
+            trainer.close()
+        steps = (OPS_STEPS[1] - OPS_STEPS[0]) * schedule.num_epochs
+        row = {"top_level_per_step": (top2 - top1) / steps, "all_per_step": (all2 - all1) / steps,
+               "describe": " ".join(variant.files + variant.overrides) or "(base config)"}
+        doc["variants"][variant.name] = row
+        say(f"{variant.name}: aten ops per training step: {row['top_level_per_step']:.1f} top-level, "
+            f"{row['all_per_step']:.1f} in all ({row['describe']})")
+    return doc
 
 
 def raise_recompile_limit(compiled_models: int) -> None:
@@ -220,7 +276,7 @@ def write_json_atomic(path: str | None, doc: dict) -> None:
 
 
 def document(entries: list[Entry], meta: dict) -> dict:
-    rounds = min(len(e.runs) for e in entries)
+    rounds = len(meta["order"])
     base = next((e for e in entries if e.name == AIRBENCH), None)
     baseline = statistics.median(r["train_seconds"] for r in base.runs) if base and base.runs else None
     variants = {}
@@ -228,7 +284,8 @@ def document(entries: list[Entry], meta: dict) -> dict:
         if e.runs:
             variants[e.name] = {"describe": e.describe, "summary": summary(e, baseline),
                                 "data_load_seconds": e.data_load_seconds, "runs": e.runs, "config": e.config}
-    return {"kind": "cifar", "meta": meta | {"rounds": rounds}, "variants": variants}
+    failed = {e.name: e.failed for e in entries if e.failed}
+    return {"kind": "cifar", "meta": meta | {"rounds": rounds, "failed": failed}, "variants": variants}
 
 
 def bench(args: argparse.Namespace, say=lambda m: print(m, flush=True)) -> dict:
@@ -242,6 +299,7 @@ def bench(args: argparse.Namespace, say=lambda m: print(m, flush=True)) -> dict:
         recipe.check_config(cfg)
     if any(cfg.cifar.dataset != "cifar10" for cfg in configs):
         raise C.ConfigError("cifar bench: cifar.dataset must be cifar10 (the data airbench94 trains on)")
+    devices = [pick_device(cfg.train.device) for cfg in configs]  # no CUDA for a cuda config: bad input
     data_dir = cdata.ensure_data(args.data, "cifar10", download=False)
     raise_recompile_limit(sum(cfg.train.compile for cfg in configs))
     entries: list[Entry] = []
@@ -253,14 +311,17 @@ def bench(args: argparse.Namespace, say=lambda m: print(m, flush=True)) -> dict:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="airbench-")))
             write_airbench_data(data_dir, workdir)
             ab = Airbench(module, workdir)
-            entries.append(Entry(AIRBENCH, f"PyPI airbench {getattr(module, '__version__', '')}".strip(), ab.run))
-            entries[-1].warmup_seconds = ab.warmup()
-            say(f"{AIRBENCH}: warm-up {entries[-1].warmup_seconds:.2f} s")
-        for variant, cfg in zip(variants, configs):
-            entry, trainer = ours_entry(variant, cfg, data_dir, say)
+            entry = Entry(AIRBENCH, f"PyPI airbench {getattr(module, '__version__', '')}".strip(), ab.run)
+            entries.append(entry)
+            seconds = attempt(entry, "warm-up", ab.warmup)
+            if seconds is not None:
+                entry.warmup_seconds = seconds
+                say(f"{AIRBENCH}: warm-up {seconds:.2f} s")
+        for variant, cfg, device in zip(variants, configs, devices):
+            entry, trainer = ours_entry(variant, cfg, device, data_dir, say)
             entries.append(entry)
             trainers.append(trainer)
-        device = trainers[0].device
+        device = devices[0]
         meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
                 f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
                 "torch": torch.__version__, "cuda": torch.version.cuda, "host": platform.node(),
@@ -274,10 +335,15 @@ def bench(args: argparse.Namespace, say=lambda m: print(m, flush=True)) -> dict:
                 meta["stopped"] = f"time limit {args.time_limit:g} s after {r} round(s)"
                 say(f"stopping: round {r} would end past --time-limit {args.time_limit:g} s")
                 break
+            active = [e for e in entries if not e.failed]
+            if not active:
+                break
             t_round = time.perf_counter()
-            order = entries[r % len(entries):] + entries[:r % len(entries)]
+            order = active[r % len(active):] + active[:r % len(active)]
             for pos, e in enumerate(order):
-                res = e.run(r)
+                res = attempt(e, f"round {r}", lambda: e.run(r))
+                if res is None:
+                    continue
                 e.runs.append(asdict(res) | {"round": r, "position": pos})
                 say(f"round {r} {e.name}: accuracy {res.accuracy:.2f}% (no TTA {res.accuracy_no_tta:.2f}%) "
                     f"time {res.train_seconds:.3f} s")
@@ -295,17 +361,22 @@ def run(args: argparse.Namespace) -> int:
         print("error: --runs must be >= 1 and --time-limit >= 0", file=sys.stderr)
         return 2
     try:
+        if args.count_ops:
+            write_json_atomic(args.json, count_ops(args))
+            return 0
         doc = bench(args)
     except (C.ConfigError, DataError, PhaseError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:  # no CUDA for a cuda config; airbench94 without a GPU
+    except RuntimeError as e:  # no CUDA for a cuda config
         print(f"error: {str(e).splitlines()[0] if str(e) else e.__class__.__name__}", file=sys.stderr)
         return 2
     print(format_table(doc))
+    for name, why in doc["meta"]["failed"].items():
+        print(f"{name}: FAILED in {why}")
     if args.json:
         print(f"results: {args.json}")
-    return 0
+    return 1 if doc["meta"]["failed"] else 0
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -320,5 +391,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--airbench", action="store_true", help="add PyPI airbench's train94 (needs CUDA)")
     p.add_argument("--time-limit", type=float, default=0.0, metavar="S",
                    help="start no round that would end after S seconds from the start; 0: none")
+    p.add_argument("--count-ops", action="store_true", help="instead of timing: aten ops per training step "
+                   "of each variant, from the profiler (host work; use a CPU config)")
     p.add_argument("--json", metavar="FILE", help="every run, the summaries and each variant's config")
     p.set_defaults(func=run)
