@@ -91,6 +91,7 @@ class CifarConfig:
     bn_eps: float = 1e-12
     head_scale: float = 0.1111111  # logits multiplier (1/9)
     head_unit_std: bool = False  # head weight init rescaled to unit std (with Muon, head_scale = 1/width)
+    half_weights: bool = False  # the net in train.precision's dtype, BN in fp32, no autocast (airbench94)
     pool: str = "native"  # native (max_pool2d) | reshape (amax over a reshaped view, masked-copy backward)
     # optimisation; the phases' lr is a multiplier (peak 1.0) of the lrs below
     optimizer: str = "sgd"  # sgd (Nesterov SGD for all) | muon (Muon for conv filters, SGD for the rest)
@@ -103,6 +104,7 @@ class CifarConfig:
     muon_lr: float = 0.24  # Muon step, in units of the orthogonalised update (spectral norm ~1)
     muon_momentum: float = 0.6  # Muon's Nesterov momentum
     muon_ns_steps: int = 3  # Newton-Schulz iterations
+    muon_batched: bool = False  # one zero-padded batched Newton-Schulz iteration for all layers (Hiverge)
     lookahead: bool = True  # airbench94's lookahead-EMA of the weights
     lookahead_start_epoch: float = 3  # first epoch of the EMA
     lookahead_every: int = 5  # steps between EMA updates (each also copies the EMA into the weights)

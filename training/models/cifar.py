@@ -172,6 +172,14 @@ class CifarNet(nn.Module):
         if self.head_unit_std:  # airbench94_muon: unit-std head, logits divided by the width instead
             self.head.weight.mul_(1 / self.head.weight.std())
 
+    def half_weights(self, dtype: torch.dtype) -> None:
+        """Weights in ``dtype`` (fp16/bf16), BatchNorm kept in fp32 (cuDNN takes half inputs with
+        fp32 statistics), as airbench94: no autocast casts per step, half-size optimizer traffic."""
+        self.to(dtype)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.float()
+
     @torch.no_grad()
     def init_whiten(self, images: torch.Tensor, eps: float = 5e-4) -> None:
         """Set the first conv to whiten the (uncentred) covariance of its input patches.
