@@ -28,11 +28,19 @@ DATA=${DATA:-/tmp/cifar10}
 STAGED=${STAGED:-/tmp/stage/cifar10/files}
 SITE=${SITE:-/tmp/site}
 
-# name=overrides of configs/cifar10.yaml (a token without '=' is a config file layered on it)
+# name=overrides of configs/cifar10.yaml (a token without '=' is a config file layered on it).
+# Each speed option of issue 12 alone (compiled, as the default), the pool also eager, then all
+# together ("lean"), eager too, and with Muon; ~9 rows x ~3 s a round: ~6-8 rounds fit in LIMIT.
+LEAN="cifar.pool=reshape cifar.half_weights=true cifar.epoch_augment=true"
 VARIANTS=(
   "default="
   "eager=train.compile=false"
-  "muon=configs/cifar10_muon.yaml"
+  "pool=cifar.pool=reshape"
+  "eager_pool=train.compile=false cifar.pool=reshape"
+  "half=cifar.half_weights=true"
+  "lean=$LEAN"
+  "eager_lean=train.compile=false $LEAN"
+  "muon_lean=configs/cifar10_muon.yaml cifar.muon_batched=true $LEAN"
 )
 
 case "${1:-}" in

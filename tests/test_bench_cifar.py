@@ -169,7 +169,7 @@ def test_launch_script_variants_are_valid_configs():
         cfg = bc.build_config("configs/cifar10.yaml", [], bc.parse_variant(text))
         recipe.check_config(cfg)
         assert cfg.train.device == "cuda"
-    assert launch_variants("headline", "muon") == ["default=", "muon=configs/cifar10_muon.yaml"]
+    assert launch_variants("headline", "half") == ["default=", "half=cifar.half_weights=true"]
 
 
 def test_a_failing_row_is_reported_and_the_others_go_on(data, tmp_path, monkeypatch, capsys):

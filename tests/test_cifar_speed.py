@@ -65,3 +65,19 @@ def test_batched_newton_schulz_equals_per_layer():
     assert all(torch.allclose(p, q, atol=1e-5) for p, q in zip(*params.values()))
     cfg = C.CifarConfig(optimizer="muon", muon_batched=True)
     assert R.param_groups(cm.CifarNet(widths=(8, 16, 16)), cfg, 100)[0]["batched"] is True
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_epoch_augment_yields_the_same_batches(drop_last):
+    from test_cifar_data import make_loader, pattern_images
+    images, labels = pattern_images(70), torch.arange(70) % 10
+    kw = dict(bs=16, translate=2, cutout=8, flip="alternate", channels_last=True, drop_last=drop_last, seed=3)
+    per_batch, per_epoch = make_loader(images, labels, **kw), make_loader(images, labels, epoch_augment=True, **kw)
+    for epoch in range(2):
+        per_batch.set_epoch(epoch)
+        per_epoch.set_epoch(epoch)
+        pairs = list(zip(per_batch, per_epoch, strict=True))
+        assert len(pairs) == (4 if drop_last else 5)
+        for (x, y), (x2, y2) in pairs:
+            assert torch.equal(x, x2) and torch.equal(y, y2) and x2.is_contiguous(memory_format=torch.channels_last)
+    assert not torch.equal(pairs[0][0][0], next(iter(make_loader(images, labels, **kw)))[0])  # epochs differ

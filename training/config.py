@@ -116,6 +116,7 @@ class CifarConfig:
     pad_mode: str = "reflect"  # reflect | zeros: the padding the shifted-in border comes from
     cutout: int = 0  # side of a zeroed square, px; 0: off
     drop_last: bool = True  # every step the same batch shape
+    epoch_augment: bool = False  # augment + shuffle the whole epoch at once; batches are slices of it
     eval_batch_size: int = 2000
     tta_level: int = 2  # 0: plain; 1: + mirror; 2: + mirror x 1-px translations (6 views)
     eval_every: int = 0  # epochs between evaluations (inside the timed run); 0: only the final TTA one

@@ -337,7 +337,7 @@ class Trainer:
             self.train = cdata.CifarTrainLoader(
                 x_train, y_train, self.classes, first.batch_size, mean=mean, std=std, seed=cfg.train.seed,
                 dtype=dtype, channels_last=channels_last, flip=c.flip, translate=c.translate,
-                pad_mode=c.pad_mode, cutout=c.cutout, drop_last=c.drop_last)
+                pad_mode=c.pad_mode, cutout=c.cutout, drop_last=c.drop_last, epoch_augment=c.epoch_augment)
         except DataError as e:
             raise ConfigError(f"cifar: {e}") from None
         self.val = cdata.CifarEvalLoader(x_test, y_test, self.classes, c.eval_batch_size, mean=mean, std=std,
