@@ -4,6 +4,7 @@
     python -m training.bench project --config configs/imagenet18/8x8.yaml --gpus 64 --throughput tp.json
     python -m training.bench pipeline DATA --sizes 128 224 --loader torchvision dali --json pipe.json
     python -m training.bench decode [--images 512] [--batch-size 128]
+    python -m training.bench cifar --data DIR [--variants NAME=OVERRIDES ...] [--runs N] [--airbench] --json c.json
 
 Figures go to docs/BENCHMARKS.md with their command, machine, versions, date and N.
 """
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 # subcommand -> module in this package; each module has add_parser(subparsers) setting func
-SUBCOMMANDS = ("throughput", "project", "pipeline", "decode")
+SUBCOMMANDS = ("throughput", "project", "pipeline", "decode", "cifar")
 
 
 def write_json(path: str | None, doc: dict) -> None:
