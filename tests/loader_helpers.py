@@ -4,7 +4,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from conftest import PALETTE
 from training.data import IMAGENET_MEAN, IMAGENET_STD, LoaderSpec
@@ -18,8 +20,8 @@ def phase(start=0, size=32, bs=4, rect=False, keep_dl=False, min_scale=0.35) -> 
 
 def spec(root: Path, rank=0, world=1, workers=0, **kw) -> LoaderSpec:
     kw.setdefault("phase", phase())
-    return LoaderSpec(root=str(root), rank=rank, world_size=world, device=torch.device("cpu"),
-                      workers=workers, seed=kw.pop("seed", 0), **kw)
+    kw.setdefault("device", torch.device("cpu"))
+    return LoaderSpec(root=str(root), rank=rank, world_size=world, workers=workers, seed=kw.pop("seed", 0), **kw)
 
 
 def pixel_classes(x: torch.Tensor) -> list[int]:
@@ -60,3 +62,26 @@ def assert_labels_match_pixels(backend, s: LoaderSpec) -> None:
             n += len(y)
         assert n == loader.num_images
         loader.close()
+
+
+# (width, height) of the images of make_pattern_tree: a square among wide and tall ones, odd sides
+PATTERN_SIZES = [(300, 150), (150, 300), (200, 200), (257, 131), (131, 257), (401, 300)]
+
+
+def make_pattern_tree(root: Path, classes: int = 2) -> Path:
+    """A tree whose pixels say where they are (red = x, green = y, a 16-px checkerboard in blue), so
+    two loaders agree on the pixels only if they crop the same window: PATTERN_SIZES per class."""
+    for split in ("train", "validation"):
+        for c in range(classes):
+            d = root / split / f"n{c:08d}"
+            d.mkdir(parents=True)
+            for i, (w, h) in enumerate(PATTERN_SIZES):
+                yy, xx = np.mgrid[0:h, 0:w]
+                px = np.stack([xx * 255 / w, yy * 255 / h, ((xx // 16 + yy // 16) % 2) * 200 + 20], -1)
+                Image.fromarray(px.astype(np.uint8)).save(d / f"img_{i}.JPEG", quality=95)
+    return root
+
+
+def mean_abs_diff_per_image(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    """Normalised units (one is ~58 grey levels)."""
+    return (a.float() - b.float()).abs().mean((1, 2, 3)).tolist()

@@ -202,7 +202,7 @@ def test_resize_bad_arguments(workdir, capsys):
     (["throughput", "--sizes", "128", "-5"], "argument --sizes: must be positive, got -5"),
     (["decode", "--quality", "101"], "argument --quality: must be in 1..100, got 101"),
     (["decode", "--json", "no/such/dir/d.json"], "--json no/such/dir/d.json: no such directory"),
-    (["loader", "--workers", "-2"], "argument --workers: must be >= 0, got -2"),
+    (["pipeline", "--workers", "0"], "argument --workers: must be positive, got 0"),
     (["project", "--config", TINY, "--gpus", "0", "--throughput", "t.json"], "argument --gpus: must be positive"),
     (["project", "--config", TINY, "--gpus", "8", "--throughput", "t.json", "--eval-every", "-1"],
      "argument --eval-every: must be >= 0"),

@@ -238,7 +238,7 @@ def test_print_config_prints_every_key_with_its_value_and_meaning(capsys):
 
 
 def test_the_readmes_tiny_data_command_makes_a_tree(tmp_path):
-    cmd = next(ln for ln in (REPO / "README.md").read_text().splitlines() if "make_bench_tree" in ln)
+    cmd = next(ln for ln in (REPO / "README.md").read_text().splitlines() if "make_tree(" in ln)
     r = subprocess.run(shlex.split(cmd.replace("python ", f"{sys.executable} ", 1)), cwd=tmp_path,
                        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -100,3 +100,27 @@ def test_read_only_data_falls_back_or_skips_caching(tmp_path, monkeypatch):
     assert fallback.is_file()
     monkeypatch.setattr(tree, "_cache_files", lambda d: [str(blocker / "v.npz")])
     assert tree.index_tree(str(root / "validation"), ["a"]).sizes == SIZES
+
+
+@pytest.mark.parametrize("wh", [(300, 150), (150, 300), (200, 200), (257, 131), (131, 257), (64, 41), (41, 64)])
+@pytest.mark.parametrize("crop", [(64, 64), (64, 120), (120, 64), (64, 72), (64, 73), (70, 64)])
+def test_val_geometry_is_torchvisions_resize_and_center_crop(wh, crop):
+    """Known answer: torchvision's resize(img, int(size * 1.14)) + center_crop(img, crop) on an image
+    whose pixels are their own coordinates (a crop larger than the image pads with 0)."""
+    import torch
+    import torchvision.transforms.functional as TF
+    from training.data.rectval import val_geometry
+    w, h = wh
+    size = 64
+    g = val_geometry(w, h, size, crop)
+    rh, rw = g.resize_hw
+    resized = TF.resize(torch.zeros(1, h, w), int(size * 1.14), antialias=True)
+    assert tuple(resized.shape[1:]) == (rh, rw)
+    yy, xx = torch.meshgrid(torch.arange(1, rh + 1.0), torch.arange(1, rw + 1.0), indexing="ij")
+    ref = TF.center_crop(torch.stack([yy, xx]), list(crop))
+    top, left = g.anchor_yx
+    ys, xs = torch.arange(top + 1.0, top + 1 + crop[0]), torch.arange(left + 1.0, left + 1 + crop[1])
+    ours_y = torch.where((ys >= 1) & (ys <= rh), ys, 0.0)[:, None].expand(crop)
+    ours_x = torch.where((xs >= 1) & (xs <= rw), xs, 0.0)[None, :].expand(crop)
+    inside = (ours_y > 0) & (ours_x > 0)
+    assert torch.equal(ref[0], torch.where(inside, ours_y, 0.0)) and torch.equal(ref[1], torch.where(inside, ours_x, 0.0))

@@ -51,6 +51,8 @@ class DataConfig:
     bad_images: str = "skip"  # skip | error
     synthetic_images: int = 1024  # images per epoch for --loader synthetic
     synthetic_classes: int = 10  # classes for --loader synthetic
+    dali_fused_crop: bool = True  # DALI: decode only the crop's region (ROI); false: whole image, then crop
+    dali_hw_load: float = 0.65  # DALI on a GPU: share of JPEGs for the hardware decoder (A100/H100 class)
 
 
 @dataclass
@@ -59,7 +61,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cuda | cpu
     precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast; fp16 adds a grad scaler)
     channels_last: bool = True  # only applied on CUDA
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model (imagenet recipe: on CUDA only, static shapes)
     seed: int = 0  # weights, data order and augmentation; 0..2**31-1
     resume: str = ""  # '' (a fresh run) | auto (the logdir's newest good checkpoint) | a checkpoint path
     evaluate: bool = False  # evaluate the checkpoint --resume names, write nothing, exit
@@ -99,6 +101,8 @@ class CifarConfig:
     bn_eps: float = 1e-12  # BatchNorm epsilon
     head_scale: float = 0.1111111  # logits multiplier (1/9)
     head_unit_std: bool = False  # head weight init rescaled to unit std (with Muon, head_scale = 1/width)
+    half_weights: bool = False  # the net in train.precision's dtype, BN in fp32, no autocast (airbench94)
+    pool: str = "native"  # native (max_pool2d) | reshape (amax over a reshaped view, masked-copy backward)
     # optimisation; the phases' lr is a multiplier (peak 1.0) of the lrs below
     optimizer: str = "sgd"  # sgd (Nesterov SGD for all) | muon (Muon for conv filters, SGD for the rest)
     lr: float = 11.5  # SGD lr, decoupled: per 1024 examples, normalised by 1 + 1/(1 - momentum)
@@ -110,6 +114,7 @@ class CifarConfig:
     muon_lr: float = 0.24  # Muon step, in units of the orthogonalised update (spectral norm ~1)
     muon_momentum: float = 0.6  # Muon's Nesterov momentum
     muon_ns_steps: int = 3  # Newton-Schulz iterations
+    muon_batched: bool = False  # one zero-padded batched Newton-Schulz iteration for all layers (Hiverge)
     lookahead: bool = True  # airbench94's lookahead-EMA of the weights
     lookahead_start_epoch: float = 3  # first epoch of the EMA
     lookahead_every: int = 5  # steps between EMA updates (each also copies the EMA into the weights)
@@ -121,6 +126,7 @@ class CifarConfig:
     pad_mode: str = "reflect"  # reflect | zeros: the padding the shifted-in border comes from
     cutout: int = 0  # side of a zeroed square, px; 0: off
     drop_last: bool = True  # every step the same batch shape
+    epoch_augment: bool = False  # augment + shuffle the whole epoch at once; batches are slices of it
     eval_batch_size: int = 2000  # images per evaluation batch
     tta_level: int = 2  # 0: plain; 1: + mirror; 2: + mirror x 1-px translations (6 views)
     eval_every: int = 0  # epochs between evaluations (inside the timed run); 0: only the final TTA one
@@ -146,6 +152,7 @@ CHOICES = {
     "train.nonfinite": ("stop", "skip"),
     "cifar.dataset": ("cifar10", "cifar100"),
     "cifar.act": ("gelu", "relu"),
+    "cifar.pool": ("native", "reshape"),
     "cifar.optimizer": ("sgd", "muon"),
     "cifar.flip": ("alternate", "random", "none"),
     "cifar.pad_mode": ("reflect", "zeros"),

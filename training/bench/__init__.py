@@ -3,8 +3,8 @@
     python -m training.bench throughput --arch resnet50 --sizes 128 224 288 --batch-size 256 --json tp.json
     python -m training.bench project --config configs/imagenet18/8x8.yaml --gpus 64 --throughput tp.json
     python -m training.bench pipeline DATA --sizes 128 224 --loader torchvision dali --json pipe.json
-    python -m training.bench loader [DATA] [--sizes 128 224] [--batch-size 64] [--workers 2]
     python -m training.bench decode [--images 512] [--batch-size 128]
+    python -m training.bench cifar --data DIR [--variants NAME=OVERRIDES ...] [--runs N] [--airbench] --json c.json
 
 Figures go to docs/BENCHMARKS.md with their command, machine, versions, date and N.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 from training.cli import ArgParser, output_problem
 
 # subcommand -> module in this package; each module has add_parser(subparsers) setting func
-SUBCOMMANDS = ("throughput", "project", "loader", "decode")
+SUBCOMMANDS = ("throughput", "project", "pipeline", "decode", "cifar")
 
 
 def write_json(path: str | None, doc: dict) -> None:

@@ -1,8 +1,8 @@
 """JPEG decode throughput of torchvision.io.decode_jpeg: the CPU (libjpeg-turbo, one core, as one
 loader worker decodes) against CUDA (nvJPEG, a batch per call), on generated photo-like JPEGs.
 
-The images are octaves of smooth colour noise plus grain, so they compress about as ImageNet photos
-do (solid colours would decode unrealistically fast). Warm-up calls (nvJPEG handle creation, CUDA
+The images are jpegtree's: octaves of smooth colour noise plus grain, so they compress about as
+ImageNet photos do (solid colours would decode unrealistically fast). Warm-up calls (nvJPEG handle creation, CUDA
 context) are timed and reported separately; img/s is the median of ``repeats`` passes.
 """
 from __future__ import annotations
@@ -12,29 +12,21 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 import torchvision
-from torchvision.io import decode_jpeg, encode_jpeg
+from torchvision.io import decode_jpeg
 
 from training.bench import write_json
+from training.bench.jpegtree import jpeg_bytes, textured
 from training.cli import int_range, positive_int
-
-OCTAVES = ((4, 60.0), (16, 40.0), (64, 25.0))  # (noise cells per 512 px, amplitude in grey levels)
-GRAIN = 16.0  # per-pixel noise, std in grey levels (~90 KiB per 500x375 q90 JPEG, near ImageNet's ~110 KB mean)
 
 
 def generate_jpegs(count: int, width: int, height: int, quality: int = 90, seed: int = 0) -> list[torch.Tensor]:
-    """``count`` encoded JPEGs (1-D uint8 tensors) of width x height px."""
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        img = torch.full((3, height, width), 128.0) + GRAIN * torch.randn(3, height, width, generator=gen)
-        for cells, amp in OCTAVES:
-            small = torch.randn(1, 3, max(2, height * cells // 512), max(2, width * cells // 512), generator=gen)
-            img += amp * F.interpolate(small, size=(height, width), mode="bicubic", align_corners=False)[0]
-        out.append(encode_jpeg(img.clamp(0, 255).to(torch.uint8), quality=quality))
-    return out
+    """``count`` encoded JPEGs (1-D uint8 tensors) of width x height px, ImageNet-like (jpegtree)."""
+    rng = np.random.default_rng(seed)
+    return [torch.frombuffer(bytearray(jpeg_bytes(textured(rng, width, height), quality)), dtype=torch.uint8)
+            for _ in range(count)]
 
 
 def measure(jpegs: list[torch.Tensor], device: torch.device, batch_size: int, repeats: int) -> dict:

@@ -38,6 +38,8 @@ class LoaderSpec:
     bad_images: str = "skip"  # skip | error
     synthetic_images: int = 1024
     synthetic_classes: int = 10
+    dali_fused_crop: bool = True  # DALI: decode only the crop's region (else decode whole, then crop)
+    dali_hw_load: float = 0.65  # DALI on a GPU: share of JPEGs sent to the hardware decoder, if any
 
     @property
     def train_dir(self) -> str:
@@ -75,23 +77,32 @@ class Backend:
     val: Callable[[LoaderSpec], Loader]
 
 
-def get_backend(name: str, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Backend:
-    """Resolve ``auto`` to DALI when it imports, else torchvision, and say which in one line."""
+def get_backend(name: str, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+                device: torch.device | None = None, workers: int = 0) -> Backend:
+    """Resolve ``auto`` to DALI when it imports and (on a GPU) decodes with this driver, else
+    torchvision, and say in one line which backend runs, where it decodes and with how many workers."""
+    device = device or torch.device("cpu")
     if name in ("auto", "dali"):
         try:
             from training.data import dali
-        except ImportError as e:
+            dali.probe(device)
+        except (ImportError, RuntimeError) as e:
             if name == "dali":
-                raise DataError(f"--loader dali: DALI is not importable ({e})") from None
-            log(f"loader: DALI not available ({e.__class__.__name__}: {e}); using torchvision")
+                raise DataError(f"--loader dali: DALI does not work here ({str(e).splitlines()[0]})") from None
+            log(f"loader: DALI not available ({e.__class__.__name__}: {str(e).splitlines()[0]}); using torchvision")
             name = "torchvision"
         else:
+            where = f"nvJPEG on {device}" if device.type == "cuda" else "CPU decode"
+            log(f"loader: dali ({where}), {max(1, workers)} threads per process")
             return Backend("dali", dali.train_loader, dali.val_loader)
     if name == "torchvision":
         from training.data import imagefolder
+        log(f"loader: torchvision (PIL decode on the CPU), {workers} worker processes per process, "
+            f"uint8 batches normalised on {device}")
         return Backend("torchvision", imagefolder.train_loader, imagefolder.val_loader)
     if name == "synthetic":
         from training.data import synthetic
+        log(f"loader: synthetic (random images generated on {device})")
         return Backend("synthetic", synthetic.train_loader, synthetic.val_loader)
     raise DataError(f"unknown loader {name!r}")
 

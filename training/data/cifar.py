@@ -13,7 +13,9 @@ Augmentation (training loader), per epoch, all on the device with no per-image P
   (a random crop of the padded image).
 - cutout: a ``cutout`` px square (clipped at the border) set to 0 (the mean after normalisation).
 Flip, translate and the shuffle are one gather per batch: out[n, c, y, x] = padded[idx_n, c,
-y + dy_n, x' + dx_n] with x' mirrored for flipped images.
+y + dy_n, x' + dx_n] with x' mirrored for flipped images. With ``epoch_augment`` that gather runs
+once per epoch over the whole shuffled set and the batches are slices of it (the same images:
+one launch of each augmentation op per epoch instead of per step, for one epoch's copy in memory).
 """
 from __future__ import annotations
 
@@ -177,7 +179,7 @@ class CifarTrainLoader:
     def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, classes: list[str], batch_size: int,
                  *, mean, std, seed: int = 0, dtype: torch.dtype = torch.float32, channels_last: bool = False,
                  flip: str = "alternate", translate: int = 2, pad_mode: str = "reflect", cutout: int = 0,
-                 drop_last: bool = True):
+                 drop_last: bool = True, epoch_augment: bool = False):
         if flip not in ("alternate", "random", "none"):
             raise DataError(f"flip must be alternate, random or none, got {flip!r}")
         if pad_mode not in ("reflect", "zeros"):
@@ -191,6 +193,8 @@ class CifarTrainLoader:
         self.mean, self.std, self.dtype, self.channels_last = mean, std, dtype, channels_last
         self.flip, self.translate, self.pad_mode, self.cutout = flip, translate, pad_mode, cutout
         self.drop_last = drop_last
+        self.epoch_augment = epoch_augment
+        self.epoch_images = self.epoch_labels = None
         self.epoch = 0
         self.padded: torch.Tensor | None = None
         self.start_run(seed)
@@ -227,6 +231,8 @@ class CifarTrainLoader:
             self.flips = torch.zeros(n, dtype=torch.bool, device=self.device)
         if self.cutout:
             self.cut_centres = torch.randint(0, self.images_u8.shape[-1], (n, 2), generator=g, device=self.device)
+        if self.epoch_augment:  # labels too: a training step then starts with two views, no kernel
+            self.epoch_images, self.epoch_labels = self.augment(self.perm), self.labels[self.perm]
 
     def set_batch_size(self, batch_size: int) -> None:
         self.batch_size = batch_size
@@ -256,11 +262,15 @@ class CifarTrainLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         b = self.batch_size
         for i in range(len(self)):
-            idx = self.perm[i * b:(i + 1) * b]
-            yield self.augment(idx), self.labels[idx]
+            batch = slice(i * b, (i + 1) * b)
+            if self.epoch_augment:
+                yield self.epoch_images[batch], self.epoch_labels[batch]
+            else:
+                idx = self.perm[batch]
+                yield self.augment(idx), self.labels[idx]
 
     def close(self) -> None:
-        self.padded = None
+        self.padded = self.epoch_images = self.epoch_labels = None
 
 
 class CifarEvalLoader:

@@ -1,25 +1,36 @@
-"""The DALI backend: decode and augment in DALI's C++ threads (or on the GPU), same protocol.
+"""The DALI backend: decode and augment in DALI's C++ threads, or on the GPU (nvJPEG), same protocol.
 
 Importing this module fails with ImportError when DALI cannot be loaded, which is what
 ``get_backend('auto')`` relies on to fall back to torchvision.
 
 What it shares with the torchvision backend (tree.py, rectval.py): the tree index with its
-bad-image detection, sorted-class labels, each rank's shard of an epoch, and validation batching.
+bad-image detection, sorted-class labels, each rank's shard of an epoch, validation batching and
+the validation geometry (resize target and centre-crop anchor, computed once for both backends).
 
-Why each rank reads its own file list instead of DALI's shard_id/num_shards: DALI's shards are
-contiguous slices that rotate every epoch, its random_shuffle only mixes a 1024-sample buffer,
-and pad_last_batch can hand a rank a whole batch of padding (DALI issues #3855, #2881, #1203).
-Feeding ``fn.readers.file`` this rank's DistributedSampler-style shard of one global permutation
-(seeded by seed + epoch) gives a true per-epoch shuffle, every image at least once per epoch across
-ranks, the same number of batches on every rank, and an exact epoch on resume. The train pipeline
-is therefore built per pass (cheap: ~10 ms) and deleted right after it, so old pipelines never
-accumulate (DALI #5609) and validation does not run beside an idle train pipeline.
+Why the files come from an ``external_source`` instead of DALI's file reader with shard_id/num_shards:
+DALI's shards are contiguous slices that rotate every epoch, its random_shuffle only mixes a
+1024-sample buffer, and pad_last_batch can hand a rank a whole batch of padding (DALI issues #3855,
+#2881, #1203). Feeding this rank's DistributedSampler-style shard of one global permutation (seeded
+by seed + epoch) gives a true per-epoch shuffle, every image at least once per epoch across ranks,
+the same number of batches on every rank, and an exact epoch on resume. Because the source is a
+callback indexed by batch, one pipeline serves a whole data phase: each pass only resets it, so
+nvJPEG's buffers are allocated once per phase, not once per epoch (a rebuild cost ~1.2 s on the CPU).
+Files are read by a small thread pool (file reads release the GIL) so the training thread only waits
+for the batch it is about to use.
+
+On a GPU (``mixed``): the JPEG is parsed on the CPU threads and decoded by nvJPEG (and the hardware
+decoder where the GPU has one, ``hw_decoder_load``); only the random crop's region is decoded
+(``image_slice``, for the crop window the torchvision backend would draw); images and labels leave the pipeline on the device, in fp16 (cast to bf16
+on the device when asked: DALI has no bf16 output) and NHWC for channels_last, and nothing in a step
+waits on the host. ``adjust_orientation`` is off and ``jpeg_fancy_upsampling`` on, so both decoders
+see the pixels PIL (the torchvision backend, and imagenet18) sees, and the header sizes the index
+keeps are the decoded sizes.
 """
 from __future__ import annotations
 
-import hashlib
 import re
-from typing import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -34,18 +45,18 @@ except OSError as e:  # a broken install (missing shared library) falls back lik
     raise ImportError(f"DALI failed to load: {e}") from e
 
 from training.data import IMAGENET_MEAN, IMAGENET_STD, DataError, LoaderSpec
-from training.data.imagefolder import RRC_RATIO, VAL_RESIZE
+from training.data.imagefolder import train_crop
+from training.data.rectval import ValBatch, val_batches, val_geometry
 from training.data.tree import TreeIndex, shard_indices, train_batches, train_index, val_index
-from training.data.rectval import ValBatch, val_batches
 
 _MEAN = [255 * m for m in IMAGENET_MEAN]
 _STD = [255 * s for s in IMAGENET_STD]
-# nvJPEG scratch preallocation from NVIDIA's ResNet-50 examples: avoids regrowing it mid-epoch.
-_NVJPEG_PADDING = dict(device_memory_padding=211025920, host_memory_padding=140544512)
+PREFETCH = 2  # batches DALI prepares ahead of the one being used
 
 
 class DaliLoader:
-    """One phase's train or validation loader; a pipeline exists only while a pass is running."""
+    """One phase's train or validation loader. Its pipeline is built at the first pass and reset at
+    each later one; it is rebuilt only when the batch size changes (keep_dl) or a pass was abandoned."""
 
     def __init__(self, spec: LoaderSpec, index: TreeIndex, train: bool):
         self.spec, self.train = spec, train
@@ -54,9 +65,12 @@ class DaliLoader:
         self.skipped = dict(index.skipped)
         self.batch_size = spec.phase.batch_size
         self.epoch = 0
-        self._paths, self._labels, self._sizes = index.paths, index.labels, index.sizes
+        self._paths, self._labels, self._sizes = index.paths, np.array(index.labels, np.int32), index.sizes
+        self._batches: list[tuple[int, ...]] = []  # this pass's batches, as indices into the index
         self._pipe: Pipeline | None = None
         self._iter: DALIGenericIterator | None = None
+        self._pipe_batch = 0  # the batch size the pipeline was built for
+        self._pool = ThreadPoolExecutor(max(1, min(8, spec.workers)), thread_name_prefix="dali-read")
         self._val = None if train else self._val_batches()
 
     def _val_batches(self) -> list[ValBatch]:
@@ -69,92 +83,122 @@ class DaliLoader:
         return len(self._val)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch  # the next pass builds its pipeline for this epoch
+        self.epoch = epoch  # the next pass reads this epoch's shard
 
     def set_batch_size(self, batch_size: int) -> None:
-        self.batch_size = batch_size  # the next pass builds with it; nothing else changes
+        self.batch_size = batch_size  # the next pass rebuilds with it; nothing else changes
         if not self.train:
             self._val = self._val_batches()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._release()  # a pass abandoned half way leaves its pipeline mid-epoch: start afresh
         if len(self) == 0:
             return
-        self._pipe = self._train_pipe() if self.train else self._val_pipe()
-        self._iter = DALIGenericIterator(
-            self._pipe, ["images", "labels"], reader_name="Reader" if self.train else None,
-            last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+        self._batches = self._pass_batches()
+        if self._pipe is None or self._pipe_batch != self.batch_size:
+            self._build()
+        else:
+            self._iter.reset()
+        done = False
         try:
-            for step in range(len(self)):
+            step = 0
+            while True:
                 try:
                     out = next(self._iter)[0]
                 except StopIteration:
+                    done = True
                     return
                 except RuntimeError as e:
                     raise self._decode_error(e, step) from None
-                yield self._images(out["images"]), out["labels"].view(-1).long().to(self.spec.device)
+                step += 1
+                yield self._images(out["images"]), out["labels"].view(-1).long()
         finally:
-            self._release()
+            if not done:  # abandoned mid-epoch (or failed): its prefetched batches are stale
+                self._release()
+
+    def _pass_batches(self) -> list[tuple[int, ...]]:
+        if not self.train:
+            return [b.indices for b in self._val]
+        spec, bs = self.spec, self.batch_size
+        order = shard_indices(self.num_images, spec.seed, self.epoch, spec.rank, spec.world_size)
+        return [tuple(order[s:s + bs]) for s in range(0, len(order), bs)]
 
     # ------------------------------------------------------------------------------ pipelines
 
-    def _new_pipe(self, seed: int) -> tuple[Pipeline, str]:
-        cuda = self.spec.device.type == "cuda"
+    def _build(self) -> None:
+        self._release()
+        spec = self.spec
+        cuda = spec.device.type == "cuda"
         device_id = None
         if cuda:
-            device_id = self.spec.device.index if self.spec.device.index is not None else torch.cuda.current_device()
-        pipe = Pipeline(batch_size=self.batch_size, num_threads=max(1, self.spec.workers),
-                        device_id=device_id, seed=seed, prefetch_queue_depth=2)
-        return pipe, "mixed" if cuda else "cpu"
+            device_id = spec.device.index if spec.device.index is not None else torch.cuda.current_device()
+        self._pipe = Pipeline(batch_size=self.batch_size, num_threads=max(1, spec.workers), device_id=device_id,
+                              prefetch_queue_depth=PREFETCH, exec_dynamic=True)
+        with self._pipe:
+            (self._train_graph if self.train else self._val_graph)("mixed" if cuda else "cpu")
+        self._pipe.build()
+        self._pipe_batch = self.batch_size
+        self._iter = DALIGenericIterator(self._pipe, ["images", "labels"],
+                                         last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
 
-    def _train_pipe(self) -> Pipeline:
+    def _decoder_args(self, decode: str) -> dict:
+        args = dict(device=decode, output_type=types.RGB, adjust_orientation=False)
+        if decode == "mixed":
+            args.update(jpeg_fancy_upsampling=True, hw_decoder_load=self.spec.dali_hw_load,
+                        affine=False)  # 8 ranks' threads must not all pin themselves to cores 0..W-1
+        return args
+
+    def _train_graph(self, decode: str) -> None:
+        size = self.spec.phase.size
+        encoded, labels, anchor, shape, mirror = fn.external_source(
+            source=self._train_source, num_outputs=5, batch=True, batch_info=True,
+            dtype=[types.UINT8, types.INT32, types.INT32, types.INT32, types.INT32])
+        if self.spec.dali_fused_crop:  # ROI decode: only the crop's region is decoded
+            images = fn.decoders.image_slice(encoded, anchor, shape, axis_names="WH", **self._decoder_args(decode))
+        else:  # the hardware decoder decodes whole images only
+            images = fn.decoders.image(encoded, **self._decoder_args(decode))
+            images = fn.slice(images, anchor, shape, axis_names="WH")
+        images = fn.resize(images, resize_x=size, resize_y=size)
+        images = self._normalize(images, mirror=mirror)
+        self._pipe.set_outputs(images, labels.gpu() if decode == "mixed" else labels)
+
+    def _val_graph(self, decode: str) -> None:
+        encoded, labels, resize_hw, anchor, crop = fn.external_source(
+            source=self._val_source, num_outputs=5, batch=True, batch_info=True,
+            dtype=[types.UINT8, types.INT32, types.FLOAT, types.INT32, types.INT32])
+        images = fn.decoders.image(encoded, **self._decoder_args(decode))
+        # The geometry both backends share (rectval.val_geometry): resize to the target, then crop at
+        # the anchor, padding with black where the crop is larger (before normalising, as torchvision).
+        images = fn.resize(images, size=resize_hw)
+        images = fn.slice(images, anchor, crop, axes=[0, 1], out_of_bounds_policy="pad", fill_values=0)
+        self._pipe.set_outputs(self._normalize(images), labels.gpu() if decode == "mixed" else labels)
+
+    def _read(self, indices: tuple[int, ...]) -> list[np.ndarray]:
+        return list(self._pool.map(lambda i: np.fromfile(self._paths[i], dtype=np.uint8), indices))
+
+    def _train_source(self, info) -> tuple[list, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Batch ``info.iteration`` of this pass with its crop windows (x, y), (w, h) and flips: the
+        torchvision backend's, so augmentation is a function of (seed, epoch, image) here too and a
+        resumed run sees the batches the uninterrupted one did. StopIteration past the end (DALI may ask
+        again while prefetching)."""
+        if info.iteration >= len(self._batches):
+            raise StopIteration
+        b = self._batches[info.iteration]
         spec = self.spec
-        order = shard_indices(self.num_images, spec.seed, self.epoch, spec.rank, spec.world_size)
-        pipe, decode = self._new_pipe(_seed(spec.seed, self.epoch, spec.rank))
-        with pipe:
-            encoded, labels = fn.readers.file(
-                files=[self._paths[i] for i in order], labels=[self._labels[i] for i in order],
-                random_shuffle=False, pad_last_batch=True, name="Reader")
-            # Fused random crop + decode: only the crop's region is decoded (ROI decoding).
-            images = fn.decoders.image_random_crop(
-                encoded, device=decode, output_type=types.RGB, random_area=[spec.phase.min_scale, 1.0],
-                random_aspect_ratio=list(RRC_RATIO), num_attempts=10,
-                **(_NVJPEG_PADDING if decode == "mixed" else {}))
-            images = fn.resize(images, resize_x=spec.phase.size, resize_y=spec.phase.size)
-            pipe.set_outputs(self._normalize(images, mirror=fn.random.coin_flip(probability=0.5)), labels)
-        return pipe
+        crops = [train_crop(spec.seed, self.epoch, i, *self._sizes[i], spec.phase.min_scale) for i in b]
+        return (self._read(b), self._labels[list(b)], np.array([c[0][:2] for c in crops], np.int32),
+                np.array([c[0][2:] for c in crops], np.int32), np.array([c[1] for c in crops], np.int32))
 
-    def _val_pipe(self) -> Pipeline:
-        pipe, decode = self._new_pipe(_seed(self.spec.seed, 0, self.spec.rank))
-        with pipe:
-            encoded, labels, hw = fn.external_source(
-                source=self._val_source(), num_outputs=3, batch=True,
-                dtype=[types.UINT8, types.INT32, types.FLOAT])
-            images = fn.decoders.image(encoded, device=decode, output_type=types.RGB,
-                                       **(_NVJPEG_PADDING if decode == "mixed" else {}))
-            images = fn.resize(images, resize_shorter=int(self.spec.phase.size * VAL_RESIZE))
-            # Centre crop to the batch's (h, w); a crop wider than the image pads with zeros,
-            # as torchvision's center_crop does for imagenet18's rectangles.
-            pipe.set_outputs(self._normalize(images, crop_h=hw[0], crop_w=hw[1], out_of_bounds_policy="pad"),
-                             labels)
-        return pipe
-
-    def _val_source(self) -> Callable[[int], tuple[list, list, list]]:
-        """external_source callback: batch i of this rank's validation batches, in order. Indexed by
-        iteration (not an iterator) so DALI can restart it; StopIteration ends the pass."""
-        batches, paths, labels = self._val, self._paths, self._labels
-
-        def source(i: int) -> tuple[list, list, list]:
-            if i >= len(batches):
-                raise StopIteration
-            b = batches[i]
-            hw = np.array(b.hw, dtype=np.float32)
-            return ([np.fromfile(paths[j], dtype=np.uint8) for j in b.indices],
-                    [np.array(labels[j], dtype=np.int32) for j in b.indices], [hw] * len(b.indices))
-        return source
+    def _val_source(self, info) -> tuple[list, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if info.iteration >= len(self._val):
+            raise StopIteration
+        vb = self._val[info.iteration]
+        geo = [val_geometry(*self._sizes[i], self.spec.phase.size, vb.hw) for i in vb.indices]
+        return (self._read(vb.indices), self._labels[list(vb.indices)],
+                np.array([g.resize_hw for g in geo], np.float32), np.array([g.anchor_yx for g in geo], np.int32),
+                np.array([vb.hw] * len(vb.indices), np.int32))
 
     def _normalize(self, images, **kwargs):
-        half = self.spec.dtype == torch.float16
+        half = self.spec.dtype in (torch.float16, torch.bfloat16)  # bf16: cast from fp16 on the device
         return fn.crop_mirror_normalize(
             images, dtype=types.FLOAT16 if half else types.FLOAT, mean=_MEAN, std=_STD,
             output_layout="HWC" if self.spec.channels_last else "CHW", **kwargs)
@@ -165,33 +209,63 @@ class DaliLoader:
         return x.to(device=self.spec.device, dtype=self.spec.dtype, non_blocking=True)
 
     def _decode_error(self, e: RuntimeError, step: int) -> Exception:
-        """DALI cannot drop a sample mid-pipeline: name the file in one line and stop. The reader
-        puts the path in DALI's message; external_source cannot, so the batches the pipeline may
-        have been decoding (this one and those prefetched) are decoded with PIL to find it."""
-        m = re.search(r"Failed to decode sample #\d+ : (\S[^\n]*)", str(e))
-        if m is not None:
-            path = m.group(1).strip()
-        elif not self.train and "Failed to decode" in str(e):
-            ahead = [i for b in self._val[step:step + 3] for i in b.indices]
-            path = next((self._paths[i] for i in ahead if not _pil_decodes(self._paths[i])), None)
-            if path is None:
-                return e
-        else:
+        """DALI cannot drop a sample mid-pipeline: name the file in one line and stop. external_source
+        cannot put the path in DALI's message, so the batches the pipeline may have been decoding
+        (this one and those prefetched) are decoded with PIL to find it."""
+        if "decode" not in str(e).lower():
             return e
+        ahead = [i for b in self._batches[step:step + PREFETCH + 1] for i in b]
+        path = next((self._paths[i] for i in ahead if not _pil_decodes(self._paths[i])), None)
+        if path is None:
+            m = re.search(r"[Ff]ailed to decode[^\n]*", str(e))
+            return DataError(f"DALI could not decode an image of batch {step}: "
+                             f"{m.group(0) if m else str(e).splitlines()[0]} (--loader torchvision drops such files)")
         self.skipped[path] = "DALI could not decode it"
         return DataError(f"unreadable image {path}: DALI could not decode it past a valid header "
                          "(remove the file, or use --loader torchvision, which drops it)")
 
     def _release(self) -> None:
-        """Drop the pass's iterator and pipeline now and return DALI's pooled memory (DALI #5609)."""
+        """Drop the iterator and pipeline now and return DALI's pooled memory (DALI #5609)."""
         if self._pipe is None:
             return
         self._iter = None
         self._pipe = None
+        self._pipe_batch = 0
         dali_backend.ReleaseUnusedMemory()
 
     def close(self) -> None:
         self._release()
+        self._pool.shutdown(wait=False)
+
+
+_PROBED: dict[str, str | None] = {}  # device -> None (works) or why not
+
+
+def probe(device: torch.device) -> None:
+    """On a GPU, decode one small JPEG with the ``mixed`` decoder once per process: DALI may import
+    and still fail with this driver or CUDA version. RuntimeError (one line) when it does not work."""
+    if device.type != "cuda":
+        return
+    key = str(device)
+    if key not in _PROBED:
+        import io
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (200, 30, 30)).save(buf, format="JPEG")
+        jpeg = np.frombuffer(buf.getvalue(), np.uint8)
+        try:
+            pipe = Pipeline(batch_size=1, num_threads=1,
+                            device_id=device.index if device.index is not None else torch.cuda.current_device())
+            with pipe:
+                pipe.set_outputs(fn.decoders.image(fn.external_source(source=lambda: [jpeg], batch=True),
+                                                   device="mixed"))
+            pipe.build()
+            pipe.run()
+            _PROBED[key] = None
+        except Exception as e:  # noqa: BLE001 - any failure here means "not usable on this GPU"
+            _PROBED[key] = f"DALI's GPU decoder failed on {device}: {str(e).strip().splitlines()[0]}"
+        dali_backend.ReleaseUnusedMemory()
+    if _PROBED[key]:
+        raise RuntimeError(_PROBED[key])
 
 
 def _pil_decodes(path: str) -> bool:
@@ -201,11 +275,6 @@ def _pil_decodes(path: str) -> bool:
     except (OSError, ValueError, SyntaxError):
         return False
     return True
-
-
-def _seed(seed: int, epoch: int, rank: int) -> int:
-    """DALI's augmentation seed for one (seed, epoch, rank): deterministic, distinct per rank."""
-    return int(hashlib.sha256(f"{seed}/{epoch}/{rank}".encode()).hexdigest()[:7], 16)
 
 
 def train_loader(spec: LoaderSpec) -> DaliLoader:

@@ -14,20 +14,18 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from training.data import IMAGENET_MEAN, IMAGENET_STD, DataError, LoaderSpec
-from training.data.rectval import ValBatch, val_batches
+from training.data.rectval import ValBatch, val_batches, val_geometry
 from training.data.tree import (DECODE_ERRORS, TreeIndex, log, shard_indices, train_batches, train_index,
                                 val_index)
 
-VAL_RESIZE = 1.14  # imagenet18: validation resizes the shorter side to int(size * 1.14)
 RRC_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect-ratio range
 
 
-def rrc_window(rng: random.Random, width: int, height: int, min_scale: float) -> tuple[float, float, float, float]:
+def rrc_window(rng: random.Random, width: int, height: int, min_scale: float) -> tuple[int, int, int, int]:
     """RandomResizedCrop's (left, top, w, h): area fraction in [min_scale, 1], aspect ratio in
     [3/4, 4/3] log-uniform, 10 tries, then the largest centred crop of a clamped ratio."""
     area = width * height
@@ -46,6 +44,15 @@ def rrc_window(rng: random.Random, width: int, height: int, min_scale: float) ->
     else:
         w, h = width, height
     return (width - w) // 2, (height - h) // 2, w, h
+
+
+def train_crop(seed: int, epoch: int, index: int, width: int, height: int,
+               min_scale: float) -> tuple[tuple[int, int, int, int], bool]:
+    """The training crop window (left, top, w, h) and horizontal flip of one sample: a pure function
+    of (seed, epoch, index), shared by every backend, so a batch is the same whoever decodes it."""
+    rng = random.Random(f"{seed}/{epoch}/{index}")  # str seeds hash with sha512: stable across runs
+    window = rrc_window(rng, width, height, min_scale)
+    return window, rng.random() < 0.5
 
 
 def _rgb(im: Image.Image) -> Image.Image:
@@ -77,10 +84,8 @@ class _Samples(Dataset):
         return np.asarray(img), int(self.labels[i]), None
 
     def _train(self, im: Image.Image, i: int, epoch: int) -> Image.Image:
-        rng = random.Random(f"{self.seed}/{epoch}/{i}")  # str seeds hash with sha512: stable across runs
         width, height = im.size
-        left, top, w, h = rrc_window(rng, width, height, self.min_scale)
-        flip = rng.random() < 0.5
+        (left, top, w, h), flip = train_crop(self.seed, epoch, i, width, height, self.min_scale)
         # JPEG DCT scaling: decode at 1/2..1/8 when the crop still covers >= size px per side.
         im.draft("RGB", (math.ceil(width * self.size / w), math.ceil(height * self.size / h)))
         sx, sy = im.size[0] / width, im.size[1] / height
@@ -89,9 +94,11 @@ class _Samples(Dataset):
         return img.transpose(Image.FLIP_LEFT_RIGHT) if flip else img
 
     def _val(self, im: Image.Image, h: int, w: int) -> Image.Image:
-        short = int(self.size * VAL_RESIZE)
-        im.draft("RGB", (short, short))  # JPEG DCT scaling, never below the shorter side we need
-        return TF.center_crop(TF.resize(_rgb(im), short), [h, w])
+        geo = val_geometry(*im.size, self.size, (h, w))
+        im.draft("RGB", (geo.resize_hw[1], geo.resize_hw[0]))  # JPEG DCT scaling, never below the target
+        img = _rgb(im).resize((geo.resize_hw[1], geo.resize_hw[0]), Image.BILINEAR)
+        top, left = geo.anchor_yx
+        return img.crop((left, top, left + w, top + h))  # PIL fills outside the image with black
 
 
 def _collate(batch: list[tuple[np.ndarray | None, int, str | None]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

@@ -7,6 +7,10 @@ longer side ``int(size * ar)`` (or ``int(size / ar)`` for tall batches) floored 
 Rank r validates a contiguous block of whole chunks, so each image is seen exactly once and every
 batch is the same chunk whatever the world size (imagenet18's ValDistSampler did the same).
 
+Both backends also share the per-image geometry (``val_geometry``): the shorter side resized to
+``int(size * 1.14)`` and the longer in proportion (torchvision's ``resize`` rule), then the batch's
+crop centred as torchvision's ``center_crop`` places it, padded with black where it is larger.
+
 Image sizes come from the shared header index (tree.index_tree), which is cached beside the
 data, so no image is decoded to build the batches.
 """
@@ -19,10 +23,35 @@ from typing import Sequence
 import numpy as np
 
 
+VAL_RESIZE = 1.14  # imagenet18: validation resizes the shorter side to int(size * 1.14)
+
+
 @dataclass(frozen=True)
 class ValBatch:
     indices: tuple[int, ...]  # into the split's index
     hw: tuple[int, int]  # centre-crop (height, width) of every image in the batch
+
+
+@dataclass(frozen=True)
+class ValGeometry:
+    resize_hw: tuple[int, int]  # the whole image is resized to this (height, width) first
+    anchor_yx: tuple[int, int]  # top-left of the crop in the resized image; negative: black padding
+
+
+def _centre(side: int, crop: int) -> int:
+    """torchvision's center_crop offset: a crop larger than the image pads (crop - side) // 2 before
+    it; a smaller one starts at round((side - crop) / 2), Python's round (half to even)."""
+    return -((crop - side) // 2) if crop > side else int(round((side - crop) / 2.0))
+
+
+def val_geometry(width: int, height: int, size: int, crop_hw: tuple[int, int]) -> ValGeometry:
+    """Where a (width x height) image's validation crop of (h, w) ``crop_hw`` comes from."""
+    short = int(size * VAL_RESIZE)
+    if width <= height:
+        rw, rh = short, int(short * height / width)
+    else:
+        rw, rh = int(short * width / height), short
+    return ValGeometry((rh, rw), (_centre(rh, crop_hw[0]), _centre(rw, crop_hw[1])))
 
 
 def aspect_ratio(width: int, height: int) -> float:

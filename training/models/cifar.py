@@ -54,12 +54,70 @@ class Conv(nn.Conv2d):
             nn.init.dirac_(w[: min(w.size(0), w.size(1))])
 
 
+def _windows(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+    """(N, C, H // kh, kh, W // kw, kw) view of the top-left whole windows of ``x`` (floor mode)."""
+    n, c, h, w = x.shape
+    return x[:, :, :h - h % kh, :w - w % kw].unflatten(3, (w // kw, kw)).unflatten(2, (h // kh, kh))
+
+
+class _WindowMax(torch.autograd.Function):
+    """Max pooling with kernel = stride = (kh, kw), floor mode, as one amax over a reshaped view.
+
+    max_pool2d also writes an int64 index per output and its backward scatters through it (on
+    airbench94's H200 profile: 30% of GPU time, forward and backward); here the forward writes only
+    the maxima and the backward is a masked copy of the output gradient. The mask picks each
+    window's first maximum in row-major order, the element max_pool2d's index points at, so values
+    and gradients equal max_pool2d's, ties included (tests/test_cifar_pool.py)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
+        y = _windows(x, kh, kw).amax(dim=(3, 5))
+        ctx.save_for_backward(x, y)
+        ctx.kernel = (kh, kw)
+        return y.contiguous(memory_format=_memory_format(x))
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        x, y = ctx.saved_tensors
+        kh, kw = ctx.kernel
+        win = _windows(x, kh, kw)
+        # rank of each window position, highest first in row-major order: among the maxima of a
+        # window, the highest rank is the first one
+        rank = torch.arange(kh * kw, 0, -1, device=x.device, dtype=torch.uint8).view(kh, 1, kw)
+        score = torch.where(win == y[:, :, :, None, :, None], rank, 0)
+        first = score == score.amax(dim=(3, 5), keepdim=True)
+        gx = torch.zeros_like(x, memory_format=_memory_format(x))
+        _windows(gx, kh, kw).copy_(torch.where(first, gy[:, :, :, None, :, None], 0))
+        return gx, None, None
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
+
+
+class MaxPool(nn.Module):
+    """max_pool2d(x, kernel) (``kernel`` 0: the global max, as AdaptiveMaxPool2d(1)) by ``_WindowMax``."""
+
+    def __init__(self, kernel: int):
+        super().__init__()
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kh, kw = (self.kernel, self.kernel) if self.kernel else x.shape[-2:]
+        return _WindowMax.apply(x, kh, kw)
+
+
+POOLS = {"native": (lambda: nn.MaxPool2d(2), lambda: nn.AdaptiveMaxPool2d(1)),
+         "reshape": (lambda: MaxPool(2), lambda: MaxPool(0))}
+
+
 class ConvGroup(nn.Module):
     def __init__(self, channels_in: int, channels_out: int, act: type[nn.Module], dirac: bool,
-                 bn_momentum: float, bn_eps: float, bn_frozen_weight: bool):
+                 bn_momentum: float, bn_eps: float, bn_frozen_weight: bool, pool: str = "native"):
         super().__init__()
         self.conv1 = Conv(channels_in, channels_out, dirac)
-        self.pool = nn.MaxPool2d(2)
+        self.pool = POOLS[pool][0]()
         self.norm1 = BatchNorm(channels_out, bn_momentum, bn_eps, bn_frozen_weight)
         self.conv2 = Conv(channels_out, channels_out, dirac)
         self.norm2 = BatchNorm(channels_out, bn_momentum, bn_eps, bn_frozen_weight)
@@ -74,12 +132,14 @@ class CifarNet(nn.Module):
     def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (64, 256, 256),
                  whiten_kernel: int = 2, whiten_frozen: bool = True, dirac: bool = True,
                  bn_momentum: float = 0.6, bn_eps: float = 1e-12, bn_frozen_weight: bool = True,
-                 act: str = "gelu", head_scale: float = 1 / 9, head_unit_std: bool = False):
+                 act: str = "gelu", head_scale: float = 1 / 9, head_unit_std: bool = False, pool: str = "native"):
         super().__init__()
         if len(widths) != 3 or not all(isinstance(w, int) and w > 0 for w in widths):
             raise ConfigError(f"cifar.widths: expected 3 positive integers, got {list(widths)!r}")
         if act not in ACTIVATIONS:
             raise ConfigError(f"cifar.act: {act!r} is not one of {', '.join(ACTIVATIONS)}")
+        if pool not in POOLS:
+            raise ConfigError(f"cifar.pool: {pool!r} is not one of {', '.join(POOLS)}")
         if whiten_kernel < 1 or whiten_kernel > 5:
             raise ConfigError(f"cifar.whiten_kernel: expected 1..5 px, got {whiten_kernel}")
         act_cls = ACTIVATIONS[act]
@@ -89,13 +149,13 @@ class CifarNet(nn.Module):
         self.whiten.weight.requires_grad_(not whiten_frozen)
         self.head_scale = head_scale
         self.head_unit_std = head_unit_std
-        bn = dict(bn_momentum=bn_momentum, bn_eps=bn_eps, bn_frozen_weight=bn_frozen_weight)
+        bn = dict(bn_momentum=bn_momentum, bn_eps=bn_eps, bn_frozen_weight=bn_frozen_weight, pool=pool)
         self.layers = nn.Sequential(
             act_cls(),
             ConvGroup(whiten_width, widths[0], act_cls, dirac, **bn),
             ConvGroup(widths[0], widths[1], act_cls, dirac, **bn),
             ConvGroup(widths[1], widths[2], act_cls, dirac, **bn),
-            nn.AdaptiveMaxPool2d(1),  # 3x3 -> 1x1 at 32 px input, as airbench's MaxPool2d(3)
+            POOLS[pool][1](),  # global max: 3x3 -> 1x1 at 32 px input, as airbench's MaxPool2d(3)
         )
         self.head = nn.Linear(widths[2], num_classes, bias=False)
         self.reset()
@@ -111,6 +171,14 @@ class CifarNet(nn.Module):
         self.whiten.bias.requires_grad_(True)  # trains for the first epochs of each run
         if self.head_unit_std:  # airbench94_muon: unit-std head, logits divided by the width instead
             self.head.weight.mul_(1 / self.head.weight.std())
+
+    def half_weights(self, dtype: torch.dtype) -> None:
+        """Weights in ``dtype`` (fp16/bf16), BatchNorm kept in fp32 (cuDNN takes half inputs with
+        fp32 statistics), as airbench94: no autocast casts per step, half-size optimizer traffic."""
+        self.to(dtype)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.float()
 
     @torch.no_grad()
     def init_whiten(self, images: torch.Tensor, eps: float = 5e-4) -> None:
@@ -152,4 +220,4 @@ def build(cfg, num_classes: int) -> CifarNet:
     return CifarNet(num_classes=num_classes, widths=tuple(cfg.widths), whiten_kernel=cfg.whiten_kernel,
                     whiten_frozen=cfg.whiten, dirac=cfg.dirac, bn_momentum=cfg.bn_momentum,
                     bn_eps=cfg.bn_eps, bn_frozen_weight=cfg.bn_frozen_weight, act=cfg.act,
-                    head_scale=cfg.head_scale, head_unit_std=cfg.head_unit_std)
+                    head_scale=cfg.head_scale, head_unit_std=cfg.head_unit_std, pool=cfg.pool)

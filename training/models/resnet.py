@@ -7,15 +7,18 @@ import torchvision
 from training.config import ConfigError
 
 
+def check_arch(arch: str) -> None:
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        raise ConfigError(f"unknown --arch {arch!r}: not a torchvision classification model")
+
+
 def build(arch: str, num_classes: int, init_bn0: bool = False) -> nn.Module:
     """``arch`` is a torchvision classification model name (resnet50, resnet18, ...).
 
     init_bn0 zero-initialises the last BN gamma of each residual block so every block starts as the
     identity, which lets the large-batch warm-up of imagenet18 run at high lr (Goyal et al., 2017).
     """
-    names = torchvision.models.list_models(module=torchvision.models)
-    if arch not in names:
-        raise ConfigError(f"unknown --arch {arch!r}: not a torchvision classification model")
+    check_arch(arch)
     model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     if init_bn0:
         from torchvision.models.resnet import BasicBlock, Bottleneck

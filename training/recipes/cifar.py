@@ -134,7 +134,8 @@ def param_groups(model: cmodel.CifarNet, cfg, batch_size: int) -> list[dict]:
     whiten_bias = [model.whiten.bias]
     if cfg.optimizer == "muon":
         first = {"params": filters, "lr_scale": cfg.muon_lr, "muon": True, "momentum": cfg.muon_momentum,
-                 "ns_steps": cfg.muon_ns_steps, "normalize": True, "weight_decay": 0.0, "name": "filters"}
+                 "ns_steps": cfg.muon_ns_steps, "normalize": True, "batched": cfg.muon_batched, "weight_decay": 0.0,
+                 "name": "filters"}
     else:
         first = sgd_group(filters, 1.0, "filters")
     groups = [first, sgd_group(head, cfg.head_lr_scale, "head"),
@@ -290,6 +291,8 @@ def check_config(cfg: Config) -> Schedule:
     for key in ("warmup_runs", "translate", "cutout", "eval_every", "muon_ns_steps", "threads"):
         if getattr(c, key) < 0:
             raise ConfigError(f"cifar.{key} must be >= 0, got {getattr(c, key)}")
+    if c.half_weights and cfg.train.precision == "fp32":
+        raise ConfigError("cifar.half_weights needs train.precision fp16 or bf16 (the dtype of the weights)")
     if c.tta_level not in (0, 1, 2):
         raise ConfigError(f"cifar.tta_level must be 0, 1 or 2, got {c.tta_level}")
     if not 0 <= c.momentum < 1 or not 0 <= c.bn_momentum < 1 or not 0 <= c.lookahead_decay <= 1:
@@ -317,8 +320,10 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         elif c.threads:
             torch.set_num_threads(c.threads)
-        self.precision = cfg.train.precision
-        dtype = loop.AMP_DTYPES.get(self.precision, torch.float32) if on_gpu else torch.float32
+        # half_weights (airbench94's way): the net itself in the half dtype, BN in fp32, no autocast
+        self.precision = "fp32" if c.half_weights else cfg.train.precision
+        dtype = loop.AMP_DTYPES.get(cfg.train.precision, torch.float32) if on_gpu or c.half_weights \
+            else torch.float32
         channels_last = cfg.train.channels_last
         t0 = time.perf_counter()
         train_split = cdata.load_split(data_dir, c.dataset, train=True)
@@ -332,7 +337,7 @@ class Trainer:
             self.train = cdata.CifarTrainLoader(
                 x_train, y_train, self.classes, first.batch_size, mean=mean, std=std, seed=cfg.train.seed,
                 dtype=dtype, channels_last=channels_last, flip=c.flip, translate=c.translate,
-                pad_mode=c.pad_mode, cutout=c.cutout, drop_last=c.drop_last)
+                pad_mode=c.pad_mode, cutout=c.cutout, drop_last=c.drop_last, epoch_augment=c.epoch_augment)
         except DataError as e:
             raise ConfigError(f"cifar: {e}") from None
         self.val = cdata.CifarEvalLoader(x_test, y_test, self.classes, c.eval_batch_size, mean=mean, std=std,
@@ -346,6 +351,8 @@ class Trainer:
         self.model = cmodel.build(c, len(self.classes)).to(device)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if c.half_weights:
+            self.model.half_weights(dtype)
         # dynamic=False: one static graph per shape (train batch, eval batch), as the warm-up sees them
         self.forward: nn.Module = (torch.compile(self.model, dynamic=False, mode=c.compile_mode)
                                    if cfg.train.compile else self.model)

@@ -105,8 +105,10 @@ def build_loaders(cfg: Config, schedule: Schedule, info: dist.DistInfo) -> Phase
                       world_size=info.world_size, device=info.device, workers=cfg.data.workers,
                       seed=cfg.train.seed, dtype=amp or torch.float32,
                       channels_last=on_gpu and cfg.train.channels_last, bad_images=cfg.data.bad_images,
-                      synthetic_images=cfg.data.synthetic_images, synthetic_classes=cfg.data.synthetic_classes)
-    backend = get_backend(cfg.data.loader, log=lambda m: print(m, file=sys.stderr) if info.is_main else None)
+                      synthetic_images=cfg.data.synthetic_images, synthetic_classes=cfg.data.synthetic_classes,
+                      dali_fused_crop=cfg.data.dali_fused_crop, dali_hw_load=cfg.data.dali_hw_load)
+    backend = get_backend(cfg.data.loader, log=lambda m: print(m, file=sys.stderr) if info.is_main else None,
+                          device=info.device, workers=cfg.data.workers)
     return PhaseLoaders(backend, spec, schedule.data_phases)
 
 
@@ -134,6 +136,7 @@ def run_metadata(cfg: Config, info: dist.DistInfo) -> dict:
 
 def main(cfg: Config) -> int:
     schedule = parse_schedule(cfg.phases)
+    resnet.check_arch(cfg.model.arch)  # before anything is printed, indexed or created
     check_data_root(cfg.data.dir, schedule, cfg.data.loader)
     info = dist.setup(cfg.train.device, cfg.train.dist_timeout_s)
     if info.is_main and (warning := loop.precision_warning(info.device, cfg.train.precision)):
@@ -228,7 +231,9 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict)
     if info.distributed:
         ids = [info.device.index] if info.device.type == "cuda" else None
         forward_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if cfg.train.compile:
+    if cfg.train.compile and info.device.type != "cuda" and info.is_main:
+        print("compile: train.compile applies on CUDA only; this CPU run is eager", file=sys.stderr)
+    if cfg.train.compile and info.device.type == "cuda":
         shapes = schedule.batch_shapes(train_loader.num_images, info.world_size)
         if info.is_main:
             print(f"compile: one static graph per training shape (per-rank batch, size): {shapes}",

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# CIFAR-10 on a lent GPU: PyPI airbench94 beside variants of our recipe, interleaved, in ONE device call
+# (python -m training.bench cifar; docs/BENCHMARKS.md, "CIFAR-10"). Tables to stdout and $OUT.
+#
+# The calls, in order (the machine keeps /tmp only while warm, ~30 s between calls):
+#   here, once, in the project's root:
+#     ../shared/device/stage-cifar10.sh                    # .gpudata/cifar10/p1, p2 (ignored paths)
+#     pip download --no-deps -d .whl airbench==0.1.8       # .whl/airbench-0.1.8.tar.gz (ignored path)
+#   run 1: command "bash .gpudata/cifar10/p1/keep.sh"
+#          carry [".gpudata/cifar10/p1"]                          timeout_s 120
+#   run 2: command "bash .gpudata/cifar10/p2/keep.sh && bash launch/bench_cifar.sh compare"
+#          carry [".gpudata/cifar10/p2", ".whl"]                  timeout_s 420   (~6 min)
+#   then give_back, unless budget is left for (same warm machine, data and airbench still in /tmp):
+#   run 3: command "bash launch/bench_cifar.sh headline NAME"     (NAME: a row of compare's table)
+#          carry [".whl"]                                         timeout_s = LIMIT + 60
+# keep.sh exits 3 when part 1 is gone (the machine went cold): start again from run 1.
+#
+#   bash launch/bench_cifar.sh compare          # airbench94 + every variant below, as many rounds as fit
+#   bash launch/bench_cifar.sh headline NAME    # airbench94 + default + NAME only, more rounds
+# Env: LIMIT (s the bench may take, default 330), DATA (default /tmp/cifar10), STAGED (the unpacked
+# parts, default /tmp/stage/cifar10/files), SITE (where airbench is installed, default /tmp/site),
+# BENCH_DRY_RUN=1 (print the bench command and exit).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/bench-cifar}
+LIMIT=${LIMIT:-330}
+DATA=${DATA:-/tmp/cifar10}
+STAGED=${STAGED:-/tmp/stage/cifar10/files}
+SITE=${SITE:-/tmp/site}
+
+# name=overrides of configs/cifar10.yaml (a token without '=' is a config file layered on it).
+# Each speed option of issue 12 alone (compiled, as the default), the pool also eager, then all
+# together ("lean"), eager too, and with Muon; ~9 rows x ~3 s a round: ~6-8 rounds fit in LIMIT.
+LEAN="cifar.pool=reshape cifar.half_weights=true cifar.epoch_augment=true"
+VARIANTS=(
+  "default="
+  "eager=train.compile=false"
+  "pool=cifar.pool=reshape"
+  "eager_pool=train.compile=false cifar.pool=reshape"
+  "half=cifar.half_weights=true"
+  "lean=$LEAN"
+  "eager_lean=train.compile=false $LEAN"
+  "muon_lean=configs/cifar10_muon.yaml cifar.muon_batched=true $LEAN"
+)
+
+case "${1:-}" in
+  compare) variants=("${VARIANTS[@]}"); runs=50 ;;
+  headline)
+    [ $# -eq 2 ] || { echo "usage: bash launch/bench_cifar.sh headline NAME" >&2; exit 2; }
+    variants=("default=")
+    for v in "${VARIANTS[@]}"; do [ "${v%%=*}" = "$2" ] && [ "$2" != default ] && variants+=("$v"); done
+    [ "$2" = default ] || [ ${#variants[@]} -eq 2 ] || { echo "headline: no variant named $2" >&2; exit 2; }
+    runs=100 ;;
+  *) echo "usage: bash launch/bench_cifar.sh compare | headline NAME" >&2; exit 2 ;;
+esac
+cmd=(python3 -m training.bench cifar --data "$DATA" --config configs/cifar10.yaml --airbench
+     --runs "$runs" --time-limit "$LIMIT" --json "$OUT/cifar_$1.json" --variants "${variants[@]}")
+if [ -n "${BENCH_DRY_RUN:-}" ]; then printf '%q ' "${cmd[@]}"; echo; exit 0; fi
+
+mkdir -p "$OUT"
+if [ ! -d "$DATA/cifar-10-batches-py" ]; then
+  [ -f "$STAGED/materialize.py" ] || { echo "no $DATA/cifar-10-batches-py and no staged parts in $STAGED" >&2; exit 2; }
+  python3 "$STAGED/materialize.py" "$DATA" --src "$STAGED" --check
+fi
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+if ! python3 -c 'import airbench' 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" .whl/airbench-0.1.8.tar.gz
+fi
+{ nvidia-smi -L || true; python3 -c 'import sys, torch; print(sys.version.split()[0], torch.__version__)'; } \
+  | tee "$OUT/env.txt"
+# the bench stops starting rounds at LIMIT and rewrites its JSON after each one; timeout is the backstop
+timeout $((LIMIT + 30)) "${cmd[@]}" 2>&1 | tee "$OUT/cifar_$1.log"

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The ImageNet input pipeline on a lent GPU, in one prepared sequence (docs/BENCHMARKS.md, "Pipeline"):
+# DALI's GPU checks, then `bench pipeline` (torchvision vs DALI on a generated ImageNet-like tree and
+# its imagenet18 copies), then the trainer end to end (compiled step) against its synthetic-data rate.
+#
+# The calls, in order (the machine keeps /tmp only while warm, ~30 s between calls):
+#   here, once, in the project's root:   ../shared/device/stage-dali.sh      (.gpudata/dali/p1..p5)
+#   runs 1-4: command "bash .gpudata/dali/pK/keep.sh"          carry [".gpudata/dali/pK"]   K = 1..4
+#   run 5:    command "bash .gpudata/dali/p5/keep.sh && bash launch/bench_pipeline.sh"
+#             carry [".gpudata/dali/p5"]                       timeout_s 600 (the steps below: ~7 min)
+# keep.sh exits 3 when an earlier part is gone (the machine went cold): start again from part 1.
+# Without DALI the checks skip and the DALI rows report their error; the rest still runs.
+#
+# Env: OUT (default runs/bench-pipeline), TREE (default /tmp/bench-imagenet), IMAGES (20480: a multiple
+# of every batch, so no partial batch adds a compiled shape), SECONDS_PER (8), STEPS (all | checks |
+# loaders | e2e), BENCH_DRY_RUN=1 (print the commands and exit).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/bench-pipeline}
+TREE=${TREE:-/tmp/bench-imagenet}
+IMAGES=${IMAGES:-20480}
+SECONDS_PER=${SECONDS_PER:-8}
+STEPS=${STEPS:-all}
+WORKERS=$(nproc)
+
+if ls /tmp/stage/dali/files/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site/nvidia/dali ]; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/stage/dali/files/*.whl
+fi
+[ -d /tmp/site ] && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+
+bench=(python3 -m training.bench pipeline "$TREE" --generate "$IMAGES" --workers "$WORKERS")
+cmds=(
+  "checks|timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_dali_gpu.py"
+  "loaders|timeout 150 ${bench[*]} --sizes 128 224 --loader torchvision dali dali:whole --batch-size 256 --seconds $SECONDS_PER --json $OUT/pipeline.json"
+  "loaders|timeout 60 ${bench[*]} --source full --sizes 128 --loader torchvision dali --batch-size 256 --seconds $SECONDS_PER --json $OUT/pipeline_full.json"
+  "e2e|timeout 330 ${bench[*]} --sizes 128 224 --loader --end-to-end synthetic auto --json $OUT/end_to_end.json"
+)
+if [ -n "${BENCH_DRY_RUN:-}" ]; then
+  for c in "${cmds[@]}"; do echo "${c#*|}"; done
+  exit 0
+fi
+mkdir -p "$OUT"
+{ nvidia-smi -L || true; python3 -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__)'
+  python3 -c 'import nvidia.dali as d; print("dali", d.__version__)' 2>&1 | tail -1; } | tee "$OUT/env.txt"
+status=0
+for c in "${cmds[@]}"; do
+  step=${c%%|*} cmd=${c#*|}
+  [ "$STEPS" = all ] || [ "$STEPS" = "$step" ] || continue
+  echo "== $cmd" | tee -a "$OUT/log.txt"
+  t0=$(date +%s)
+  $cmd 2>&1 | tee -a "$OUT/log.txt" | grep -v '^  '
+  rc=${PIPESTATUS[0]}
+  echo "== rc $rc in $(( $(date +%s) - t0 )) s" | tee -a "$OUT/log.txt"
+  [ "$rc" = 0 ] || status=1
+done
+exit $status

@@ -1,0 +1,206 @@
+"""bench cifar: interleaved rounds, the table and JSON, airbench94's data files and its printed table,
+the time limit, bad input, and the variants launch/bench_cifar.sh sends to the GPU."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shlex
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from training import bench
+from training.bench import cifar as bc
+from training.data import cifar as cd
+from training.recipes import cifar as recipe
+
+# the tiny CPU run every test here uses: 2 steps of 50 images per epoch, 2 epochs, mirror TTA
+TINY = ["--config", str(REPO / "configs" / "cifar10_ci.yaml"), "--set", "train.short_epoch=true",
+        "train.short_epoch_steps=2", "cifar.eval_batch_size=50", "phases=[{ep: 0, sz: 32, bs: 50}, {ep: [0, 2], lr: [1.0, 0.1]}]"]
+
+# verbatim from airbench 0.1.8's train94 on an H200 (../shared/device/baseline-2026-11-26/cifar.log)
+AIRBENCH_TABLE = """\
+|       0  |      0  |      1.4629  |     0.6768  |   0.6246  |               |              0.2204  |
+|          |      9  |      0.9438  |     0.9736  |   0.9314  |               |              2.0475  |
+|          |   eval  |      0.9438  |     0.9736  |   0.9314  |       0.9384  |              2.1255  |
+------------------------------------------------------------------------------------------------------
+"""
+
+
+def write_cifar10(root: Path, n_train: int = 500, n_test: int = 100, seed: int = 0) -> Path:
+    """A small data set in torchvision's cifar-10-batches-py format (random pixels and labels)."""
+    rng = np.random.default_rng(seed)
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    files = [(f"data_batch_{i}", n_train // 5) for i in range(1, 6)] + [("test_batch", n_test)]
+    for name, n in files:
+        with open(d / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         "labels": rng.integers(0, 10, n).tolist()}, f)
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+    return root
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    return write_cifar10(tmp_path / "data")
+
+
+def fake_airbench(data_dir: Path, calls: list) -> types.ModuleType:
+    """Stands in for PyPI airbench (CUDA only): checks the files it would read, prints its table."""
+    def check_files() -> None:
+        for name, train in (("train.pt", True), ("test.pt", False)):
+            saved = torch.load(Path("cifar10") / name)  # relative: airbench reads from the working dir
+            split = cd.load_split(data_dir, "cifar10", train=train)
+            assert saved["images"].dtype == torch.uint8 and saved["images"].shape[1:] == (32, 32, 3)
+            assert torch.equal(saved["images"].permute(0, 3, 1, 2), torch.from_numpy(split.images))
+            assert saved["labels"].dtype == torch.int64 and saved["labels"].tolist() == split.labels.tolist()
+            assert saved["classes"] == split.classes
+
+    def warmup94():
+        check_files()
+        calls.append("warmup")
+        print("|  warmup  |         |              |             |           |               |              0.1986  |")
+
+    def train94(run=0):
+        check_files()
+        calls.append(run)
+        print(AIRBENCH_TABLE.replace("0.9384", f"{0.94 + run / 1000:.4f}").replace("2.1255", f"{2 + run / 10:.4f}"))
+    return types.SimpleNamespace(warmup94=warmup94, train94=train94, __version__="0.1.8")
+
+
+def test_parse_airbench_eval_row():
+    assert bc.parse_airbench_eval(AIRBENCH_TABLE) == pytest.approx((93.84, 93.14, 2.1255))
+    with pytest.raises(RuntimeError, match="no 'eval' row"):
+        bc.parse_airbench_eval(AIRBENCH_TABLE.replace("eval", "    "))
+
+
+def test_interleaved_rounds_table_and_json(data, tmp_path, monkeypatch, capsys):
+    calls: list = []
+    monkeypatch.setitem(sys.modules, "airbench", fake_airbench(data, calls))
+    out = tmp_path / "c.json"
+    cwd = os.getcwd()
+    assert bench.main(["cifar", "--data", str(data), *TINY, "--airbench", "--runs", "3", "--json", str(out),
+                       "--variants", "base=", "relu=cifar.act=gelu train.seed=10"]) == 0
+    assert os.getcwd() == cwd and calls == ["warmup", 0, 1, 2]
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["rounds"] == 3 and not doc["meta"]["stopped"]
+    # every round runs every row once, starting one further along each round
+    assert doc["meta"]["order"] == [["airbench94", "base", "relu"], ["base", "relu", "airbench94"],
+                                    ["relu", "airbench94", "base"]]
+    ab, base, relu = (doc["variants"][k] for k in ("airbench94", "base", "relu"))
+    assert [r["accuracy"] for r in ab["runs"]] == pytest.approx([94.0, 94.1, 94.2])
+    assert ab["summary"]["median_train_seconds"] == pytest.approx(2.1)
+    assert [r["seed"] for r in base["runs"]] == [0, 1, 2] and [r["seed"] for r in relu["runs"]] == [10, 11, 12]
+    assert relu["config"]["cifar"]["act"] == "gelu" and base["config"]["cifar"]["act"] == "relu"
+    assert relu["describe"] == "cifar.act=gelu train.seed=10"
+    s = base["summary"]
+    accs = [r["accuracy"] for r in base["runs"]]
+    assert s["n"] == 3 and s["mean_accuracy"] == pytest.approx(np.mean(accs))
+    assert s["std_accuracy"] == pytest.approx(np.std(accs, ddof=1))
+    half = 4.303 * s["std_accuracy"] / 3 ** 0.5  # t(0.975, df 2)
+    assert s["ci95_mean_accuracy"] == pytest.approx([s["mean_accuracy"] - half, s["mean_accuracy"] + half])
+    secs = sorted(r["train_seconds"] for r in base["runs"])
+    assert s["median_train_seconds"] == secs[1] and s["min_train_seconds"] == secs[0]
+    assert s["time_vs_airbench94"] == pytest.approx(secs[1] / 2.1)
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith("base "))
+    assert f"{s['median_train_seconds']:.3f}" in row and f"{secs[1] / 2.1:.3f}x" in row
+    assert next(line for line in table.splitlines() if line.startswith("airbench94 ")).split()[1] == "3"
+
+
+def test_time_limit_ends_between_rounds_and_airbench_missing_is_a_warning(data, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "airbench", None)  # import fails
+    out = tmp_path / "c.json"
+    assert bench.main(["cifar", "--data", str(data), *TINY, "--airbench", "--runs", "5",
+                       "--time-limit", "1e-6", "--json", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --airbench: cannot import airbench" in err
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["rounds"] == 1 and doc["meta"]["stopped"].startswith("time limit")  # round 0 always runs
+    assert list(doc["variants"]) == ["default"] and not out.with_name("c.json.tmp").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--variants", "nameless"], "expected NAME=OVERRIDES"),
+    (["--variants", "a=", "a=train.seed=1"], "a name is used twice"),
+    (["--variants", "a=cifar.no_such_key=1"], "unknown config key"),
+    (["--variants", "a=cifar.tta_level=7"], "cifar.tta_level"),
+    (["--set", "cifar.dataset=cifar100"], "cifar.dataset must be cifar10"),
+    (["--runs", "0"], "--runs must be >= 1"),
+])
+def test_bad_input_is_one_line_exit_2_and_no_json(data, tmp_path, capsys, args, message):
+    out = tmp_path / "c.json"
+    assert bench.main(["cifar", "--data", str(data), *TINY, "--json", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.strip().count("\n") == 0
+    assert not out.exists()
+
+
+def test_missing_data_is_one_line_exit_2(tmp_path, capsys):
+    assert bench.main(["cifar", "--data", str(tmp_path / "none"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "no cifar-10-batches-py" in err and err.strip().count("\n") == 0
+
+
+def launch_variants(mode: str, *extra: str) -> list[str]:
+    r = subprocess.run(["bash", "launch/bench_cifar.sh", mode, *extra], cwd=REPO, capture_output=True, text=True,
+                       timeout=30, env={**os.environ, "BENCH_DRY_RUN": "1"})
+    assert r.returncode == 0, r.stderr
+    tokens = shlex.split(r.stdout)
+    return tokens[tokens.index("--variants") + 1:]
+
+
+def test_launch_script_variants_are_valid_configs():
+    """Every variant the GPU call will run builds and passes the recipe's checks here, before GPU time is spent."""
+    assert os.access(REPO / "launch" / "bench_cifar.sh", os.X_OK)
+    variants = launch_variants("compare")
+    assert variants[0] == "default=" and len(variants) >= 3
+    os.chdir(REPO)  # config files in variants are relative to the project's root, as on the GPU machine
+    for text in variants:
+        cfg = bc.build_config("configs/cifar10.yaml", [], bc.parse_variant(text))
+        recipe.check_config(cfg)
+        assert cfg.train.device == "cuda"
+    assert launch_variants("headline", "half") == ["default=", "half=cifar.half_weights=true"]
+
+
+def test_a_failing_row_is_reported_and_the_others_go_on(data, tmp_path, monkeypatch, capsys):
+    def warmup94():
+        assert os.path.isfile("cifar10/train.pt")
+        raise AssertionError("Torch not compiled with CUDA enabled")  # what airbench does on a CPU
+    monkeypatch.setitem(sys.modules, "airbench", types.SimpleNamespace(warmup94=warmup94))
+    cwd = os.getcwd()
+    out = tmp_path / "c.json"
+    # a learning rate that overflows: the recipe stops the run (non-finite loss) at the first epoch's end
+    assert bench.main(["cifar", "--data", str(data), *TINY, "--airbench", "--runs", "2", "--json", str(out),
+                       "--variants", "base=", "broken=cifar.lr=1.0e+30"]) == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert errors == ["error: airbench94 failed in warm-up: AssertionError: Torch not compiled with CUDA enabled",
+                      "error: broken failed in round 0: NonFiniteLoss: non-finite loss at epoch 0 step 1; stopping "
+                      "(the last good checkpoint is kept; train.nonfinite=skip skips such steps)"]
+    assert os.getcwd() == cwd
+    doc = json.loads(out.read_text())
+    assert list(doc["variants"]) == ["base"] and len(doc["variants"]["base"]["runs"]) == 2
+    assert set(doc["meta"]["failed"]) == {"airbench94", "broken"} and doc["meta"]["order"] == [["base", "broken"], ["base"]]
+    assert "broken: FAILED in round 0" in captured.out
+
+
+def test_count_ops_per_step_cancels_evaluation(data, tmp_path, capsys):
+    out = tmp_path / "ops.json"
+    assert bench.main(["cifar", "--data", str(data), *TINY, "--count-ops", "--json", str(out), "--variants",
+                       "base=", "tta2=cifar.tta_level=2", "pool=cifar.pool=reshape"]) == 0
+    rows = json.loads(out.read_text())["variants"]
+    # evaluation and set-up are the same in the two short runs: only the steps' ops remain
+    assert rows["base"] == rows["tta2"] | {"describe": "(base config)"}
+    assert 50 < rows["base"]["top_level_per_step"] < rows["base"]["all_per_step"]
+    assert rows["pool"]["top_level_per_step"] > rows["base"]["top_level_per_step"]  # eager: more, smaller ops
+    assert "base: aten ops per training step" in capsys.readouterr().out

@@ -1,0 +1,397 @@
+"""CIFAR-10 side by side: PyPI airbench94 and variants of our recipe, in one process, interleaved.
+
+    python -m training.bench cifar --data DIR [--config FILE] [--variants NAME=OVERRIDES ...]
+        [--set KEY=VALUE ...] [--runs N] [--airbench] [--time-limit S] [--json FILE]
+
+A variant is a name and a space-separated list of ``section.key=value`` overrides of the base config
+(configs/cifar10.yaml unless ``--config`` names another); a token without ``=`` is a YAML file
+layered on the base first (``muon=configs/cifar10_muon.yaml``). ``--set`` applies to every variant.
+
+Every variant is built and warmed up first (its ``cifar.warmup_runs``: compile, cuDNN autotune; the
+warm-up is reported once, apart), then the runs go round by round: each round runs every variant
+(and airbench94) once, the order rotated each round, so drift of clocks or temperature hits all
+alike; run r of every variant of ours uses seed ``train.seed + r``. A run's time is the recipe's
+timed region (whitening init to the end of the final TTA evaluation; CUDA events on a GPU), as
+airbench times its own. With ``--time-limit`` no round starts that the longest round so far says
+would end past the limit. The JSON is rewritten (atomically) after every round.
+
+airbench94: ``airbench.warmup94()`` then ``airbench.train94(run=r)`` in a scratch directory holding
+``cifar10/train.pt`` and ``test.pt`` built from DIR's pickles (airbench reads them relative to the
+working directory); accuracy and time are read from the ``eval`` row of the table it prints.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from training import config as C
+from training.data import DataError
+from training.data import cifar as cdata
+from training.dist import pick_device
+from training.phases import PhaseError
+from training.recipes import cifar as recipe
+
+DEFAULT_CONFIG = "configs/cifar10.yaml"
+AIRBENCH = "airbench94"  # the table's name for PyPI airbench's train94
+NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+@dataclass
+class Variant:
+    name: str
+    files: list[str]  # YAML files layered on the base config, in order
+    overrides: list[str]  # section.key=value texts
+
+
+def parse_variant(text: str) -> Variant:
+    """'NAME=key=value key=value file.yaml' -> Variant; 'NAME=' is the base config as it is."""
+    name, sep, rest = text.partition("=")
+    if not sep or not NAME.match(name):
+        raise C.ConfigError(f"--variants {text!r}: expected NAME=OVERRIDES (NAME of letters, digits, _.+-)")
+    if name == AIRBENCH:
+        raise C.ConfigError(f"--variants: {AIRBENCH} is the name of --airbench's row")
+    tokens = rest.split()
+    return Variant(name, [t for t in tokens if "=" not in t], [t for t in tokens if "=" in t])
+
+
+def build_config(base: str, common: list[str], variant: Variant) -> C.Config:
+    cfg = C.build([base, *variant.files], [C.parse_override(o) for o in common + variant.overrides])
+    if cfg.recipe != "cifar":
+        raise C.ConfigError(f"variant {variant.name}: recipe is {cfg.recipe!r}, not cifar")
+    return cfg
+
+
+# ------------------------------------------------------------------------------------- airbench
+
+def write_airbench_data(data_dir: str, workdir: Path) -> None:
+    """``workdir/cifar10/{train,test}.pt`` as airbench's CifarLoader saves them: images uint8
+    (N, 32, 32, 3), labels int64, classes (list of names)."""
+    out = workdir / "cifar10"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, train in (("train.pt", True), ("test.pt", False)):
+        split = cdata.load_split(data_dir, "cifar10", train=train)
+        images = torch.from_numpy(split.images).permute(0, 2, 3, 1).contiguous()
+        torch.save({"images": images, "labels": torch.from_numpy(split.labels).long(),
+                    "classes": list(split.classes)}, out / name)
+
+
+def parse_airbench_eval(text: str) -> tuple[float, float, float]:
+    """(TTA accuracy %, plain accuracy %, seconds) from the ``eval`` row of train94's table."""
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[1] == "eval":
+            _, _, _, _, val_acc, tta_acc, seconds = cells
+            return 100 * float(tta_acc), 100 * float(val_acc), float(seconds)
+    raise RuntimeError("airbench94 printed no 'eval' row (its output: "
+                       f"{text.strip().splitlines()[-1:] or 'nothing'})")
+
+
+class Airbench:
+    """PyPI airbench's train94, run in ``workdir`` (it opens ./cifar10/*.pt)."""
+
+    def __init__(self, module, workdir: Path):
+        self.module, self.workdir = module, workdir
+
+    def _call(self, fn, **kw) -> str:
+        out = io.StringIO()
+        cwd = os.getcwd()
+        os.chdir(self.workdir)
+        try:
+            with contextlib.redirect_stdout(out):
+                fn(**kw)
+        finally:
+            os.chdir(cwd)
+        return out.getvalue()
+
+    def warmup(self) -> float:
+        t0 = time.perf_counter()
+        self._call(self.module.warmup94)
+        return time.perf_counter() - t0
+
+    def run(self, r: int) -> recipe.RunResult:
+        acc, plain, seconds = parse_airbench_eval(self._call(self.module.train94, run=r))
+        return recipe.RunResult(r, acc, plain, seconds)
+
+
+def import_airbench():
+    """The airbench module, or None with the reason on stderr (the bench goes on without it)."""
+    try:
+        return importlib.import_module("airbench")
+    except Exception as e:  # ImportError, or airbench's own import-time failure
+        print(f"warning: --airbench: cannot import airbench ({e.__class__.__name__}: {e}); "
+              "going on without it", file=sys.stderr)
+        return None
+
+
+# ------------------------------------------------------------------------------------- the bench
+
+@dataclass
+class Entry:
+    """One row of the table: a variant of ours or airbench94."""
+
+    name: str
+    describe: str  # overrides / files, or airbench's version
+    run: object  # callable(round) -> RunResult
+    warmup_seconds: float = 0.0
+    data_load_seconds: float = 0.0
+    config: dict | None = None
+    runs: list[dict] = field(default_factory=list)
+    failed: str = ""  # why it stopped (an exception in a warm-up or run): left out of later rounds
+
+
+def attempt(entry: Entry, what: str, fn):
+    """fn(), or None after recording ``entry``'s failure: one broken variant (a compile mode that
+    crashes, say) must not cost the other rows their share of a one-shot GPU call."""
+    try:
+        return fn()
+    except Exception as e:  # any failure of the row's own code; bad input was rejected before
+        text = str(e).strip().splitlines()
+        entry.failed = f"{what}: {e.__class__.__name__}: {text[0] if text else ''}"[:300]
+        print(f"error: {entry.name} failed in {entry.failed}", file=sys.stderr, flush=True)
+        return None
+
+
+def ours_entry(variant: Variant, cfg: C.Config, device: torch.device, data_dir: str,
+               say) -> tuple[Entry, recipe.Trainer]:
+    trainer = recipe.Trainer(cfg, recipe.check_config(cfg), device, data_dir)
+    entry = Entry(variant.name, " ".join(variant.files + variant.overrides) or "(base config)",
+                  lambda r: trainer.run(cfg.train.seed + r, None), data_load_seconds=trainer.data_seconds,
+                  config=C.to_dict(cfg))
+    t0 = time.perf_counter()
+    for w in range(cfg.cifar.warmup_runs):
+        if attempt(entry, "warm-up", lambda: trainer.run(cfg.train.seed - 1 - w, None, warmup=True)) is None:
+            return entry, trainer
+    entry.warmup_seconds = time.perf_counter() - t0
+    say(f"{variant.name}: data {entry.data_load_seconds:.2f} s, warm-up ({cfg.cifar.warmup_runs} run(s), "
+        f"compile {cfg.train.compile}) {entry.warmup_seconds:.2f} s")
+    return entry, trainer
+
+
+OPS_STEPS = (2, 6)  # steps per epoch of the two short runs whose difference ``--count-ops`` reports
+
+
+def aten_ops(trainer: recipe.Trainer, seed: int, steps: int) -> tuple[int, int]:
+    """(top-level, all) aten ops the profiler records in one run of ``steps`` steps per epoch.
+    Top-level ops are the dispatcher calls the host makes (what launches kernels eagerly); nested
+    ones are what they call in turn."""
+    from torch.profiler import ProfilerActivity, profile
+    trainer.cfg.train.short_epoch, trainer.cfg.train.short_epoch_steps = True, steps
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.run(seed, None)
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+
+    def nested(e) -> bool:
+        p = e.cpu_parent
+        while p is not None and not p.name.startswith("aten::"):
+            p = p.cpu_parent
+        return p is not None
+    return sum(not nested(e) for e in events), len(events)
+
+
+def count_ops(args: argparse.Namespace, say=lambda m: print(m, flush=True)) -> dict:
+    """aten ops per training step of each variant: two short runs (OPS_STEPS steps per epoch, so
+    set-up, evaluation and per-epoch work cancel out in their difference) under the profiler."""
+    doc = {"kind": "cifar_ops", "meta": {"torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+                                         "command": " ".join(sys.argv), "steps": OPS_STEPS}, "variants": {}}
+    data_dir = cdata.ensure_data(args.data, "cifar10", download=False)
+    for variant in map(parse_variant, args.variants):
+        cfg = build_config(args.config, args.set, variant)
+        schedule = recipe.check_config(cfg)
+        trainer = recipe.Trainer(cfg, schedule, pick_device(cfg.train.device), data_dir)
+        try:
+            trainer.run(cfg.train.seed, None)  # allocations, autotune and compile happen here, once
+            (top1, all1), (top2, all2) = (aten_ops(trainer, cfg.train.seed, s) for s in OPS_STEPS)
+        finally:
+            trainer.close()
+        steps = (OPS_STEPS[1] - OPS_STEPS[0]) * schedule.num_epochs
+        row = {"top_level_per_step": (top2 - top1) / steps, "all_per_step": (all2 - all1) / steps,
+               "describe": " ".join(variant.files + variant.overrides) or "(base config)"}
+        doc["variants"][variant.name] = row
+        say(f"{variant.name}: aten ops per training step: {row['top_level_per_step']:.1f} top-level, "
+            f"{row['all_per_step']:.1f} in all ({row['describe']})")
+    return doc
+
+
+def raise_recompile_limit(compiled_models: int) -> None:
+    """Every CifarNet shares one forward code object, and dynamo keeps at most 8 graphs per code
+    object by default (then runs eagerly, silently): each compiled variant needs its own few
+    (train, train with the whitening bias frozen, eval)."""
+    conf = torch._dynamo.config
+    name = "recompile_limit" if hasattr(conf, "recompile_limit") else "cache_size_limit"
+    setattr(conf, name, max(getattr(conf, name), 8 * compiled_models))
+
+
+def summary(entry: Entry, baseline: float | None) -> dict:
+    acc = recipe.summarize([r["accuracy"] for r in entry.runs])
+    secs = [r["train_seconds"] for r in entry.runs]
+    med = statistics.median(secs)
+    return {"n": acc["n"], "mean_accuracy": acc["mean"], "std_accuracy": acc["std"],
+            "ci95_mean_accuracy": acc["ci95"], "min_accuracy": acc["min"],
+            "share_ge_94": acc["share_ge_threshold"],
+            "mean_accuracy_no_tta": statistics.fmean(r["accuracy_no_tta"] for r in entry.runs),
+            "median_train_seconds": med, "min_train_seconds": min(secs),
+            "warmup_seconds": entry.warmup_seconds,
+            "time_vs_airbench94": med / baseline if baseline else None}
+
+
+def format_table(doc: dict) -> str:
+    m = doc["meta"]
+    rows = [f"cifar bench: {m['device']}, torch {m['torch']}, {m['rounds']} round(s) of {m['runs_asked']} "
+            f"asked{' (stopped: ' + m['stopped'] + ')' if m['stopped'] else ''}, {m['date']}",
+            f"{'variant':<16}{'n':>4}{'mean acc':>10}{'std':>6}{'95% CI':>17}{'>=94':>7}{'median s':>10}"
+            f"{'min s':>8}{'warm-up s':>11}{'vs ' + AIRBENCH:>16}"]
+    for name, v in doc["variants"].items():
+        s = v["summary"]
+        ci = s["ci95_mean_accuracy"]
+        ci_text = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "-"
+        ratio = f"{s['time_vs_airbench94']:.3f}x" if s["time_vs_airbench94"] else "-"
+        hits = f"{round(s['share_ge_94'] * s['n'])}/{s['n']}"
+        rows.append(f"{name:<16}{s['n']:>4}{s['mean_accuracy']:>9.2f}%{s['std_accuracy']:>6.2f}{ci_text:>17}"
+                    f"{hits:>7}{s['median_train_seconds']:>10.3f}{s['min_train_seconds']:>8.3f}"
+                    f"{s['warmup_seconds']:>11.2f}{ratio:>16}")
+    return "\n".join(rows)
+
+
+def write_json_atomic(path: str | None, doc: dict) -> None:
+    """Replaces the file whole, so a command cut off mid-round leaves the last complete round."""
+    if not path:
+        return
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def document(entries: list[Entry], meta: dict) -> dict:
+    rounds = len(meta["order"])
+    base = next((e for e in entries if e.name == AIRBENCH), None)
+    baseline = statistics.median(r["train_seconds"] for r in base.runs) if base and base.runs else None
+    variants = {}
+    for e in entries:
+        if e.runs:
+            variants[e.name] = {"describe": e.describe, "summary": summary(e, baseline),
+                                "data_load_seconds": e.data_load_seconds, "runs": e.runs, "config": e.config}
+    failed = {e.name: e.failed for e in entries if e.failed}
+    return {"kind": "cifar", "meta": meta | {"rounds": rounds, "failed": failed}, "variants": variants}
+
+
+def bench(args: argparse.Namespace, say=lambda m: print(m, flush=True)) -> dict:
+    start = time.perf_counter()
+    variants = [parse_variant(v) for v in args.variants]
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise C.ConfigError(f"--variants: a name is used twice ({' '.join(names)})")
+    configs = [build_config(args.config, args.set, v) for v in variants]
+    for cfg in configs:
+        recipe.check_config(cfg)
+    if any(cfg.cifar.dataset != "cifar10" for cfg in configs):
+        raise C.ConfigError("cifar bench: cifar.dataset must be cifar10 (the data airbench94 trains on)")
+    devices = [pick_device(cfg.train.device) for cfg in configs]  # no CUDA for a cuda config: bad input
+    data_dir = cdata.ensure_data(args.data, "cifar10", download=False)
+    raise_recompile_limit(sum(cfg.train.compile for cfg in configs))
+    entries: list[Entry] = []
+    trainers: list[recipe.Trainer] = []
+    with contextlib.ExitStack() as stack:
+        stack.callback(lambda: [t.close() for t in trainers])
+        module = import_airbench() if args.airbench else None
+        if module is not None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="airbench-")))
+            write_airbench_data(data_dir, workdir)
+            ab = Airbench(module, workdir)
+            entry = Entry(AIRBENCH, f"PyPI airbench {getattr(module, '__version__', '')}".strip(), ab.run)
+            entries.append(entry)
+            seconds = attempt(entry, "warm-up", ab.warmup)
+            if seconds is not None:
+                entry.warmup_seconds = seconds
+                say(f"{AIRBENCH}: warm-up {seconds:.2f} s")
+        for variant, cfg, device in zip(variants, configs, devices):
+            entry, trainer = ours_entry(variant, cfg, device, data_dir, say)
+            entries.append(entry)
+            trainers.append(trainer)
+        device = devices[0]
+        meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
+                f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
+                "torch": torch.__version__, "cuda": torch.version.cuda, "host": platform.node(),
+                "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "base_config": args.config,
+                "set": args.set, "runs_asked": args.runs, "time_limit_s": args.time_limit, "stopped": "",
+                "order": []}
+        longest = 0.0
+        for r in range(args.runs):
+            elapsed = time.perf_counter() - start
+            if args.time_limit and r and elapsed + longest > args.time_limit:
+                meta["stopped"] = f"time limit {args.time_limit:g} s after {r} round(s)"
+                say(f"stopping: round {r} would end past --time-limit {args.time_limit:g} s")
+                break
+            active = [e for e in entries if not e.failed]
+            if not active:
+                break
+            t_round = time.perf_counter()
+            order = active[r % len(active):] + active[:r % len(active)]
+            for pos, e in enumerate(order):
+                res = attempt(e, f"round {r}", lambda: e.run(r))
+                if res is None:
+                    continue
+                e.runs.append(asdict(res) | {"round": r, "position": pos})
+                say(f"round {r} {e.name}: accuracy {res.accuracy:.2f}% (no TTA {res.accuracy_no_tta:.2f}%) "
+                    f"time {res.train_seconds:.3f} s")
+            meta["order"].append([e.name for e in order])
+            longest = max(longest, time.perf_counter() - t_round)
+            write_json_atomic(args.json, document(entries, meta))
+    meta["wall_seconds"] = time.perf_counter() - start
+    doc = document(entries, meta)
+    write_json_atomic(args.json, doc)
+    return doc
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.runs < 1 or args.time_limit < 0:
+        print("error: --runs must be >= 1 and --time-limit >= 0", file=sys.stderr)
+        return 2
+    try:
+        if args.count_ops:
+            write_json_atomic(args.json, count_ops(args))
+            return 0
+        doc = bench(args)
+    except (C.ConfigError, DataError, PhaseError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # no CUDA for a cuda config
+        print(f"error: {str(e).splitlines()[0] if str(e) else e.__class__.__name__}", file=sys.stderr)
+        return 2
+    print(format_table(doc))
+    for name, why in doc["meta"]["failed"].items():
+        print(f"{name}: FAILED in {why}")
+    if args.json:
+        print(f"results: {args.json}")
+    return 1 if doc["meta"]["failed"] else 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cifar", help="CIFAR-10: airbench94 vs variants of our recipe, interleaved N runs each",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, metavar="DIR", help="holds cifar-10-batches-py")
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE", help="base config (default %(default)s)")
+    p.add_argument("--variants", nargs="+", default=["default="], metavar="NAME=OVERRIDES",
+                   help="e.g. default= eager=train.compile=false muon=configs/cifar10_muon.yaml")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every variant")
+    p.add_argument("--runs", type=int, default=5, help="rounds: runs of each variant (default %(default)s)")
+    p.add_argument("--airbench", action="store_true", help="add PyPI airbench's train94 (needs CUDA)")
+    p.add_argument("--time-limit", type=float, default=0.0, metavar="S",
+                   help="start no round that would end after S seconds from the start; 0: none")
+    p.add_argument("--count-ops", action="store_true", help="instead of timing: aten ops per training step "
+                   "of each variant, from the profiler (host work; use a CPU config)")
+    p.add_argument("--json", metavar="FILE", help="every run, the summaries and each variant's config")
+    p.set_defaults(func=run)

@@ -1,0 +1,334 @@
+"""bench pipeline: the steady-state img/s of what the training loop receives, per loader and size.
+
+    python -m training.bench pipeline [DATA] --sizes 128 224 --loader torchvision dali --workers 16 \
+        --batch-size 256 --seconds 20 --json pipe.json [--end-to-end]
+
+"Receives" means decoded, augmented, normalised, on the training device, in the training dtype and
+memory format: the loader's own output, with nothing downstream. Each (loader, size) runs in a fresh
+process (no fork beside DALI's threads, no warm state shared) for ``--seconds`` of whole epochs.
+
+Timing: a window is one epoch's batches after its first ``--skip`` ones, closed by a device sync, so
+no window crosses an epoch restart or a pipeline rebuild; those costs are reported apart (the first
+pass's start, which builds the pipeline or forks the workers, and the later passes' starts). img/s
+is the median window. ``cores`` is the machine's busy CPU time over the windows (from /proc/stat)
+divided by their wall time: what the loader costs in CPU, everything on the machine included.
+
+Images come from ``DATA<dir>/train`` where ``--dir SIZE=DIR`` names a pre-resized copy (imagenet18
+reads 128 px from ``-sz/160`` and 224 px from ``-sz/320``; ``--source full`` reads DATA itself at every
+size). When DATA holds no train/ split, a tree of ``--generate`` ImageNet-like JPEGs and the copies the
+sizes need are generated first, on every core.
+
+``--end-to-end [LOADER ...]``: the trainer itself (``train.py --profile``, static compiled step and bf16
+on CUDA), one run per loader whose schedule has ``--e2e-epochs`` epochs at each size in turn. The first
+epoch of a size is its warm-up (compilation, autotuning, the loader's start); the others give img/s
+(images over the data-wait + forward + backward + optimizer stages; evaluation and checkpoints are
+left out) and the share of that time spent waiting for data. ``synthetic`` gives the step's own rate.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from training.bench import write_json
+
+DEFAULT_TREE = ".cache/bench-imagenet"
+IMAGENET18_DIRS = {128: "-sz/160", 224: "-sz/320"}  # imagenet18's pre-resized copies per phase size
+COPY_SIDE = {"-sz/160": 160, "-sz/320": 320, "-sz/352": 352}
+E2E_BATCH = {128: 512, 224: 256, 288: 128}  # per-GPU batch of the end-to-end runs (imagenet18 1x8-like)
+TRAIN_STAGES = ("data wait", "forward", "backward", "optimizer")  # of train.py --profile; not eval/checkpoint
+
+
+def _busy_jiffies() -> tuple[int, int] | None:
+    """(busy, total) CPU jiffies of the whole machine since boot; None where /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    return sum(v) - idle, sum(v)
+
+
+def measure(loader: str, data: str, train_dir: str, size: int, batch_size: int, workers: int, seconds: float,
+            skip: int, device: str, hw_load: float = 0.65) -> dict:
+    """One (loader, size) in this process: whole epochs for ``seconds``, one timed window each."""
+    import torch
+
+    from training.data import LoaderSpec, get_backend
+    from training.phases import DataPhase
+
+    dev = torch.device(device)
+    on_gpu = dev.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(dev)) if on_gpu else (lambda: None)
+    torch.set_num_threads(1)  # the loader's workers/threads get the cores; normalisation is tiny
+    phase = DataPhase(start=0, size=size, batch_size=batch_size, train_dir=train_dir, val_dir=train_dir,
+                      min_scale=0.35, rect_val=False, keep_dl=False)
+    backend, _, variant = loader.partition(":")  # dali:whole decodes whole images, then crops
+    spec = LoaderSpec(root=data, phase=phase, rank=0, world_size=1, device=dev, workers=workers, seed=0,
+                      dtype=torch.bfloat16 if on_gpu else torch.float32, channels_last=on_gpu,
+                      dali_fused_crop=variant != "whole", dali_hw_load=hw_load)
+    t0 = time.perf_counter()
+    lines: list[str] = []
+    train = get_backend(backend, log=lines.append, device=dev, workers=workers).train(spec)
+    index_s = time.perf_counter() - t0
+    windows, starts, cores, out = [], [], [], {}
+    t_begin = time.perf_counter()
+    epoch = 0
+    try:
+        while epoch < 2 or time.perf_counter() - t_begin < seconds:
+            train.set_epoch(epoch)
+            t_pass, counted, t_w, j0 = time.perf_counter(), 0, 0.0, None
+            for i, (x, y) in enumerate(train):
+                if i == 0:
+                    sync()
+                    starts.append(time.perf_counter() - t_pass)
+                    out = {"dtype": str(x.dtype).replace("torch.", ""), "device": str(x.device),
+                           "shape": list(x.shape), "labels_device": str(y.device),
+                           "channels_last": x.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4}
+                if i == skip:
+                    sync()
+                    t_w, j0 = time.perf_counter(), _busy_jiffies()
+                elif i > skip:
+                    counted += x.shape[0]
+            sync()
+            if counted:
+                wall = time.perf_counter() - t_w
+                windows.append(counted / wall)
+                j1 = _busy_jiffies()
+                if j0 and j1:
+                    cores.append((j1[0] - j0[0]) / max(j1[1] - j0[1], 1) * (os.cpu_count() or 1))
+            epoch += 1
+    finally:
+        train.close()
+    if not windows:
+        raise RuntimeError(f"{data}{train_dir}: an epoch has no more than --skip {skip} batches of {batch_size}; "
+                           "generate a bigger tree or lower --skip")
+    return {"loader": loader, "size": size, "train_dir": train_dir, "img_s": statistics.median(windows),
+            "img_s_windows": windows, "cores": statistics.median(cores) if cores else None,
+            "first_start_s": starts[0], "restart_s": statistics.median(starts[1:]) if len(starts) > 1 else None,
+            "index_s": index_s, "epochs": epoch, "batches_per_epoch": len(train), "backend_log": lines} | out
+
+
+def _train_dir(size: int, args: argparse.Namespace) -> str:
+    if args.source == "full":
+        return ""
+    return args.dirs.get(size, IMAGENET18_DIRS.get(size, ""))
+
+
+def ensure_tree(data: Path, dirs: set[str], images: int, log=lambda m: print(m, file=sys.stderr)) -> None:
+    from training.bench import jpegtree
+    if not (data / "train").is_dir():
+        log(f"bench: generating {images} textured JPEGs under {data} on {os.cpu_count()} cores")
+        t0 = time.perf_counter()
+        facts = jpegtree.make_tree(data, images)
+        log(f"bench: {facts} in {time.perf_counter() - t0:.1f} s")
+    for d in sorted(dirs - {""}):
+        if not Path(f"{data}{d}/train").is_dir():
+            if d not in COPY_SIDE:
+                raise SystemExit(f"error: {data}{d}/train does not exist (and {d} is not a copy this tool makes)")
+            log(f"bench: writing the {d} copy")
+            jpegtree.resized_copy(data, d, COPY_SIDE[d])
+
+
+def end_to_end(loader: str, data: str, dirs: dict[int, str], args: argparse.Namespace) -> list[dict]:
+    """train.py --profile over every size, args.e2e_epochs epochs each, in one run (as a schedule's
+    phases); the first epoch of each size is its warm-up. One row per size, from the stage tables."""
+    import torch
+    on_gpu = torch.cuda.is_available() and args.device != "cpu"
+    e, sizes = args.e2e_epochs, list(dirs)
+    batch = {s: args.e2e_batch.get(s, E2E_BATCH.get(s, args.batch_size)) for s in sizes}
+    phases = [{"ep": k * e, "sz": s, "bs": batch[s], "trndir": dirs[s], "valdir": dirs[s]} for k, s in enumerate(sizes)]
+    phases.append({"ep": [0, e * len(sizes)], "lr": 0.1})
+    with tempfile.TemporaryDirectory() as logdir:
+        cmd = [sys.executable, "training/train.py", data, "--phases", json.dumps(phases), "--profile",
+               "--loader", loader.partition(":")[0], "--workers", str(args.workers), "--logdir", logdir,
+               f"data.dali_fused_crop={str(loader != 'dali:whole').lower()}", f"data.dali_hw_load={args.dali_hw_load}",
+               f"data.synthetic_images={_count(data, dirs[sizes[0]])}",
+               f"train.device={'cuda' if on_gpu else 'cpu'}", f"train.compile={str(on_gpu).lower()}",
+               f"train.precision={'bf16' if on_gpu else 'fp32'}", f"model.arch={args.arch}",
+               "train.print_freq=1000000", "train.keep_checkpoints=1"]
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+        wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
+        return [{"loader": loader, "size": s, "error": tail, "wall_s": wall} for s in sizes]
+    tables = _stage_tables(r.stderr + r.stdout)
+    rows = []
+    for k, s in enumerate(sizes):
+        mine = tables[k * e:(k + 1) * e]
+        steady = mine[1:] or mine
+        train_s = sum(t.get(st, 0.0) for t in steady for st in TRAIN_STAGES)
+        wait_s = sum(t.get("data wait", 0.0) for t in steady)
+        images = _count(data, dirs[s]) if loader != "synthetic" else _count(data, dirs[sizes[0]])
+        rows.append({"loader": loader, "size": s, "train_dir": dirs[s], "batch_size": batch[s], "epochs": len(mine),
+                     "wall_s": wall, "warmup_epoch_s": sum(mine[0].values()) if mine else None,
+                     "img_s": images * len(steady) / train_s if train_s else None,
+                     "data_wait_share": wait_s / train_s if train_s else None, "stages": mine,
+                     "backend_line": next((ln for ln in r.stderr.splitlines() if ln.startswith("loader:")), "")})
+    return rows
+
+
+def _count(data: str, train_dir: str) -> int:
+    """Images of one training epoch at world size 1: the files of DATA<dir>/train."""
+    return sum(1 for _ in Path(f"{data}{train_dir}/train").rglob("*.JPEG"))
+
+
+def _stage_tables(text: str) -> list[dict[str, float]]:
+    """The rows of each `profile epoch N:` table printed by train.py --profile."""
+    tables: list[dict[str, float]] = []
+    for line in text.splitlines():
+        if line.startswith("profile epoch"):
+            tables.append({})
+        elif tables and (m := re.match(r"\s+(\S.*?)\s+([\d.]+)\s+[\d.]+%$", line)) and m.group(1) != "total":
+            tables[-1][m.group(1)] = float(m.group(2))
+    return tables
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda: no CUDA device is visible", file=sys.stderr)
+        return 2
+    data = Path(args.data)
+    args.dirs = dict(args.dir or [])
+    args.e2e_batch = dict(args.e2e_batch or [])
+    if args.e2e_loader == []:  # --end-to-end alone: the measured loaders
+        args.e2e_loader = args.loader
+    dirs = {s: _train_dir(s, args) for s in args.sizes}
+    ensure_tree(data, set(dirs.values()), args.generate)
+    results, e2e = [], []
+    ctx = mp.get_context("spawn")
+    for size in args.sizes:
+        for loader in args.loader:
+            with ProcessPoolExecutor(1, mp_context=ctx) as pool:  # not daemonic: may fork workers
+                try:
+                    r = pool.submit(measure, loader, str(data), dirs[size], size, args.batch_size, args.workers,
+                                    args.seconds, args.skip, device, args.dali_hw_load).result()
+                except Exception as e:  # one loader failing (e.g. DALI on this driver) must not hide the rest
+                    r = {"loader": loader, "size": size, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
+            results.append(r)
+            print(f"  {_row(r)}", file=sys.stderr, flush=True)
+    for loader in args.e2e_loader or []:
+        e2e += end_to_end(loader, str(data), dirs, args)
+        for r in e2e[-len(dirs):]:
+            print(f"  end-to-end {_e2e_row(r)}", file=sys.stderr, flush=True)
+    doc = {"kind": "pipeline", "meta": _meta(args, device, data), "results": results, "end_to_end": e2e}
+    print(format_table(doc))
+    write_json(args.json, doc)
+    return 0 if not any("error" in r for r in results + e2e) else 1
+
+
+def _meta(args: argparse.Namespace, device: str, data: Path) -> dict:
+    import torch
+    try:
+        import nvidia.dali as dali
+        dali_version = dali.__version__
+    except ImportError:
+        dali_version = None
+    return {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+            "dali": dali_version, "cpus": os.cpu_count(), "workers": args.workers, "batch_size": args.batch_size,
+            "seconds": args.seconds, "skip": args.skip, "data": str(data), "date": time.strftime("%Y-%m-%d"),
+            "command": " ".join(sys.argv)}
+
+
+def _row(r: dict) -> str:
+    if "error" in r:
+        return f"{r['loader']:<12}{r['size']:>5}  error: {r['error']}"
+    cores = f"{r['cores']:.1f}" if r["cores"] is not None else "-"
+    restart = f"{r['restart_s']:.2f}" if r["restart_s"] is not None else "-"
+    return (f"{r['loader']:<12}{r['size']:>5} {r['train_dir'] or 'full':>8}{r['img_s']:>10,.0f}"
+            f" {min(r['img_s_windows']):>8,.0f}-{max(r['img_s_windows']):<8,.0f}{cores:>6}"
+            f"{r['first_start_s']:>8.2f}{restart:>8}  {r['dtype']} {r['device']}"
+            f"{' NHWC' if r['channels_last'] else ''}, labels {r['labels_device']}, {r['epochs']} epochs")
+
+
+def _e2e_row(r: dict) -> str:
+    if "error" in r:
+        return f"{r['loader']:<12}{r['size']:>5}  error: {r['error']}"
+    img_s = f"{r['img_s']:,.0f}" if r["img_s"] else "-"
+    share = f"{100 * r['data_wait_share']:.1f}%" if r["data_wait_share"] is not None else "-"
+    warm = f"{r['warmup_epoch_s']:.1f}" if r["warmup_epoch_s"] is not None else "-"
+    return f"{r['loader']:<12}{r['size']:>5} {r['train_dir'] or 'full':>8}{img_s:>10}{share:>10}{warm:>10}"
+
+
+def format_table(doc: dict) -> str:
+    m = doc["meta"]
+    rows = [f"pipeline: {m['data']} on {m['device']} ({m['cpus']} CPUs), torch {m['torch']}, DALI {m['dali']}, "
+            f"batch {m['batch_size']}, {m['workers']} workers/threads, ~{m['seconds']} s per loader and size",
+            f"{'loader':<12}{'size':>5} {'from':>8}{'img/s':>10} {'windows (min-max)':<17}{'cores':>6}"
+            f"{'start s':>8}{'restart':>8}  output"]
+    rows += [_row(r) for r in doc["results"]]
+    if doc["end_to_end"]:
+        rows += ["end to end (train.py --profile; epochs after the first):",
+                 f"{'loader':<12}{'size':>5} {'from':>8}{'img/s':>10}{'data wait':>10}{'warm-up s':>10}"]
+        rows += [_e2e_row(r) for r in doc["end_to_end"]]
+    return "\n".join(rows)
+
+
+def _size_dir(text: str) -> tuple[int, str]:
+    size, sep, d = text.partition("=")
+    if not sep or not size.isdigit():
+        raise argparse.ArgumentTypeError(f"expected SIZE=DIR (e.g. 128=-sz/160), got {text!r}")
+    return int(size), d
+
+
+def _size_batch(text: str) -> tuple[int, int]:
+    size, sep, bs = text.partition("=")
+    if not (sep and size.isdigit() and bs.isdigit() and int(size) > 0 and int(bs) > 0):
+        raise argparse.ArgumentTypeError(f"expected SIZE=BATCH of positive integers (e.g. 128=512), got {text!r}")
+    return int(size), int(bs)
+
+
+def _positive(kind):
+    def parse(text: str):
+        v = kind(text)
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return v
+    return parse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pipeline", help="img/s of what the training loop receives, per loader and size")
+    p.add_argument("data", nargs="?", default=DEFAULT_TREE,
+                   help=f"ImageNet-style tree (default {DEFAULT_TREE}; generated when it has no train/)")
+    p.add_argument("--sizes", type=_positive(int), nargs="+", default=[128, 224], help="image sides, px")
+    p.add_argument("--loader", nargs="*", default=["torchvision", "dali"],
+                   choices=("torchvision", "dali", "dali:whole", "auto", "synthetic"),
+                   help="backends to measure; dali:whole decodes whole images then crops (the hardware "
+                   "decoder's only mode), dali decodes the crop's region only; none: only --end-to-end")
+    p.add_argument("--workers", type=_positive(int), default=os.cpu_count() or 1,
+                   help="DataLoader workers = DALI threads (default: every core)")
+    p.add_argument("--batch-size", type=_positive(int), default=256, help="images per batch")
+    p.add_argument("--seconds", type=_positive(float), default=20.0, help="measuring time per loader and size")
+    p.add_argument("--skip", type=int, default=3, help="batches at the start of each epoch left out of its window")
+    p.add_argument("--source", choices=("imagenet18", "full"), default="imagenet18",
+                   help="imagenet18: 128 px from DATA-sz/160, 224 px from DATA-sz/320; full: DATA at every size")
+    p.add_argument("--dir", type=_size_dir, action="append", metavar="SIZE=DIR",
+                   help="read SIZE px from DATA<DIR> (repeatable), e.g. 224=-sz/352")
+    p.add_argument("--generate", type=_positive(int), default=10_000, help="train images to generate when DATA is empty")
+    p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when present")
+    p.add_argument("--dali-hw-load", type=float, default=0.65, help="DALI on a GPU: hardware decoder share")
+    p.add_argument("--end-to-end", dest="e2e_loader", nargs="*", metavar="LOADER",
+                   choices=("torchvision", "dali", "dali:whole", "auto", "synthetic"),
+                   help="also run the trainer itself on these loaders (default: those of --loader) at every "
+                   "size; synthetic gives the step's own rate to compare with")
+    p.add_argument("--e2e-epochs", type=_positive(int), default=2, help="epochs per size in the end-to-end runs "
+                   "(the first is warm-up)")
+    p.add_argument("--e2e-batch", type=_size_batch, action="append", metavar="SIZE=BS",
+                   help=f"end-to-end batch per size (default {E2E_BATCH}, else --batch-size)")
+    p.add_argument("--arch", default="resnet50", help="end to end: the model")
+    p.add_argument("--json", metavar="FILE", help="write every window and setting")
+    p.set_defaults(func=run)
