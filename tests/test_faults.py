@@ -93,9 +93,9 @@ def test_sigkill_mid_epoch_elastic_restart_matches_uninterrupted_run(data, tmp_p
     # accuracy) at the same steps as the uninterrupted run's, no orphaned tail, nothing missing.
     assert len(load_run(run).scalars["first"]) == 1
     assert series(run) == series(ref)
-    rows = eval_rows(load_run(run).scalars)
+    rows = eval_rows(load_run(run))
     assert [(x.epoch, x.step) for x in rows] == [(0, 24), (1, 48), (2, 72)]
-    assert [(x.top1, x.top5) for x in rows] == [(x.top1, x.top5) for x in eval_rows(load_run(ref).scalars)]
+    assert [(x.top1, x.top5) for x in rows] == [(x.top1, x.top5) for x in eval_rows(load_run(ref))]
     assert all(0 < x.hours < y.hours for x, y in zip(rows, rows[1:]))
     human = [ln.split("\t")[0] for ln in (run / "train.log").read_text().splitlines() if ln.startswith("~~")]
     assert human == ["~~epoch", "~~0", "~~1", "~~2"]
