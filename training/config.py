@@ -31,7 +31,8 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4  # per-step L2 coefficient, PyTorch SGD convention
-    no_bn_wd: bool = False  # no weight decay on BatchNorm weights and biases
+    no_bn_wd: bool = False  # no weight decay on BatchNorm weights and biases, nothing else (imagenet18)
+    no_bias_wd: bool = False  # nor on any module's bias (fc.bias); both: every 1-d tensor of a ResNet
     label_smoothing: float = 0.0
 
 
