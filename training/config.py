@@ -22,7 +22,8 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     arch: str = "resnet50"  # any torchvision classification model name
-    init_bn0: bool = False  # zero gamma of each residual block's last BN (Goyal et al. 2017)
+    # zero gamma of each residual block's last BN (Goyal et al. 2017) and, as imagenet18, fc.weight ~ N(0, 0.01)
+    init_bn0: bool = False
     num_classes: int = 0  # 0: the number of class folders in the data
 
 
