@@ -42,6 +42,9 @@ class DataConfig:
     dir: str = ""  # DATA: holds <trndir>/train and <valdir>/validation
     loader: str = "auto"  # auto | dali | torchvision | synthetic
     workers: int = 8  # loader worker processes (threads for DALI) per rank
+    # per-rank validation batch, images, also rect_val's aspect-ratio chunk; 0: imagenet18's rule,
+    # from the phase's bs and sz: max(bs, 512) at 128 px, max(bs, 256) at 224 px, else max(bs, 128)
+    val_batch_size: int = 0
     bad_images: str = "skip"  # skip | error
     synthetic_images: int = 1024  # images per epoch for --loader synthetic
     synthetic_classes: int = 10

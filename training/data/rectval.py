@@ -7,6 +7,10 @@ longer side ``int(size * ar)`` (or ``int(size / ar)`` for tall batches) floored 
 Rank r validates a contiguous block of whole chunks, so each image is seen exactly once and every
 batch is the same chunk whatever the world size (imagenet18's ValDistSampler did the same).
 
+The validation batch, and so the chunk, is not the training batch: imagenet18 validated with
+max(bs, 512) at 128 px, max(bs, 256) at 224 px and max(bs, 128) at other sizes
+(``val_batch_size``; train_imagenet_nv.py, DataManager.preload_data).
+
 Image sizes come from the shared header index (tree.index_tree), which is cached beside the
 data, so no image is decoded to build the batches.
 """
@@ -23,6 +27,12 @@ import numpy as np
 class ValBatch:
     indices: tuple[int, ...]  # into the split's index
     hw: tuple[int, int]  # centre-crop (height, width) of every image in the batch
+
+
+def val_batch_size(size: int, batch_size: int) -> int:
+    """imagenet18's per-rank validation batch for a data phase of image ``size`` and training
+    ``batch_size``: larger batches where the images are small, which also evaluates faster."""
+    return max(batch_size, {128: 512, 224: 256}.get(size, 128))
 
 
 def aspect_ratio(width: int, height: int) -> float:

@@ -83,7 +83,7 @@ def build_loaders(cfg: Config, schedule: Schedule, info: dist.DistInfo) -> Phase
                       channels_last=on_gpu and cfg.train.channels_last, bad_images=cfg.data.bad_images,
                       synthetic_images=cfg.data.synthetic_images, synthetic_classes=cfg.data.synthetic_classes)
     backend = get_backend(cfg.data.loader, log=lambda m: print(m, file=sys.stderr) if info.is_main else None)
-    return PhaseLoaders(backend, spec, schedule.data_phases)
+    return PhaseLoaders(backend, spec, schedule.data_phases, cfg.data.val_batch_size)
 
 
 def compile_static(model: nn.Module, num_shapes: int) -> nn.Module:
