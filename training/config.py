@@ -22,7 +22,8 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     arch: str = "resnet50"  # any torchvision classification model name
-    init_bn0: bool = False  # zero gamma of each residual block's last BN (Goyal et al. 2017)
+    # zero gamma of each residual block's last BN (Goyal et al. 2017) and, as imagenet18, fc.weight ~ N(0, 0.01)
+    init_bn0: bool = False
     num_classes: int = 0  # 0: the number of class folders in the data
 
 
@@ -31,7 +32,8 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4  # per-step L2 coefficient, PyTorch SGD convention
-    no_bn_wd: bool = False  # no weight decay on BatchNorm weights and biases
+    no_bn_wd: bool = False  # no weight decay on BatchNorm weights and biases, nothing else (imagenet18)
+    no_bias_wd: bool = False  # nor on any module's bias (fc.bias); both: every 1-d tensor of a ResNet
     label_smoothing: float = 0.0
 
 
@@ -40,6 +42,9 @@ class DataConfig:
     dir: str = ""  # DATA: holds <trndir>/train and <valdir>/validation
     loader: str = "auto"  # auto | dali | torchvision | synthetic
     workers: int = 8  # loader worker processes (threads for DALI) per rank
+    # per-rank validation batch, images, also rect_val's aspect-ratio chunk; 0: imagenet18's rule,
+    # from the phase's bs and sz: max(bs, 512) at 128 px, max(bs, 256) at 224 px, else max(bs, 128)
+    val_batch_size: int = 0
     bad_images: str = "skip"  # skip | error
     synthetic_images: int = 1024  # images per epoch for --loader synthetic
     synthetic_classes: int = 10

@@ -265,7 +265,7 @@ def run(state: TrainState, loaders: PhaseSource, hooks: Hooks, ctx: RunContext) 
         if phase != last_phase:
             log.scalar("sizes/batch", phase.batch_size, state.step)
             log.scalar("sizes/image", phase.size, state.step)
-            log.human(f"phase at epoch {epoch}: size {phase.size} batch {phase.batch_size} "
+            log.human(f"phase at epoch {epoch}: size {phase.size} batch {phase.batch_size} val_batch {val.batch_size} "
                       f"min_scale {phase.min_scale} rect_val {phase.rect_val} train_dir '{phase.train_dir}'")
             last_phase = phase
         train_epoch(state, train, hooks, ctx, epoch, timer)

@@ -85,7 +85,7 @@ def build_loaders(cfg: Config, schedule: Schedule, info: dist.DistInfo) -> Phase
                       dali_fused_crop=cfg.data.dali_fused_crop, dali_hw_load=cfg.data.dali_hw_load)
     backend = get_backend(cfg.data.loader, log=lambda m: print(m, file=sys.stderr) if info.is_main else None,
                           device=info.device, workers=cfg.data.workers)
-    return PhaseLoaders(backend, spec, schedule.data_phases)
+    return PhaseLoaders(backend, spec, schedule.data_phases, cfg.data.val_batch_size)
 
 
 def compile_static(model: nn.Module, num_shapes: int) -> nn.Module:
