@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+from procs import run_bounded
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SHARED_DIR", REPO.parent / "shared"))
@@ -31,7 +33,8 @@ def materialize_cifar(fmt: str) -> Path:
         args = [sys.executable, str(script), str(out)]
         if fmt != "batches":
             args += ["--format", fmt]
-        subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+        r = run_bounded(args, cwd=REPO, timeout=600)
+        assert r.returncode == 0, r.stderr[-4000:]
         done.touch()
     return out
 
@@ -74,3 +77,13 @@ def make_jpeg_tree(root: Path, classes: int = 3, train_per_class: int = 8, val_p
 @pytest.fixture
 def jpeg_tree(tmp_path: Path) -> Path:
     return make_jpeg_tree(tmp_path / "data")
+
+
+@pytest.fixture
+def one_thread():
+    """For a training run inside the test process: one thread, as the subprocess runs get
+    (OMP_NUM_THREADS=1), so the shared 2-core machine is not oversubscribed."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from conftest import REPO
+from procs import run_bounded
 from training import bench, loop
 from training.dist import DistInfo
 from training.logs import RunLogger
@@ -21,10 +21,9 @@ from training.profiling import TraceWindow
 
 def test_throughput_cli_cpu_writes_both_paths_ratio_and_memory(tmp_path):
     out = tmp_path / "tp.json"
-    r = subprocess.run([sys.executable, "-m", "training.bench", "throughput", "--arch", "resnet18", "--sizes", "32",
-                        "--batch-size", "4", "--steps", "2", "--warmup", "1", "--repeats", "1", "--device", "cpu",
-                        "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = run_bounded([sys.executable, "-m", "training.bench", "throughput", "--arch", "resnet18", "--sizes", "32",
+                     "--batch-size", "4", "--steps", "2", "--warmup", "1", "--repeats", "1", "--device", "cpu",
+                     "--json", str(out)], cwd=REPO, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ratio ours/reference" in r.stdout
     doc = json.loads(out.read_text())

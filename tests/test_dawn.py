@@ -18,13 +18,14 @@ import pytest
 
 from conftest import FIXTURE_EVENTS, REPO
 from dawn.events import EventsError, load_run, load_scalars, run_metadata
+from procs import run_bounded
 
 EXPORTER = "dawn/prepare_dawn_tsv.py"
 ACC = ("losses/test_1", "losses/test_5", "times/eval_sec", "epoch")
 
 
 def export(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, EXPORTER, *args], cwd=REPO, capture_output=True, text=True)
+    return run_bounded([sys.executable, EXPORTER, *args], cwd=REPO, timeout=120)
 
 
 def tsv_rows(text: str) -> list[list[str]]:
@@ -292,6 +293,20 @@ def test_tensor_scalars_and_run_metadata_text(tmp_path):
     assert sched["lr"] == [{"epochs": [0, 2], "lr": [1.0, 2.0]}, {"epochs": [2, 4], "lr": [2.0, 0.1]}]
     assert entry["misc"]["timeToTarget"] == {"top5Accuracy": 93.0, "reached": True, "epoch": 1,
                                              "hours": 0.2, "evalTimeExcluded": False}
+
+
+def test_epoch_column_is_the_logged_epoch_not_the_row_index(tmp_path):
+    # Evaluations every 5 epochs, then a final one after epoch 17 (a CIFAR run evaluates only then):
+    # the row index (0, 1, 2) is never the epoch.
+    write_run(tmp_path, [(500, 1360, 10.0, 80.0, 1.0, 4), (1000, 1720, 30.0, 94.0, 1.0, 9),
+                         (1800, 2080, 35.0, 95.0, 1.0, 17)])
+    r = export("--events_path", str(tmp_path))
+    assert [x[0] for x in tsv_rows(r.stdout)] == ["4", "9", "17"]
+    assert "reached 93% at epoch 9 after 0.20000 h" in r.stderr
+    final = tmp_path / "final"
+    write_run(final, [(1800, 2080, 35.0, 95.0, 1.0, 17)])
+    entry = json.loads(export("--events_path", str(final), "--format", "json").stdout)
+    assert entry["misc"]["timeToTarget"]["epoch"] == 17
 
 
 def test_never_reaches_target(tmp_path):

@@ -6,7 +6,6 @@ only in the first attempt of an elastic run."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,10 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from torch.utils.tensorboard import SummaryWriter
 
 from conftest import REPO, make_jpeg_tree
 from dawn.events import load_run
 from dawn.prepare_dawn_tsv import eval_rows
+from procs import run_bounded
 from training import dist, loop, train
 from training.logs import RunLogger
 from training.phases import parse_schedule
@@ -33,25 +34,8 @@ def data(tmp_path_factory) -> Path:
     return make_jpeg_tree(tmp_path_factory.mktemp("jpeg") / "data")
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def run_group(cmd: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run in a new session; on timeout kill the whole group, so no worker outlives the test."""
-    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**ENV, **(env or {})}, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, err = p.communicate()
-        raise AssertionError(f"timed out after {timeout}s\n{out[-2000:]}\n{err[-4000:]}") from None
-    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+    return run_bounded(cmd, cwd=REPO, timeout=timeout, env={**ENV, **(env or {})})
 
 
 def torchrun(*args: str, nproc: int = 2, restarts: int = 0, env: dict | None = None,
@@ -113,6 +97,27 @@ def test_hung_rank_fails_the_group_after_the_timeout_naming_it(data, tmp_path):
     assert "collective timeout 5s (train.dist_timeout_s)" in lines[0]
     assert lines[0].endswith("no word from rank 1: likely dead or hung"), lines[0]
     assert elapsed < 90
+
+
+def test_resume_purges_what_the_crashed_attempt_logged_after_the_checkpoint(data, tmp_path, one_thread):
+    logdir = tmp_path / "run"
+    args = [str(data), *TINY, f"train.logdir={logdir}"]
+    assert train.main([*args, "train.max_epochs=1"]) == 0  # checkpoint after epoch 0, at step 24
+    # The crashed attempt's tail: values at steps the resumed run never logs (it logs every 8 or 16
+    # images), so only the purge can remove them, and the `~~` row of an epoch it did not finish.
+    crashed = SummaryWriter(str(logdir))
+    for tag, step in (("losses/xent", 28), ("losses/test_1", 36), ("losses/test_5", 36), ("epoch", 36)):
+        crashed.add_scalar(tag, 99.0, step)
+    crashed.close()
+    with open(logdir / "train.log", "a") as f:
+        f.write("~~1\t0.00100\t\t99.000\t\t99.000\n")
+    assert train.main([*args, "--resume", "auto"]) == 0
+    scalars = load_run(logdir).scalars
+    assert [s.step for s in scalars["losses/xent"]] == [8, 16, 24, 40, 48, 56, 64, 72]
+    assert [(x.epoch, x.step) for x in eval_rows(scalars)] == [(0, 24), (1, 48), (2, 72)]
+    assert 99.0 not in [s.value for values in scalars.values() for s in values]
+    human = [ln.split("\t")[0] for ln in (logdir / "train.log").read_text().splitlines() if ln.startswith("~~")]
+    assert human == ["~~epoch", "~~0", "~~1", "~~2"]
 
 
 def test_restart_before_the_first_checkpoint_starts_the_log_over(data, tmp_path, capsys, monkeypatch, one_thread):

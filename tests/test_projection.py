@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from conftest import REPO
+from procs import run_bounded
 from training.bench import project as P
 from training.phases import parse_schedule
 
@@ -58,8 +59,7 @@ def test_interpolates_seconds_per_image_against_pixels(tp):
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "training.bench", "project", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    return run_bounded([sys.executable, "-m", "training.bench", "project", *args], cwd=REPO, timeout=60)
 
 
 def test_cli_table_for_8x8(tmp_path):

@@ -1,8 +1,9 @@
 """Atomic checkpoints: temp file + fsync + rename, keep the last K, fall back past corrupt ones.
 
 A checkpoint holds everything needed to continue a run exactly: the unwrapped model, optimizer,
-grad scaler, the next epoch to run, the global step, RNG states, the resolved config and the
-schedule, and the run's start time (so a resumed run's hours continue the original clock).
+grad scaler, the next epoch to run, the global step, the resolved config and the schedule, and the
+run's start time (so a resumed run's hours continue the original clock). No RNG state: a run
+resumes at an epoch boundary, where the loop reseeds from (seed, epoch) anyway.
 Loading uses ``weights_only=True``: a checkpoint from an untrusted place cannot run code.
 A CRC-32 of every tensor's bytes is stored inside and checked on load, so a checkpoint damaged
 after it was written (bit rot, a bad copy) is refused like a truncated one, not trained on.
@@ -10,7 +11,6 @@ after it was written (bit rot, a bad copy) is refused like a truncated one, not 
 from __future__ import annotations
 
 import os
-import random
 import re
 import sys
 import tempfile
@@ -133,17 +133,3 @@ def latest_good(logdir: str | os.PathLike) -> tuple[Path, dict] | None:
         except CheckpointError as e:
             print(f"warning: {e}; falling back to an older checkpoint", file=sys.stderr)
     return None
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -188,7 +188,6 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict)
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
-        checkpoint.set_rng_state(ckpt["rng"])
 
     forward_model: nn.Module = model
     if info.distributed:
@@ -265,7 +264,7 @@ def _save(state: loop.TrainState, cfg: Config, info: dist.DistInfo, logger: RunL
         payload = {
             "model": state.raw_model.state_dict(), "optimizer": state.optimizer.state_dict(),
             "scaler": state.scaler.state_dict() if state.scaler is not None else None,
-            "epoch": state.epoch, "step": state.step, "rng": checkpoint.rng_state(),
+            "epoch": state.epoch, "step": state.step,
             "config": to_dict(cfg) | {"phases": list(state.schedule.raw)},
             "arch": cfg.model.arch, "start_time": logger.start_time,
         }
