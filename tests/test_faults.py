@@ -6,7 +6,6 @@ only in the first attempt of an elastic run."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import REPO, make_jpeg_tree
+from conftest import REPO, kill_tree, make_jpeg_tree
 from dawn.events import load_run
 from dawn.prepare_dawn_tsv import eval_rows
 from training import dist, loop, train
@@ -42,13 +41,13 @@ def one_thread():
 
 
 def run_group(cmd: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run in a new session; on timeout kill the whole group, so no worker outlives the test."""
+    """Run in a new session; on timeout kill every process below it, so no worker outlives the test."""
     p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env={**ENV, **(env or {})}, start_new_session=True)
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
+        kill_tree(p.pid)
         out, err = p.communicate()
         raise AssertionError(f"timed out after {timeout}s\n{out[-2000:]}\n{err[-4000:]}") from None
     return subprocess.CompletedProcess(cmd, p.returncode, out, err)
@@ -115,12 +114,19 @@ def test_hung_rank_fails_the_group_after_the_timeout_naming_it(data, tmp_path):
     assert elapsed < 90
 
 
-def test_restart_before_the_first_checkpoint_starts_the_log_over(data, tmp_path, capsys, monkeypatch, one_thread):
+@pytest.mark.parametrize("known_by", ["restart count", "recorded agent"])
+def test_restart_before_the_first_checkpoint_starts_the_log_over(data, tmp_path, capsys, monkeypatch, one_thread,
+                                                                 known_by):
     logdir = tmp_path / "run"
     crashed = RunLogger(logdir, True)  # a first attempt that died in epoch 0: a start, a loss, no checkpoint
     crashed.scalar("losses/xent", 99.0, 8)
     crashed.close()
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    if known_by == "restart count":
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    else:  # every agent reports 0 (a membership change), but this one also ran the crashed attempt
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job1")
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.record_attempt(str(logdir), dist.Attempt(False, (dist.agent_id(),)))
     rc = train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1", "train.short_epoch=true",
                      "train.short_epoch_steps=1"])
     assert rc == 0
