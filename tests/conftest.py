@@ -1,7 +1,11 @@
-"""Shared test fixtures: real CIFAR-10 materialised from ../shared into a cache, generated JPEG trees."""
+"""Shared test fixtures: real CIFAR-10 materialised from ../shared into a cache, generated JPEG trees,
+and killing the whole tree of processes a test started (torchrun agents and their workers)."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -87,3 +91,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: torchrun starts each worker in a session of its own, so killing
+    the agent's process group alone would leave the workers running."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        found += (kids := children.get(todo.pop(), []))
+        todo += kids
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    for p in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p, signal.SIGKILL)  # the group p leads, if any (a worker's data loaders)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, signal.SIGKILL)

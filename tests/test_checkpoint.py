@@ -174,14 +174,13 @@ def test_load_is_weights_only_nothing_runs(tmp_path, monkeypatch):
 def test_elastic_restart_resumes_from_the_logdir_even_with_an_explicit_resume(tmp_path, monkeypatch):
     cfg = Config()
     cfg.train.logdir = str(tmp_path / "run")
-    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
-    assert imagenet.find_resume(cfg) == ""
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert imagenet.find_resume(cfg) == "auto"
+    assert imagenet.find_resume(cfg, restarted=False) == ""
+    assert imagenet.find_resume(cfg, restarted=True) == "auto"
     cfg.train.resume = "/somewhere/epoch_0010.pt"  # where the first attempt started from
-    assert imagenet.find_resume(cfg) == "/somewhere/epoch_0010.pt"  # the run has written nothing yet
+    assert imagenet.find_resume(cfg, restarted=True) == "/somewhere/epoch_0010.pt"  # the run has written nothing yet
     checkpoint.save(state(11), cfg.train.logdir, 11, keep=3)
-    assert imagenet.find_resume(cfg) == "auto"  # its own progress wins
+    assert imagenet.find_resume(cfg, restarted=True) == "auto"  # its own progress wins
+    assert imagenet.find_resume(cfg, restarted=False) == "/somewhere/epoch_0010.pt"  # a new job: as told
 
 
 def test_human_log_keeps_one_run(tmp_path):
@@ -195,19 +194,17 @@ def test_human_log_keeps_one_run(tmp_path):
 
 
 def test_fault_drill_spec(monkeypatch):
-    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
     monkeypatch.delenv(dist.FAULT_ENV, raising=False)
-    assert dist.fault_injector(0) is None
+    assert dist.fault_injector(0, restarted=False) is None
     for bad in ("kill", "kill:1:2", "explode:1:2:0", "kill:a:2:0", "kill:1:2:0:0"):
         monkeypatch.setenv(dist.FAULT_ENV, bad)
         with pytest.raises(ConfigError, match="expected kill|hang:EPOCH:STEP:RANK"):
-            dist.fault_injector(0)
+            dist.fault_injector(0, restarted=False)
     monkeypatch.setenv(dist.FAULT_ENV, "kill:1:2:1")
-    assert dist.fault_injector(0) is None  # another rank's fault
-    fire = dist.fault_injector(1)
+    assert dist.fault_injector(0, restarted=False) is None  # another rank's fault
+    fire = dist.fault_injector(1, restarted=False)
     fire(0, 2), fire(1, 1), fire(2, 2)  # not the step: nothing happens
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert dist.fault_injector(1) is None  # a restarted group runs clean
+    assert dist.fault_injector(1, restarted=True) is None  # a restarted group runs clean
 
 
 def test_peer_failure_is_recognised_only_in_a_process_group():

@@ -114,18 +114,25 @@ def test_resume_purges_what_the_crashed_attempt_logged_after_the_checkpoint(data
     assert train.main([*args, "--resume", "auto"]) == 0
     scalars = load_run(logdir).scalars
     assert [s.step for s in scalars["losses/xent"]] == [8, 16, 24, 40, 48, 56, 64, 72]
-    assert [(x.epoch, x.step) for x in eval_rows(scalars)] == [(0, 24), (1, 48), (2, 72)]
+    assert [(x.epoch, x.step) for x in eval_rows(load_run(logdir))] == [(0, 24), (1, 48), (2, 72)]
     assert 99.0 not in [s.value for values in scalars.values() for s in values]
     human = [ln.split("\t")[0] for ln in (logdir / "train.log").read_text().splitlines() if ln.startswith("~~")]
     assert human == ["~~epoch", "~~0", "~~1", "~~2"]
 
 
-def test_restart_before_the_first_checkpoint_starts_the_log_over(data, tmp_path, capsys, monkeypatch, one_thread):
+@pytest.mark.parametrize("known_by", ["restart count", "recorded agent"])
+def test_restart_before_the_first_checkpoint_starts_the_log_over(data, tmp_path, capsys, monkeypatch, one_thread,
+                                                                 known_by):
     logdir = tmp_path / "run"
     crashed = RunLogger(logdir, True)  # a first attempt that died in epoch 0: a start, a loss, no checkpoint
     crashed.scalar("losses/xent", 99.0, 8)
     crashed.close()
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    if known_by == "restart count":
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    else:  # every agent reports 0 (a membership change), but this one also ran the crashed attempt
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job1")
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.record_attempt(str(logdir), dist.Attempt(False, (dist.agent_id(),)))
     rc = train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1", "train.short_epoch=true",
                      "train.short_epoch_steps=1"])
     assert rc == 0

@@ -37,12 +37,13 @@ def check_data_root(root: str, schedule: Schedule, loader: str) -> None:
                 raise DataError(f"data dir {d} does not exist (phase at epoch {ph.start})")
 
 
-def find_resume(cfg: Config) -> str:
-    """'auto', or an elastic restart: the latest good checkpoint in the logdir. A restarted group
-    prefers the run's own checkpoints to an explicit --resume path (where the first attempt began),
-    which it uses only while the logdir holds none."""
+def find_resume(cfg: Config, restarted: bool) -> str:
+    """'auto', or an elastic restart (``restarted``: dist.group_attempt's, for the whole group): the
+    latest good checkpoint in the logdir. A restarted group prefers the run's own checkpoints to an
+    explicit --resume path (where the first attempt began), which it uses only while the logdir
+    holds none."""
     resume = cfg.train.resume
-    if dist.restart_count() > 0 and (not resume or checkpoint.list_checkpoints(cfg.train.logdir)):
+    if restarted and (not resume or checkpoint.list_checkpoints(cfg.train.logdir)):
         resume = "auto"
     return resume
 
@@ -119,9 +120,10 @@ def main(cfg: Config) -> int:
     created: list[Path] = []
     progress: dict = {}  # _train puts its TrainState here, for the failure message
     try:
+        attempt = dist.group_attempt(info, cfg.train.logdir)  # a collective: every rank, once
         if info.is_main:
             created = check_logdir(cfg.train.logdir)
-        return _train(cfg, schedule, info, progress)
+        return _train(cfg, schedule, info, progress, attempt)
     except Exception as e:
         for d in created:  # deepest first; only while still empty: bad input leaves no partial output
             try:
@@ -159,9 +161,9 @@ def _trim_human_log(logdir: str, keep_before: int | None) -> None:
         os.replace(tmp, path)
 
 
-def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict) -> int:
-    fault = dist.fault_injector(info.rank)  # the drill of docs/OPERATIONS.md; None unless asked for
-    resume = find_resume(cfg)
+def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict, attempt: dist.Attempt) -> int:
+    fault = dist.fault_injector(info.rank, attempt.restarted)  # docs/OPERATIONS.md's drill; None unless asked
+    resume = find_resume(cfg, attempt.restarted)
     ckpt = load_resume(resume, cfg, info)
     start_epoch = ckpt["epoch"] if ckpt else 0
     if ckpt:
@@ -210,13 +212,14 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict)
     # over and purges the earlier attempt. train.log's `~~` rows likewise. Evaluating changes nothing.
     purge = None
     if not cfg.train.evaluate:
-        purge = state.step + 1 if ckpt else (0 if dist.restart_count() > 0 else None)
+        purge = state.step + 1 if ckpt else (0 if attempt.restarted else None)
     if info.is_main and purge is not None:
         _trim_human_log(cfg.train.logdir, start_epoch if ckpt else None)
     logger = RunLogger(cfg.train.logdir, info.is_main, start_time=ckpt.get("start_time") if ckpt else None,
                        purge_step=purge)
     if info.is_main:
         (Path(cfg.train.logdir) / "config.yaml").write_text(dump(cfg))
+        dist.record_attempt(cfg.train.logdir, attempt)
         if not ckpt:
             logger.metadata(run_metadata(cfg, info))
     ctx = loop.RunContext(dist=info, logger=logger, num_train=train_loader.num_images,
