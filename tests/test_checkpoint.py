@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 
 from conftest import REPO
+from dawn.events import load_run
+from dawn.prepare_dawn_tsv import eval_rows
 from training import checkpoint, dist, loop, train
 from training.config import Config, ConfigError
 from training.logs import RunLogger
@@ -386,13 +388,14 @@ def test_sigterm_waits_for_a_snapshot_in_progress_and_spares_the_way_out():
 def test_sigterm_saves_the_last_finished_epoch_then_exits(jpeg_tree, tmp_path):
     """No checkpoint is due (every 100 epochs) when SIGTERM comes in epoch 2, after its first step:
     the state after epoch 2, kept in host memory, is written, then the exit (143). The profile has
-    the step's wait and the background write as separate rows."""
+    the step's wait and the background write as separate rows. Resumed, the run logs as one run."""
     run, log = tmp_path / "run", tmp_path / "stderr.txt"
+    args = [sys.executable, "training/train.py", str(jpeg_tree), *TINY, f"train.logdir={run}",
+            "train.checkpoint_every=100"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(log, "w") as err:
-        p = subprocess.Popen([sys.executable, "training/train.py", str(jpeg_tree), *TINY, f"train.logdir={run}",
-                              "train.checkpoint_every=100", "--profile"], cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=err, env={**os.environ, "OMP_NUM_THREADS": "1", dist.FAULT_ENV: "hang:2:0:0"},
-                             start_new_session=True)
+        p = subprocess.Popen([*args, "--profile"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+                             env={**env, dist.FAULT_ENV: "hang:2:0:0"}, start_new_session=True)
         try:
             deadline = time.time() + 240
             while "fault drill" not in log.read_text() and time.time() < deadline and p.poll() is None:
@@ -405,8 +408,16 @@ def test_sigterm_saves_the_last_finished_epoch_then_exits(jpeg_tree, tmp_path):
                 p.wait()
     text = log.read_text()
     assert rc == 128 + signal.SIGTERM, text[-3000:]
-    assert "stopped by SIGTERM; newest checkpoint of this run: after epoch 2" in text
+    assert "stopped by SIGTERM; last checkpoint this process wrote: after epoch 2" in text
     assert names(run) == ["epoch_0002.pt"]
     ckpt = checkpoint.load(checkpoint.path_for(run, 2))
     assert (ckpt["epoch"], ckpt["step"]) == (2, 48)  # 24 images per epoch
     assert text.count("  checkpoint wait ") == 2 and text.count("  checkpoint write ") == 2
+    r = subprocess.run([*args, "--resume", "auto"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert names(run) == ["epoch_0002.pt", "epoch_0003.pt"]  # the last epoch is always saved
+    scalars = load_run(run).scalars
+    assert [(x.epoch, x.step) for x in eval_rows(scalars)] == [(0, 24), (1, 48), (2, 72)]
+    assert [x.step for x in scalars["times/checkpoint_sec"]] == [48, 72]
+    human = [ln.split("\t")[0] for ln in (run / "train.log").read_text().splitlines() if ln.startswith("~~")]
+    assert human == ["~~epoch", "~~0", "~~1", "~~2"]

@@ -264,7 +264,7 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict)
         if sigterm.received:
             if info.is_main:
                 saved = f"after epoch {ckpt.last_written}" if ckpt.last_written is not None else "none written"
-                print(f"stopped by SIGTERM; newest checkpoint of this run: {saved}", file=sys.stderr, flush=True)
+                print(f"stopped by SIGTERM; last checkpoint this process wrote: {saved}", file=sys.stderr, flush=True)
             return 128 + signal.SIGTERM
         return 0
     finally:
