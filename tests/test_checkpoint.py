@@ -385,6 +385,27 @@ def test_sigterm_waits_for_a_snapshot_in_progress_and_spares_the_way_out():
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
 
 
+FORKED_WORKER = r"""
+import os, signal, time
+from training import checkpoint
+
+with checkpoint.SigtermGuard():
+    pid = os.fork()
+    if pid == 0:  # a loader worker forked during training
+        time.sleep(30)
+        os._exit(0)
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGTERM)
+    _, status = os.waitpid(pid, 0)
+    print(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM)
+"""
+
+
+def test_sigterm_ends_a_forked_worker_as_before():
+    r = subprocess.run([sys.executable, "-c", FORKED_WORKER], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "True", r.stdout + r.stderr[-2000:]
+
+
 def test_sigterm_saves_the_last_finished_epoch_then_exits(jpeg_tree, tmp_path):
     """No checkpoint is due (every 100 epochs) when SIGTERM comes in epoch 2, after its first step:
     the state after epoch 2, kept in host memory, is written, then the exit (143). The profile has

@@ -217,7 +217,7 @@ class Checkpointer:
         check_cadence(every, min_interval_s)
         self.logdir, self.keep, self.every, self.min_interval_s = logdir, keep, every, min_interval_s
         self.on_written, self.clock = on_written, clock
-        self.last_written: int | None = None  # epoch of the newest checkpoint this run wrote
+        self.last_written: int | None = None  # epoch of the newest checkpoint this process wrote
         self.write_s = 0.0  # seconds of finished background writes not yet taken by take_write_s
         self._last_start = clock()  # the run's start counts as a checkpoint for the interval
         self._thread: threading.Thread | None = None
@@ -269,7 +269,7 @@ class Checkpointer:
             # A full disk must not kill a long run: the previous checkpoint is intact; say so loudly.
             print(f"warning: checkpoint after epoch {epoch} not written ({e.strerror or e}); "
                   "the previous checkpoint is kept, training continues", file=sys.stderr, flush=True)
-        except BaseException as e:  # noqa: BLE001 - handed to the training thread by _collect
+        except BaseException as e:  # anything else: raised on the training thread by _collect
             self._result = e
 
     def _collect(self, block: bool) -> None:
