@@ -65,6 +65,11 @@ class TrainConfig:
     short_epoch: bool = False  # a few steps per epoch, for smoke tests
     short_epoch_steps: int = 4
     keep_checkpoints: int = 3  # how many epoch checkpoints to keep
+    # A checkpoint is written (in the background) after every checkpoint_every-th epoch, once at least
+    # checkpoint_min_interval_s have passed since the previous one began; the run's last epoch and a
+    # SIGTERM always get one. A restart redoes the epochs since the newest written checkpoint.
+    checkpoint_every: int = 1  # epochs between checkpoints (>= 1)
+    checkpoint_min_interval_s: float = 0.0  # seconds, at least, between checkpoints; 0: no minimum
     nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss does
     dist_timeout_s: int = 1800  # collective timeout before a hung rank fails the group, seconds
     print_freq: int = 50  # steps between progress lines (and host syncs for the loss)

@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -114,6 +115,7 @@ def main(cfg: Config) -> int:
     schedule = parse_schedule(cfg.phases)
     resnet.check_arch(cfg.model.arch)  # before anything is printed, indexed or created
     check_data_root(cfg.data.dir, schedule, cfg.data.loader)
+    checkpoint.check_cadence(cfg.train.checkpoint_every, cfg.train.checkpoint_min_interval_s)
     info = dist.setup(cfg.train.device, cfg.train.dist_timeout_s)
     if info.is_main and (warning := loop.precision_warning(info.device, cfg.train.precision)):
         print(warning, file=sys.stderr)
@@ -235,6 +237,11 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
                 print(json.dumps({"epoch": start_epoch, "top1": res.top1, "top5": res.top5,
                                   "loss": res.loss, "images": res.count}))
             return 0
+        ckpt = checkpoint.Checkpointer(
+            cfg.train.logdir, cfg.train.keep_checkpoints, cfg.train.checkpoint_every,
+            cfg.train.checkpoint_min_interval_s,
+            on_written=lambda epoch, step, seconds: logger.scalar("times/checkpoint_sec", seconds, step))
+        sigterm = checkpoint.SigtermGuard()
         trace = TraceWindow(cfg.train.profile_trace if info.is_main else "", info.device)
         after_step = trace.hook
         if fault is not None:  # the fault drill runs after any other per-step hook
@@ -245,37 +252,49 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
         hooks = loop.Hooks(
             loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
             after_step=after_step,
-            after_epoch=lambda s: _save(s, cfg, info, logger),
+            after_epoch=lambda s: _save(s, cfg, info, logger, ckpt, sigterm),
+            background=lambda: {"checkpoint write": ckpt.take_write_s()},
         )
-        with trace:
-            loop.run(state, loaders, hooks, ctx)
+        with sigterm, trace:
+            try:
+                loop.run(state, loaders, hooks, ctx)
+            except checkpoint.Preempted:
+                pass
+            finally:
+                sigterm.quiet()  # from here a SIGTERM cuts nothing short: the last write completes
+                t0 = time.perf_counter()
+                ckpt.wait()  # whatever ended the run, the write in flight finishes before the exit
+            ckpt.save_latest()  # the last epoch is always saved; after a SIGTERM the last finished one
+            if ctx.profile:
+                logger.progress(f"profile: at exit, checkpoint wait {time.perf_counter() - t0:.3f} s, "
+                                f"checkpoint write {ckpt.take_write_s():.3f} s (in the background)")
+        if sigterm.received:
+            if info.is_main:
+                saved = f"after epoch {ckpt.last_written}" if ckpt.last_written is not None else "none written"
+                print(f"stopped by SIGTERM; last checkpoint this process wrote: {saved}", file=sys.stderr, flush=True)
+            return 128 + signal.SIGTERM
         return 0
     finally:
         loaders.close()
         logger.close()
 
 
-def _save(state: loop.TrainState, cfg: Config, info: dist.DistInfo, logger: RunLogger) -> None:
-    """Rank 0 writes; the others wait, so nobody runs ahead of a checkpoint that may fail.
-    Non-finite weights are never saved, so the last checkpoint on disk is always a good one."""
+def _save(state: loop.TrainState, cfg: Config, info: dist.DistInfo, logger: RunLogger,
+          ckpt: checkpoint.Checkpointer, sigterm: checkpoint.SigtermGuard) -> None:
+    """Rank 0 hands the state to the checkpointer (a host copy; a write when due); no rank waits for
+    the write. Non-finite weights are never saved, so the last checkpoint on disk is always a good one.
+    A SIGTERM meanwhile waits for the copy, so it can save this epoch."""
     weights = [t for t in state.raw_model.state_dict().values() if t.is_floating_point()]
     if weights and not bool(torch.stack([torch.isfinite(t).all() for t in weights]).all()):
         raise loop.NonFiniteLoss(f"weights became non-finite in epoch {state.epoch - 1}; not checkpointed "
                                  "(the last good checkpoint is kept)")
-    if info.is_main:
-        t0 = time.time()
-        payload = {
+    if not info.is_main:
+        return
+    with sigterm.holding():
+        ckpt.epoch_done(state.epoch, {
             "model": state.raw_model.state_dict(), "optimizer": state.optimizer.state_dict(),
             "scaler": state.scaler.state_dict() if state.scaler is not None else None,
             "epoch": state.epoch, "step": state.step,
             "config": to_dict(cfg) | {"phases": list(state.schedule.raw)},
             "arch": cfg.model.arch, "start_time": logger.start_time,
-        }
-        try:
-            checkpoint.save(payload, cfg.train.logdir, state.epoch, cfg.train.keep_checkpoints)
-            logger.scalar("times/checkpoint_sec", time.time() - t0, state.step)
-        except OSError as e:
-            # A full disk must not kill a long run: the previous checkpoint is intact; say so loudly.
-            print(f"warning: checkpoint after epoch {state.epoch} not written ({e.strerror or e}); "
-                  "the previous checkpoint is kept, training continues", file=sys.stderr)
-    dist.barrier()
+        })
