@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
 from pathlib import Path
 
 # subcommand -> module in this package; each module has add_parser(subparsers) setting func
