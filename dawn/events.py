@@ -6,10 +6,12 @@ PATH is one event file, or a run directory whose ``events.out.tfevents.*`` files
 - files are read in the order of their first event's wall time (when each writer started), so a
   run resumed after a crash reads the resumed file last;
 - for a duplicated (tag, step) the value read last wins, so the resumed file overrides the crashed
-  one, as TensorBoard shows it;
+  one, as TensorBoard shows it; ``Run.earliest`` still sees the overridden values, for a start tag
+  that a trainer logs again at every launch;
 - a ``SessionLog.START`` event at step S (``SummaryWriter(purge_step=S)``) drops everything read
   before it at steps >= S, as TensorBoard does, so a resume from an earlier checkpoint loses the
   crashed attempt's orphaned tail;
+- a file or directory that cannot be read is an error naming it;
 - in a directory, empty event files (a writer killed before its first flush) are skipped and listed
   in ``Run.skipped``; an empty file given as PATH, or a directory of only empty files, is an error.
 
@@ -35,6 +37,7 @@ class Scalar:
     step: int
     wall_time: float
     value: float
+    file: Path = field(compare=False, repr=False)  # the event file it was read from, for errors
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class Run:
     files: tuple[Path, ...]  # the event files read, in read order
     skipped: tuple[Path, ...]  # empty event files left out of a directory
     scalars: dict[str, list[Scalar]] = field(default_factory=dict)  # sorted by step
+    # Each tag's value with the earliest wall time, whatever its step: values that a later file
+    # overrode at their step count, values a purge dropped do not.
+    earliest: dict[str, Scalar] = field(default_factory=dict)
     texts: dict[str, list[Text]] = field(default_factory=dict)  # sorted by step
 
 
@@ -62,7 +68,11 @@ def event_files(path: str | Path) -> list[Path]:
         raise EventsError(f"{path}: no such file or directory")
     if not path.is_dir():
         raise EventsError(f"{path}: not a file or directory")
-    files = sorted(p for p in path.glob(EVENT_GLOB) if p.is_file())
+    try:
+        entries = list(path.iterdir())  # unlike glob, a directory that cannot be listed is an error
+    except OSError as e:
+        raise EventsError(f"{path}: cannot read directory ({e.strerror or e})") from None
+    files = sorted(p for p in entries if p.match(EVENT_GLOB) and p.is_file())
     if not files:
         nested = sum(1 for p in path.rglob(EVENT_GLOB) if p.is_file())
         hint = f" ({nested} in subdirectories: pass one run directory)" if nested else ""
@@ -88,23 +98,28 @@ def load_run(path: str | Path) -> Run:
 
     from tensorboard.compat.proto.event_pb2 import SessionLog
 
-    records: dict[tuple[str, int], Scalar | Text] = {}
+    records: dict[tuple[str, int], list[Scalar | Text]] = {}  # every value at (tag, step), read order
     plugins: dict[str, str] = {}  # tag -> plugin name, remembered from the tag's first value
     for f in files:
         for event in _events(f):
             if event.HasField("session_log") and event.session_log.status == SessionLog.START:
-                records = {k: r for k, r in records.items() if r.step < event.step}
+                records = {k: v for k, v in records.items() if k[1] < event.step}
             for value in event.summary.value:
                 name = value.metadata.plugin_data.plugin_name
                 if name:
                     plugins.setdefault(value.tag, name)
-                record = _record(value, plugins.get(value.tag), event.step, event.wall_time)
+                record = _record(value, plugins.get(value.tag), event.step, event.wall_time, f)
                 if record is not None:
-                    records[(value.tag, event.step)] = record
+                    records.setdefault((value.tag, event.step), []).append(record)
     run = Run(path=path, files=files, skipped=tuple(skipped))
-    for (tag, _), record in sorted(records.items(), key=lambda kv: kv[0][1]):
+    for (tag, _), values in sorted(records.items(), key=lambda kv: kv[0][1]):
+        record = values[-1]
         target = run.scalars if isinstance(record, Scalar) else run.texts
         target.setdefault(tag, []).append(record)
+        for v in values:
+            if isinstance(v, Scalar) and (tag not in run.earliest
+                                          or v.wall_time < run.earliest[tag].wall_time):
+                run.earliest[tag] = v
     return run
 
 
@@ -137,13 +152,17 @@ def _events(path: Path):
     # killed mid-write) ends the file quietly, which is what a crashed run needs.
     from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
-    return LegacyEventFileLoader(str(path)).Load()
+    try:
+        yield from LegacyEventFileLoader(str(path)).Load()
+    except OSError as e:  # no permission, an I/O error: the raw message would not name the file
+        raise EventsError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
-def _record(value, plugin: str | None, step: int, wall_time: float) -> Scalar | Text | None:
+def _record(value, plugin: str | None, step: int, wall_time: float,
+            file: Path) -> Scalar | Text | None:
     kind = value.WhichOneof("value")
     if kind == "simple_value":
-        return Scalar(step, wall_time, float(value.simple_value))
+        return Scalar(step, wall_time, float(value.simple_value), file)
     if kind != "tensor" or plugin not in (None, "scalars", "text"):
         return None  # images, histograms, audio, graphs: not needed here
     from tensorboard.util.tensor_util import make_ndarray
@@ -156,4 +175,4 @@ def _record(value, plugin: str | None, step: int, wall_time: float) -> Scalar | 
             s.decode("utf-8", "replace") if isinstance(s, bytes) else str(s) for s in array.flat))
     if plugin == "text" or array.size != 1 or array.dtype.kind not in "fiub":
         return None
-    return Scalar(step, wall_time, float(array.reshape(())))
+    return Scalar(step, wall_time, float(array.reshape(())), file)

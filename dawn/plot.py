@@ -37,7 +37,7 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path, target_top5: float = 
     curves = []
     for run in runs:
         loaded = load_run(run)
-        rows = eval_rows(loaded.scalars, start_tag, ignore_eval, where=str(run))
+        rows = eval_rows(loaded, start_tag, ignore_eval)
         path = Path(run)
         curves.append((path.name if path.is_dir() else f"{path.parent.name}/{path.name}", rows))
 

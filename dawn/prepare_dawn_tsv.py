@@ -4,24 +4,34 @@
     python dawn/prepare_dawn_tsv.py --events_path RUN_DIR_OR_FILE [--out FILE] [--ignore-eval]
         [--start-tag first] [--target-top5 93] [--stop-at-target] [--format tsv|json]
 
-One TSV row per evaluation (steps holding both ``losses/test_1`` and ``losses/test_5``, in percent):
-epoch (the ``epoch`` scalar at that step, else the row's index, from 0), hours from the start-tag
-event's wall time to the evaluation's, top-1, top-5. DAWNBench reads time to accuracy off the first
-row whose top-5 reaches the target, so the target is checked against the values as written (3 d.p.).
+One TSV row per evaluation (steps holding both ``losses/test_1`` and ``losses/test_5``, in percent),
+in step order: epoch (the ``epoch`` scalar at that step, else the row's index, from 0), hours from
+the run's start to the evaluation's wall time, top-1, top-5. DAWNBench reads time to accuracy off the
+first row whose top-5 reaches the target, so the target is checked against the values as written
+(3 d.p.).
 
-``--ignore-eval`` subtracts, from each row's time, the ``times/eval_sec`` of every evaluation up to
-AND including that row, as imagenet18's exporter did: an evaluation's events are written after it
-finishes, so its own evaluation time is already inside its wall time.
+The start is the earliest value of the start tag (``first``) in any of the run's event files,
+whatever its step: imagenet18's trainer logs ``first`` again at every launch, and time to accuracy
+counts from the very first start, a restart's downtime included. (A purge at step 0, a run started
+over, drops the earlier start with the rest of that attempt.) For the evaluation tags the later file
+wins a duplicated step. An evaluation whose wall time precedes the start is an error naming its file.
+
+``--ignore-eval`` subtracts, from each row's time, the ``times/eval_sec`` of every row up to AND
+including that one, as imagenet18's exporter did: an evaluation's events are written after it
+finishes, so its own evaluation time is already inside its wall time. Only the rows kept count: an
+evaluation a later file repeated is subtracted once, with the later file's time.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 if __package__ in (None, ""):  # run as `python dawn/prepare_dawn_tsv.py`: sys.path[0] is dawn/
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,16 +52,23 @@ class EvalRow:
     top5: float
 
 
-def eval_rows(scalars: dict[str, list[Scalar]], start_tag: str = "first", ignore_eval: bool = False,
-              where: str = "events") -> list[EvalRow]:
-    """One row per evaluation, in step order; raises EventsError naming ``where`` if tags are missing."""
+def run_start(run: Run, start_tag: str = "first") -> Scalar:
+    """The start-tag value with the earliest wall time in any of the run's files, whatever its step."""
+    start = run.earliest.get(start_tag)
+    if start is None:
+        raise EventsError(f"{run.path}: no start tag {start_tag!r} (choose another with --start-tag)")
+    return start
+
+
+def eval_rows(run: Run, start_tag: str = "first", ignore_eval: bool = False) -> list[EvalRow]:
+    """One row per evaluation, in step order, hours >= 0 from ``run_start``; raises EventsError
+    naming the run if tags are missing, or the event file of an evaluation before the start."""
+    scalars = run.scalars
     missing = [t for t in (TOP1, TOP5) if t not in scalars]
     if missing:
-        raise EventsError(f"{where}: no accuracy tags {' and '.join(missing)} "
+        raise EventsError(f"{run.path}: no accuracy tags {' and '.join(missing)} "
                           f"(tags found: {', '.join(sorted(scalars)) or 'none'})")
-    if start_tag not in scalars:
-        raise EventsError(f"{where}: no start tag {start_tag!r} (choose another with --start-tag)")
-    start = min(s.wall_time for s in scalars[start_tag])
+    start = run_start(run, start_tag)
     top1 = {s.step: s for s in scalars[TOP1]}
     epochs = {s.step: int(s.value) for s in scalars.get(EPOCH, [])}
     eval_sec = {s.step: s.value for s in scalars.get(EVAL_SEC, [])}
@@ -61,16 +78,25 @@ def eval_rows(scalars: dict[str, list[Scalar]], start_tag: str = "first", ignore
         t1 = top1.get(t5.step)
         if t1 is None:
             continue
+        done = max(t1, t5, key=lambda s: s.wall_time)
+        seconds = done.wall_time - start.wall_time
+        if seconds < 0:
+            raise EventsError(f"{done.file}: the evaluation at step {t5.step} is {-seconds:.1f} s "
+                              f"before the start ({start_tag!r} at step {start.step} in {start.file})")
         if ignore_eval:
             if t5.step not in eval_sec:
-                raise EventsError(f"{where}: --ignore-eval needs {EVAL_SEC} at every evaluation; "
+                raise EventsError(f"{run.path}: --ignore-eval needs {EVAL_SEC} at every evaluation; "
                                   f"missing at step {t5.step}")
             excluded += eval_sec[t5.step]
-        seconds = max(t1.wall_time, t5.wall_time) - start - excluded
+            if excluded > seconds:
+                raise EventsError(f"{done.file}: --ignore-eval: {EVAL_SEC} up to step {t5.step} "
+                                  f"adds up to {excluded:.1f} s, more than the {seconds:.1f} s "
+                                  f"since the start")
+            seconds -= excluded
         rows.append(EvalRow(epoch=epochs.get(t5.step, len(rows)), step=t5.step,
                             hours=seconds / 3600, top1=t1.value, top5=t5.value))
     if not rows:
-        raise EventsError(f"{where}: {TOP1} and {TOP5} share no step: no complete evaluation")
+        raise EventsError(f"{run.path}: {TOP1} and {TOP5} share no step: no complete evaluation")
     return rows
 
 
@@ -103,7 +129,7 @@ def dawn_entry(run: Run, rows: list[EvalRow], target_top5: float, ignore_eval: b
         framework, source = f"PyTorch {meta['torch']}", f"run metadata ({METADATA_TAG})"
     else:  # the torch this exporter runs with may not be the run's: claim nothing
         framework, source = f"PyTorch {UNKNOWN}", "the run logged no torch version"
-    start = min(s.wall_time for s in run.scalars[start_tag])
+    start = run_start(run, start_tag).wall_time  # the start the rows' hours count from
     hit = first_reaching(rows, target_top5)
     world = meta.get("world_size")
     if world is None and WORLD in run.scalars:
@@ -196,15 +222,38 @@ def write_atomic(text: str, out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line and exit 2, like every other bad input
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _path(text: str) -> Path:
+    if not text:  # an unset shell variable; Path("") would silently mean the current directory
+        raise argparse.ArgumentTypeError("empty path")
+    return Path(text)
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 100:  # false for nan too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage in (0, 100]")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--events_path", "--events-path", dest="events_path", required=True,
+    p = _Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events_path", "--events-path", dest="events_path", required=True, type=_path,
                    help="an event file, or a run directory (its events.out.tfevents.* files, merged)")
-    p.add_argument("--out", type=Path, help="output file (written atomically); default stdout")
+    p.add_argument("--out", type=_path, help="output file (written atomically); default stdout")
     p.add_argument("--ignore-eval", action="store_true",
                    help="subtract cumulative times/eval_sec (evaluations up to and including each row)")
-    p.add_argument("--start-tag", default="first", help="scalar tag whose wall time is the start")
-    p.add_argument("--target-top5", type=float, default=93.0, help="top-5 accuracy target, percent")
+    p.add_argument("--start-tag", default="first",
+                   help="scalar tag whose earliest wall time in the run is the start")
+    p.add_argument("--target-top5", type=_percent, default=93.0,
+                   help="top-5 accuracy target, percent (0, 100]")
     p.add_argument("--stop-at-target", action="store_true",
                    help="end the TSV at the first row reaching the target")
     p.add_argument("--format", choices=("tsv", "json"), default="tsv")
@@ -218,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         run = load_run(args.events_path)
         for f in run.skipped:
             print(f"{prog}: note: skipped empty event file {f}", file=sys.stderr)
-        rows = eval_rows(run.scalars, args.start_tag, args.ignore_eval, where=args.events_path)
+        rows = eval_rows(run, args.start_tag, args.ignore_eval)
         if args.format == "json":
             text = json.dumps(dawn_entry(run, rows, args.target_top5, args.ignore_eval,
                                          args.start_tag), indent=2) + "\n"

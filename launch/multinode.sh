@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Several machines of N GPUs: run this on every node; torchrun joins them (c10d rendezvous by
-# default), restarts failed groups (--max-restarts), and each restart resumes from the latest good
-# checkpoint. The config defaults to the imagenet18 schedule for NNODES machines of 8 GPUs.
+# default), restarts failed groups (--max-restarts), and each restart, whichever machine failed,
+# resumes from the latest good checkpoint (docs/OPERATIONS.md, "On several machines"). The config
+# defaults to the imagenet18 schedule for NNODES machines of 8 GPUs.
 #
 #   # c10d rendezvous: the same command on every node (any node's host:port as the endpoint)
 #   NNODES=8 RDZV_ENDPOINT=node0:29400 RDZV_ID=run42 bash launch/multinode.sh DATA [train.py args]
@@ -16,7 +17,7 @@
 #   RDZV_ENDPOINT   host[:port] of the c10d rendezvous (default port 29400); RDZV_ID names the job
 #                   (default fastimagenet; use a new one per job)
 #   NODE_RANK, MASTER_ADDR, MASTER_PORT (29500)   static rendezvous, used when NODE_RANK is set
-#   MAX_RESTARTS    torchrun --max-restarts (default 3)
+#   MAX_RESTARTS    torchrun --max-restarts (default 3), counted by each machine's agent for itself
 #   DIST_TIMEOUT    collective timeout, seconds (train.dist_timeout_s; the config's by default, 1800)
 #   RESUME          passed as --resume (auto: continue the run in the logdir)
 #   IFNAME          interface for NCCL and gloo sockets (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME)

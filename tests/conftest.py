@@ -1,14 +1,19 @@
-"""Shared test fixtures: real CIFAR-10 materialised from ../shared into a cache, generated JPEG trees."""
+"""Shared test fixtures: real CIFAR-10 materialised from ../shared into a cache, generated JPEG trees,
+and killing the whole tree of processes a test started (torchrun agents and their workers)."""
 from __future__ import annotations
 
+import contextlib
 import os
-import subprocess
+import signal
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+from procs import run_bounded
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SHARED_DIR", REPO.parent / "shared"))
@@ -31,7 +36,8 @@ def materialize_cifar(fmt: str) -> Path:
         args = [sys.executable, str(script), str(out)]
         if fmt != "batches":
             args += ["--format", fmt]
-        subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+        r = run_bounded(args, cwd=REPO, timeout=600)
+        assert r.returncode == 0, r.stderr[-4000:]
         done.touch()
     return out
 
@@ -74,3 +80,38 @@ def make_jpeg_tree(root: Path, classes: int = 3, train_per_class: int = 8, val_p
 @pytest.fixture
 def jpeg_tree(tmp_path: Path) -> Path:
     return make_jpeg_tree(tmp_path / "data")
+
+
+@pytest.fixture
+def one_thread():
+    """For a training run inside the test process: one thread, as the subprocess runs get
+    (OMP_NUM_THREADS=1), so the shared 2-core machine is not oversubscribed."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: torchrun starts each worker in a session of its own, so killing
+    the agent's process group alone would leave the workers running."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        found += (kids := children.get(todo.pop(), []))
+        todo += kids
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    for p in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p, signal.SIGKILL)  # the group p leads, if any (a worker's data loaders)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, signal.SIGKILL)

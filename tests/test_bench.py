@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from conftest import REPO
+from procs import run_bounded
 from training import bench, loop
 from training.dist import DistInfo
 from training.logs import RunLogger
@@ -21,10 +21,9 @@ from training.profiling import TraceWindow
 
 def test_throughput_cli_cpu_writes_both_paths_ratio_and_memory(tmp_path):
     out = tmp_path / "tp.json"
-    r = subprocess.run([sys.executable, "-m", "training.bench", "throughput", "--arch", "resnet18", "--sizes", "32",
-                        "--batch-size", "4", "--steps", "2", "--warmup", "1", "--repeats", "1", "--device", "cpu",
-                        "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = run_bounded([sys.executable, "-m", "training.bench", "throughput", "--arch", "resnet18", "--sizes", "32",
+                     "--batch-size", "4", "--steps", "2", "--warmup", "1", "--repeats", "1", "--device", "cpu",
+                     "--json", str(out)], cwd=REPO, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ratio ours/reference" in r.stdout
     doc = json.loads(out.read_text())
@@ -144,3 +143,55 @@ def test_profile_trace_writes_a_tensorboard_trace(tmp_path):
             hook(None, i)
     assert list(Path(tmp_path / "trace").glob("*.pt.trace.json"))
     assert TraceWindow("", torch.device("cpu")).hook is None  # off: no hook, no profiler
+
+
+def test_jpegtree_writes_imagenet_like_jpegs_and_the_resized_copy(tmp_path):
+    from PIL import Image
+    from training.bench import jpegtree
+    facts = jpegtree.make_tree(tmp_path / "d", images=12, classes=3, side=(40, 60), workers=2)
+    train = sorted((tmp_path / "d" / "train").rglob("*.JPEG"))
+    assert facts["train"] == len(train) == 12 and facts["validation"] == 3
+    assert {p.parent.name for p in train} == {"n00000000", "n00000001", "n00000002"}
+    with Image.open(train[0]) as im:
+        assert im.format == "JPEG" and all(40 <= s <= 60 for s in im.size)
+    jpegtree.resized_copy(tmp_path / "d", "-sz/160", 32, workers=1)
+    with Image.open(tmp_path / "d-sz/160" / train[0].relative_to(tmp_path / "d")) as im:
+        assert min(im.size) == 32
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_pipeline_cli_measures_each_loader_in_whole_epoch_windows(tmp_path, capsys):
+    """Known answers: 24 train images at batch 4 are 6 batches an epoch; with --skip 1 each window
+    holds the 20 images after an epoch's first batch, and the output is what the loop receives."""
+    pytest.importorskip("nvidia.dali")
+    from training.bench import jpegtree
+    data = tmp_path / "d"
+    jpegtree.make_tree(data, images=24, classes=3, side=(40, 60), workers=2)
+    out = tmp_path / "p.json"
+    assert bench.main(["pipeline", str(data), "--source", "full", "--sizes", "32", "--loader", "torchvision", "dali",
+                       "--workers", "1", "--batch-size", "4", "--seconds", "0.2", "--skip", "1",
+                       "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert [(r["loader"], r["size"]) for r in doc["results"]] == [("torchvision", 32), ("dali", 32)]
+    for r in doc["results"]:
+        assert r["batches_per_epoch"] == 6 and r["epochs"] >= 2 and len(r["img_s_windows"]) == r["epochs"]
+        assert r["img_s"] > 0 and r["first_start_s"] > 0 and r["restart_s"] is not None
+        assert (r["dtype"], r["device"], r["shape"], r["labels_device"]) == ("float32", "cpu", [4, 3, 32, 32], "cpu")
+    assert "torchvision" in capsys.readouterr().out
+
+
+def test_pipeline_reads_the_trainers_stage_tables():
+    from training.bench.pipeline import TRAIN_STAGES, _stage_tables
+    timer = loop.StageTimer(False, torch.device("cpu"))
+    timer.totals.update({"data wait": 0.5, "forward": 1.0, "backward": 2.0, "optimizer": 0.5, "evaluation": 1.0})
+    text = "noise\n" + timer.table(0, {"checkpoint write": 3.0}) + "\nepoch 1 ...\n" + timer.table(1)
+    tables = _stage_tables(text)
+    assert tables == [dict(timer.totals)] * 2
+    assert sum(tables[0][k] for k in TRAIN_STAGES) == 4.0
+
+
+def test_pipeline_bad_arguments_one_line_exit_2(capsys):
+    for argv in (["pipeline", "--sizes", "0"], ["pipeline", "--dir", "128"], ["pipeline", "--e2e-batch", "128=x"]):
+        with pytest.raises(SystemExit) as e:
+            bench.main(argv)
+        assert e.value.code == 2

@@ -1,22 +1,33 @@
 """Checkpoints and the recipe's failure paths, unit level: atomic writes, keep-last-K, a full disk,
-corrupt or truncated files, weights_only loading, resume after an elastic restart, the fault drill."""
+corrupt or truncated files, weights_only loading, resume after an elastic restart, the fault drill;
+background writes, the checkpoint cadence, the exit's wait and SIGTERM."""
 from __future__ import annotations
 
 import errno
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
 import torch.nn as nn
 
-from training import checkpoint, dist, loop
+from conftest import REPO
+from dawn.events import load_run
+from dawn.prepare_dawn_tsv import eval_rows
+from training import checkpoint, dist, loop, train
 from training.config import Config, ConfigError
 from training.logs import RunLogger
 from training.phases import parse_schedule
 from training.recipes import imagenet
 
 PHASES = [{"ep": 0, "sz": 32, "bs": 8}, {"ep": [0, 2], "lr": [0.1, 0.01]}]
+TINY = ["--config", str(REPO / "configs" / "tiny_cpu.yaml"), "data.workers=0", "train.print_freq=1"]
 
 
 def state(epoch: int, arch: str = "resnet18") -> dict:
@@ -26,7 +37,7 @@ def state(epoch: int, arch: str = "resnet18") -> dict:
     model(torch.randn(2, 4)).sum().backward()
     opt.step()
     return {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": 8 * epoch,
-            "config": {"phases": PHASES}, "arch": arch, "rng": checkpoint.rng_state(), "start_time": 1.0}
+            "config": {"phases": PHASES}, "arch": arch, "start_time": 1.0}
 
 
 def names(logdir: Path) -> list[str]:
@@ -83,34 +94,39 @@ def _recipe_objects(tmp_path: Path, epoch: int):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     st = loop.TrainState(model, model, opt, None, parse_schedule(PHASES), epoch=epoch, step=8 * epoch)
     info = dist.DistInfo(0, 1, 0, torch.device("cpu"))
-    return cfg, st, info, RunLogger(tmp_path, enabled=False)
+    ckpt = checkpoint.Checkpointer(tmp_path, keep=3)
+
+    def save() -> None:  # the recipe's end-of-epoch hook, then the wait for its background write
+        imagenet._save(st, cfg, info, RunLogger(tmp_path, enabled=False), ckpt, checkpoint.SigtermGuard())
+        ckpt.wait()
+    return st, save
 
 
 def test_recipe_save_on_full_disk_warns_and_training_goes_on(tmp_path, monkeypatch, capsys):
-    cfg, st, info, logger = _recipe_objects(tmp_path, 1)
-    imagenet._save(st, cfg, info, logger)
+    st, save = _recipe_objects(tmp_path, 1)
+    save()
     good = checkpoint.path_for(tmp_path, 1).read_bytes()
     st.epoch, st.step = 2, 16
     _disk_full(monkeypatch)
-    imagenet._save(st, cfg, info, logger)  # returns: the run continues
+    save()  # the background write fails; the run continues
     monkeypatch.undo()
     err = capsys.readouterr().err
     assert "warning: checkpoint after epoch 2 not written (No space left on device)" in err
     assert "previous checkpoint is kept, training continues" in err
     assert names(tmp_path) == ["epoch_0001.pt"] and checkpoint.path_for(tmp_path, 1).read_bytes() == good
     st.epoch, st.step = 3, 24  # the disk has room again: the next epoch's checkpoint is written
-    imagenet._save(st, cfg, info, logger)
+    save()
     assert checkpoint.latest_good(tmp_path)[1]["epoch"] == 3
 
 
 def test_recipe_never_saves_non_finite_weights(tmp_path):
-    cfg, st, info, logger = _recipe_objects(tmp_path, 1)
-    imagenet._save(st, cfg, info, logger)
+    st, save = _recipe_objects(tmp_path, 1)
+    save()
     with torch.no_grad():
         st.raw_model.weight[0, 0] = float("nan")
     st.epoch = 2
     with pytest.raises(loop.NonFiniteLoss, match="weights became non-finite in epoch 1"):
-        imagenet._save(st, cfg, info, logger)
+        save()
     assert names(tmp_path) == ["epoch_0001.pt"]
 
 
@@ -174,14 +190,13 @@ def test_load_is_weights_only_nothing_runs(tmp_path, monkeypatch):
 def test_elastic_restart_resumes_from_the_logdir_even_with_an_explicit_resume(tmp_path, monkeypatch):
     cfg = Config()
     cfg.train.logdir = str(tmp_path / "run")
-    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
-    assert imagenet.find_resume(cfg) == ""
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert imagenet.find_resume(cfg) == "auto"
+    assert imagenet.find_resume(cfg, restarted=False) == ""
+    assert imagenet.find_resume(cfg, restarted=True) == "auto"
     cfg.train.resume = "/somewhere/epoch_0010.pt"  # where the first attempt started from
-    assert imagenet.find_resume(cfg) == "/somewhere/epoch_0010.pt"  # the run has written nothing yet
+    assert imagenet.find_resume(cfg, restarted=True) == "/somewhere/epoch_0010.pt"  # the run has written nothing yet
     checkpoint.save(state(11), cfg.train.logdir, 11, keep=3)
-    assert imagenet.find_resume(cfg) == "auto"  # its own progress wins
+    assert imagenet.find_resume(cfg, restarted=True) == "auto"  # its own progress wins
+    assert imagenet.find_resume(cfg, restarted=False) == "/somewhere/epoch_0010.pt"  # a new job: as told
 
 
 def test_human_log_keeps_one_run(tmp_path):
@@ -195,21 +210,232 @@ def test_human_log_keeps_one_run(tmp_path):
 
 
 def test_fault_drill_spec(monkeypatch):
-    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
     monkeypatch.delenv(dist.FAULT_ENV, raising=False)
-    assert dist.fault_injector(0) is None
+    assert dist.fault_injector(0, restarted=False) is None
     for bad in ("kill", "kill:1:2", "explode:1:2:0", "kill:a:2:0", "kill:1:2:0:0"):
         monkeypatch.setenv(dist.FAULT_ENV, bad)
         with pytest.raises(ConfigError, match="expected kill|hang:EPOCH:STEP:RANK"):
-            dist.fault_injector(0)
+            dist.fault_injector(0, restarted=False)
     monkeypatch.setenv(dist.FAULT_ENV, "kill:1:2:1")
-    assert dist.fault_injector(0) is None  # another rank's fault
-    fire = dist.fault_injector(1)
+    assert dist.fault_injector(0, restarted=False) is None  # another rank's fault
+    fire = dist.fault_injector(1, restarted=False)
     fire(0, 2), fire(1, 1), fire(2, 2)  # not the step: nothing happens
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert dist.fault_injector(1) is None  # a restarted group runs clean
+    assert dist.fault_injector(1, restarted=True) is None  # a restarted group runs clean
 
 
 def test_peer_failure_is_recognised_only_in_a_process_group():
     err = RuntimeError("[../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv")
     assert not dist.is_peer_failure(err)  # no process group here: an ordinary error
+
+
+# ------------------------------------------------------------------------------ background writes
+
+def live_state() -> tuple[Callable[[], None], dict]:
+    """A payload as the recipe builds it, over live tensors (a state_dict with BatchNorm, i.e. an
+    OrderedDict with _metadata; channels_last conv weights; SGD momentum), and a training step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step() -> None:
+        model(torch.randn(2, 3, 8, 8)).sum().backward()
+        opt.step()
+
+    step()
+    return step, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": 1, "step": 8,
+                  "config": {"phases": PHASES}, "arch": "resnet18"}
+
+
+def test_background_save_writes_the_bytes_a_synchronous_save_writes(tmp_path, monkeypatch):
+    step, payload = live_state()
+    sync = checkpoint.save(payload, tmp_path / "sync", 1, keep=3)
+    go, real_save = threading.Event(), checkpoint.save
+    monkeypatch.setattr(checkpoint, "save", lambda *a, **k: go.wait(30) and real_save(*a, **k))
+    ckpt = checkpoint.Checkpointer(tmp_path / "bg", keep=3)
+    ckpt.epoch_done(1, payload)
+    step()  # the next step updates weights and momentum in place before the writer runs
+    go.set()
+    ckpt.wait()
+    assert checkpoint.path_for(tmp_path / "bg", 1).read_bytes() == sync.read_bytes()
+
+
+def test_the_step_waits_only_for_the_previous_write_and_the_exit_for_the_last(tmp_path, monkeypatch):
+    go, real_save, running, peak = threading.Event(), checkpoint.save, [], []
+
+    def held_save(*args, **kwargs):  # each write waits for `go`
+        running.append(1)
+        peak.append(len(running))
+        go.wait(30)
+        real_save(*args, **kwargs)
+        running.pop()
+    monkeypatch.setattr(checkpoint, "save", held_save)
+    ckpt = checkpoint.Checkpointer(tmp_path, keep=3)
+    ckpt.epoch_done(1, state(1))
+    assert not checkpoint.path_for(tmp_path, 1).exists()  # the step went on; the write is held
+    threading.Timer(0.3, go.set).start()
+    ckpt.epoch_done(2, state(2))
+    assert checkpoint.path_for(tmp_path, 1).exists() and max(peak) == 1  # it waited: never two in flight
+    ckpt.save_latest()  # the exit
+    assert checkpoint.latest_good(tmp_path)[1]["epoch"] == 2 and ckpt.last_written == 2
+
+
+KILLED_WRITER = r"""
+import sys, time
+import torch
+from training import checkpoint
+
+def state(epoch):
+    return {"model": {"w": torch.full((1000,), float(epoch))}, "optimizer": {"state": {}, "param_groups": []},
+            "epoch": epoch, "step": 8 * epoch, "config": {"phases": []}, "arch": "resnet18"}
+
+checkpoint.save(state(1), sys.argv[1], 1, keep=1)
+
+def stuck(obj, f, *args, **kwargs):  # the process is killed with part of the file written
+    f.write(b"PK\x03\x04 part of a checkpoint")
+    f.flush()
+    open(sys.argv[2], "w").close()
+    time.sleep(120)
+
+torch.save = stuck
+checkpoint.Checkpointer(sys.argv[1], keep=1).epoch_done(2, state(2))
+time.sleep(120)  # training goes on meanwhile
+"""
+
+
+def test_sigkill_during_a_background_write_leaves_the_previous_checkpoint_resumable(tmp_path):
+    logdir, marker = tmp_path / "run", tmp_path / "writing"
+    p = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(logdir), str(marker)], cwd=REPO,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while not marker.exists() and time.time() < deadline and p.poll() is None:
+        time.sleep(0.02)
+    os.killpg(p.pid, signal.SIGKILL)
+    err = p.communicate(timeout=30)[1]
+    assert marker.exists(), f"the writer never started\n{err[-3000:]}"
+    temp, kept = names(logdir)  # the killed write's temp file, and the previous checkpoint
+    assert temp.startswith(".epoch_0002.pt.") and kept == "epoch_0001.pt", (temp, kept)
+    cfg = Config()
+    cfg.train.logdir, cfg.model.arch = str(logdir), "resnet18"
+    resumed = imagenet.load_resume("auto", cfg, dist.DistInfo(0, 1, 0, torch.device("cpu")))
+    assert resumed["epoch"] == 1 and torch.equal(resumed["model"]["w"], torch.full((1000,), 1.0))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.mark.parametrize("every,min_interval_s,written", [
+    (1, 0, [1, 2, 3, 4, 5, 6, 7]),
+    (3, 0, [3, 6, 7]),  # the run's last epoch is always saved
+    (1, 100, [3, 6, 7]),  # 40 s epochs: 120 s since the previous checkpoint at epochs 3 and 6
+    (2, 100, [4, 7]),  # even epochs only: 80 s after the start at 2, 160 s at 4, 80 s after that at 6
+])
+def test_checkpoint_every_and_min_interval(tmp_path, monkeypatch, every, min_interval_s, written):
+    done = []
+    monkeypatch.setattr(checkpoint, "save", lambda snap, logdir, epoch, keep: done.append(epoch))
+    clock = Clock()
+    ckpt = checkpoint.Checkpointer(tmp_path, keep=3, every=every, min_interval_s=min_interval_s, clock=clock)
+    for epoch in range(1, 8):
+        clock.t += 40
+        ckpt.epoch_done(epoch, state(epoch))
+    ckpt.save_latest()
+    assert done == written
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1 (epochs), got 0"),
+    ("train.checkpoint_min_interval_s=-5", "train.checkpoint_min_interval_s must be >= 0 (seconds), got -5.0"),
+])
+def test_bad_cadence_is_one_line_exit_2(jpeg_tree, tmp_path, capsys, override, message):
+    logdir = tmp_path / "run"
+    assert train.main([str(jpeg_tree), *TINY, f"train.logdir={logdir}", override]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not logdir.exists()
+
+
+def test_profile_lists_background_work_outside_the_total():
+    timer = loop.StageTimer(True, torch.device("cpu"))
+    timer.totals.update({"forward": 3.0, "checkpoint wait": 1.0})
+    rows = timer.table(0, {"checkpoint write": 6.0}).splitlines()
+    assert rows[-2].split() == ["total", "4.000", "100.0%"]
+    assert rows[-1].split()[:3] == ["checkpoint", "write", "6.000"] and "not in the total" in rows[-1]
+
+
+def test_sigterm_waits_for_a_snapshot_in_progress_and_spares_the_way_out():
+    steps = []
+    with checkpoint.SigtermGuard() as guard:
+        with pytest.raises(checkpoint.Preempted):
+            with guard.holding():  # an end-of-epoch snapshot: SIGTERM must not cut it in half
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                steps.append("snapshot complete")
+    with checkpoint.SigtermGuard() as guard:
+        guard.quiet()  # the run is over and its last write under way: SIGTERM is only noted
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        steps.append("written")
+    assert steps == ["snapshot complete", "written"] and guard.received
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+FORKED_WORKER = r"""
+import os, signal, time
+from training import checkpoint
+
+with checkpoint.SigtermGuard():
+    pid = os.fork()
+    if pid == 0:  # a loader worker forked during training
+        time.sleep(30)
+        os._exit(0)
+    time.sleep(0.5)
+    os.kill(pid, signal.SIGTERM)
+    _, status = os.waitpid(pid, 0)
+    print(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM)
+"""
+
+
+def test_sigterm_ends_a_forked_worker_as_before():
+    r = subprocess.run([sys.executable, "-c", FORKED_WORKER], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "True", r.stdout + r.stderr[-2000:]
+
+
+def test_sigterm_saves_the_last_finished_epoch_then_exits(jpeg_tree, tmp_path):
+    """No checkpoint is due (every 100 epochs) when SIGTERM comes in epoch 2, after its first step:
+    the state after epoch 2, kept in host memory, is written, then the exit (143). The profile has
+    the step's wait and the background write as separate rows. Resumed, the run logs as one run."""
+    run, log = tmp_path / "run", tmp_path / "stderr.txt"
+    args = [sys.executable, "training/train.py", str(jpeg_tree), *TINY, f"train.logdir={run}",
+            "train.checkpoint_every=100"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as err:
+        p = subprocess.Popen([*args, "--profile"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+                             env={**env, dist.FAULT_ENV: "hang:2:0:0"}, start_new_session=True)
+        try:
+            deadline = time.time() + 240
+            while "fault drill" not in log.read_text() and time.time() < deadline and p.poll() is None:
+                time.sleep(0.05)
+            p.send_signal(signal.SIGTERM)
+            rc = p.wait(timeout=60)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    text = log.read_text()
+    assert rc == 128 + signal.SIGTERM, text[-3000:]
+    assert "stopped by SIGTERM; last checkpoint this process wrote: after epoch 2" in text
+    assert names(run) == ["epoch_0002.pt"]
+    ckpt = checkpoint.load(checkpoint.path_for(run, 2))
+    assert (ckpt["epoch"], ckpt["step"]) == (2, 48)  # 24 images per epoch
+    assert text.count("  checkpoint wait ") == 2 and text.count("  checkpoint write ") == 2
+    r = subprocess.run([*args, "--resume", "auto"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert names(run) == ["epoch_0002.pt", "epoch_0003.pt"]  # the last epoch is always saved
+    scalars = load_run(run).scalars
+    assert [(x.epoch, x.step) for x in eval_rows(scalars)] == [(0, 24), (1, 48), (2, 72)]
+    assert [x.step for x in scalars["times/checkpoint_sec"]] == [48, 72]
+    human = [ln.split("\t")[0] for ln in (run / "train.log").read_text().splitlines() if ln.startswith("~~")]
+    assert human == ["~~epoch", "~~0", "~~1", "~~2"]

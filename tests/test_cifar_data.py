@@ -57,6 +57,19 @@ def test_reads_cifar100_format(tmp_path):
     assert cd.ensure_data(str(root), "cifar100", download=False) == str(root)
 
 
+@pytest.mark.parametrize("beside", [True, False])
+def test_missing_data_hint_with_and_without_the_shared_materializer(tmp_path, monkeypatch, beside):
+    script = tmp_path / "shared" / "materialize.py"
+    if beside:
+        script.parent.mkdir()
+        script.write_text("")
+    monkeypatch.setattr(cd, "MATERIALIZE", script)
+    hint = f"run `python {script} {tmp_path}`" if beside else f"put torchvision's cifar-10-batches-py folder in {tmp_path}"
+    with pytest.raises(DataError) as e:
+        cd.ensure_data(str(tmp_path), "cifar10", download=False)
+    assert str(e.value) == f"no cifar-10-batches-py in {tmp_path}: {hint} (or pass --data DIR)"
+
+
 def test_missing_and_corrupt_data_are_one_line_errors(tmp_path):
     with pytest.raises(DataError, match="no cifar-10-batches-py in") as e:
         cd.ensure_data(str(tmp_path), "cifar10", download=False)

@@ -1,4 +1,5 @@
-"""The CIFAR recipe's speed options (issue 12), each against the default path: cifar.half_weights."""
+"""The CIFAR recipe's speed options (issue 12) against the default path: cifar.half_weights,
+cifar.muon_batched, cifar.epoch_augment (cifar.pool is in test_cifar_pool.py)."""
 from __future__ import annotations
 
 import math
@@ -29,7 +30,9 @@ def trainer(data: str, *overrides: tuple[list[str], object]) -> R.Trainer:
 
 
 def test_half_weights_net_in_half_bn_in_fp32_no_autocast(data):
-    t = trainer(data, (["cifar", "half_weights"], True), (["train", "precision"], "bf16"))
+    # lookahead every step: its EMA lerps fp16/bf16 weights and fp32 BN statistics alike
+    t = trainer(data, (["cifar", "half_weights"], True), (["train", "precision"], "bf16"),
+                (["cifar", "lookahead_every"], 1))
     net = t.model
     group = net.layers[1]
     assert net.whiten.weight.dtype == group.conv1.weight.dtype == net.head.weight.dtype == torch.bfloat16

@@ -16,6 +16,7 @@ pytest.importorskip("nvidia.dali")
 from conftest import make_jpeg_tree  # noqa: E402
 from training.data import DataError, PhaseLoaders, get_backend  # noqa: E402
 from training.data import dali, imagefolder  # noqa: E402
+from training.data.tree import shard_indices  # noqa: E402
 import loader_helpers  # noqa: E402
 from loader_helpers import (assert_labels_match_pixels, bad_huffman_jpeg, make_pattern_tree,  # noqa: E402
                             mean_abs_diff_per_image, phase, rss_mb)
@@ -81,6 +82,19 @@ def test_two_ranks_cover_train_at_least_once_and_validation_exactly_once(tmp_pat
     assert all(labels[c] >= 7 for c in range(3))  # 22 slots: every image, one padded repeat
     vals = [dali.val_loader(s) for s in specs]
     assert Counter(l for v in vals for _, y in v for l in y.tolist()) == Counter({0: 3, 1: 3, 2: 3})
+
+
+def test_two_ranks_read_every_training_image_each_epoch(tmp_path):
+    # One image per class: a label names the image read. 9 images, 2 ranks: 5 each, one repeat.
+    root = make_jpeg_tree(tmp_path / "data", classes=9, train_per_class=1, val_per_class=1)
+    for epoch in (0, 1):
+        read = []
+        for rank in range(2):
+            loader = dali.train_loader(spec(root, rank=rank, world=2, phase=phase(bs=2), seed=3))
+            loader.set_epoch(epoch)
+            read.append([label for _, y in loader for label in y.tolist()])
+            assert read[rank] == shard_indices(9, 3, epoch, rank, 2)  # the one global permutation's shard
+        assert set(read[0]) | set(read[1]) == set(range(9))
 
 
 def test_same_seed_and_epoch_same_batches(jpeg_tree):

@@ -1,10 +1,13 @@
-"""DAWNBench exporter: the real imagenet18 run, generated runs (resume, purge, tensor scalars, run
-metadata, --ignore-eval arithmetic, targets) and the one-line errors with exit status 2."""
+"""DAWNBench exporter: the real imagenet18 run, generated runs (resume, restarts that log `first`
+again, purge, tensor scalars, run metadata, --ignore-eval arithmetic, targets, the epoch column) and
+the one-line errors with exit status 2."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +17,14 @@ import pytest
 
 from conftest import FIXTURE_EVENTS, REPO
 from dawn.events import EventsError, load_run, load_scalars, run_metadata
+from procs import run_bounded
 
 EXPORTER = "dawn/prepare_dawn_tsv.py"
 ACC = ("losses/test_1", "losses/test_5", "times/eval_sec", "epoch")
 
 
 def export(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, EXPORTER, *args], cwd=REPO, capture_output=True, text=True)
+    return run_bounded([sys.executable, EXPORTER, *args], cwd=REPO, timeout=120)
 
 
 def tsv_rows(text: str) -> list[list[str]]:
@@ -30,8 +34,9 @@ def tsv_rows(text: str) -> list[list[str]]:
 
 
 def write_run(logdir: Path, evals, first: float | None = 1000.0, purge_step: int | None = None,
-              extra=()) -> Path:
-    """One SummaryWriter file: `first` at wall time ``first`` (unless None), then for each
+              extra=(), first_step: int = 0) -> Path:
+    """One SummaryWriter file: `first` at wall time ``first`` (unless None) and step ``first_step``,
+    as imagenet18's trainer logs it at every launch, then for each
     (step, wall, top1, top5, eval_sec, epoch) the four evaluation tags at that wall time; ``extra``
     is (tag, value, step) logged after. Returns the new event file."""
     from torch.utils.tensorboard import SummaryWriter
@@ -39,7 +44,7 @@ def write_run(logdir: Path, evals, first: float | None = 1000.0, purge_step: int
     before = set(logdir.glob("events.out.tfevents.*")) if logdir.exists() else set()
     w = SummaryWriter(str(logdir), purge_step=purge_step)
     if first is not None:
-        w.add_scalar("first", first, 0, walltime=first)
+        w.add_scalar("first", first, first_step, walltime=first)
     for step, wall, top1, top5, eval_sec, epoch in evals:
         for tag, v in zip(ACC, (top1, top5, eval_sec, epoch)):
             w.add_scalar(tag, v, step, walltime=wall)
@@ -143,6 +148,107 @@ def test_purge_step_drops_the_crashed_attempts_tail(tmp_path):
     assert steps == [(100, 20.0), (200, 60.0)]
 
 
+# A run restarted the way imagenet18's trainer restarts: the second launch logs `first` again at
+# its own start. The first launch starts at 23:00 UTC, evaluates at steps 100 and 200 (epochs 0 and
+# 2: one evaluation every other epoch, so epochs are not row indices) and dies; the second starts at
+# 00:30 the next day, repeats step 200 and evaluates step 300 (epoch 4).
+T = dt.datetime(2018, 9, 5, 23, 0, tzinfo=dt.timezone.utc).timestamp()
+
+
+def write_restarted_run(logdir: Path, second_first_step: int = 0) -> tuple[Path, Path]:
+    crashed = write_run(logdir, [(100, T + 360, 10.0, 50.0, 36.0, 0),
+                                 (200, T + 720, 20.0, 60.0, 72.0, 2)], first=T)
+    resumed = write_run(logdir, [(200, T + 5760, 30.0, 70.0, 90.0, 2),
+                                 (300, T + 6120, 40.0, 93.5, 18.0, 4)],
+                        first=T + 5400, first_step=second_first_step)
+    return crashed, resumed
+
+
+@pytest.mark.parametrize("second_first_step", [0, 200])
+def test_restart_that_logs_first_again_counts_from_the_first_start(tmp_path, second_first_step):
+    crashed, resumed = write_restarted_run(tmp_path, second_first_step)
+    run = load_run(tmp_path)
+    assert run.files == (crashed, resumed)
+    assert run.earliest["first"].wall_time == T and run.earliest["first"].file == crashed
+    r = export("--events_path", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    # Step order, the later file's step 200, hours from 23:00 (the restart's 80 min of downtime
+    # included), epochs as logged.
+    assert tsv_rows(r.stdout) == [["0", "0.10000", "10.000", "50.000"],
+                                  ["2", "1.60000", "30.000", "70.000"],
+                                  ["4", "1.70000", "40.000", "93.500"]]
+    assert r.stderr.strip() == "top-5 first reached 93% at epoch 4 after 1.70000 h " \
+                               "(top-5 93.500%, top-1 40.000%)"
+
+
+def test_restart_ignore_eval_subtracts_the_kept_rows_once(tmp_path):
+    write_restarted_run(tmp_path)
+    r = export("--events_path", str(tmp_path), "--ignore-eval")
+    # Step 200 is subtracted once, with the later file's 90 s (not the crashed file's 72 s too):
+    # 360 - 36 s; 5760 - (36 + 90) s; 6120 - (36 + 90 + 18) s.
+    assert [x[1] for x in tsv_rows(r.stdout)] == ["0.09000", "1.56500", "1.66000"]
+    assert "after 1.66000 h" in r.stderr
+
+
+@pytest.mark.parametrize("target", ["93", "99"])
+def test_restart_json_entry_and_summary_share_the_start(tmp_path, target):
+    write_restarted_run(tmp_path)
+    r = export("--events_path", str(tmp_path), "--format", "json", "--target-top5", target)
+    assert r.returncode == 0, r.stderr
+    entry = json.loads(r.stdout)
+    assert entry["timestamp"] == "2018-09-05"  # the first start's day, not the restart's
+    (summary,) = r.stderr.strip().splitlines()
+    if target == "93":
+        assert entry["misc"]["timeToTarget"] == {"top5Accuracy": 93.0, "reached": True, "epoch": 4,
+                                                 "hours": 1.7, "evalTimeExcluded": False}
+        assert "at epoch 4 after 1.70000 h" in summary
+    else:  # a run that never reaches the target
+        assert entry["misc"]["timeToTarget"] == {"top5Accuracy": 99.0, "reached": False,
+                                                 "epoch": None, "hours": None,
+                                                 "evalTimeExcluded": False}
+        assert summary == "top-5 never reached 99% in 3 evaluations (best 93.500% at epoch 4, 1.70000 h)"
+
+
+def test_a_run_started_over_counts_from_its_new_start(tmp_path):
+    # A writer with purge_step=0 (the trainer restarting a run that had no checkpoint) drops the
+    # earlier attempt, its start included.
+    write_run(tmp_path, [(100, T + 360, 10.0, 50.0, 36.0, 0)], first=T)
+    write_run(tmp_path, [(100, T + 5760, 30.0, 70.0, 36.0, 0)], first=T + 5400, purge_step=0)
+    assert load_run(tmp_path).earliest["first"].wall_time == T + 5400
+    assert tsv_rows(export("--events_path", str(tmp_path)).stdout) == \
+        [["0", "0.10000", "30.000", "70.000"]]
+
+
+def test_epoch_column_is_the_logged_epoch(tmp_path):
+    # A CIFAR-style run: one evaluation, at the end of epoch 9.
+    write_run(tmp_path, [(4500, 1360, 60.0, 94.0, 1.0, 9)])
+    r = export("--events_path", str(tmp_path))
+    assert tsv_rows(r.stdout) == [["9", "0.10000", "60.000", "94.000"]]
+    assert "at epoch 9 after" in r.stderr
+    entry = json.loads(export("--events_path", str(tmp_path), "--format", "json").stdout)
+    assert entry["misc"]["timeToTarget"]["epoch"] == 9
+
+
+def test_evaluation_before_the_start_is_an_error_naming_its_file(tmp_path):
+    run = tmp_path / "run"
+    events = write_run(run, [(100, 1360, 10.0, 20.0, 1.0, 0)], first=1420.0)
+    out = tmp_path / "dawn.tsv"
+    r = export("--events_path", str(run), "--out", str(out))
+    assert r.returncode == 2 and r.stdout == "" and not out.exists()
+    (line,) = r.stderr.strip().splitlines()
+    assert line == f"prepare_dawn_tsv.py: error: {events}: the evaluation at step 100 is 60.0 s " \
+                   f"before the start ('first' at step 0 in {events})"
+
+
+def test_ignore_eval_beyond_the_elapsed_time_is_an_error(tmp_path):
+    events = write_run(tmp_path, [(100, 1360, 10.0, 20.0, 400.0, 0)])
+    r = export("--events_path", str(tmp_path), "--ignore-eval")
+    assert r.returncode == 2 and r.stdout == ""
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"prepare_dawn_tsv.py: error: {events}: --ignore-eval: ")
+    assert "400.0 s, more than the 360.0 s" in line
+
+
 def test_tensor_scalars_and_run_metadata_text(tmp_path):
     from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
     from tensorboard.util.tensor_util import make_tensor_proto
@@ -187,6 +293,20 @@ def test_tensor_scalars_and_run_metadata_text(tmp_path):
     assert sched["lr"] == [{"epochs": [0, 2], "lr": [1.0, 2.0]}, {"epochs": [2, 4], "lr": [2.0, 0.1]}]
     assert entry["misc"]["timeToTarget"] == {"top5Accuracy": 93.0, "reached": True, "epoch": 1,
                                              "hours": 0.2, "evalTimeExcluded": False}
+
+
+def test_epoch_column_is_the_logged_epoch_not_the_row_index(tmp_path):
+    # Evaluations every 5 epochs, then a final one after epoch 17 (a CIFAR run evaluates only then):
+    # the row index (0, 1, 2) is never the epoch.
+    write_run(tmp_path, [(500, 1360, 10.0, 80.0, 1.0, 4), (1000, 1720, 30.0, 94.0, 1.0, 9),
+                         (1800, 2080, 35.0, 95.0, 1.0, 17)])
+    r = export("--events_path", str(tmp_path))
+    assert [x[0] for x in tsv_rows(r.stdout)] == ["4", "9", "17"]
+    assert "reached 93% at epoch 9 after 0.20000 h" in r.stderr
+    final = tmp_path / "final"
+    write_run(final, [(1800, 2080, 35.0, 95.0, 1.0, 17)])
+    entry = json.loads(export("--events_path", str(final), "--format", "json").stdout)
+    assert entry["misc"]["timeToTarget"]["epoch"] == 17
 
 
 def test_never_reaches_target(tmp_path):
@@ -257,6 +377,54 @@ def test_errors_are_one_line_exit_2(tmp_path, make, message):
     r = export("--events_path", str(make(tmp_path)))
     assert r.returncode == 2
     assert r.stdout == ""
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("prepare_dawn_tsv.py: error: ") and message in line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-top5", "abc"], "argument --target-top5: 'abc' is not a percentage in (0, 100]"),
+    (["--target-top5", "nan"], "'nan' is not a percentage"),
+    (["--target-top5", "inf"], "'inf' is not a percentage"),
+    (["--target-top5", "0"], "'0' is not a percentage"),
+    (["--target-top5", "100.5"], "'100.5' is not a percentage"),
+    (["--format", "csv"], "argument --format: invalid choice: 'csv'"),
+    (["--events_path", ""], "argument --events_path/--events-path: empty path"),
+    (["--out", ""], "argument --out: empty path"),
+    ([], "the following arguments are required: --events_path"),
+])
+def test_bad_flags_are_one_line_exit_2(tmp_path, args, message):
+    if "--events_path" not in args and args:
+        args = ["--events_path", str(FIXTURE_EVENTS), *args]
+    out = tmp_path / "dawn.tsv"
+    r = export(*args, *(["--out", str(out)] if "--out" not in args else []))
+    assert r.returncode == 2 and r.stdout == ""
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("prepare_dawn_tsv.py: error: ") and message in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def _io_error(d: Path) -> Path:
+    if not Path("/proc/self/mem").exists():
+        pytest.skip("needs Linux /proc")
+    return Path("/proc/self/mem")  # opens, then fails to read (EIO), even for root
+
+
+def _mode_0(path: Path) -> Path:
+    if os.geteuid() == 0:
+        pytest.skip("root reads files whatever their mode")
+    path.chmod(0)
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (_io_error, "/proc/self/mem: cannot read (Input/output error)"),
+    (lambda d: _mode_0(write_run(d, [(100, 1360, 10.0, 20.0, 1.0, 0)])), "cannot read (Permission denied)"),
+    (lambda d: _mode_0(write_run(d / "run", [(100, 1360, 10.0, 20.0, 1.0, 0)]).parent),
+     "run: cannot read directory (Permission denied)"),
+])
+def test_unreadable_path_is_one_line_exit_2(tmp_path, make, message):
+    r = export("--events_path", str(make(tmp_path)))
+    assert r.returncode == 2 and r.stdout == ""
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("prepare_dawn_tsv.py: error: ") and message in line
 

@@ -6,7 +6,6 @@ only in the first attempt of an elastic run."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,10 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from torch.utils.tensorboard import SummaryWriter
 
 from conftest import REPO, make_jpeg_tree
 from dawn.events import load_run
 from dawn.prepare_dawn_tsv import eval_rows
+from procs import run_bounded
 from training import dist, loop, train
 from training.logs import RunLogger
 from training.phases import parse_schedule
@@ -33,25 +34,8 @@ def data(tmp_path_factory) -> Path:
     return make_jpeg_tree(tmp_path_factory.mktemp("jpeg") / "data")
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def run_group(cmd: list[str], env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run in a new session; on timeout kill the whole group, so no worker outlives the test."""
-    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**ENV, **(env or {})}, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, err = p.communicate()
-        raise AssertionError(f"timed out after {timeout}s\n{out[-2000:]}\n{err[-4000:]}") from None
-    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+    return run_bounded(cmd, cwd=REPO, timeout=timeout, env={**ENV, **(env or {})})
 
 
 def torchrun(*args: str, nproc: int = 2, restarts: int = 0, env: dict | None = None,
@@ -93,9 +77,9 @@ def test_sigkill_mid_epoch_elastic_restart_matches_uninterrupted_run(data, tmp_p
     # accuracy) at the same steps as the uninterrupted run's, no orphaned tail, nothing missing.
     assert len(load_run(run).scalars["first"]) == 1
     assert series(run) == series(ref)
-    rows = eval_rows(load_run(run).scalars)
+    rows = eval_rows(load_run(run))
     assert [(x.epoch, x.step) for x in rows] == [(0, 24), (1, 48), (2, 72)]
-    assert [(x.top1, x.top5) for x in rows] == [(x.top1, x.top5) for x in eval_rows(load_run(ref).scalars)]
+    assert [(x.top1, x.top5) for x in rows] == [(x.top1, x.top5) for x in eval_rows(load_run(ref))]
     assert all(0 < x.hours < y.hours for x, y in zip(rows, rows[1:]))
     human = [ln.split("\t")[0] for ln in (run / "train.log").read_text().splitlines() if ln.startswith("~~")]
     assert human == ["~~epoch", "~~0", "~~1", "~~2"]
@@ -115,14 +99,43 @@ def test_hung_rank_fails_the_group_after_the_timeout_naming_it(data, tmp_path):
     assert elapsed < 90
 
 
-def test_restart_before_the_first_checkpoint_starts_the_log_over(data, tmp_path, capsys, monkeypatch, one_thread):
+def test_resume_purges_what_the_crashed_attempt_logged_after_the_checkpoint(data, tmp_path, one_thread):
     logdir = tmp_path / "run"
-    crashed = RunLogger(logdir, True)  # a first attempt that died in epoch 0: a start, a loss, no checkpoint
-    crashed.scalar("losses/xent", 99.0, 8)
-    crashed.metadata({"launch_id": "launch-1"})  # as every attempt of one torchrun launch records it
+    args = [str(data), *TINY, f"train.logdir={logdir}"]
+    assert train.main([*args, "train.max_epochs=1"]) == 0  # checkpoint after epoch 0, at step 24
+    # The crashed attempt's tail: values at steps the resumed run never logs (it logs every 8 or 16
+    # images), so only the purge can remove them, and the `~~` row of an epoch it did not finish.
+    crashed = SummaryWriter(str(logdir))
+    for tag, step in (("losses/xent", 28), ("losses/test_1", 36), ("losses/test_5", 36), ("epoch", 36)):
+        crashed.add_scalar(tag, 99.0, step)
     crashed.close()
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-1")
+    with open(logdir / "train.log", "a") as f:
+        f.write("~~1\t0.00100\t\t99.000\t\t99.000\n")
+    assert train.main([*args, "--resume", "auto"]) == 0
+    scalars = load_run(logdir).scalars
+    assert [s.step for s in scalars["losses/xent"]] == [8, 16, 24, 40, 48, 56, 64, 72]
+    assert [(x.epoch, x.step) for x in eval_rows(load_run(logdir))] == [(0, 24), (1, 48), (2, 72)]
+    assert 99.0 not in [s.value for values in scalars.values() for s in values]
+    human = [ln.split("\t")[0] for ln in (logdir / "train.log").read_text().splitlines() if ln.startswith("~~")]
+    assert human == ["~~epoch", "~~0", "~~1", "~~2"]
+
+
+@pytest.mark.parametrize("known_by", ["restart count", "recorded agent"])
+def test_restart_before_the_first_checkpoint_starts_the_log_over(data, tmp_path, capsys, monkeypatch, one_thread,
+                                                                 known_by):
+    logdir = tmp_path / "run"
+    # a first attempt of this job that died in epoch 0, having recorded its agents first as the
+    # trainer does (so its files are known as this job's): a start, a loss, no checkpoint
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job1")
+    logdir.mkdir()
+    dist.record_attempt(str(logdir), dist.Attempt(False, (dist.agent_id(),)))
+    crashed = RunLogger(logdir, True)
+    crashed.scalar("losses/xent", 99.0, 8)
+    crashed.close()
+    if known_by == "restart count":
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    else:  # every agent reports 0 (a membership change), but this one also ran the crashed attempt
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
     rc = train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1", "train.short_epoch=true",
                      "train.short_epoch_steps=1"])
     assert rc == 0

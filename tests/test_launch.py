@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from conftest import REPO
+from procs import run_bounded
 
 SCRIPTS = ["launch/local.sh", "launch/multinode.sh", "launch/slurm.sbatch"]
 TORCHRUN = ["python3", "-m", "torch.distributed.run"]
@@ -19,8 +20,7 @@ def launch(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("SLURM_", "NCCL_", "GLOO_", "TORCH_DISABLE_SHARE"))
              and k not in ("NPROC", "NNODES", "NODE_RANK", "MASTER_ADDR", "RDZV_ENDPOINT", "CONFIG", "PYTHON")}
-    return subprocess.run(["bash", script, *args], cwd=REPO, capture_output=True, text=True, timeout=30,
-                          env={**clean, "LAUNCH_DRY_RUN": "1", **env})
+    return run_bounded(["bash", script, *args], cwd=REPO, timeout=30, env={**clean, "LAUNCH_DRY_RUN": "1", **env})
 
 
 def dry_run(script: str, *args: str, **env: str) -> tuple[list[str], list[str]]:
@@ -33,7 +33,7 @@ def dry_run(script: str, *args: str, **env: str) -> tuple[list[str], list[str]]:
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_shell_syntax(script):
-    r = subprocess.run(["bash", "-n", script], cwd=REPO, capture_output=True, text=True)
+    r = run_bounded(["bash", "-n", script], cwd=REPO, timeout=30)
     assert r.returncode == 0, r.stderr
     assert os.access(REPO / script, os.X_OK)
 

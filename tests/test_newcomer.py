@@ -19,7 +19,7 @@ import yaml
 
 from conftest import REPO, make_jpeg_tree
 from training import config as C
-from training import loop, resize, train
+from training import dist, loop, resize, train
 from training.bench import main as bench_main
 from training.phases import DEFAULT_MIN_SCALE, DataPhase
 from training.profiling import TraceWindow
@@ -82,9 +82,10 @@ def test_a_fresh_run_refuses_a_logdir_holding_a_run_and_changes_nothing(data, fi
 def test_a_restart_does_not_resume_a_run_another_launch_started(data, finished, tmp_path, capsys, monkeypatch):
     """torchrun restarts a group whose first attempt was refused: the restart must be refused too."""
     logdir = copy_of(finished, tmp_path)
+    dist.record_attempt(str(logdir), dist.Attempt(False, ("otherhost:4242:123456",)))  # the older job's agent
     before = snapshot(logdir)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "a-later-launch")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "a-later-job")
     rc = train.main([str(data), *TINY, f"train.logdir={logdir}", "--phases", ONE_EPOCH])
     assert rc == 2 and "already holds a run" in one_error_line(capsys.readouterr().err)
     assert snapshot(logdir) == before
@@ -268,7 +269,8 @@ def test_cifar_run_stopped_early_logs_its_evaluation_row(cifar_batches, tmp_path
                      "train.short_epoch_steps=1", "cifar.tta_level=0"])
     assert rc == 0
     rows = (logdir / "run_000" / "train.log").read_text().splitlines()
-    assert rows[0] == "~~epoch\thours\ttop1\ttop5" and rows[1] == "phase at epoch 0: size 32 batch 500"
+    assert rows[0] == "~~epoch\thours\ttop1\ttop5"
+    assert rows[1] == "phase at epoch 0: size 32 batch 500 val_batch 2000"  # no ImageNet-only fields
     assert re.fullmatch(r"~~0\t[\d.]+\t\t[\d.]+\t\t[\d.]+", rows[2]) and len(rows) == 3
 
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 
 import pytest
 
 from conftest import FIXTURE_EVENTS, REPO
+from procs import run_bounded
 from training.phases import PhaseError, load_phases, parse_schedule
 
 PHASES = (FIXTURE_EVENTS / "phases.txt").read_text()
@@ -153,17 +153,16 @@ def test_injection_is_refused_and_nothing_runs(tmp_path):
     evil = f"[{{'ep': 0, 'sz': __import__('os').system('touch {marker}'), 'bs': 1}}]"
     with pytest.raises(PhaseError, match="not a literal"):
         parse_schedule(evil)
-    r = subprocess.run([sys.executable, "training/train.py", "--phases", evil, "--dry-run"],
-                       cwd=REPO, capture_output=True, text=True)
+    r = run_bounded([sys.executable, "training/train.py", "--phases", evil, "--dry-run"], cwd=REPO, timeout=120)
     assert r.returncode == 2
     assert r.stderr.startswith("error: phases: not a literal") and r.stderr.count("\n") == 1
     assert not marker.exists()
 
 
 def test_dry_run_cli_prints_one_json_object_per_epoch():
-    r = subprocess.run([sys.executable, "training/train.py", "--phases", PHASES, "--dry-run",
-                        "--num-train-images", str(N), "--world-size", str(W)],
-                       cwd=REPO, capture_output=True, text=True, check=True)
+    r = run_bounded([sys.executable, "training/train.py", "--phases", PHASES, "--dry-run",
+                     "--num-train-images", str(N), "--world-size", str(W)], cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(rows) == 37
     assert set(rows[0]) == {"epoch", "size", "batch_size", "iters", "lr_first", "lr_last", "min_scale",
@@ -176,15 +175,15 @@ def test_dry_run_cli_prints_one_json_object_per_epoch():
 
 
 def test_dry_run_bad_phases_exit_2_one_line():
-    r = subprocess.run([sys.executable, "training/train.py", "--phases", "[{'ep':0,'bs':2}]", "--dry-run"],
-                       cwd=REPO, capture_output=True, text=True)
+    r = run_bounded([sys.executable, "training/train.py", "--phases", "[{'ep':0,'bs':2}]", "--dry-run"],
+                    cwd=REPO, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "phase 0" in r.stderr
 
 
 def test_shipped_configs_parse():
     for path in sorted((REPO / "configs").rglob("*.yaml")):
-        r = subprocess.run([sys.executable, "training/train.py", "--config", str(path), "--dry-run",
-                            "--world-size", "8"], cwd=REPO, capture_output=True, text=True)
+        r = run_bounded([sys.executable, "training/train.py", "--config", str(path), "--dry-run",
+                         "--world-size", "8"], cwd=REPO, timeout=120)
         assert r.returncode == 0, (path, r.stderr)
 
 

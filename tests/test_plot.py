@@ -1,7 +1,6 @@
 """Plots: accuracy curves of runs (CLI) and the phase-schedule figure; both must be valid PNGs."""
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 from conftest import FIXTURE_EVENTS, REPO
 from dawn.events import EventsError
 from dawn.plot import plot_runs, plot_schedule
+from procs import run_bounded
 from training.phases import parse_schedule
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -39,15 +39,15 @@ def small_run(logdir: Path, top5s: list[float]) -> Path:
 def test_curves_cli_several_runs(tmp_path):
     run = small_run(tmp_path / "cpu-run", [40.0, 80.0, 94.0])
     out = tmp_path / "curves.png"
-    r = subprocess.run([sys.executable, "dawn/plot.py", str(FIXTURE_EVENTS), str(run), "--out", str(out),
-                        "--target-top5", "93"], cwd=REPO, capture_output=True, text=True)
+    r = run_bounded([sys.executable, "dawn/plot.py", str(FIXTURE_EVENTS), str(run), "--out", str(out),
+                     "--target-top5", "93"], cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr
     assert_png(out)
 
 
 def test_curves_cli_error_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "dawn/plot.py", str(tmp_path / "missing"), "--out",
-                        str(tmp_path / "x.png")], cwd=REPO, capture_output=True, text=True)
+    r = run_bounded([sys.executable, "dawn/plot.py", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png")],
+                    cwd=REPO, timeout=120)
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
     assert "no such file or directory" in line
@@ -77,7 +77,7 @@ def test_plot_schedule(tmp_path, phases, world):
 
 def test_train_cli_plot_schedule(tmp_path):
     out = tmp_path / "s.png"
-    r = subprocess.run([sys.executable, "training/train.py", "--config", "configs/imagenet18/8x8.yaml",
-                        "--plot-schedule", str(out), "--world-size", "64"], cwd=REPO, capture_output=True, text=True)
+    r = run_bounded([sys.executable, "training/train.py", "--config", "configs/imagenet18/8x8.yaml",
+                     "--plot-schedule", str(out), "--world-size", "64"], cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr
     assert_png(out)

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from conftest import REPO
+from procs import run_bounded
 from training.bench import project as P
 from training.phases import parse_schedule
 
@@ -48,6 +49,18 @@ def test_hand_computed_minutes(tp):
     assert "~0.9 min" in P.format_table(proj, "small.yaml", "resnet50")
 
 
+def test_checkpoint_wait_is_added_per_epoch_or_said_to_be_left_out(tp):
+    plain = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1001, num_val=200)
+    assert "checkpoints: not included" in P.format_table(plain, "small.yaml", "resnet50")
+    proj = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1001, num_val=200,
+                     checkpoint_s=2.0)
+    assert [r.checkpoint_s for r in proj.rows] == [4.0, 2.0]  # 2 s after each of the 3 epochs
+    assert proj.total_s == pytest.approx(53 + 6)
+    table = P.format_table(proj, "small.yaml", "resnet50")
+    assert "checkpoints: the step's measured wait, 2 s per epoch" in table
+    assert table.splitlines()[-2].split()[-2:] == ["0.10", "0.98"]  # ckpt min, total min
+
+
 def test_interpolates_seconds_per_image_against_pixels(tp):
     r = P.rate_at(tp, 176)
     f = (176**2 - 128**2) / (224**2 - 128**2)
@@ -58,8 +71,7 @@ def test_interpolates_seconds_per_image_against_pixels(tp):
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "training.bench", "project", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    return run_bounded([sys.executable, "-m", "training.bench", "project", *args], cwd=REPO, timeout=60)
 
 
 def test_cli_table_for_8x8(tmp_path):

@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from training.data import LoaderSpec
+from training.config import ConfigError
+from training.data import Backend, LoaderSpec, PhaseLoaders, get_backend
 from training.data import imagefolder, tree
-from training.data.rectval import ValBatch, crop_hw, val_batches
+from training.data.rectval import ValBatch, crop_hw, val_batch_size, val_batches
 from training.phases import DataPhase
 
 # (width, height) -> aspect ratios 2.0, 1.0, 0.5, 1.5, 0.75, 1.2
@@ -124,3 +127,55 @@ def test_val_geometry_is_torchvisions_resize_and_center_crop(wh, crop):
     ours_x = torch.where((xs >= 1) & (xs <= rw), xs, 0.0)[None, :].expand(crop)
     inside = (ours_y > 0) & (ours_x > 0)
     assert torch.equal(ref[0], torch.where(inside, ours_y, 0.0)) and torch.equal(ref[1], torch.where(inside, ours_x, 0.0))
+
+
+@pytest.mark.parametrize("size,bs,val_bs", [(128, 64, 512), (128, 1024, 1024), (224, 128, 256), (224, 300, 300),
+                                            (288, 32, 128), (288, 256, 256), (160, 8, 128), (192, 128, 128)])
+def test_val_batch_size_is_imagenet18s_rule(size, bs, val_bs):
+    assert val_batch_size(size, bs) == val_bs
+
+
+class _Recording:
+    """A backend that records the phase each loader was built for."""
+
+    def __init__(self):
+        self.built: list[tuple[str, DataPhase]] = []
+
+    def make(self, kind: str):
+        def build(spec: LoaderSpec) -> SimpleNamespace:
+            self.built.append((kind, spec.phase))
+            return SimpleNamespace(batch_size=spec.phase.batch_size, set_epoch=lambda e: None,
+                                   set_batch_size=lambda b: None, close=lambda: None)
+        return build
+
+
+@pytest.mark.parametrize("override,expected", [(0, [512, 512, 256, 128]), (5, [5, 5, 5, 5])])
+def test_phase_loaders_build_validation_with_the_val_batch(override, expected):
+    phases = (DataPhase(0, 128, 64, "-sz/160", "-sz/160", 0.08, False, False),
+              DataPhase(1, 128, 96, "-sz/160", "-sz/160", 0.08, False, True),  # keep_dl: val loader kept
+              DataPhase(2, 224, 64, "", "", 0.087, False, False),
+              DataPhase(3, 288, 32, "", "", 0.5, True, False))
+    rec = _Recording()
+    loaders = PhaseLoaders(Backend("rec", rec.make("train"), rec.make("val")),
+                           _spec(Path("unused")), phases, val_batch_size=override)
+    vals = [loaders.for_epoch(e)[1].batch_size for e in range(4)]
+    assert vals == expected
+    # training loaders keep the phase's own batch; validation differs from it only in the batch
+    assert [p.batch_size for k, p in rec.built if k == "train"] == [64, 64, 32]
+    assert [p for k, p in rec.built if k == "val"] == [replace(phases[i], batch_size=expected[i]) for i in (0, 2, 3)]
+    with pytest.raises(ConfigError, match="data.val_batch_size must be 0"):
+        PhaseLoaders(loaders.backend, loaders.base, phases, val_batch_size=-1)
+
+
+@pytest.mark.parametrize("backend", ["torchvision", "dali"])
+@pytest.mark.parametrize("override,shapes", [
+    (0, [(6, 3, 64, 72)]),  # max(2, 128) images: one chunk, mean ratio 1.15833 -> int(74.13) = 74 -> 72
+    (2, [(2, 3, *b.hw) for b in EXPECTED])])
+def test_rect_val_chunks_are_the_val_batch(tmp_path, backend, override, shapes):
+    if backend == "dali":
+        pytest.importorskip("nvidia.dali")
+    loaders = PhaseLoaders(get_backend(backend), _spec(_tree(tmp_path / "data")), (_spec(tmp_path).phase,),
+                           val_batch_size=override)
+    _, val = loaders.for_epoch(0)
+    assert [tuple(x.shape) for x, _ in val] == shapes
+    loaders.close()

@@ -1,18 +1,30 @@
-"""The trainer end to end on CPU: events at the right steps, DDP over gloo, exact resume, bad input."""
+"""The trainer end to end on CPU: events at the right steps, the lr it applies, DDP over gloo with
+known accuracies, exact resume, bad input."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from conftest import REPO, make_jpeg_tree
+from procs import run_bounded
+from training import checkpoint
+from training import config as C
+from training import train as trainer
+from training.models import resnet
+from training.optim import sgd
+from training.phases import parse_schedule
 
-TINY = ["--config", "configs/tiny_cpu.yaml", "data.workers=0", "train.print_freq=1"]
+TINY_CONFIG = REPO / "configs" / "tiny_cpu.yaml"
+TINY = ["--config", str(TINY_CONFIG), "data.workers=0", "train.print_freq=1"]
 
 
 def scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -26,8 +38,7 @@ def train(*args: str, nproc: int = 1, env: dict | None = None, check: bool = Tru
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "training/train.py", *args]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    r = run_bounded(cmd, cwd=REPO, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     if check and r.returncode != 0:
         raise AssertionError(f"exit {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
     return r
@@ -62,12 +73,65 @@ def test_two_process_gloo_run_logs_one_eval_per_epoch(data, tmp_path, loader):
     assert rows[0] == "~~epoch\thours\ttop1\ttop5" and len(rows) == 4
     assert (logdir / "config.yaml").exists()
     # the DAWN exporter reads our run: its hours and accuracies are the `~~` rows'
-    tsv = subprocess.run([sys.executable, "dawn/prepare_dawn_tsv.py", "--events_path", str(logdir)],
-                         cwd=REPO, capture_output=True, text=True, check=True).stdout.splitlines()
+    exported = run_bounded([sys.executable, "dawn/prepare_dawn_tsv.py", "--events_path", str(logdir)], cwd=REPO,
+                           timeout=120)
+    assert exported.returncode == 0, exported.stderr
+    tsv = exported.stdout.splitlines()
     ours = [r[2:].split("\t\t") for r in rows[1:]]
     theirs = [r.split("\t") for r in tsv[1:]]
     assert [[e, h] for e, h, _, _ in theirs] == [o[0].split("\t") for o in ours]
     assert [[t1, t5] for _, _, t1, t5 in theirs] == [o[1:] for o in ours]
+
+
+def test_applied_and_logged_lr_follow_the_schedule(data, tmp_path, one_thread):
+    """The lr the optimizer steps with, and the `sizes/lr` it logs, at every step of tiny_cpu.yaml
+    (24 images: 3, 2 and 3 steps). imagenet18's ramp counts an epoch's iterations from 1: epoch 0
+    of [0.02, 0.08] over 2 epochs of 3 steps goes 0.03, 0.04, 0.05; epoch 1 (2 steps, 4 in the
+    ramp) 0.065, 0.08; epoch 2 ([0.08, 0.008] over 3 steps) 0.056, 0.032, 0.008."""
+    known = [0.03, 0.04, 0.05, 0.065, 0.08, 0.056, 0.032, 0.008]
+    applied = []
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: applied.append([g["lr"] for g in opt.param_groups]))
+    try:
+        assert trainer.main([str(data), *TINY, f"train.logdir={tmp_path}"]) == 0
+    finally:
+        hook.remove()
+    sched = parse_schedule(C.build([str(TINY_CONFIG)], []).phases)
+    scheduled = [sched.lr(e, i, n) for e, n in ((0, 3), (1, 2), (2, 3)) for i in range(n)]
+    assert scheduled == pytest.approx(known, rel=1e-12)
+    assert applied == [[lr, lr] for lr in scheduled]  # both parameter groups (no_bn_wd), exactly
+    logged = scalars(tmp_path)["sizes/lr"]
+    assert [st for st, _ in logged] == [8, 16, 24, 40, 48, 56, 64, 72]
+    assert [v for _, v in logged] == pytest.approx(known, rel=1e-6)  # float32 in the event file
+
+
+def constant_checkpoint(path: Path, bias: torch.Tensor) -> Path:
+    """A tiny_cpu checkpoint of a ResNet-18 whose logits are ``bias`` whatever the image (the last
+    layer's weights are zero): its accuracy on any set is known from the labels alone."""
+    cfg = C.build([str(TINY_CONFIG)], [(["model", "num_classes"], len(bias))])
+    model = resnet.build(cfg.model.arch, len(bias), cfg.model.init_bn0)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(bias)
+    payload = {"model": model.state_dict(), "optimizer": sgd(model, cfg.optim, torch.device("cpu")).state_dict(),
+               "scaler": None, "epoch": 3, "step": 72, "config": C.to_dict(cfg), "arch": cfg.model.arch,
+               "start_time": time.time()}
+    return checkpoint.save(payload, path, 3, keep=1)
+
+
+def test_two_process_evaluation_counts_each_image_once_with_known_accuracy(tmp_path):
+    # 9 validation images, 3 per class: 2 ranks cannot split them evenly, so neither rank's share
+    # alone holds 9 images or scores exactly 1/3 or 2/3.
+    root = make_jpeg_tree(tmp_path / "data", classes=3, train_per_class=2, val_per_class=3)
+    bias = torch.tensor([3.0, 0.0, -1.0, 2.0, 1.0, 0.5, -2.0])  # top-5 classes 0, 3, 4, 5, 1: not 2
+    ckpt = constant_checkpoint(tmp_path / "ckpt", bias)
+    r = train(str(root), *TINY, "model.num_classes=7", "-e", "--resume", str(ckpt),
+              f"train.logdir={tmp_path / 'eval'}", nproc=2)
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["images"] == 9
+    assert result["top1"] == pytest.approx(100 / 3) and result["top5"] == pytest.approx(200 / 3)
+    nll = -torch.log_softmax(bias.double(), 0)[:3]
+    assert result["loss"] == pytest.approx(nll.mean().item(), rel=1e-6)
 
 
 def test_resume_matches_uninterrupted_run(data, tmp_path):
@@ -84,6 +148,19 @@ def test_resume_matches_uninterrupted_run(data, tmp_path):
     s = scalars(part)
     assert len(s["first"]) == 1
     assert [st for st, _ in s["losses/test_1"]] == [st for st, _ in scalars(full)["losses/test_1"]]
+
+
+def test_resume_is_exact_for_a_model_drawing_random_numbers(data, tmp_path, one_thread):
+    """MobileNetV3's dropout draws from torch's global generator. The checkpoint holds no generator
+    state: the loop reseeds from (seed, epoch) at every epoch, so a run resumed at an epoch boundary
+    draws the masks of the uninterrupted run."""
+    args = [str(data), *TINY, "--arch", "mobilenet_v3_small", "model.init_bn0=false"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert trainer.main([*args, f"train.logdir={full}"]) == 0
+    assert trainer.main([*args, f"train.logdir={part}", "train.max_epochs=1"]) == 0
+    assert trainer.main([*args, f"train.logdir={part}", "--resume", "auto"]) == 0
+    a, b = final_weights(full), final_weights(part)
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -118,7 +195,6 @@ def test_unwritable_logdir(data, tmp_path):
 def test_compile_static_gives_each_schedule_shape_its_own_graph(monkeypatch):
     """imagenet18 8x8 trains 9 batch shapes; dynamo's default cap of 8 graphs would run the 9th
     eagerly, and the default dynamic=None would make the graph shape-generic at the 2nd."""
-    from training.phases import parse_schedule
     from training.recipes.imagenet import compile_static
 
     shapes = parse_schedule((REPO / "configs/imagenet18/8x8.yaml").read_text().split("phases:", 1)[1]

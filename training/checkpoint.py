@@ -1,24 +1,35 @@
 """Atomic checkpoints: temp file + fsync + rename, keep the last K, fall back past corrupt ones.
 
 A checkpoint holds everything needed to continue a run exactly: the unwrapped model, optimizer,
-grad scaler, the next epoch to run, the global step, RNG states, the resolved config and the
-schedule, and the run's start time (so a resumed run's hours continue the original clock).
+grad scaler, the next epoch to run, the global step, the resolved config and the schedule, and the
+run's start time (so a resumed run's hours continue the original clock). No RNG state: a run
+resumes at an epoch boundary, where the loop reseeds from (seed, epoch) anyway.
 Loading uses ``weights_only=True``: a checkpoint from an untrusted place cannot run code.
 A CRC-32 of every tensor's bytes is stored inside and checked on load, so a checkpoint damaged
 after it was written (bit rot, a bad copy) is refused like a truncated one, not trained on.
+
+During a run, ``Checkpointer`` decides which epochs are saved (``train.checkpoint_every``,
+``train.checkpoint_min_interval_s``) and writes them on a background thread from a host copy of the
+state, so the step waits only for that copy; ``SigtermGuard`` turns SIGTERM into a last checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import os
-import random
 import re
+import signal
 import sys
 import tempfile
+import threading
+import time
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
+
+from training.config import ConfigError
 
 FORMAT = 1
 _NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
@@ -135,15 +146,184 @@ def latest_good(logdir: str | os.PathLike) -> tuple[Path, dict] | None:
     return None
 
 
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def snapshot(obj: Any) -> Any:
+    """A copy of ``obj`` (nested dicts/lists/tuples) whose tensors live in host memory, pinned when
+    they come from CUDA so the copy runs at full bus speed, taken now: the next step's in-place
+    updates do not reach it. Container types (a state_dict's OrderedDict and its ``_metadata``) and
+    strides are kept, so ``save`` writes the same bytes as from the live state."""
+    on_cuda = False
+
+    def copy_of(x: Any) -> Any:
+        nonlocal on_cuda
+        if isinstance(x, torch.Tensor):
+            x = x.detach()
+            if x.device.type != "cuda":
+                return x.to("cpu", copy=True)
+            on_cuda = True
+            host = torch.empty_strided(x.size(), x.stride(), dtype=x.dtype, device="cpu", pin_memory=True)
+            return host.copy_(x, non_blocking=True)
+        if isinstance(x, dict):
+            out = copy.copy(x)
+            for k, v in x.items():
+                out[k] = copy_of(v)
+            return out
+        if isinstance(x, (list, tuple)):
+            return type(x)(copy_of(v) for v in x)
+        return x  # numbers, strings, None: immutable
+
+    out = copy_of(obj)
+    if on_cuda:
+        torch.cuda.synchronize()  # the copies above are asynchronous; the writer reads them
+    return out
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def check_cadence(every: int, min_interval_s: float) -> None:
+    """ConfigError unless train.checkpoint_every >= 1 and train.checkpoint_min_interval_s >= 0."""
+    if every < 1:
+        raise ConfigError(f"train.checkpoint_every must be >= 1 (epochs), got {every}")
+    if min_interval_s < 0:
+        raise ConfigError(f"train.checkpoint_min_interval_s must be >= 0 (seconds), got {min_interval_s}")
+
+
+class Checkpointer:
+    """Rank 0's checkpoints during a run: which epochs are saved, and one background writer.
+
+    ``epoch_done`` copies the state to host memory after every epoch (``snapshot``); that copy, and
+    the wait for the previous write when it is still going, are all the step waits. A due snapshot
+    goes to a writer thread that runs ``save`` (atomic, CRC, keep-last-K), never two at once. The
+    newest snapshot that was not due is kept, so ``save_latest`` (the end of a run, SIGTERM) can
+    write the last finished epoch. A write that fails with an OSError prints the warning a
+    synchronous save printed and the previous checkpoint stays; any other error is raised by the
+    next ``wait``. Ranks that never call ``epoch_done`` have nothing to wait for."""
+
+    def __init__(self, logdir: str | os.PathLike, keep: int, every: int = 1, min_interval_s: float = 0.0,
+                 on_written: Callable[[int, int, float], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        """``on_written(epoch, step, seconds)`` runs on the caller's thread for each finished write."""
+        check_cadence(every, min_interval_s)
+        self.logdir, self.keep, self.every, self.min_interval_s = logdir, keep, every, min_interval_s
+        self.on_written, self.clock = on_written, clock
+        self.last_written: int | None = None  # epoch of the newest checkpoint this process wrote
+        self.write_s = 0.0  # seconds of finished background writes not yet taken by take_write_s
+        self._last_start = clock()  # the run's start counts as a checkpoint for the interval
+        self._thread: threading.Thread | None = None
+        self._result: tuple[int, int, float] | BaseException | None = None
+        self._unwritten: tuple[int, dict] | None = None  # (epoch, snapshot) of the last epoch, not due
+
+    def due(self, epoch: int) -> bool:
+        return epoch % self.every == 0 and self.clock() - self._last_start >= self.min_interval_s
+
+    def epoch_done(self, epoch: int, state: dict) -> None:
+        """``state`` (live tensors) after ``epoch`` epochs: snapshot it, and write it if it is due."""
+        self._collect(block=False)
+        snap = snapshot(state)
+        if self.due(epoch):
+            self._unwritten = None
+            self._submit(epoch, snap)
+        else:
+            self._unwritten = (epoch, snap)
+
+    def save_latest(self) -> None:
+        """Write the last finished epoch unless it is written or being written, then wait."""
+        if self._unwritten is not None:
+            self._submit(*self._unwritten)
+            self._unwritten = None
+        self.wait()
+
+    def wait(self) -> None:
+        """Block until the write in flight, if any, is finished."""
+        self._collect(block=True)
+
+    def take_write_s(self) -> float:
+        """Seconds of background writes finished since the last call (for --profile)."""
+        self._collect(block=False)
+        seconds, self.write_s = self.write_s, 0.0
+        return seconds
+
+    def _submit(self, epoch: int, snap: dict) -> None:
+        self.wait()  # never two writes in flight
+        self._last_start = self.clock()
+        self._thread = threading.Thread(target=self._write, args=(epoch, snap), name=f"checkpoint-{epoch}")
+        self._thread.start()
+
+    def _write(self, epoch: int, snap: dict) -> None:
+        t0 = time.perf_counter()
+        try:
+            save(snap, self.logdir, epoch, self.keep)
+            self._result = (epoch, snap["step"], time.perf_counter() - t0)
+        except OSError as e:
+            # A full disk must not kill a long run: the previous checkpoint is intact; say so loudly.
+            print(f"warning: checkpoint after epoch {epoch} not written ({e.strerror or e}); "
+                  "the previous checkpoint is kept, training continues", file=sys.stderr, flush=True)
+        except BaseException as e:  # anything else: raised on the training thread by _collect
+            self._result = e
+
+    def _collect(self, block: bool) -> None:
+        if self._thread is None or (not block and self._thread.is_alive()):
+            return
+        self._thread.join()
+        self._thread = None
+        result, self._result = self._result, None
+        if isinstance(result, BaseException):
+            raise result
+        if result is not None:
+            epoch, step, seconds = result
+            self.last_written = epoch
+            self.write_s += seconds
+            if self.on_written is not None:
+                self.on_written(epoch, step, seconds)
+
+
+class Preempted(BaseException):
+    """SIGTERM during training (preemption, Slurm's warning signal, torchrun stopping the group).
+    A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way swallows it."""
+
+
+class SigtermGuard:
+    """While entered, the first SIGTERM raises Preempted in the main thread: at once, or at the end
+    of a ``holding()`` section. After ``quiet()`` (the way out, its last checkpoint being written)
+    SIGTERM is only noted in ``received``. Processes forked meanwhile (loader workers) keep the
+    default: SIGTERM ends them."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._holding = False
+        self._quiet = False
+        self._raised = False
+        self._pid = os.getpid()
+        self._old: Any = None
+
+    def __enter__(self) -> SigtermGuard:
+        self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGTERM, self._old)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if os.getpid() != self._pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        self.received = True
+        if not self._holding:
+            self._raise()
+
+    def _raise(self) -> None:
+        if not (self._raised or self._quiet):
+            self._raised = True
+            raise Preempted("SIGTERM")
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """A section SIGTERM must not cut (taking a snapshot): Preempted comes at its end instead."""
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._holding = False
+        if self.received:
+            self._raise()
+
+    def quiet(self) -> None:
+        self._quiet = True

@@ -30,7 +30,8 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     arch: str = "resnet50"  # any torchvision classification model name
-    init_bn0: bool = False  # zero gamma of each residual block's last BN (Goyal et al. 2017)
+    # zero gamma of each residual block's last BN (Goyal et al. 2017) and, as imagenet18, fc.weight ~ N(0, 0.01)
+    init_bn0: bool = False
     num_classes: int = 0  # 0: the number of class folders in the data
 
 
@@ -39,7 +40,8 @@ class OptimConfig:
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = False  # Nesterov momentum
     weight_decay: float = 1e-4  # per-step L2 coefficient, PyTorch SGD convention
-    no_bn_wd: bool = False  # no weight decay on BatchNorm weights and biases
+    no_bn_wd: bool = False  # no weight decay on BatchNorm weights and biases, nothing else (imagenet18)
+    no_bias_wd: bool = False  # nor on any module's bias (fc.bias); both: every 1-d tensor of a ResNet
     label_smoothing: float = 0.0  # cross-entropy label smoothing, 0..1
 
 
@@ -48,6 +50,9 @@ class DataConfig:
     dir: str = ""  # DATA: holds <trndir>/train and <valdir>/validation
     loader: str = "auto"  # auto | dali | torchvision | synthetic
     workers: int = 8  # loader worker processes (threads for DALI) per rank
+    # per-rank validation batch, images, also rect_val's aspect-ratio chunk; 0: imagenet18's rule,
+    # from the phase's bs and sz: max(bs, 512) at 128 px, max(bs, 256) at 224 px, else max(bs, 128)
+    val_batch_size: int = 0
     bad_images: str = "skip"  # skip | error
     synthetic_images: int = 1024  # images per epoch for --loader synthetic
     synthetic_classes: int = 10  # classes for --loader synthetic
@@ -68,6 +73,11 @@ class TrainConfig:
     short_epoch: bool = False  # a few steps per epoch, for smoke tests
     short_epoch_steps: int = 4  # steps per epoch with short_epoch
     keep_checkpoints: int = 3  # how many epoch checkpoints to keep; 0: all
+    # A checkpoint is written (in the background) after every checkpoint_every-th epoch, once at least
+    # checkpoint_min_interval_s have passed since the previous one began; the run's last epoch and a
+    # SIGTERM always get one. A restart redoes the epochs since the newest written checkpoint.
+    checkpoint_every: int = 1  # epochs between checkpoints (>= 1)
+    checkpoint_min_interval_s: float = 0.0  # seconds, at least, between checkpoints; 0: no minimum
     nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss does
     dist_timeout_s: int = 1800  # collective timeout before a hung rank fails the group, seconds
     print_freq: int = 50  # steps between progress lines (and host syncs for the loss)
@@ -297,17 +307,25 @@ def comments() -> dict[str, str]:
 
 
 def _line_comments(cls: type) -> dict[str, str]:
+    """A field's comment: the one at the end of its line, else the comment lines right above it."""
     names = {f.name for f in dataclasses.fields(cls)}
-    tokens: dict[int, list[str]] = {}
+    code: dict[int, list[str]] = {}
     notes: dict[int, str] = {}
     for tok in tokenize.generate_tokens(io.StringIO(textwrap.dedent(inspect.getsource(cls))).readline):
         if tok.type == tokenize.COMMENT:
             notes[tok.start[0]] = tok.string.lstrip("#").strip()
         elif tok.type in (tokenize.NAME, tokenize.OP):
-            tokens.setdefault(tok.start[0], []).append(tok.string)
-    # a field's line starts `name :`; its comment is the one at that line's end
-    return {t[0]: notes[line] for line, t in tokens.items()
-            if len(t) > 1 and t[0] in names and t[1] == ":" and line in notes}
+            code.setdefault(tok.start[0], []).append(tok.string)
+    out = {}
+    for line, t in code.items():
+        if len(t) > 1 and t[0] in names and t[1] == ":":  # a field's line: `name: type = default`
+            above, prev = [], line - 1
+            while prev in notes and prev not in code:  # a comment-only line
+                above.insert(0, notes[prev])
+                prev -= 1
+            if line in notes or above:
+                out[t[0]] = notes.get(line) or " ".join(above)
+    return out
 
 
 def yaml_text(value: Any) -> str:

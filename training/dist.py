@@ -1,9 +1,11 @@
-"""torchrun environment, process-group set-up and teardown, rank helpers, reductions, and the
-failure side: a one-line report when a collective fails because a peer died or hung, and the
-fault-injection drill (docs/OPERATIONS.md)."""
+"""torchrun environment, process-group set-up and teardown, rank helpers, reductions, elastic
+attempts (whether this one restarts the run, decided for the whole group), and the failure side: a
+one-line report when a collective fails because a peer died or hung, and the fault-injection drill
+(docs/OPERATIONS.md)."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import signal
@@ -11,6 +13,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -109,14 +112,86 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     return obj
 
 
-# ----------------------------------------------------------------------------- peer failures
+def gather_objects(obj: object) -> list:
+    """Every rank's ``obj``, by rank, on every rank."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        out: list = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
 
-FAULT_ENV = "FASTIMAGENET_FAULT"
+
+# ----------------------------------------------------------------------------- elastic attempts
+
+ATTEMPT_FILE = "elastic_attempt.json"  # in the logdir: the torchrun agents of the latest attempt
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """This attempt of a run, as the whole group sees it (the same on every rank)."""
+    restarted: bool  # an elastic restart of a run of this torchrun job: resume it, do not start over
+    agents: tuple[str, ...]  # each rank's torchrun agent (agent_id), by rank
+    own_run: bool = False  # an agent of the attempt recorded in the logdir runs a rank now: the run there is this job's
 
 
 def restart_count() -> int:
-    """Which attempt of an elastic run this is (0: the first, or not under torchrun)."""
+    """How often this machine's torchrun agent has restarted its workers after a failure (0: the
+    first attempt, or not under torchrun). Per machine: see group_attempt."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def agent_id() -> str:
+    """The torchrun agent that started this process (its parent): host, pid and the pid's start
+    time, so a reused pid is another agent. It stays while the agent restarts its workers; a new
+    job, or a machine's agent started anew, has a new one. "" when not under torchrun."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return ""
+    ppid = os.getppid()
+    try:  # field 22, counted after the parenthesised command name, which may hold spaces
+        started = Path(f"/proc/{ppid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        started = "?"
+    return f"{socket.gethostname()}:{ppid}:{started}"
+
+
+def group_attempt(info: DistInfo, logdir: str) -> Attempt:
+    """Whether this attempt restarts the run in ``logdir``, decided for the group (a collective).
+
+    Each machine's agent counts restarts for itself: the one whose worker failed counts one, one that
+    only restarts its workers because the membership changed does not, and the agent of a machine
+    started anew begins at 0. So it is a restart when any rank's count is above 0, or when an agent
+    of the attempt recorded in the logdir (record_attempt) runs a rank now, which also holds when
+    every agent reports 0. A new job has only new agents: a fresh run, unless told --resume."""
+    recorded = _recorded_agents(logdir) if info.is_main else []
+    everyone = gather_objects((restart_count(), agent_id(), recorded))
+    agents = tuple(agent for _, agent, _ in everyone)
+    earlier = set(everyone[0][2]) - {""}
+    own = bool(earlier & set(agents))
+    return Attempt(max(count for count, _, _ in everyone) > 0 or own, agents, own)
+
+
+def record_attempt(logdir: str, attempt: Attempt) -> None:
+    """Note the group's agents in the logdir (rank 0 calls it), for group_attempt after a restart.
+    Outside torchrun there is nothing to note."""
+    if not any(attempt.agents):
+        return
+    path = Path(logdir) / ATTEMPT_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"agents": list(attempt.agents)}))
+    os.replace(tmp, path)  # a reader never sees half a record
+
+
+def _recorded_agents(logdir: str) -> list[str]:
+    try:
+        agents = json.loads((Path(logdir) / ATTEMPT_FILE).read_text())["agents"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # none yet (or unreadable): the restart counts decide alone
+    return [a for a in agents if isinstance(a, str)] if isinstance(agents, list) else []
+
+
+# ----------------------------------------------------------------------------- peer failures
+
+FAULT_ENV = "FASTIMAGENET_FAULT"
 
 
 def is_peer_failure(e: BaseException) -> bool:
@@ -152,7 +227,9 @@ def _silent_ranks(info: DistInfo, grace_s: float) -> list[int] | None:
     try:
         store = dist.distributed_c10d._get_default_store()
         store.set_timeout(datetime.timedelta(seconds=max(grace_s, 1.0)))
-        prefix = f"fastimagenet/peer_failure/{restart_count()}/"
+        # No attempt number in the key: restart counts differ between machines, and each attempt
+        # has its own store or key prefix already (_attempt_store, torch's env:// rendezvous).
+        prefix = "fastimagenet/peer_failure/"
         store.set(prefix + str(info.rank), "1")
         reported = store.add(prefix + "count", 1)
         deadline = time.monotonic() + grace_s
@@ -164,12 +241,13 @@ def _silent_ranks(info: DistInfo, grace_s: float) -> list[int] | None:
         return None
 
 
-def fault_injector(rank: int) -> Callable[[int, int], None] | None:
+def fault_injector(rank: int, restarted: bool) -> Callable[[int, int], None] | None:
     """The fault drill: FASTIMAGENET_FAULT="kill:EPOCH:STEP:RANK" (or "hang:...") makes RANK SIGKILL
     itself (or sleep forever) right after training step STEP of EPOCH, in the first attempt of a run
-    only, so an elastic restart goes through. None (nothing checked per step) when unset."""
+    only (``restarted``: Attempt.restarted, the group's view, so it fires once on several machines
+    too), and an elastic restart goes through. None (nothing checked per step) when unset."""
     spec = os.environ.get(FAULT_ENV, "")
-    if not spec or restart_count() > 0:
+    if not spec or restarted:
         return None
     parts = spec.split(":")
     if len(parts) != 4 or parts[0] not in ("kill", "hang") or not all(p.isdigit() for p in parts[1:]):

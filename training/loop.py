@@ -55,6 +55,9 @@ class Hooks:
     after_step: Callable[[TrainState, int], None] | None = None  # e.g. lookahead / EMA
     evaluate: Callable[[nn.Module, Loader], EvalResult] | None = None  # e.g. TTA
     after_epoch: Callable[[TrainState], None] | None = None  # e.g. checkpoint
+    # seconds of work done off the step's path since the last call, by name (e.g. background
+    # checkpoint writes): --profile lists them under the epoch's table, outside its total
+    background: Callable[[], dict[str, float]] | None = None
     eval_every: int = 1  # epochs between evaluations; 0: only after the last epoch
     loss_is_sum: bool = False  # loss_fn sums over the batch (a fixed loss scale); logs divide by it
 
@@ -96,12 +99,15 @@ class StageTimer:
         self.totals[stage] += now - self._t
         self._t = now
 
-    def table(self, epoch: int) -> str:
+    def table(self, epoch: int, background: dict[str, float] | None = None) -> str:
+        """The stages, their total, then ``background`` work that overlapped them (not in the total)."""
         total = sum(self.totals.values())
         share = total or 1.0
         rows = [f"profile epoch {epoch}: stage        seconds   share"]
         rows += [f"  {k:<22}{v:>9.3f} {100 * v / share:6.1f}%" for k, v in self.totals.items()]
         rows.append(f"  {'total':<22}{total:>9.3f} {100 * total / share:6.1f}%")
+        rows += [f"  {k:<22}{v:>9.3f}  (in the background, not in the total)"
+                 for k, v in (background or {}).items()]
         return "\n".join(rows)
 
 
@@ -275,7 +281,8 @@ def run(state: TrainState, loaders: PhaseSource, hooks: Hooks, ctx: RunContext) 
         if phase != last_phase:
             log.scalar("sizes/batch", phase.batch_size, state.step)
             log.scalar("sizes/image", phase.size, state.step)
-            log.human(f"phase at epoch {epoch}: size {phase.size} batch {phase.batch_size}{_phase_extras(phase)}")
+            log.human(f"phase at epoch {epoch}: size {phase.size} batch {phase.batch_size} val_batch {val.batch_size}"
+                      f"{_phase_extras(phase)}")
             last_phase = phase
         train_epoch(state, train, hooks, ctx, epoch, timer)
         state.epoch = epoch + 1
@@ -289,7 +296,7 @@ def run(state: TrainState, loaders: PhaseSource, hooks: Hooks, ctx: RunContext) 
             timer.mark("evaluation")
         if hooks.after_epoch is not None:
             hooks.after_epoch(state)
-            timer.mark("checkpoint")
+            timer.mark("checkpoint wait")  # what the step waited; the write itself is background
         if ctx.profile:
-            log.progress(timer.table(epoch))
+            log.progress(timer.table(epoch, hooks.background() if hooks.background is not None else None))
     return last_eval

@@ -6,12 +6,14 @@ For each epoch e of the schedule on G GPUs at scaling efficiency E (0 < E <= 1):
   train_s(e) = images_per_epoch(e) / (img_s(size(e)) * G * E),  images_per_epoch = iters(e) * bs(e) * G
   eval_s(e)  = ceil(val_images / G) / eval_img_s(size(e)),       on the epochs the loop evaluates
 
-plus, once per data phase, the measured warm-up overhead at its size (compile, cuDNN autotuning).
+plus, once per data phase, the measured warm-up overhead at its size (compile, cuDNN autotuning),
+plus, with ``--checkpoint-s S``, S seconds per epoch: the step's measured wait on checkpointing (the
+``checkpoint wait`` row of ``train.py --profile``; the write itself runs in the background).
 img_s is one GPU's training img/s from ``bench throughput --json`` (its ``ours`` path unless told
 otherwise); a size between two measured sizes is interpolated linearly in seconds per image against
 pixels (size^2); a size outside the measured range is an error. E applies to training steps only
 (gradient all-reduce); evaluation adds one all-reduce per epoch. Not included: process start-up,
-data loading that cannot keep up, checkpoint writes.
+data loading that cannot keep up, checkpoints unless --checkpoint-s is given (the table says which).
 """
 from __future__ import annotations
 
@@ -66,10 +68,11 @@ class PhaseRow:
     eval_s: float
     evals: int  # evaluations in the phase
     warmup_s: float
+    checkpoint_s: float  # the step's wait on checkpointing, all epochs of the phase
 
     @property
     def total_s(self) -> float:
-        return self.train_s + self.eval_s + self.warmup_s
+        return self.train_s + self.eval_s + self.warmup_s + self.checkpoint_s
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class Projection:
     num_val: int
     eval_every: int
     throughput: Throughput
+    checkpoint_s: float  # per epoch, measured; 0: not included
 
     @property
     def total_s(self) -> float:
@@ -145,12 +149,16 @@ def rate_at(tp: Throughput, size: int) -> Rate:
 
 
 def project(schedule: Schedule, tp: Throughput, gpus: int, efficiency: float,
-            num_train: int = IMAGENET_TRAIN, num_val: int = IMAGENET_VAL, eval_every: int = 1) -> Projection:
-    """One row per data phase. eval_every as the loop's Hooks: 0 evaluates only after the last epoch."""
+            num_train: int = IMAGENET_TRAIN, num_val: int = IMAGENET_VAL, eval_every: int = 1,
+            checkpoint_s: float = 0.0) -> Projection:
+    """One row per data phase. eval_every as the loop's Hooks: 0 evaluates only after the last epoch.
+    checkpoint_s: the step's wait on checkpointing per epoch (a host copy every epoch)."""
     if gpus < 1:
         raise ProjectionError(f"--gpus must be at least 1, got {gpus}")
     if not 0 < efficiency <= 1:
         raise ProjectionError(f"--efficiency must be in (0, 1], got {efficiency}")
+    if checkpoint_s < 0:
+        raise ProjectionError(f"--checkpoint-s must be >= 0 (seconds per epoch), got {checkpoint_s}")
     plan = schedule.plan(num_train, gpus)
     rows = []
     for index, phase in enumerate(schedule.data_phases):
@@ -165,8 +173,9 @@ def project(schedule: Schedule, tp: Throughput, gpus: int, efficiency: float,
             phase=index, first_epoch=epochs[0].epoch, last_epoch=epochs[-1].epoch, size=phase.size,
             batch_size=phase.batch_size, images=per_rank * gpus, rate=rate,
             train_s=per_rank / (rate.train_img_s * efficiency),
-            eval_s=evals * math.ceil(num_val / gpus) / rate.eval_img_s, evals=evals, warmup_s=rate.warmup_s))
-    return Projection(rows, gpus, efficiency, num_train, num_val, eval_every, tp)
+            eval_s=evals * math.ceil(num_val / gpus) / rate.eval_img_s, evals=evals, warmup_s=rate.warmup_s,
+            checkpoint_s=len(epochs) * checkpoint_s))
+    return Projection(rows, gpus, efficiency, num_train, num_val, eval_every, tp, checkpoint_s)
 
 
 def format_table(p: Projection, config: str, arch: str) -> str:
@@ -184,16 +193,19 @@ def format_table(p: Projection, config: str, arch: str) -> str:
                    f"{', '.join(map(str, other))} per GPU in some phases")
     if any(not r.rate.eval_measured for r in p.rows):
         out.append(f"note: eval img/s not in the file for some sizes: taken as {EVAL_SPEEDUP:g}x training img/s")
+    out.append(f"checkpoints: the step's measured wait, {p.checkpoint_s:g} s per epoch" if p.checkpoint_s else
+               "checkpoints: not included (--checkpoint-s: the 'checkpoint wait' row of train.py --profile)")
     out.append(f"{'phase':>5}  {'epochs':<7}{'size':>5}{'bs/GPU':>7}{'img/s/GPU':>11}  {'source':<15}"
-               f"{'train min':>10}{'eval min':>9}{'warm-up min':>12}{'total min':>10}")
+               f"{'train min':>10}{'eval min':>9}{'warm-up min':>12}{'ckpt min':>9}{'total min':>10}")
     for r in p.rows:
         out.append(f"{r.phase:>5}  {f'{r.first_epoch}-{r.last_epoch}':<7}{r.size:>5}{r.batch_size:>7}"
                    f"{r.rate.train_img_s:>11,.0f}  {r.rate.source:<15}{r.train_s / 60:>10.2f}{r.eval_s / 60:>9.2f}"
-                   f"{r.warmup_s / 60:>12.2f}{r.total_s / 60:>10.2f}")
-    train, ev, warm = (sum(getattr(r, k) for r in p.rows) / 60 for k in ("train_s", "eval_s", "warmup_s"))
+                   f"{r.warmup_s / 60:>12.2f}{r.checkpoint_s / 60:>9.2f}{r.total_s / 60:>10.2f}")
+    train, ev, warm, ckpt = (sum(getattr(r, k) for r in p.rows) / 60
+                             for k in ("train_s", "eval_s", "warmup_s", "checkpoint_s"))
     epochs = p.rows[-1].last_epoch + 1
     out.append(f"{'total':>5}  {f'0-{epochs - 1}':<7}{'':>5}{'':>7}{'':>11}  {'':<15}{train:>10.2f}{ev:>9.2f}"
-               f"{warm:>12.2f}{p.total_s / 60:>10.2f}")
+               f"{warm:>12.2f}{ckpt:>9.2f}{p.total_s / 60:>10.2f}")
     out.append(f"{p.gpus} GPU(s) of this kind: ~{p.total_s / 60:.1f} min to the end of the schedule ({epochs} epochs)")
     return "\n".join(out)
 
@@ -208,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         efficiency = args.efficiency if args.efficiency is not None else \
             1.0 if args.gpus == 1 else DEFAULT_EFFICIENCY
         proj = project(schedule, tp, args.gpus, efficiency, args.num_train_images, args.num_val_images,
-                       args.eval_every)
+                       args.eval_every, args.checkpoint_s)
     except (C.ConfigError, PhaseError, ProjectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -227,4 +239,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-train-images", type=positive_int, default=1_281_167, help="images per epoch (ImageNet's)")
     p.add_argument("--num-val-images", type=positive_int, default=50_000, help="images per evaluation (ImageNet's)")
     p.add_argument("--eval-every", type=nonnegative_int, default=1, help="epochs between evaluations; 0: last only")
+    p.add_argument("--checkpoint-s", type=float, default=0.0, metavar="S", help="the step's measured wait on "
+                   "checkpointing per epoch, seconds ('checkpoint wait' of train.py --profile); default: left out")
     p.set_defaults(func=run)

@@ -12,6 +12,8 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 
+from training.config import ConfigError
+from training.data.rectval import val_batch_size
 from training.phases import DataPhase
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -109,12 +111,22 @@ def get_backend(name: str, log: Callable[[str], None] = lambda m: print(m, file=
 
 class PhaseLoaders:
     """Hands the loop the right loaders for each epoch: rebuilds them when a data phase starts,
-    only changes the batch size for a keep_dl phase, and closes old ones so no memory leaks."""
+    only changes the batch size for a keep_dl phase, and closes old ones so no memory leaks.
 
-    def __init__(self, backend: Backend, base: LoaderSpec, phases: tuple[DataPhase, ...]):
+    The validation loader is built from a spec whose ``phase.batch_size`` is the validation batch
+    (``val_batch_size`` images, or imagenet18's rule from the phase's size and training batch when
+    0); backends read their batch, and rect_val its chunk, from there and need no other knob. A
+    keep_dl phase keeps the validation loader, as imagenet18's did."""
+
+    def __init__(self, backend: Backend, base: LoaderSpec, phases: tuple[DataPhase, ...],
+                 val_batch_size: int = 0):
+        if val_batch_size < 0:
+            raise ConfigError(f"data.val_batch_size must be 0 (imagenet18's rule) or a number of images, "
+                              f"got {val_batch_size}")
         self.backend = backend
         self.base = base
         self.phases = phases
+        self.val_batch_size = val_batch_size
         self.active: DataPhase | None = None  # the phase whose loaders were built
         self.train: Loader | None = None
         self.val: Loader | None = None
@@ -125,12 +137,17 @@ class PhaseLoaders:
         if self.active is None or built != self.active:
             self.close()
             spec = replace(self.base, phase=built)
-            self.train, self.val = self.backend.train(spec), self.backend.val(spec)
+            self.train, self.val = self.backend.train(spec), self.backend.val(self.val_spec(spec))
             self.active = built
         if self.train.batch_size != phase.batch_size:
             self.train.set_batch_size(phase.batch_size)
         self.train.set_epoch(epoch)
         return self.train, self.val
+
+    def val_spec(self, spec: LoaderSpec) -> LoaderSpec:
+        """``spec`` with its phase's batch size replaced by the validation batch."""
+        bs = self.val_batch_size or val_batch_size(spec.phase.size, spec.phase.batch_size)
+        return replace(spec, phase=replace(spec.phase, batch_size=bs))
 
     def _built_for(self, phase: DataPhase) -> DataPhase:
         """The phase whose loaders serve ``phase``: the last non-keep_dl phase at or before it."""

@@ -19,17 +19,17 @@ Files are read by a small thread pool (file reads release the GIL) so the traini
 for the batch it is about to use.
 
 On a GPU (``mixed``): the JPEG is parsed on the CPU threads and decoded by nvJPEG (and the hardware
-decoder where the GPU has one, ``hw_decoder_load``); only the random crop's region is decoded
-(``image_slice``, for the crop window the torchvision backend would draw); images and labels leave the pipeline on the device, in fp16 (cast to bf16
-on the device when asked: DALI has no bf16 output) and NHWC for channels_last, and nothing in a step
-waits on the host. ``adjust_orientation`` is off and ``jpeg_fancy_upsampling`` on, so both decoders
-see the pixels PIL (the torchvision backend, and imagenet18) sees, and the header sizes the index
-keeps are the decoded sizes.
+decoder where the GPU has one, ``hw_decoder_load``); only the crop's region is decoded (``image_slice``,
+for the window the torchvision backend would draw); images and labels leave the pipeline on the
+device, in fp16 (cast to bf16 on the device when asked: DALI has no bf16 output) and NHWC for
+channels_last, and nothing in a step waits on the host. ``adjust_orientation`` is off, so the header
+sizes the index keeps are the decoded sizes, as for PIL (the torchvision backend, and imagenet18);
+whole-image decodes use PIL's chroma upsampling too (``jpeg_fancy_upsampling``).
 """
 from __future__ import annotations
 
 import re
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -52,6 +52,7 @@ from training.data.tree import TreeIndex, shard_indices, train_batches, train_in
 _MEAN = [255 * m for m in IMAGENET_MEAN]
 _STD = [255 * s for s in IMAGENET_STD]
 PREFETCH = 2  # batches DALI prepares ahead of the one being used
+READ_AHEAD = 4  # batches whose files are read (and crops drawn) ahead of the one DALI asks for
 
 
 class DaliLoader:
@@ -67,6 +68,7 @@ class DaliLoader:
         self.epoch = 0
         self._paths, self._labels, self._sizes = index.paths, np.array(index.labels, np.int32), index.sizes
         self._batches: list[tuple[int, ...]] = []  # this pass's batches, as indices into the index
+        self._ahead: dict[int, Future] = {}
         self._pipe: Pipeline | None = None
         self._iter: DALIGenericIterator | None = None
         self._pipe_batch = 0  # the batch size the pipeline was built for
@@ -94,6 +96,7 @@ class DaliLoader:
         if len(self) == 0:
             return
         self._batches = self._pass_batches()
+        self._ahead = {}  # batch -> its reading; the previous pass's are stale
         if self._pipe is None or self._pipe_batch != self.batch_size:
             self._build()
         else:
@@ -140,20 +143,24 @@ class DaliLoader:
         self._iter = DALIGenericIterator(self._pipe, ["images", "labels"],
                                          last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
 
-    def _decoder_args(self, decode: str) -> dict:
+    def _decoder_args(self, decode: str, roi: bool = False) -> dict:
         args = dict(device=decode, output_type=types.RGB, adjust_orientation=False)
         if decode == "mixed":
-            args.update(jpeg_fancy_upsampling=True, hw_decoder_load=self.spec.dali_hw_load,
+            # Fancy upsampling (libjpeg's, PIL's) except for ROI decodes: nvJPEG < 13.2 refuses ROI with
+            # it, warns per image and falls back to the CPU decoder (H200, DALI 2.4: 6,054 img/s end to
+            # end at 128 px with it, 10,519 from the loader without it).
+            args.update(jpeg_fancy_upsampling=not roi, hw_decoder_load=self.spec.dali_hw_load,
                         affine=False)  # 8 ranks' threads must not all pin themselves to cores 0..W-1
         return args
 
     def _train_graph(self, decode: str) -> None:
         size = self.spec.phase.size
         encoded, labels, anchor, shape, mirror = fn.external_source(
-            source=self._train_source, num_outputs=5, batch=True, batch_info=True,
+            source=self._source, num_outputs=5, batch=True, batch_info=True,
             dtype=[types.UINT8, types.INT32, types.INT32, types.INT32, types.INT32])
         if self.spec.dali_fused_crop:  # ROI decode: only the crop's region is decoded
-            images = fn.decoders.image_slice(encoded, anchor, shape, axis_names="WH", **self._decoder_args(decode))
+            images = fn.decoders.image_slice(encoded, anchor, shape, axis_names="WH",
+                                             **self._decoder_args(decode, roi=True))
         else:  # the hardware decoder decodes whole images only
             images = fn.decoders.image(encoded, **self._decoder_args(decode))
             images = fn.slice(images, anchor, shape, axis_names="WH")
@@ -163,7 +170,7 @@ class DaliLoader:
 
     def _val_graph(self, decode: str) -> None:
         encoded, labels, resize_hw, anchor, crop = fn.external_source(
-            source=self._val_source, num_outputs=5, batch=True, batch_info=True,
+            source=self._source, num_outputs=5, batch=True, batch_info=True,
             dtype=[types.UINT8, types.INT32, types.FLOAT, types.INT32, types.INT32])
         images = fn.decoders.image(encoded, **self._decoder_args(decode))
         # The geometry both backends share (rectval.val_geometry): resize to the target, then crop at
@@ -172,30 +179,39 @@ class DaliLoader:
         images = fn.slice(images, anchor, crop, axes=[0, 1], out_of_bounds_policy="pad", fill_values=0)
         self._pipe.set_outputs(self._normalize(images), labels.gpu() if decode == "mixed" else labels)
 
-    def _read(self, indices: tuple[int, ...]) -> list[np.ndarray]:
-        return list(self._pool.map(lambda i: np.fromfile(self._paths[i], dtype=np.uint8), indices))
-
-    def _train_source(self, info) -> tuple[list, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Batch ``info.iteration`` of this pass with its crop windows (x, y), (w, h) and flips: the
-        torchvision backend's, so augmentation is a function of (seed, epoch, image) here too and a
-        resumed run sees the batches the uninterrupted one did. StopIteration past the end (DALI may ask
-        again while prefetching)."""
-        if info.iteration >= len(self._batches):
+    def _source(self, info) -> tuple:
+        """external_source callback: batch ``info.iteration`` of this pass, StopIteration past the end
+        (DALI may ask again while prefetching). The next READ_AHEAD batches are read and prepared on
+        the reader threads meanwhile, so this (on the training thread) mostly hands over a ready one."""
+        i = info.iteration
+        if i >= len(self._batches):
             raise StopIteration
-        b = self._batches[info.iteration]
+        make = self._train_batch if self.train else self._val_batch
+        for j in range(i, min(i + READ_AHEAD, len(self._batches))):
+            if j not in self._ahead:
+                self._ahead[j] = self._pool.submit(make, self._batches[j], self.epoch if self.train else self._val[j].hw)
+        return self._ahead.pop(i).result()
+
+    def _read(self, indices: tuple[int, ...]) -> list[np.ndarray]:
+        out = []
+        for i in indices:
+            with open(self._paths[i], "rb") as f:  # the read releases the GIL
+                out.append(np.frombuffer(f.read(), dtype=np.uint8))
+        return out
+
+    def _train_batch(self, b: tuple[int, ...], epoch: int) -> tuple[list, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Files, labels, crop windows (x, y), (w, h) and flips: the torchvision backend's windows, so
+        augmentation is a function of (seed, epoch, image) here too and a resumed run sees the batches
+        the uninterrupted one did."""
         spec = self.spec
-        crops = [train_crop(spec.seed, self.epoch, i, *self._sizes[i], spec.phase.min_scale) for i in b]
+        crops = [train_crop(spec.seed, epoch, i, *self._sizes[i], spec.phase.min_scale) for i in b]
         return (self._read(b), self._labels[list(b)], np.array([c[0][:2] for c in crops], np.int32),
                 np.array([c[0][2:] for c in crops], np.int32), np.array([c[1] for c in crops], np.int32))
 
-    def _val_source(self, info) -> tuple[list, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        if info.iteration >= len(self._val):
-            raise StopIteration
-        vb = self._val[info.iteration]
-        geo = [val_geometry(*self._sizes[i], self.spec.phase.size, vb.hw) for i in vb.indices]
-        return (self._read(vb.indices), self._labels[list(vb.indices)],
-                np.array([g.resize_hw for g in geo], np.float32), np.array([g.anchor_yx for g in geo], np.int32),
-                np.array([vb.hw] * len(vb.indices), np.int32))
+    def _val_batch(self, b: tuple[int, ...], hw: tuple[int, int]) -> tuple[list, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        geo = [val_geometry(*self._sizes[i], self.spec.phase.size, hw) for i in b]
+        return (self._read(b), self._labels[list(b)], np.array([g.resize_hw for g in geo], np.float32),
+                np.array([g.anchor_yx for g in geo], np.int32), np.array([hw] * len(b), np.int32))
 
     def _normalize(self, images, **kwargs):
         half = self.spec.dtype in (torch.float16, torch.bfloat16)  # bf16: cast from fp16 on the device

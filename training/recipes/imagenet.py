@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -38,34 +39,24 @@ def check_data_root(root: str, schedule: Schedule, loader: str) -> None:
                 raise DataError(f"data dir {d} does not exist (phase at epoch {ph.start})")
 
 
-def find_resume(cfg: Config) -> str:
-    """'auto', or an elastic restart: the latest good checkpoint in the logdir. A restarted group
-    prefers the run's own checkpoints to an explicit --resume path (where the first attempt began),
-    which it uses only while the logdir holds none."""
+def find_resume(cfg: Config, restarted: bool) -> str:
+    """'auto', or an elastic restart (``restarted``: dist.group_attempt's, for the whole group): the
+    latest good checkpoint in the logdir. A restarted group prefers the run's own checkpoints to an
+    explicit --resume path (where the first attempt began), which it uses only while the logdir
+    holds none."""
     resume = cfg.train.resume
-    if dist.restart_count() > 0 and (not resume or checkpoint.list_checkpoints(cfg.train.logdir)):
+    if restarted and (not resume or checkpoint.list_checkpoints(cfg.train.logdir)):
         resume = "auto"
     return resume
 
 
-def check_fresh(cfg: Config, resume: str) -> None:
-    """A fresh run refuses a logdir holding another run (logs.refuse_reuse). A restarted group
-    (``resume`` 'auto' without the user asking) continues only the run its own launch started:
-    after a refusal, torchrun's restart must not turn into a resume of the older run."""
-    if cfg.train.resume:
-        return
-    launch = os.environ.get("TORCHELASTIC_RUN_ID")
-    if resume == "auto" and launch is not None and _launch_of(cfg.train.logdir) == launch:
-        return
-    refuse_reuse(cfg.train.logdir)
-
-
-def _launch_of(logdir: str) -> str | None:
-    """The torchrun launch (TORCHELASTIC_RUN_ID) that started the run in ``logdir``, if recorded."""
-    try:
-        return json.loads((Path(logdir) / "metadata.json").read_text()).get("launch_id")
-    except (OSError, ValueError, AttributeError):
-        return None
+def check_fresh(cfg: Config, attempt: dist.Attempt) -> None:
+    """Without --resume, a logdir holding a run is refused (logs.refuse_reuse) unless the run is
+    this job's own (an elastic restart: its agents are recorded there, before any file of the run is
+    written). So when a first attempt is refused, torchrun's restarts are refused too, rather than
+    resuming the older run."""
+    if not cfg.train.resume and not attempt.own_run:
+        refuse_reuse(cfg.train.logdir)
 
 
 def load_resume(resume: str, cfg: Config, info: dist.DistInfo) -> dict | None:
@@ -109,7 +100,7 @@ def build_loaders(cfg: Config, schedule: Schedule, info: dist.DistInfo) -> Phase
                       dali_fused_crop=cfg.data.dali_fused_crop, dali_hw_load=cfg.data.dali_hw_load)
     backend = get_backend(cfg.data.loader, log=lambda m: print(m, file=sys.stderr) if info.is_main else None,
                           device=info.device, workers=cfg.data.workers)
-    return PhaseLoaders(backend, spec, schedule.data_phases)
+    return PhaseLoaders(backend, spec, schedule.data_phases, cfg.data.val_batch_size)
 
 
 def compile_static(model: nn.Module, num_shapes: int) -> nn.Module:
@@ -130,24 +121,25 @@ def run_metadata(cfg: Config, info: dist.DistInfo) -> dict:
     return {"torch": torch.__version__, "arch": cfg.model.arch, "gpu": gpu,
             "gpu_count": info.world_size if info.device.type == "cuda" else 0,
             "world_size": info.world_size, "precision": cfg.train.precision, "phases": cfg.phases,
-            "host": platform.node(), "command": " ".join(sys.argv),
-            "launch_id": os.environ.get("TORCHELASTIC_RUN_ID")}
+            "host": platform.node(), "command": " ".join(sys.argv)}
 
 
 def main(cfg: Config) -> int:
     schedule = parse_schedule(cfg.phases)
     resnet.check_arch(cfg.model.arch)  # before anything is printed, indexed or created
     check_data_root(cfg.data.dir, schedule, cfg.data.loader)
+    checkpoint.check_cadence(cfg.train.checkpoint_every, cfg.train.checkpoint_min_interval_s)
     info = dist.setup(cfg.train.device, cfg.train.dist_timeout_s)
     if info.is_main and (warning := loop.precision_warning(info.device, cfg.train.precision)):
         print(warning, file=sys.stderr)
     created: list[Path] = []
     progress: dict = {}  # _train puts its TrainState here, for the failure message
     try:
+        attempt = dist.group_attempt(info, cfg.train.logdir)  # a collective: every rank, once
         if info.is_main and not cfg.train.evaluate:  # evaluating writes nothing
-            check_fresh(cfg, find_resume(cfg))
+            check_fresh(cfg, attempt)
             created = check_logdir(cfg.train.logdir)
-        return _train(cfg, schedule, info, progress)
+        return _train(cfg, schedule, info, progress, attempt)
     except Exception as e:
         for d in created:  # deepest first; only while still empty: bad input leaves no partial output
             try:
@@ -185,9 +177,9 @@ def _trim_human_log(logdir: str, keep_before: int | None) -> None:
         os.replace(tmp, path)
 
 
-def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict) -> int:
-    fault = dist.fault_injector(info.rank)  # the drill of docs/OPERATIONS.md; None unless asked for
-    resume = find_resume(cfg)
+def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict, attempt: dist.Attempt) -> int:
+    fault = dist.fault_injector(info.rank, attempt.restarted)  # docs/OPERATIONS.md's drill; None unless asked
+    resume = find_resume(cfg, attempt.restarted)
     ckpt = load_resume(resume, cfg, info)
     start_epoch = ckpt["epoch"] if ckpt else 0
     if ckpt:
@@ -225,7 +217,6 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict)
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
-        checkpoint.set_rng_state(ckpt["rng"])
 
     forward_model: nn.Module = model
     if info.distributed:
@@ -248,10 +239,12 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict)
     # over and purges the earlier attempt. train.log's `~~` rows likewise. Evaluating changes nothing.
     purge = None
     if not cfg.train.evaluate:
-        purge = state.step + 1 if ckpt else (0 if dist.restart_count() > 0 else None)
+        purge = state.step + 1 if ckpt else (0 if attempt.restarted else None)
     if info.is_main and purge is not None:
         _trim_human_log(cfg.train.logdir, start_epoch if ckpt else None)
     writes = info.is_main and not cfg.train.evaluate
+    if writes:  # first: any file of the run in the logdir is then known as this job's (check_fresh)
+        dist.record_attempt(cfg.train.logdir, attempt)
     logger = RunLogger(cfg.train.logdir, writes, start_time=ckpt.get("start_time") if ckpt else None,
                        purge_step=purge)
     if writes:
@@ -271,6 +264,11 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict)
                 print(json.dumps({"epoch": start_epoch, "top1": res.top1, "top5": res.top5,
                                   "loss": res.loss, "images": res.count}))
             return 0
+        ckpt = checkpoint.Checkpointer(
+            cfg.train.logdir, cfg.train.keep_checkpoints, cfg.train.checkpoint_every,
+            cfg.train.checkpoint_min_interval_s,
+            on_written=lambda epoch, step, seconds: logger.scalar("times/checkpoint_sec", seconds, step))
+        sigterm = checkpoint.SigtermGuard()
         trace = TraceWindow(cfg.train.profile_trace if info.is_main else "", info.device)
         after_step = trace.hook
         if fault is not None:  # the fault drill runs after any other per-step hook
@@ -281,37 +279,49 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict)
         hooks = loop.Hooks(
             loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
             after_step=after_step,
-            after_epoch=lambda s: _save(s, cfg, info, logger),
+            after_epoch=lambda s: _save(s, cfg, info, logger, ckpt, sigterm),
+            background=lambda: {"checkpoint write": ckpt.take_write_s()},
         )
-        with trace:
-            loop.run(state, loaders, hooks, ctx)
+        with sigterm, trace:
+            try:
+                loop.run(state, loaders, hooks, ctx)
+            except checkpoint.Preempted:
+                pass
+            finally:
+                sigterm.quiet()  # from here a SIGTERM cuts nothing short: the last write completes
+                t0 = time.perf_counter()
+                ckpt.wait()  # whatever ended the run, the write in flight finishes before the exit
+            ckpt.save_latest()  # the last epoch is always saved; after a SIGTERM the last finished one
+            if ctx.profile:
+                logger.progress(f"profile: at exit, checkpoint wait {time.perf_counter() - t0:.3f} s, "
+                                f"checkpoint write {ckpt.take_write_s():.3f} s (in the background)")
+        if sigterm.received:
+            if info.is_main:
+                saved = f"after epoch {ckpt.last_written}" if ckpt.last_written is not None else "none written"
+                print(f"stopped by SIGTERM; last checkpoint this process wrote: {saved}", file=sys.stderr, flush=True)
+            return 128 + signal.SIGTERM
         return 0
     finally:
         loaders.close()
         logger.close()
 
 
-def _save(state: loop.TrainState, cfg: Config, info: dist.DistInfo, logger: RunLogger) -> None:
-    """Rank 0 writes; the others wait, so nobody runs ahead of a checkpoint that may fail.
-    Non-finite weights are never saved, so the last checkpoint on disk is always a good one."""
+def _save(state: loop.TrainState, cfg: Config, info: dist.DistInfo, logger: RunLogger,
+          ckpt: checkpoint.Checkpointer, sigterm: checkpoint.SigtermGuard) -> None:
+    """Rank 0 hands the state to the checkpointer (a host copy; a write when due); no rank waits for
+    the write. Non-finite weights are never saved, so the last checkpoint on disk is always a good one.
+    A SIGTERM meanwhile waits for the copy, so it can save this epoch."""
     weights = [t for t in state.raw_model.state_dict().values() if t.is_floating_point()]
     if weights and not bool(torch.stack([torch.isfinite(t).all() for t in weights]).all()):
         raise loop.NonFiniteLoss(f"weights became non-finite in epoch {state.epoch - 1}; not checkpointed "
                                  "(the last good checkpoint is kept)")
-    if info.is_main:
-        t0 = time.time()
-        payload = {
+    if not info.is_main:
+        return
+    with sigterm.holding():
+        ckpt.epoch_done(state.epoch, {
             "model": state.raw_model.state_dict(), "optimizer": state.optimizer.state_dict(),
             "scaler": state.scaler.state_dict() if state.scaler is not None else None,
-            "epoch": state.epoch, "step": state.step, "rng": checkpoint.rng_state(),
+            "epoch": state.epoch, "step": state.step,
             "config": to_dict(cfg) | {"phases": list(state.schedule.raw)},
             "arch": cfg.model.arch, "start_time": logger.start_time,
-        }
-        try:
-            checkpoint.save(payload, cfg.train.logdir, state.epoch, cfg.train.keep_checkpoints)
-            logger.scalar("times/checkpoint_sec", time.time() - t0, state.step)
-        except OSError as e:
-            # A full disk must not kill a long run: the previous checkpoint is intact; say so loudly.
-            print(f"warning: checkpoint after epoch {state.epoch} not written ({e.strerror or e}); "
-                  "the previous checkpoint is kept, training continues", file=sys.stderr)
-    dist.barrier()
+        })

@@ -1,0 +1,219 @@
+#!/usr/bin/env python
+"""Mutation check: do the tests catch one-line bugs in the trainer's critical paths?
+
+    python tests/mutants.py              # every mutant
+    python tests/mutants.py NAME ...     # some of them (--list names them all)
+
+Each mutant changes one line of a scratch copy of the working tree (tracked and untracked files,
+uncommitted edits included) and runs the tests named for it, which must then fail. A mutant they
+pass with SURVIVES: a claim nothing pins. First the same tests run on the unmutated copy (--no-baseline
+skips that), so a broken suite cannot pass for a killed mutant. Exit status: 0 when every mutant is
+killed; 1 when one survives, its tests were all skipped, or they could not run; 2 for bad input (an
+unknown name, a stale mutant whose text is no longer exactly once in its file).
+
+Not part of CI: it takes minutes. Run it before closing an issue that touches these paths, and add
+a mutant here for each new claim (see "Tests" in README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from conftest import CACHE, REPO, SHARED
+from procs import ProcessFailure, run_bounded
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # relative to the repo root
+    old: str  # text found exactly once in the file, within one line
+    new: str  # what replaces it
+    tests: tuple[str, ...]  # pytest node ids that must fail
+
+
+TRAIN, FAULTS = "tests/test_train.py::", "tests/test_faults.py::"
+CLI, NEWCOMER = "tests/test_cli_errors.py::", "tests/test_newcomer.py::"
+LR_TEST = TRAIN + "test_applied_and_logged_lr_follow_the_schedule"
+EVAL_TEST = TRAIN + "test_two_process_evaluation_counts_each_image_once_with_known_accuracy"
+PURGE_TEST = FAULTS + "test_resume_purges_what_the_crashed_attempt_logged_after_the_checkpoint"
+GLOO_TEST = TRAIN + "test_two_process_gloo_run_logs_one_eval_per_epoch[torchvision]"
+
+MUTANTS = [
+    # the learning rate the trainer applies and logs
+    Mutant("lr_applied_halved", "training/loop.py", "set_lr(opt, lr)", "set_lr(opt, lr / 2)", (LR_TEST,)),
+    Mutant("lr_logged_halved", "training/loop.py", 'log.scalar("sizes/lr", lr, step)',
+           'log.scalar("sizes/lr", lr / 2, step)', (LR_TEST,)),
+    Mutant("lr_ramp_counts_from_0", "training/phases.py", "epoch, iteration + 1, iters_per_epoch)",
+           "epoch, iteration, iters_per_epoch)", ("tests/test_phases.py",)),
+    # evaluation: every image once, summed over ranks
+    Mutant("eval_no_cross_rank_sum", "training/loop.py", "dist.all_reduce_sum(sums)", "sums.clone()", (EVAL_TEST,)),
+    Mutant("eval_top1_top5_swapped", "training/loop.py", "return hits[:, 0].sum(), hits.any(dim=1).sum()",
+           "return hits.any(dim=1).sum(), hits[:, 0].sum()", (EVAL_TEST,)),
+    Mutant("val_shards_overlap", "training/data/rectval.py", "chunks[rank * per:(rank + 1) * per]",
+           "chunks[rank * per:(rank + 2) * per]",
+           ("tests/test_imagefolder.py::test_two_ranks_cover_train_at_least_once_and_validation_exactly_once",)),
+    # training shards: one global permutation per epoch, dealt to the ranks
+    Mutant("dali_shard_seeded_per_rank", "training/data/dali.py",
+           "shard_indices(self.num_images, spec.seed, self.epoch,",
+           "shard_indices(self.num_images, spec.seed * (spec.rank + 1), self.epoch,",
+           ("tests/test_dali.py::test_two_ranks_read_every_training_image_each_epoch",)),
+    Mutant("shard_same_every_epoch", "training/data/tree.py", "g.manual_seed(seed + epoch)", "g.manual_seed(seed)",
+           ("tests/test_imagefolder.py::test_two_ranks_cover_train_at_least_once_and_validation_exactly_once",)),
+    Mutant("step_ignores_world_size", "training/loop.py", "state.step += batch * ctx.dist.world_size",
+           "state.step += batch", (GLOO_TEST,)),
+    Mutant("every_rank_writes_events", "training/recipes/imagenet.py", "writes = info.is_main and not cfg.train.evaluate",
+           "writes = not cfg.train.evaluate", (GLOO_TEST,)),
+    # resume: exact, and one run in the logs
+    Mutant("no_reseed_per_epoch", "training/loop.py", "torch.manual_seed(ctx.seed * 1_000_003 + epoch)", "pass",
+           (TRAIN + "test_resume_is_exact_for_a_model_drawing_random_numbers",)),
+    Mutant("resume_no_event_purge", "training/recipes/imagenet.py", "purge = state.step + 1 if ckpt",
+           "purge = None if ckpt", (PURGE_TEST,)),
+    Mutant("resume_purge_off_by_one", "training/recipes/imagenet.py", "purge = state.step + 1 if ckpt",
+           "purge = state.step if ckpt", (PURGE_TEST,)),
+    Mutant("resume_keeps_crashed_log_rows", "training/recipes/imagenet.py",
+           "_trim_human_log(cfg.train.logdir, start_epoch if ckpt else None)",
+           "_trim_human_log(cfg.train.logdir, start_epoch + 1 if ckpt else None)", (PURGE_TEST,)),
+    # checkpoints and failures
+    Mutant("checkpoint_keeps_one_too_many", "training/checkpoint.py", "list_checkpoints(logdir)[:-keep]",
+           "list_checkpoints(logdir)[:-keep - 1]",
+           ("tests/test_checkpoint.py::test_save_load_round_trip_and_keep_last_k",)),
+    Mutant("checkpoint_checksum_ignored", "training/checkpoint.py", 'if "checksum" in ckpt and tensor_checksum',
+           'if False and tensor_checksum', ("tests/test_checkpoint.py",)),
+    Mutant("nonfinite_skip_steps_anyway", "training/loop.py",
+           'if ctx.nonfinite == "skip" and not _step_finite(loss):', 'if ctx.nonfinite == "skip" and False:',
+           (FAULTS + "test_nonfinite_skip_skips_only_that_step",)),
+    # bad input: refused before it runs anything; one run per logdir
+    Mutant("phases_nesting_unbounded", "training/bounded.py", "if bracket_depth(text) > max_depth:", "if False:",
+           (CLI + "test_train_bad_command_line[0]",)),
+    Mutant("schedule_epochs_unbounded", "training/phases.py", "if max(start, end or 0) > MAX_EPOCHS:", "if False:",
+           (CLI + "test_huge_schedule_dry_run_answers_at_once_as_a_process",)),
+    Mutant("cifar_pickle_unrestricted", "training/data/cifar.py", "if (module, name) not in _PICKLE_GLOBALS:",
+           "if False:", (CLI + "test_tampered_cifar_pickle_runs_nothing",)),
+    Mutant("logdir_reused", "training/logs.py", "    if found:", "    if False:",
+           (NEWCOMER + "test_a_fresh_run_refuses_a_logdir_holding_a_run_and_changes_nothing",)),
+    Mutant("restart_resumes_another_jobs_run", "training/recipes/imagenet.py",
+           "if not cfg.train.resume and not attempt.own_run:", "if not cfg.train.resume and not attempt.restarted:",
+           (NEWCOMER + "test_a_restart_does_not_resume_a_run_another_launch_started",)),
+    Mutant("config_yaml_keeps_ignored_phases", "training/recipes/imagenet.py",
+           "cfg = dataclasses.replace(cfg, phases=saved)", "pass",
+           (NEWCOMER + "test_resume_with_other_phases_warns_and_config_yaml_keeps_the_schedule_that_trains",)),
+    # the DAWN export
+    Mutant("dawn_epoch_is_row_index", "dawn/prepare_dawn_tsv.py", "epoch=epochs.get(t5.step, len(rows))",
+           "epoch=len(rows)", ("tests/test_dawn.py::test_epoch_column_is_the_logged_epoch_not_the_row_index",)),
+]
+
+
+class StaleMutant(ValueError):
+    """A mutant whose text is not exactly once in its file: the code moved on; update the list."""
+
+
+def scratch_copy(dest: Path) -> None:
+    """The working tree as it is (tracked and untracked files, not ignored ones) into ``dest``."""
+    listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                             capture_output=True, check=True).stdout
+    for rel in filter(None, listing.decode().split("\0")):
+        src = REPO / rel
+        if src.is_file():  # a deleted but still tracked file is skipped
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def mutate(m: Mutant, root: Path, write: bool = True) -> None:
+    """Apply ``m`` to the copy at ``root`` (with write=False: only check that it applies)."""
+    path = root / m.path
+    text = path.read_text(encoding="utf-8")
+    if text.count(m.old) != 1 or "\n" in m.old + m.new:
+        raise StaleMutant(f"mutant {m.name}: {m.old!r} is in {m.path} {text.count(m.old)} times, expected once "
+                          "on one line")
+    if write:
+        path.write_text(text.replace(m.old, m.new), encoding="utf-8")
+
+
+def run_tests(root: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, str]:
+    """('passed' | 'failed' | 'skipped' | 'error' | 'timeout', the log's last line)."""
+    env = {**os.environ, "SHARED_DIR": str(SHARED), "TEST_DATA_CACHE": str(CACHE), "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    try:
+        r = run_bounded(cmd, cwd=root, timeout=timeout, env=env)
+    except ProcessFailure as e:
+        return "timeout", str(e).splitlines()[0]
+    last = (r.stdout.strip().splitlines() or [""])[-1]
+    if r.returncode == 1:
+        return "failed", last
+    if r.returncode == 0:
+        return ("passed" if " passed" in last else "skipped"), last
+    return "error", f"pytest exit {r.returncode}: {last}"
+
+
+def check(mutants: list[Mutant], timeout: float, baseline: bool, keep: bool) -> int:
+    parent = Path(tempfile.mkdtemp(prefix="fastimagenet-mutants-"))
+    try:
+        if baseline:
+            clean = parent / "baseline"
+            scratch_copy(clean)
+            tests = tuple(dict.fromkeys(t for m in mutants for t in m.tests))
+            outcome, last = run_tests(clean, tests, timeout * 2)
+            if outcome != "passed":
+                print(f"baseline: the unmutated tests did not pass ({outcome}: {last}); fix them first")
+                return 1
+            print(f"baseline: {len(tests)} test target(s) pass unmutated ({last})", flush=True)
+        results = {}
+        for m in mutants:
+            root = parent / m.name
+            scratch_copy(root)
+            mutate(m, root)
+            start = time.monotonic()
+            outcome, last = run_tests(root, m.tests, timeout)
+            verdict = {"failed": "killed", "timeout": "killed (timeout)", "passed": "SURVIVED"}.get(outcome, outcome)
+            results[m.name] = verdict
+            print(f"{verdict:<17} {m.name:<30} {time.monotonic() - start:6.1f} s  {m.path}: {m.new}"
+                  + ("" if verdict.startswith("killed") else f"  [{last}]"), flush=True)
+            if not keep:
+                shutil.rmtree(root)
+    finally:
+        if not keep:
+            shutil.rmtree(parent, ignore_errors=True)
+    bad = [n for n, v in results.items() if not v.startswith("killed")]
+    print(f"{len(results)} mutants: {len(results) - len(bad)} killed"
+          + (f"; not killed: {', '.join(bad)}" if bad else "") + (f" (scratch copies in {parent})" if keep else ""))
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("names", nargs="*", help="mutants to run (default: all)")
+    p.add_argument("--list", action="store_true", help="name every mutant and its tests, run nothing")
+    p.add_argument("--timeout", type=float, default=300, help="seconds per mutant's tests (default 300)")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="skip running the tests unmutated first")
+    p.add_argument("--keep", action="store_true", help="keep the scratch copies")
+    args = p.parse_args(argv)
+    known = {m.name: m for m in MUTANTS}
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        print(f"error: unknown mutant {unknown[0]!r} (--list names them)", file=sys.stderr)
+        return 2
+    chosen = [known[n] for n in args.names] or MUTANTS
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:<30} {m.path}: {m.old!r} -> {m.new!r}  tests: {' '.join(m.tests)}")
+        return 0
+    try:
+        for m in chosen:  # every mutant must still apply before anything runs
+            mutate(m, REPO, write=False)
+        return check(chosen, args.timeout, args.baseline, args.keep)
+    except StaleMutant as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

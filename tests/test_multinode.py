@@ -1,0 +1,163 @@
+"""Elastic restarts on several machines, on CPU: two torchrun agents of launch/multinode.sh on 127.0.0.1
+(c10d rendezvous, one gloo process each) stand in for two machines, and whether an attempt restarts
+the run is decided for the whole group (dist.group_attempt), not by each machine's restart count."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, kill_tree, make_jpeg_tree
+from dawn.events import load_run
+from training import dist, train
+
+ARGS = ["data.workers=0", "train.print_freq=1"]
+TINY = ["--config", str(REPO / "configs" / "tiny_cpu.yaml"), *ARGS]
+TORCHRUN_ENV = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    # 16 train images: with 2 ranks, one step in each of tiny_cpu's epochs
+    return make_jpeg_tree(tmp_path_factory.mktemp("jpeg") / "data", classes=2, train_per_class=8, val_per_class=2)
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core machine: intra-op threads only contend
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def not_under_torchrun(monkeypatch):
+    for k in TORCHRUN_ENV:
+        monkeypatch.delenv(k, raising=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_machines(data: Path, logdir: Path, env: dict | None = None) -> list[tuple[subprocess.Popen, Path]]:
+    """Start two agents of launch/multinode.sh (NNODES=2, one process each); (process, log) of each."""
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "RESUME", *TORCHRUN_ENV)}
+    port = free_port()
+    env = {**clean, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable, "NNODES": "2", "NPROC_PER_NODE": "1",
+           "RDZV_ENDPOINT": f"127.0.0.1:{port}", "RDZV_ID": f"test{port}", "CONFIG": "configs/tiny_cpu.yaml",
+           "MAX_RESTARTS": "2", **(env or {})}
+    logs = [logdir.with_name(f"{logdir.name}.agent{i}.log") for i in range(2)]
+    return [(subprocess.Popen(["bash", "launch/multinode.sh", str(data), *ARGS, f"train.logdir={logdir}"],
+                              cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                              start_new_session=True), log) for log in logs]
+
+
+def wait_all(agents: list[tuple[subprocess.Popen, Path]], timeout: int = 240) -> list[str]:
+    """Every agent must exit 0 within ``timeout`` seconds in all; returns each one's output. On a
+    timeout or a failure every process still running is killed, and the test fails with the logs' tails."""
+    deadline = time.monotonic() + timeout
+    try:
+        codes = [p.wait(timeout=max(deadline - time.monotonic(), 0.1)) for p, _ in agents]
+    except subprocess.TimeoutExpired:
+        codes = None
+    finally:
+        for p, _ in agents:
+            if p.poll() is None:  # only a live agent: a reaped one's pid may be another's by now
+                kill_tree(p.pid)
+                p.wait()
+    outs = [log.read_text() for _, log in agents]
+    tails = "\n".join(f"--- {log}\n{out[-3000:]}" for (_, log), out in zip(agents, outs))
+    assert codes == [0] * len(agents), f"agents: {codes or f'timed out after {timeout}s'}\n{tails}"
+    return outs
+
+
+def dawn_rows(logdir: Path) -> list[list[str]]:
+    r = subprocess.run([sys.executable, "dawn/prepare_dawn_tsv.py", "--events_path", str(logdir)],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return [ln.split("\t") for ln in r.stdout.splitlines()[1:]]
+
+
+def test_rank_off_rank0s_machine_killed_the_group_resumes_the_run(data, tmp_path):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    # The uninterrupted run and the drill side by side, to halve the wait. In the drill rank 1
+    # SIGKILLs itself in epoch 1: its agent counts a restart; the other machine's agent, which runs
+    # rank 0 (the rank that reads the checkpoint), restarts its worker for the membership change and
+    # may count none. The group must resume all the same.
+    agents = two_machines(data, ref) + two_machines(data, run, {dist.FAULT_ENV: "kill:1:0:1"})
+    out = "\n".join(wait_all(agents)[2:])  # the drill's two agents
+    assert out.count("fault drill (FASTIMAGENET_FAULT): rank 1 killed after epoch 1 step 0") == 1, out[-6000:]
+    assert f"resuming from {run / 'checkpoints' / 'epoch_0001.pt'}" in out, out[-6000:]
+
+    a, b = (torch.load(d / "checkpoints" / "epoch_0003.pt", weights_only=True) for d in (ref, run))
+    assert a["step"] == b["step"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    rows = dawn_rows(run)
+    assert [r[0] for r in rows] == ["0", "1", "2"]
+    hours = [float(r[1]) for r in rows]
+    assert all(0 < x < y for x, y in zip(hours, hours[1:])), rows
+    assert [r[2:] for r in rows] == [r[2:] for r in dawn_rows(ref)]
+    assert len(load_run(run).scalars["first"]) == 1
+
+
+# ------------------------------------------------------- the group's decision, in one process
+
+def test_any_ranks_restart_count_makes_it_a_restart(tmp_path, monkeypatch, not_under_torchrun):
+    info = dist.DistInfo(0, 1, 0, torch.device("cpu"))
+    attempt = dist.group_attempt(info, str(tmp_path))
+    assert attempt == dist.Attempt(False, ("",))
+    dist.record_attempt(str(tmp_path), attempt)
+    assert not (tmp_path / dist.ATTEMPT_FILE).exists()  # nothing to note outside torchrun
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert dist.group_attempt(info, str(tmp_path)).restarted
+    # Rank 0's agent restarted its worker for the membership change only; rank 1's counted the failure.
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    monkeypatch.setattr(dist, "gather_objects", lambda mine: [mine, (1, "", [])])
+    assert dist.group_attempt(dist.DistInfo(0, 2, 0, torch.device("cpu")), str(tmp_path)).restarted
+
+
+def test_an_agent_of_the_recorded_attempt_makes_it_a_restart_when_every_count_is_0(tmp_path, monkeypatch):
+    """After a membership change every agent may report 0 (a machine's agent started anew); an agent
+    that also ran the previous attempt still tells a restart from a new job."""
+    info, logdir = dist.DistInfo(0, 1, 0, torch.device("cpu")), str(tmp_path)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job1")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    first = dist.group_attempt(info, logdir)
+    assert first == dist.Attempt(False, (dist.agent_id(),)) and dist.agent_id()
+    dist.record_attempt(logdir, first)
+    assert dist.group_attempt(info, logdir).restarted  # the same agent: this job restarted
+    monkeypatch.setattr(dist, "agent_id", lambda: "otherhost:123:456")
+    assert not dist.group_attempt(info, logdir).restarted  # only new agents: a new job
+    (tmp_path / dist.ATTEMPT_FILE).write_text('{"agents": ')  # an unreadable record: counts decide
+    assert not dist.group_attempt(info, logdir).restarted
+
+
+def test_a_restart_every_agent_counts_0_resumes_and_an_explicit_resume_path_still_starts_a_job(
+        data, tmp_path, capsys, monkeypatch, one_thread):
+    logdir = tmp_path / "run"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job1")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    one_epoch = [str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1", "train.short_epoch=true",
+                 "train.short_epoch_steps=1"]
+    assert train.main(one_epoch) == 0
+    assert (logdir / dist.ATTEMPT_FILE).exists()
+    # The next attempt, started by the same agent, reporting 0 restarts: it continues the run.
+    assert train.main(one_epoch) == 0
+    assert f"resuming from {logdir / 'checkpoints' / 'epoch_0001.pt'}" in capsys.readouterr().err
+    assert len(load_run(logdir).scalars["first"]) == 1
+    # A new job (new agents) given an explicit checkpoint starts from that one, as documented.
+    monkeypatch.setattr(dist, "agent_id", lambda: "otherhost:123:456")
+    assert train.main([*one_epoch, "--resume", str(logdir / "checkpoints" / "epoch_0001.pt"), "-e"]) == 0
+    assert '"epoch": 1' in capsys.readouterr().out
+
