@@ -435,7 +435,7 @@ def test_sigterm_saves_the_last_finished_epoch_then_exits(jpeg_tree, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert names(run) == ["epoch_0002.pt", "epoch_0003.pt"]  # the last epoch is always saved
     scalars = load_run(run).scalars
-    assert [(x.epoch, x.step) for x in eval_rows(scalars)] == [(0, 24), (1, 48), (2, 72)]
+    assert [(x.epoch, x.step) for x in eval_rows(load_run(run))] == [(0, 24), (1, 48), (2, 72)]
     assert [x.step for x in scalars["times/checkpoint_sec"]] == [48, 72]
     human = [ln.split("\t")[0] for ln in (run / "train.log").read_text().splitlines() if ln.startswith("~~")]
     assert human == ["~~epoch", "~~0", "~~1", "~~2"]

@@ -181,3 +181,18 @@ def test_one_pipeline_per_phase_reset_each_pass_rebuilt_on_batch_change(jpeg_tre
     assert loader._pipe is None
     assert [len(y) for _, y in loader] == [6] * 4
     loader.close()
+
+
+def test_a_fresh_loader_at_epoch_2_yields_what_the_long_lived_one_does(jpeg_tree):
+    """A resumed run builds its pipeline at the resumed epoch; the uninterrupted run reset its pipeline
+    twice by then. Crops, flips and order are functions of (seed, epoch, image): same batches."""
+    long_lived, fresh = dali.train_loader(spec(jpeg_tree)), dali.train_loader(spec(jpeg_tree))
+    for epoch in range(3):
+        long_lived.set_epoch(epoch)
+        got = list(long_lived)
+    fresh.set_epoch(2)
+    again = list(fresh)
+    assert len(got) == len(again) == 6
+    assert all(torch.equal(x, xa) and torch.equal(y, ya) for (x, y), (xa, ya) in zip(got, again))
+    long_lived.close()
+    fresh.close()

@@ -39,9 +39,8 @@ def _collect_pipelines():
 
 
 def test_probe_and_auto_pick_the_gpu_decoder():
-    lines: list[str] = []
-    assert get_backend("auto", log=lines.append, device=CUDA, workers=4).name == "dali"
-    assert lines == [f"loader: dali (nvJPEG on {CUDA}), 4 threads per process"]
+    backend = get_backend("auto", device=CUDA, workers=4)
+    assert backend.name == "dali" and backend.notes == [f"loader: dali (nvJPEG on {CUDA}), 4 threads per process"]
 
 
 def test_labels_match_pixels_train_val_and_rect(jpeg_tree):

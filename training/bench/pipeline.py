@@ -78,8 +78,8 @@ def measure(loader: str, data: str, train_dir: str, size: int, batch_size: int, 
                       dtype=torch.bfloat16 if on_gpu else torch.float32, channels_last=on_gpu,
                       dali_fused_crop=variant != "whole", dali_hw_load=hw_load)
     t0 = time.perf_counter()
-    lines: list[str] = []
-    train = get_backend(backend, log=lines.append, device=dev, workers=workers).train(spec)
+    chosen = get_backend(backend, device=dev, workers=workers)
+    train = chosen.train(spec)
     index_s = time.perf_counter() - t0
     windows, starts, cores, out = [], [], [], {}
     t_begin = time.perf_counter()
@@ -116,7 +116,7 @@ def measure(loader: str, data: str, train_dir: str, size: int, batch_size: int, 
     return {"loader": loader, "size": size, "train_dir": train_dir, "img_s": statistics.median(windows),
             "img_s_windows": windows, "cores": statistics.median(cores) if cores else None,
             "first_start_s": starts[0], "restart_s": statistics.median(starts[1:]) if len(starts) > 1 else None,
-            "index_s": index_s, "epochs": epoch, "batches_per_epoch": len(train), "backend_log": lines} | out
+            "index_s": index_s, "epochs": epoch, "batches_per_epoch": len(train), "backend": chosen.notes} | out
 
 
 def _train_dir(size: int, args: argparse.Namespace) -> str:

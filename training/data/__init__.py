@@ -6,8 +6,7 @@ requested memory format; labels int64. The training loop knows nothing else abou
 """
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Protocol
 
 import torch
@@ -77,13 +76,16 @@ class Backend:
     name: str
     train: Callable[[LoaderSpec], Loader]
     val: Callable[[LoaderSpec], Loader]
+    notes: list[str] = field(default_factory=list)  # what runs and why: for one line each at start
 
 
-def get_backend(name: str, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-                device: torch.device | None = None, workers: int = 0) -> Backend:
+def get_backend(name: str, device: torch.device | None = None, workers: int = 0) -> Backend:
     """Resolve ``auto`` to DALI when it imports and (on a GPU) decodes with this driver, else
-    torchvision, and say in one line which backend runs, where it decodes and with how many workers."""
+    torchvision. ``notes`` say which backend runs, where it decodes and with how many workers (and why
+    DALI was passed over); the caller prints them once the loaders are built, so bad data still gets
+    a single error line."""
     device = device or torch.device("cpu")
+    notes = []
     if name in ("auto", "dali"):
         try:
             from training.data import dali
@@ -91,21 +93,22 @@ def get_backend(name: str, log: Callable[[str], None] = lambda m: print(m, file=
         except (ImportError, RuntimeError) as e:
             if name == "dali":
                 raise DataError(f"--loader dali: DALI does not work here ({str(e).splitlines()[0]})") from None
-            log(f"loader: DALI not available ({e.__class__.__name__}: {str(e).splitlines()[0]}); using torchvision")
+            notes.append(f"loader: DALI not available ({e.__class__.__name__}: {str(e).splitlines()[0]}); "
+                         "using torchvision")
             name = "torchvision"
         else:
             where = f"nvJPEG on {device}" if device.type == "cuda" else "CPU decode"
-            log(f"loader: dali ({where}), {max(1, workers)} threads per process")
-            return Backend("dali", dali.train_loader, dali.val_loader)
+            return Backend("dali", dali.train_loader, dali.val_loader,
+                           [f"loader: dali ({where}), {max(1, workers)} threads per process"])
     if name == "torchvision":
         from training.data import imagefolder
-        log(f"loader: torchvision (PIL decode on the CPU), {workers} worker processes per process, "
-            f"uint8 batches normalised on {device}")
-        return Backend("torchvision", imagefolder.train_loader, imagefolder.val_loader)
+        notes.append(f"loader: torchvision (PIL decode on the CPU), {workers} worker processes per process, "
+                     f"uint8 batches normalised on {device}")
+        return Backend("torchvision", imagefolder.train_loader, imagefolder.val_loader, notes)
     if name == "synthetic":
         from training.data import synthetic
-        log(f"loader: synthetic (random images generated on {device})")
-        return Backend("synthetic", synthetic.train_loader, synthetic.val_loader)
+        return Backend("synthetic", synthetic.train_loader, synthetic.val_loader,
+                       [f"loader: synthetic (random images generated on {device})"])
     raise DataError(f"unknown loader {name!r}")
 
 

@@ -98,8 +98,7 @@ def build_loaders(cfg: Config, schedule: Schedule, info: dist.DistInfo) -> Phase
                       channels_last=on_gpu and cfg.train.channels_last, bad_images=cfg.data.bad_images,
                       synthetic_images=cfg.data.synthetic_images, synthetic_classes=cfg.data.synthetic_classes,
                       dali_fused_crop=cfg.data.dali_fused_crop, dali_hw_load=cfg.data.dali_hw_load)
-    backend = get_backend(cfg.data.loader, log=lambda m: print(m, file=sys.stderr) if info.is_main else None,
-                          device=info.device, workers=cfg.data.workers)
+    backend = get_backend(cfg.data.loader, device=info.device, workers=cfg.data.workers)
     return PhaseLoaders(backend, spec, schedule.data_phases, cfg.data.val_batch_size)
 
 
@@ -206,6 +205,9 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
     model = resnet.build(cfg.model.arch, num_classes, cfg.model.init_bn0).to(info.device)
     if info.device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if info.is_main:  # once the data and the model are known to be usable
+        for note in loaders.backend.notes:
+            print(note, file=sys.stderr)
     optimizer = sgd(model, cfg.optim, info.device)
     scaler = torch.amp.GradScaler(info.device.type) if cfg.train.precision == "fp16" else None
     if ckpt:
