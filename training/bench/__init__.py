@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,8 +24,11 @@ SUBCOMMANDS = ("throughput", "project", "pipeline", "decode", "cifar")
 
 
 def write_json(path: str | None, doc: dict) -> None:
+    """Atomically (temp + rename): benchmarks rewrite their file as they go, and may be cut short."""
     if path:
-        Path(path).write_text(json.dumps(doc, indent=1) + "\n")
+        tmp = Path(f"{path}.tmp")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        os.replace(tmp, path)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -208,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
         args.e2e_loader = args.loader
     dirs = {s: _train_dir(s, args) for s in args.sizes}
     ensure_tree(data, set(dirs.values()), args.generate)
-    results, e2e = [], []
+    doc: dict = {"kind": "pipeline", "meta": _meta(args, device, data), "results": [], "end_to_end": []}
+    results, e2e = doc["results"], doc["end_to_end"]
     ctx = mp.get_context("spawn")
     for size in args.sizes:
         for loader in args.loader:
@@ -220,11 +221,12 @@ def run(args: argparse.Namespace) -> int:
                     r = {"loader": loader, "size": size, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
             results.append(r)
             print(f"  {_row(r)}", file=sys.stderr, flush=True)
+            write_json(args.json, doc)  # after every row: a command cut short keeps what it measured
     for loader in args.e2e_loader or []:
         e2e += end_to_end(loader, str(data), dirs, args)
         for r in e2e[-len(dirs):]:
             print(f"  end-to-end {_e2e_row(r)}", file=sys.stderr, flush=True)
-    doc = {"kind": "pipeline", "meta": _meta(args, device, data), "results": results, "end_to_end": e2e}
+        write_json(args.json, doc)
     print(format_table(doc))
     write_json(args.json, doc)
     return 0 if not any("error" in r for r in results + e2e) else 1
