@@ -38,8 +38,10 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 from training.bench import write_json
+from training.cli import nonnegative_int, positive_int
 
 DEFAULT_TREE = ".cache/bench-imagenet"
 IMAGENET18_DIRS = {128: "-sz/160", 224: "-sz/320"}  # imagenet18's pre-resized copies per phase size
@@ -146,6 +148,7 @@ def end_to_end(loader: str, data: str, dirs: dict[int, str], args: argparse.Name
     import torch
     on_gpu = torch.cuda.is_available() and args.device != "cpu"
     e, sizes = args.e2e_epochs, list(dirs)
+    images = {s: _count(data, dirs[s]) for s in sizes}  # one epoch at world size 1 (synthetic: the first's)
     batch = {s: args.e2e_batch.get(s, E2E_BATCH.get(s, args.batch_size)) for s in sizes}
     phases = [{"ep": k * e, "sz": s, "bs": batch[s], "trndir": dirs[s], "valdir": dirs[s]} for k, s in enumerate(sizes)]
     phases.append({"ep": [0, e * len(sizes)], "lr": 0.1})
@@ -153,7 +156,7 @@ def end_to_end(loader: str, data: str, dirs: dict[int, str], args: argparse.Name
         cmd = [sys.executable, "training/train.py", data, "--phases", json.dumps(phases), "--profile",
                "--loader", loader.partition(":")[0], "--workers", str(args.workers), "--logdir", logdir,
                f"data.dali_fused_crop={str(loader != 'dali:whole').lower()}", f"data.dali_hw_load={args.dali_hw_load}",
-               f"data.synthetic_images={_count(data, dirs[sizes[0]])}",
+               f"data.synthetic_images={images[sizes[0]]}",
                f"train.device={'cuda' if on_gpu else 'cpu'}", f"train.compile={str(on_gpu).lower()}",
                f"train.precision={'bf16' if on_gpu else 'fp32'}", f"model.arch={args.arch}",
                "train.print_freq=1000000", "train.keep_checkpoints=1"]
@@ -170,17 +173,17 @@ def end_to_end(loader: str, data: str, dirs: dict[int, str], args: argparse.Name
         steady = mine[1:] or mine
         train_s = sum(t.get(st, 0.0) for t in steady for st in TRAIN_STAGES)
         wait_s = sum(t.get("data wait", 0.0) for t in steady)
-        images = _count(data, dirs[s]) if loader != "synthetic" else _count(data, dirs[sizes[0]])
         rows.append({"loader": loader, "size": s, "train_dir": dirs[s], "batch_size": batch[s], "epochs": len(mine),
                      "wall_s": wall, "warmup_epoch_s": sum(mine[0].values()) if mine else None,
-                     "img_s": images * len(steady) / train_s if train_s else None,
+                     "img_s": images[s if loader != "synthetic" else sizes[0]] * len(steady) / train_s
+                     if train_s else None,
                      "data_wait_share": wait_s / train_s if train_s else None, "stages": mine,
                      "backend_line": next((ln for ln in r.stderr.splitlines() if ln.startswith("loader:")), "")})
     return rows
 
 
 def _count(data: str, train_dir: str) -> int:
-    """Images of one training epoch at world size 1: the files of DATA<dir>/train."""
+    """The JPEG files of DATA<dir>/train."""
     return sum(1 for _ in Path(f"{data}{train_dir}/train").rglob("*.JPEG"))
 
 
@@ -279,57 +282,51 @@ def format_table(doc: dict) -> str:
     return "\n".join(rows)
 
 
-def _size_dir(text: str) -> tuple[int, str]:
-    size, sep, d = text.partition("=")
-    if not sep or not size.isdigit():
-        raise argparse.ArgumentTypeError(f"expected SIZE=DIR (e.g. 128=-sz/160), got {text!r}")
-    return int(size), d
-
-
-def _size_batch(text: str) -> tuple[int, int]:
-    size, sep, bs = text.partition("=")
-    if not (sep and size.isdigit() and bs.isdigit() and int(size) > 0 and int(bs) > 0):
-        raise argparse.ArgumentTypeError(f"expected SIZE=BATCH of positive integers (e.g. 128=512), got {text!r}")
-    return int(size), int(bs)
-
-
-def _positive(kind):
-    def parse(text: str):
-        v = kind(text)
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return v
+def _per_size(value: Callable[[str], object], example: str) -> Callable[[str], tuple[int, object]]:
+    """An argparse ``type`` for SIZE=VALUE: a positive image side and ``value`` parsed."""
+    def parse(text: str) -> tuple[int, object]:
+        size, sep, rest = text.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected SIZE=VALUE (e.g. {example}), got {text!r}")
+        return positive_int(size), value(rest)
     return parse
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pipeline", help="img/s of what the training loop receives, per loader and size")
     p.add_argument("data", nargs="?", default=DEFAULT_TREE,
                    help=f"ImageNet-style tree (default {DEFAULT_TREE}; generated when it has no train/)")
-    p.add_argument("--sizes", type=_positive(int), nargs="+", default=[128, 224], help="image sides, px")
+    p.add_argument("--sizes", type=positive_int, nargs="+", default=[128, 224], help="image sides, px")
     p.add_argument("--loader", nargs="*", default=["torchvision", "dali"],
                    choices=("torchvision", "dali", "dali:whole", "auto", "synthetic"),
                    help="backends to measure; dali:whole decodes whole images then crops (the hardware "
                    "decoder's only mode), dali decodes the crop's region only; none: only --end-to-end")
-    p.add_argument("--workers", type=_positive(int), default=os.cpu_count() or 1,
+    p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                    help="DataLoader workers = DALI threads (default: every core)")
-    p.add_argument("--batch-size", type=_positive(int), default=256, help="images per batch")
-    p.add_argument("--seconds", type=_positive(float), default=20.0, help="measuring time per loader and size")
-    p.add_argument("--skip", type=int, default=3, help="batches at the start of each epoch left out of its window")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch")
+    p.add_argument("--seconds", type=_positive_seconds, default=20.0, help="measuring time per loader and size")
+    p.add_argument("--skip", type=nonnegative_int, default=3, help="batches at the start of each epoch left out of its window")
     p.add_argument("--source", choices=("imagenet18", "full"), default="imagenet18",
                    help="imagenet18: 128 px from DATA-sz/160, 224 px from DATA-sz/320; full: DATA at every size")
-    p.add_argument("--dir", type=_size_dir, action="append", metavar="SIZE=DIR",
+    p.add_argument("--dir", type=_per_size(str, "128=-sz/160"), action="append", metavar="SIZE=DIR",
                    help="read SIZE px from DATA<DIR> (repeatable), e.g. 224=-sz/352")
-    p.add_argument("--generate", type=_positive(int), default=10_000, help="train images to generate when DATA is empty")
+    p.add_argument("--generate", type=positive_int, default=10_000, help="train images to generate when DATA is empty")
     p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when present")
     p.add_argument("--dali-hw-load", type=float, default=0.65, help="DALI on a GPU: hardware decoder share")
     p.add_argument("--end-to-end", dest="e2e_loader", nargs="*", metavar="LOADER",
                    choices=("torchvision", "dali", "dali:whole", "auto", "synthetic"),
                    help="also run the trainer itself on these loaders (default: those of --loader) at every "
                    "size; synthetic gives the step's own rate to compare with")
-    p.add_argument("--e2e-epochs", type=_positive(int), default=2, help="epochs per size in the end-to-end runs "
+    p.add_argument("--e2e-epochs", type=positive_int, default=2, help="epochs per size in the end-to-end runs "
                    "(the first is warm-up)")
-    p.add_argument("--e2e-batch", type=_size_batch, action="append", metavar="SIZE=BS",
+    p.add_argument("--e2e-batch", type=_per_size(positive_int, "128=512"), action="append", metavar="SIZE=BS",
                    help=f"end-to-end batch per size (default {E2E_BATCH}, else --batch-size)")
     p.add_argument("--arch", default="resnet50", help="end to end: the model")
     p.add_argument("--json", metavar="FILE", help="write every window and setting")

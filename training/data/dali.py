@@ -147,8 +147,7 @@ class DaliLoader:
         args = dict(device=decode, output_type=types.RGB, adjust_orientation=False)
         if decode == "mixed":
             # Fancy upsampling (libjpeg's, PIL's) except for ROI decodes: nvJPEG < 13.2 refuses ROI with
-            # it, warns per image and falls back to the CPU decoder (H200, DALI 2.4: 6,054 img/s end to
-            # end at 128 px with it, 10,519 from the loader without it).
+            # it, warns per image and decodes on the CPU instead (seen on an H200, DALI 2.4; BENCHMARKS.md).
             args.update(jpeg_fancy_upsampling=not roi, hw_decoder_load=self.spec.dali_hw_load,
                         affine=False)  # 8 ranks' threads must not all pin themselves to cores 0..W-1
         return args
