@@ -118,6 +118,18 @@ MUTANTS = [
     # the DAWN export
     Mutant("dawn_epoch_is_row_index", "dawn/prepare_dawn_tsv.py", "epoch=epochs.get(t5.step, len(rows))",
            "epoch=len(rows)", ("tests/test_dawn.py::test_epoch_column_is_the_logged_epoch_not_the_row_index",)),
+    Mutant("cifar_dry_run_keeps_partial_batches", "training/train.py",
+           'drop_last = cfg.recipe == "cifar" and cfg.cifar.drop_last', "drop_last = False",
+           (NEWCOMER + "test_dry_run_of_a_cifar_config_plans_cifars_images",)),
+    # training on the CPU, and the loop's reports
+    Mutant("hostmem_keeps_mmap", "training/hostmem.py", "M_MMAP_MAX = -4", "M_MMAP_MAX = -3",
+           ("tests/test_cpu.py::test_large_blocks_are_reused_instead_of_faulted_in_every_step",)),
+    Mutant("auto_precision_ignores_the_cpu", "training/loop.py",
+           'return "bf16" if native_bf16(device) else "fp32"', 'return "bf16"',
+           ("tests/test_cpu.py::test_auto_precision_is_bf16_only_where_the_cpu_computes_it",)),
+    Mutant("first_step_reported_every_epoch", "training/loop.py",
+           "shapes_seen.add(tuple(images.shape))", "pass",
+           ("tests/test_loop.py::test_first_step_of_each_shape_is_timed_once",)),
 ]
 
 

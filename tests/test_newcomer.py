@@ -21,8 +21,9 @@ from conftest import REPO, make_jpeg_tree
 from training import config as C
 from training import dist, loop, resize, train
 from training.bench import main as bench_main
-from training.phases import DEFAULT_MIN_SCALE, DataPhase
+from training.phases import DEFAULT_MIN_SCALE, DataPhase, parse_schedule
 from training.profiling import TraceWindow
+from training.recipes import cifar as cifar_recipe
 
 TINY = ["--config", str(REPO / "configs" / "tiny_cpu.yaml"), "data.workers=0", "train.print_freq=1",
         "train.short_epoch=true", "train.short_epoch_steps=1"]
@@ -135,7 +136,13 @@ def test_resume_with_other_phases_warns_and_config_yaml_keeps_the_schedule_that_
 def test_dry_run_of_a_cifar_config_plans_cifars_images(capsys):
     assert train.main(["--config", str(REPO / "configs" / "cifar10_cpu.yaml"), "--dry-run"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["iters"] for r in rows] == [100, 100, 100]  # 50,000 images / bs 500, as the config says
+    assert [r["iters"] for r in rows] == [195] * 4  # 50,000 images / bs 256, the last partial batch dropped
+    # the GPU config too, whose last epoch is cut short: the steps the recipe runs, and their lr
+    assert train.main(["--config", str(REPO / "configs" / "cifar10.yaml"), "--dry-run"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    schedule = parse_schedule(C.load_yaml(str(REPO / "configs" / "cifar10.yaml"))["phases"])
+    assert [r["iters"] for r in rows] == [cifar_recipe.steps_in_epoch(schedule, e, 50_000, True) for e in range(10)]
+    assert rows[-1]["lr_last"] == schedule.lr(9, rows[-1]["iters"] - 1, 50_000 // 1024)
 
 
 def test_plot_schedule_plans_the_recipes_images(monkeypatch, tmp_path):
@@ -270,7 +277,7 @@ def test_cifar_run_stopped_early_logs_its_evaluation_row(cifar_batches, tmp_path
     assert rc == 0
     rows = (logdir / "run_000" / "train.log").read_text().splitlines()
     assert rows[0] == "~~epoch\thours\ttop1\ttop5"
-    assert rows[1] == "phase at epoch 0: size 32 batch 500 val_batch 2000"  # no ImageNet-only fields
+    assert rows[1] == "phase at epoch 0: size 32 batch 256 val_batch 500"  # no ImageNet-only fields
     assert re.fullmatch(r"~~0\t[\d.]+\t\t[\d.]+\t\t[\d.]+", rows[2]) and len(rows) == 3
 
 

@@ -64,7 +64,7 @@ class DataConfig:
 class TrainConfig:
     logdir: str = "runs/default"  # events, train.log, config.yaml, checkpoints/; a fresh run needs its own
     device: str = "auto"  # auto | cuda | cpu
-    precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast; fp16 adds a grad scaler)
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast; fp16 adds a grad scaler) | auto (bf16 where native, else fp32)
     channels_last: bool = True  # only applied on CUDA
     compile: bool = False  # torch.compile the model (imagenet recipe: on CUDA only, static shapes)
     seed: int = 0  # weights, data order and augmentation; 0..2**31-1
@@ -158,7 +158,7 @@ CHOICES = {
     "data.loader": ("auto", "dali", "torchvision", "synthetic"),
     "data.bad_images": ("skip", "error"),
     "train.device": ("auto", "cuda", "cpu"),
-    "train.precision": ("fp32", "fp16", "bf16"),
+    "train.precision": ("fp32", "fp16", "bf16", "auto"),
     "train.nonfinite": ("stop", "skip"),
     "cifar.dataset": ("cifar10", "cifar100"),
     "cifar.act": ("gelu", "relu"),

@@ -118,12 +118,15 @@ class Schedule:
                 shapes.setdefault((per_rank - (full - 1) * row.batch_size, row.size))
         return list(shapes)
 
-    def plan(self, num_images: int, world_size: int = 1) -> list[EpochPlan]:
+    def plan(self, num_images: int, world_size: int = 1, drop_last: bool = False) -> list[EpochPlan]:
+        """Per epoch: data phase, steps and the lr of its first and last step. ``drop_last``: the loader
+        drops a partial last batch (the CIFAR recipe's), so an epoch has floor(N / bs) steps at most."""
         rows = []
         for epoch in range(self.num_epochs):
             ph = self.data_phase(epoch)
-            full = math.ceil(math.ceil(num_images / world_size) / ph.batch_size)
-            iters = self.iters_per_epoch(epoch, num_images, world_size)
+            per_rank = math.ceil(num_images / world_size)
+            full = per_rank // ph.batch_size if drop_last else math.ceil(per_rank / ph.batch_size)
+            iters = min(self.iters_per_epoch(epoch, num_images, world_size), full)
             rows.append(EpochPlan(
                 epoch=epoch, size=ph.size, batch_size=ph.batch_size, iters=iters,
                 lr_first=self.lr(epoch, 0, full), lr_last=self.lr(epoch, iters - 1, full),

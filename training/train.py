@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         schedule = parse_schedule(cfg.phases)
         if args.dry_run:
-            for row in schedule.plan(train_images(args, cfg), args.world_size):
+            drop_last = cfg.recipe == "cifar" and cfg.cifar.drop_last
+            for row in schedule.plan(train_images(args, cfg), args.world_size, drop_last):
                 print(json.dumps(row.__dict__))
             sys.stdout.flush()  # a closed pipe shows here, inside the handler below
             return 0

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from training import dist, loop
+from training import dist, hostmem, loop
 from training.config import Config, ConfigError, ModelConfig, OptimConfig, dump, to_dict
 from training.data import DataError
 from training.data import cifar as cdata
@@ -318,12 +318,12 @@ class Trainer:
         on_gpu = device.type == "cuda"
         if on_gpu:
             torch.backends.cudnn.benchmark = True
-        elif c.threads:
-            torch.set_num_threads(c.threads)
+        else:
+            hostmem.keep_large_blocks()
+        precision = loop.resolve_precision(device, cfg.train.precision)
         # half_weights (airbench94's way): the net itself in the half dtype, BN in fp32, no autocast
-        self.precision = "fp32" if c.half_weights else cfg.train.precision
-        dtype = loop.AMP_DTYPES.get(cfg.train.precision, torch.float32) if on_gpu or c.half_weights \
-            else torch.float32
+        self.precision = "fp32" if c.half_weights else precision
+        dtype = loop.AMP_DTYPES.get(precision, torch.float32) if on_gpu or c.half_weights else torch.float32
         channels_last = cfg.train.channels_last
         t0 = time.perf_counter()
         train_split = cdata.load_split(data_dir, c.dataset, train=True)
@@ -368,6 +368,8 @@ class Trainer:
 
     def run(self, seed: int, logdir: str | None, warmup: bool = False) -> RunResult:
         cfg, c = self.cfg, self.cfg.cifar
+        if self.device.type == "cpu" and c.threads:  # per run: bench variants share one process
+            torch.set_num_threads(c.threads)
         torch.manual_seed(seed)
         self.model.reset()
         optimizer = make_optimizer(self.model, c, self.schedule.data_phases[0].batch_size, self.device)
@@ -449,6 +451,7 @@ def main(cfg: Config) -> int:
         if info.world_size > 1:
             raise ConfigError("the cifar recipe runs on one device; launch it without torchrun")
         device = info.device
+        cfg.train.precision = loop.resolve_precision(device, cfg.train.precision)  # config.yaml says what ran
         if warning := loop.precision_warning(device, cfg.train.precision):
             print(warning, file=sys.stderr)
         data_dir = cdata.ensure_data(cfg.data.dir or DEFAULT_DATA_DIR, c.dataset, download=c.download)
@@ -467,7 +470,7 @@ def main(cfg: Config) -> int:
 def _runs(cfg: Config, trainer: Trainer, device: torch.device) -> int:
     c = cfg.cifar
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+        f"cpu ({os.cpu_count()} cores, {c.threads or torch.get_num_threads()} torch threads)"
     _say(f"cifar: {c.dataset} {trainer.train.num_images} train / {trainer.val.num_images} test images on "
          f"{dev_name}, torch {torch.__version__}, {cfg.train.precision}, compile {cfg.train.compile}; "
          f"data load to device {trainer.data_seconds:.2f} s (not timed)")

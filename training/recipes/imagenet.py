@@ -129,6 +129,7 @@ def main(cfg: Config) -> int:
     check_data_root(cfg.data.dir, schedule, cfg.data.loader)
     checkpoint.check_cadence(cfg.train.checkpoint_every, cfg.train.checkpoint_min_interval_s)
     info = dist.setup(cfg.train.device, cfg.train.dist_timeout_s)
+    cfg.train.precision = loop.resolve_precision(info.device, cfg.train.precision)  # config.yaml says what ran
     if info.is_main and (warning := loop.precision_warning(info.device, cfg.train.precision)):
         print(warning, file=sys.stderr)
     created: list[Path] = []
@@ -257,7 +258,8 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
                           precision=cfg.train.precision, seed=cfg.train.seed,
                           short_epoch_steps=cfg.train.short_epoch_steps if cfg.train.short_epoch else 0,
                           max_epochs=cfg.train.max_epochs, nonfinite=cfg.train.nonfinite,
-                          print_freq=cfg.train.print_freq, profile=cfg.train.profile)
+                          print_freq=cfg.train.print_freq, profile=cfg.train.profile,
+                          report_first_steps=cfg.train.compile and info.device.type == "cuda")
     try:
         if cfg.train.evaluate:
             _, val = loaders.for_epoch(max(start_epoch - 1, 0))

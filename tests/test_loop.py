@@ -1,0 +1,71 @@
+"""The shared training loop's reports: the first step of each training shape, timed once."""
+from __future__ import annotations
+
+import re
+import time
+
+import torch
+import torch.nn as nn
+
+from training import loop
+from training.dist import DistInfo
+from training.logs import RunLogger
+from training.phases import parse_schedule
+
+
+class Batches:
+    def __init__(self, n: int, batch_size: int):
+        gen = torch.Generator().manual_seed(batch_size)
+        self.batches = [(torch.randn(batch_size, 6, generator=gen), torch.randint(0, 3, (batch_size,), generator=gen))
+                        for _ in range(n)]
+        self.batch_size, self.num_images = batch_size, n * batch_size
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class SlowFirstCall(nn.Linear):
+    """Sleeps on the first call of each input shape, as a compiled model compiles."""
+
+    def __init__(self):
+        super().__init__(6, 3)
+        self.seen: set = set()
+
+    def forward(self, x):
+        if x.shape not in self.seen:
+            self.seen.add(x.shape)
+            time.sleep(0.3)
+        return super().forward(x)
+
+
+def run(tmp_path, report: bool) -> None:
+    # epochs 0-1 at batch 4, epoch 2 at batch 2: two training shapes
+    schedule = parse_schedule([{"ep": 0, "sz": 8, "bs": 4}, {"ep": 2, "sz": 8, "bs": 2}, {"ep": [0, 3], "lr": 0.1}])
+    loaders = {4: (Batches(3, 4), Batches(1, 4)), 2: (Batches(6, 2), Batches(1, 2))}
+
+    class Source:
+        def for_epoch(self, epoch):
+            return loaders[schedule.data_phase(epoch).batch_size]
+
+    model = SlowFirstCall()
+    state = loop.TrainState(model, model, torch.optim.SGD(model.parameters(), lr=0.1), None, schedule)
+    logger = RunLogger(tmp_path / f"run{report}", True)
+    ctx = loop.RunContext(dist=DistInfo(0, 1, 0, torch.device("cpu")), logger=logger, num_train=12,
+                          report_first_steps=report)
+    loop.run(state, Source(), loop.Hooks(loss_fn=nn.CrossEntropyLoss()), ctx)
+    logger.close()
+
+
+def test_first_step_of_each_shape_is_timed_once(tmp_path, capsys):
+    run(tmp_path, True)
+    lines = re.findall(r"first step of shape (\S+): ([0-9.]+) s", capsys.readouterr().err)
+    assert [shape for shape, _ in lines] == ["4x6", "2x6"]  # once each, in order, not per epoch
+    assert all(0.3 <= float(seconds) < 5 for _, seconds in lines)  # the slow first call is inside
+
+
+def test_no_first_step_report_unless_asked(tmp_path, capsys):
+    run(tmp_path, False)
+    assert "first step of shape" not in capsys.readouterr().err
