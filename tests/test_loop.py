@@ -1,4 +1,4 @@
-"""The shared training loop's reports: the first step of each training shape, timed once."""
+"""The shared training loop: the first step of each training shape timed once; random numbers per rank."""
 from __future__ import annotations
 
 import re
@@ -69,3 +69,27 @@ def test_first_step_of_each_shape_is_timed_once(tmp_path, capsys):
 def test_no_first_step_report_unless_asked(tmp_path, capsys):
     run(tmp_path, False)
     assert "first step of shape" not in capsys.readouterr().err
+
+
+def trained_weight(tmp_path, rank: int) -> torch.Tensor:
+    """One epoch of a dropout model on rank ``rank`` of 2 (no process group: the same batches and
+    initial weights on both ranks, so only the random numbers drawn can differ)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Dropout(0.5), nn.Linear(6, 3))
+    schedule = parse_schedule([{"ep": 0, "sz": 8, "bs": 4}, {"ep": [0, 1], "lr": 0.1}])
+    state = loop.TrainState(model, model, torch.optim.SGD(model.parameters(), lr=0.1), None, schedule)
+    loaders = (Batches(3, 4), Batches(1, 4))
+
+    class Source:
+        def for_epoch(self, epoch):
+            return loaders
+
+    logger = RunLogger(tmp_path / f"rank{rank}", False)
+    ctx = loop.RunContext(dist=DistInfo(rank, 2, rank, torch.device("cpu")), logger=logger, num_train=24)
+    loop.run(state, Source(), loop.Hooks(loss_fn=nn.CrossEntropyLoss()), ctx)
+    return model[1].weight.detach().clone()
+
+
+def test_each_rank_draws_its_own_dropout_masks_and_draws_them_again_on_a_rerun(tmp_path):
+    assert torch.equal(trained_weight(tmp_path, 1), trained_weight(tmp_path, 1))  # a resume redraws them
+    assert not torch.equal(trained_weight(tmp_path, 0), trained_weight(tmp_path, 1))

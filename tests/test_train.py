@@ -190,6 +190,15 @@ def test_checkpoint_from_another_arch_is_refused(data, tmp_path):
     assert r.returncode == 2 and "checkpoint is for arch 'resnet18'" in r.stderr, r.stderr
 
 
+def test_checkpoint_with_other_weight_decay_groups_is_refused_in_one_line(data, tmp_path):
+    logdir = tmp_path / "biases_exempt"
+    train(str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1", "optim.no_bias_wd=true")
+    ckpt = next((logdir / "checkpoints").glob("*.pt"))
+    r = train(str(data), *TINY, f"train.logdir={tmp_path / 'biases_decayed'}", "--resume", str(ckpt), check=False)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "this run's" in r.stderr and "optim.no_bias_wd=False" in r.stderr, r.stderr
+
+
 def test_unwritable_logdir(data, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")  # a logdir beneath a regular file cannot be created, even by root

@@ -64,7 +64,7 @@ class DataConfig:
 class TrainConfig:
     logdir: str = "runs/default"  # events, train.log, config.yaml, checkpoints/; a fresh run needs its own
     device: str = "auto"  # auto | cuda | cpu
-    precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast; fp16 adds a grad scaler) | auto (bf16 where native, else fp32)
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast; fp16: + grad scaler) | auto (bf16 where native, else fp32)
     channels_last: bool = True  # only applied on CUDA
     compile: bool = False  # torch.compile the model (imagenet recipe: on CUDA only, static shapes)
     seed: int = 0  # weights, data order and augmentation; 0..2**31-1

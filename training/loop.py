@@ -125,8 +125,8 @@ def native_bf16(device: torch.device) -> bool:
     AVX-512 BF16 or AMX (without them oneDNN emulates it, many times slower than fp32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    cpu = torch.cpu
-    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, hence getattr
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def resolve_precision(device: torch.device, precision: str) -> str:
@@ -311,8 +311,9 @@ def run(state: TrainState, loaders: PhaseSource, hooks: Hooks, ctx: RunContext) 
         end = min(end, state.epoch + ctx.max_epochs)
     for epoch in range(state.epoch, end):
         timer = StageTimer(ctx.profile, ctx.dist.device)  # one table per epoch, evaluation and checkpoint included
-        # Reseed per epoch (not once per run) so a run resumed at this epoch draws the same numbers.
-        torch.manual_seed(ctx.seed * 1_000_003 + epoch)
+        # Reseed per epoch (not once per run) so a run resumed at this epoch draws the same numbers;
+        # per rank, so DDP ranks draw different dropout / stochastic-depth masks (rank 0's seed as before)
+        torch.manual_seed(ctx.seed * 1_000_003 + epoch + ctx.dist.rank * 7_919_113)
         train, val = loaders.for_epoch(epoch)
         phase = sched.data_phase(epoch)
         if phase != last_phase:

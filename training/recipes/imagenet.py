@@ -206,9 +206,6 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
     model = resnet.build(cfg.model.arch, num_classes, cfg.model.init_bn0).to(info.device)
     if info.device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if info.is_main:  # once the data and the model are known to be usable
-        for note in loaders.backend.notes:
-            print(note, file=sys.stderr)
     optimizer = sgd(model, cfg.optim, info.device)
     scaler = torch.amp.GradScaler(info.device.type) if cfg.train.precision == "fp16" else None
     if ckpt:
@@ -217,9 +214,20 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
         except RuntimeError as e:
             raise checkpoint.CheckpointError(f"checkpoint does not fit {cfg.model.arch} with "
                                              f"{num_classes} classes: {str(e).splitlines()[0]}") from None
-        optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError:  # torch's message names neither the groups nor the settings behind them
+            saved = [len(g["params"]) for g in ckpt["optimizer"]["param_groups"]]
+            now = [len(g["params"]) for g in optimizer.param_groups]
+            raise checkpoint.CheckpointError(
+                f"checkpoint's optimizer groups hold {saved} tensors, this run's {now}: its weight-decay "
+                f"exemptions differ from optim.no_bn_wd={cfg.optim.no_bn_wd} optim.no_bias_wd="
+                f"{cfg.optim.no_bias_wd}; resume with the settings it was written with") from None
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
+    if info.is_main:  # once the data, the model and the checkpoint are known to be usable
+        for note in loaders.backend.notes:
+            print(note, file=sys.stderr)
 
     forward_model: nn.Module = model
     if info.distributed:
