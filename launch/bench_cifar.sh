@@ -13,10 +13,14 @@
 #   then give_back, unless budget is left for (same warm machine, data and airbench still in /tmp):
 #   run 3: command "bash launch/bench_cifar.sh headline NAME"     (NAME: a row of compare's table)
 #          carry [".whl"]                                         timeout_s = LIMIT + 60
+#      or: command "bash launch/bench_cifar.sh trace NAME..."     (where the time goes: kernel tables)
+#          carry [".whl"]                                         timeout_s 150
 # keep.sh exits 3 when part 1 is gone (the machine went cold): start again from run 1.
 #
 #   bash launch/bench_cifar.sh compare          # airbench94 + every variant below, as many rounds as fit
 #   bash launch/bench_cifar.sh headline NAME    # airbench94 + default + NAME only, more rounds
+#   bash launch/bench_cifar.sh trace [NAME...]  # airbench94 + default + NAMEs, one round, and one more run
+#                                               # of each of ours under torch.profiler ($OUT/trace/; ~1 min)
 # Env: LIMIT (s the bench may take, default 330), DATA (default /tmp/cifar10), STAGED (the unpacked
 # parts, default /tmp/stage/cifar10/files), SITE (where airbench is installed, default /tmp/site),
 # BENCH_DRY_RUN=1 (print the bench command and exit).
@@ -46,18 +50,27 @@ VARIANTS=(
   "graphs=cifar.compile_mode=reduce-overhead"
 )
 
+extra=()
 case "${1:-}" in
   compare) variants=("${VARIANTS[@]}"); runs=50 ;;
+  trace)
+    variants=("default=") extra=(--trace "$OUT/trace")
+    for name in "${@:2}"; do
+      found=
+      for v in "${VARIANTS[@]}"; do [ "${v%%=*}" = "$name" ] && [ "$name" != default ] && variants+=("$v") found=1; done
+      [ -n "$found" ] || [ "$name" = default ] || { echo "trace: no variant named $name" >&2; exit 2; }
+    done
+    runs=1 ;;
   headline)
     [ $# -eq 2 ] || { echo "usage: bash launch/bench_cifar.sh headline NAME" >&2; exit 2; }
     variants=("default=")
     for v in "${VARIANTS[@]}"; do [ "${v%%=*}" = "$2" ] && [ "$2" != default ] && variants+=("$v"); done
     [ "$2" = default ] || [ ${#variants[@]} -eq 2 ] || { echo "headline: no variant named $2" >&2; exit 2; }
     runs=100 ;;
-  *) echo "usage: bash launch/bench_cifar.sh compare | headline NAME" >&2; exit 2 ;;
+  *) echo "usage: bash launch/bench_cifar.sh compare | headline NAME | trace [NAME...]" >&2; exit 2 ;;
 esac
 cmd=(python3 -m training.bench cifar --data "$DATA" --config configs/cifar10.yaml --airbench
-     --runs "$runs" --time-limit "$LIMIT" --json "$OUT/cifar_$1.json" --variants "${variants[@]}")
+     --runs "$runs" --time-limit "$LIMIT" --json "$OUT/cifar_$1.json" "${extra[@]}" --variants "${variants[@]}")
 if [ -n "${BENCH_DRY_RUN:-}" ]; then printf '%q ' "${cmd[@]}"; echo; exit 0; fi
 
 mkdir -p "$OUT"

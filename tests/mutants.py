@@ -125,6 +125,9 @@ MUTANTS = [
     Mutant("optimizer_mismatch_traceback", "training/recipes/imagenet.py",
            "except ValueError:  # torch's message", "except KeyError:  # torch's message",
            ("tests/test_train.py::test_checkpoint_with_other_weight_decay_groups_is_refused_in_one_line",)),
+    Mutant("cifar_trace_profiles_the_first_variant", "training/bench/cifar.py",
+           'attempt(entry, "trace", lambda: trace_run(trainer,', 'attempt(entry, "trace", lambda: trace_run(trainers[0],',
+           ("tests/test_bench_cifar.py::test_trace_profiles_one_extra_run_of_each_variant",)),
     # training on the CPU, and the loop's reports
     Mutant("hostmem_keeps_mmap", "training/hostmem.py", "M_MMAP_MAX = -4", "M_MMAP_MAX = -3",
            ("tests/test_cpu.py::test_large_blocks_are_reused_instead_of_faulted_in_every_step",)),

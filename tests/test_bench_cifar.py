@@ -1,7 +1,8 @@
 """bench cifar: interleaved rounds, the table and JSON, airbench94's data files and its printed table,
-the time limit, bad input, and the variants launch/bench_cifar.sh sends to the GPU."""
+the time limit, bad input, the profiled runs, and the variants launch/bench_cifar.sh sends to the GPU."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import pickle
@@ -170,6 +171,8 @@ def test_launch_script_variants_are_valid_configs():
         recipe.check_config(cfg)
         assert cfg.train.device == "cuda"
     assert launch_variants("headline", "half") == ["default=", "half=cifar.half_weights=true"]
+    assert launch_variants("trace", "eager", "graphs") == ["default=", "eager=train.compile=false",
+                                                           "graphs=cifar.compile_mode=reduce-overhead"]
 
 
 def test_a_failing_row_is_reported_and_the_others_go_on(data, tmp_path, monkeypatch, capsys):
@@ -205,3 +208,25 @@ def test_count_ops_per_step_cancels_evaluation(data, tmp_path, capsys):
     assert 50 < base["launching_per_step"] < base["top_level_per_step"] < base["all_per_step"]
     assert rows["pool"]["top_level_per_step"] > rows["base"]["top_level_per_step"]  # eager: more, smaller ops
     assert "base: aten ops per training step" in capsys.readouterr().out
+
+
+def test_trace_profiles_one_extra_run_of_each_variant(data, tmp_path, capsys):
+    out, traces = tmp_path / "c.json", tmp_path / "traces"
+    assert bench.main(["cifar", "--data", str(data), *TINY, "--runs", "1", "--trace", str(traces), "--json", str(out),
+                       "--variants", "relu=", "gelu=cifar.act=gelu"]) == 0
+    for name, act, other in (("relu", "aten::relu", "aten::gelu"), ("gelu", "aten::gelu", "aten::relu")):
+        table = (traces / f"{name}_profile.txt").read_text()
+        assert "aten::convolution" in table and act in table and other not in table  # each variant's own ops
+        assert "traceEvents" in json.loads(gzip.decompress((traces / f"{name}_trace.json.gz").read_bytes()))
+    assert sorted(p.name for p in traces.iterdir()) == ["gelu_profile.txt", "gelu_trace.json.gz",
+                                                         "relu_profile.txt", "relu_trace.json.gz"]
+    assert all(v["summary"]["n"] == 1 for v in json.loads(out.read_text())["variants"].values())  # not a run
+    assert capsys.readouterr().out.count("traced run") == 2
+
+
+def test_trace_into_an_unwritable_place_is_one_line_exit_2(data, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert bench.main(["cifar", "--data", str(data), *TINY, "--trace", str(blocker / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --trace {blocker / 't'}: ") and err.count("\n") == 1

@@ -1,7 +1,7 @@
 """CIFAR-10 side by side: PyPI airbench94 and variants of our recipe, in one process, interleaved.
 
     python -m training.bench cifar --data DIR [--config FILE] [--variants NAME=OVERRIDES ...]
-        [--set KEY=VALUE ...] [--runs N] [--airbench] [--time-limit S] [--json FILE]
+        [--set KEY=VALUE ...] [--runs N] [--airbench] [--time-limit S] [--trace DIR] [--json FILE]
 
 A variant is a name and a space-separated list of ``section.key=value`` overrides of the base config
 (configs/cifar10.yaml unless ``--config`` names another); a token without ``=`` is a YAML file
@@ -18,6 +18,11 @@ would end past the limit. The JSON is rewritten (atomically) after every round.
 airbench94: ``airbench.warmup94()`` then ``airbench.train94(run=r)`` in a scratch directory holding
 ``cifar10/train.pt`` and ``test.pt`` built from DIR's pickles (airbench reads them relative to the
 working directory); accuracy and time are read from the ``eval`` row of the table it prints.
+
+``--trace DIR``: before the rounds, one more (untimed) run of each variant of ours under
+torch.profiler, written as ``DIR/NAME_profile.txt`` (ops by self device time on a GPU, by self CPU
+time on the CPU) and ``DIR/NAME_trace.json.gz`` (chrome://tracing, Perfetto); the line it prints
+gives the device's busy time against the run's: far less busy than long is a host-bound run.
 
 A row that raises is reported and left out of later rounds; the others go on (exit status 1).
 ``--count-ops`` times nothing: it counts the aten ops of a training step of each variant (host
@@ -238,6 +243,30 @@ def count_ops(args: argparse.Namespace, say=lambda m: print(m, flush=True)) -> d
     return doc
 
 
+def trace_run(trainer: recipe.Trainer, seed: int, out: Path, name: str, say) -> None:
+    """One run of ``trainer`` under torch.profiler: its op table and chrome trace in ``out``."""
+    import gzip
+    import shutil
+    from torch.profiler import ProfilerActivity, profile
+    cuda = trainer.device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        result = trainer.run(seed, None)
+    ops = prof.key_averages()
+    device_attr = "self_device_time_total" if hasattr(ops[0], "self_device_time_total") else "self_cuda_time_total"
+    sort_by = device_attr if cuda else "self_cpu_time_total"
+    (out / f"{name}_profile.txt").write_text(ops.table(sort_by=sort_by, row_limit=40) + "\n")
+    raw = out / f"{name}_trace.json"
+    prof.export_chrome_trace(str(raw))
+    with open(raw, "rb") as src, gzip.open(f"{raw}.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    raw.unlink()
+    # kernels are the device-side events; the ops that launched them carry the same time again
+    busy = sum(getattr(e, device_attr) for e in ops if e.device_type != torch.autograd.DeviceType.CPU) / 1e6
+    say(f"{name}: traced run {result.train_seconds:.3f} s with the profiler on, device busy {busy:.3f} s "
+        f"({out / name}_profile.txt, _trace.json.gz)" if cuda else
+        f"{name}: traced run {result.train_seconds:.3f} s with the profiler on ({out / name}_profile.txt)")
+
+
 def raise_recompile_limit(compiled_models: int) -> None:
     """Every CifarNet shares one forward code object, and dynamo keeps at most 8 graphs per code
     object by default (then runs eagerly, silently): each compiled variant needs its own few
@@ -333,6 +362,11 @@ def bench(args: argparse.Namespace, say=lambda m: print(m, flush=True)) -> dict:
             entry, trainer = ours_entry(variant, cfg, device, data_dir, say)
             entries.append(entry)
             trainers.append(trainer)
+        if args.trace:
+            for entry, trainer, cfg in zip(entries[-len(trainers):], trainers, configs):
+                if not entry.failed:
+                    attempt(entry, "trace", lambda: trace_run(trainer, cfg.train.seed - 100, Path(args.trace),
+                                                             entry.name, say))
         device = devices[0]
         meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
                 f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
@@ -372,6 +406,12 @@ def run(args: argparse.Namespace) -> int:
     if args.runs < 1 or args.time_limit < 0:
         print("error: --runs must be >= 1 and --time-limit >= 0", file=sys.stderr)
         return 2
+    if args.trace:
+        try:
+            Path(args.trace).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            print(f"error: --trace {args.trace}: {e.strerror}", file=sys.stderr)
+            return 2
     try:
         if args.count_ops:
             write_json_atomic(args.json, count_ops(args))
@@ -405,5 +445,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="start no round that would end after S seconds from the start; 0: none")
     p.add_argument("--count-ops", action="store_true", help="instead of timing: aten ops per training step "
                    "of each variant, from the profiler (host work; use a CPU config)")
+    p.add_argument("--trace", metavar="DIR", help="first, one untimed run of each variant of ours under "
+                   "torch.profiler: DIR/NAME_profile.txt and DIR/NAME_trace.json.gz")
     p.add_argument("--json", metavar="FILE", help="every run, the summaries and each variant's config")
     p.set_defaults(func=run)
