@@ -128,6 +128,11 @@ MUTANTS = [
     Mutant("cifar_trace_profiles_the_first_variant", "training/bench/cifar.py",
            'attempt(entry, "trace", lambda: trace_run(trainer,', 'attempt(entry, "trace", lambda: trace_run(trainers[0],',
            ("tests/test_bench_cifar.py::test_trace_profiles_one_extra_run_of_each_variant",)),
+    Mutant("plan_of_no_steps_divides_by_zero", "training/phases.py", "            if not full:", "            if False:",
+           (CLI + "test_train_bad_command_line[22]",)),
+    Mutant("cifar_batch_past_the_data_trains_nothing", "training/recipes/cifar.py",
+           "if ph.batch_size > self.train.num_images:", "if False:",
+           (CLI + "test_cifar_batch_larger_than_the_data_trains_nothing_and_says_so",)),
     # training on the CPU, and the loop's reports
     Mutant("hostmem_keeps_mmap", "training/hostmem.py", "M_MMAP_MAX = -4", "M_MMAP_MAX = -3",
            ("tests/test_cpu.py::test_large_blocks_are_reused_instead_of_faulted_in_every_step",)),

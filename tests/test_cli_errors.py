@@ -80,6 +80,8 @@ TRAIN_CASES = [
     (["--config", CIFAR, "cifar.download=false", "--results", f"{TINY}/r.json"],  # beneath a file: not even root
      f"--results {TINY}/r.json: cannot be written ({TINY} is not a writable directory)"),
     (["--config", CIFAR, "cifar.download=false", "--results", "."], "--results .: is a directory"),
+    (["--config", CIFAR, "--dry-run", "--num-train-images", "100"],
+     "epoch 0: batch size 256 is more than the 100 images per process, and a partial batch is dropped"),
 ]
 
 
@@ -132,6 +134,14 @@ def test_config_file_bounds(workdir, capsys, text, message):
 def test_device_cuda_without_a_gpu(workdir, capsys):
     rc = call(train.main, ["--config", TINY, "--loader", "synthetic", "--device", "cuda"])
     assert_refused(rc, capsys.readouterr().err, "--device cuda: no CUDA device is visible", workdir)
+
+
+def test_cifar_batch_larger_than_the_data_trains_nothing_and_says_so(workdir, capsys):
+    from test_bench_cifar import write_cifar10
+    data = write_cifar10(workdir.parent / "small", n_train=100, n_test=20)
+    rc = call(train.main, ["--config", CIFAR, "--data", str(data), "cifar.download=false"])
+    assert_refused(rc, capsys.readouterr().err, "phases: batch size 256 at epoch 0 is more than the 100 training "
+                   "images (cifar.drop_last drops it whole)", workdir)
 
 
 def test_tampered_cifar_pickle_runs_nothing(workdir, capsys):

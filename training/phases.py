@@ -126,6 +126,9 @@ class Schedule:
             ph = self.data_phase(epoch)
             per_rank = math.ceil(num_images / world_size)
             full = per_rank // ph.batch_size if drop_last else math.ceil(per_rank / ph.batch_size)
+            if not full:
+                raise PhaseError(f"epoch {epoch}: batch size {ph.batch_size} is more than the {per_rank} images "
+                                 "per process, and a partial batch is dropped: no step would run")
             iters = min(self.iters_per_epoch(epoch, num_images, world_size), full)
             rows.append(EpochPlan(
                 epoch=epoch, size=ph.size, batch_size=ph.batch_size, iters=iters,

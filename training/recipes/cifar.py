@@ -340,6 +340,11 @@ class Trainer:
                 pad_mode=c.pad_mode, cutout=c.cutout, drop_last=c.drop_last, epoch_augment=c.epoch_augment)
         except DataError as e:
             raise ConfigError(f"cifar: {e}") from None
+        if c.drop_last:  # else an epoch would train nothing and the run would evaluate its initial weights
+            for ph in schedule.data_phases:
+                if ph.batch_size > self.train.num_images:
+                    raise ConfigError(f"phases: batch size {ph.batch_size} at epoch {ph.start} is more than the "
+                                      f"{self.train.num_images} training images (cifar.drop_last drops it whole)")
         self.val = cdata.CifarEvalLoader(x_test, y_test, self.classes, c.eval_batch_size, mean=mean, std=std,
                                          dtype=dtype, channels_last=channels_last)
         self.whiten_images = x_train[:c.whiten_samples]
