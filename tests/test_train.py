@@ -130,7 +130,9 @@ def test_two_process_evaluation_counts_each_image_once_with_known_accuracy(tmp_p
     root = make_jpeg_tree(tmp_path / "data", classes=3, train_per_class=2, val_per_class=3)
     bias = torch.tensor([3.0, 0.0, -1.0, 2.0, 1.0, 0.5, -2.0])  # top-5 classes 0, 3, 4, 5, 1: not 2
     ckpt = constant_checkpoint(tmp_path / "ckpt", bias)
-    r = train(str(root), *TINY, "model.num_classes=7", "-e", "--resume", str(ckpt),
+    # validation batches of 2: 5 of them, 3 for rank 0 and 2 for rank 1 (with the default batch,
+    # max(bs, 128), one batch holds all 9 and rank 0 alone would evaluate them)
+    r = train(str(root), *TINY, "model.num_classes=7", "-e", "--resume", str(ckpt), "data.val_batch_size=2",
               f"train.logdir={tmp_path / 'eval'}", nproc=2)
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["images"] == 9
