@@ -9,7 +9,6 @@ and no display or global backend is involved.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ if __package__ in (None, ""):  # run as `python dawn/plot.py`: sys.path[0] is da
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dawn.events import EventsError, load_run  # noqa: E402
-from dawn.prepare_dawn_tsv import eval_rows, first_reaching  # noqa: E402
+from dawn.prepare_dawn_tsv import OneLineParser, eval_rows, first_reaching, path_arg, percent_arg  # noqa: E402
 
 if TYPE_CHECKING:
     from training.phases import Schedule
@@ -103,10 +102,10 @@ def plot_schedule(schedule: Schedule, path: str | Path, num_images: int = IMAGEN
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Plot top-1/top-5 accuracy against hours for runs.")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="event file or run directory")
-    p.add_argument("--out", required=True, type=Path, help="PNG to write")
-    p.add_argument("--target-top5", type=float, default=93.0)
+    p = OneLineParser(description="Plot top-1/top-5 accuracy against hours for runs.")
+    p.add_argument("runs", nargs="+", metavar="RUN", type=path_arg, help="event file or run directory")
+    p.add_argument("--out", required=True, type=path_arg, help="PNG to write")
+    p.add_argument("--target-top5", type=percent_arg, default=93.0, help="percent (0, 100]")
     p.add_argument("--start-tag", default="first")
     p.add_argument("--ignore-eval", action="store_true")
     args = p.parse_args(argv)

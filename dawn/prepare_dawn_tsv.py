@@ -222,18 +222,18 @@ def write_atomic(text: str, out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line and exit 2, like every other bad input
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _path(text: str) -> Path:
+def path_arg(text: str) -> Path:
     if not text:  # an unset shell variable; Path("") would silently mean the current directory
         raise argparse.ArgumentTypeError("empty path")
     return Path(text)
 
 
-def _percent(text: str) -> float:
+def percent_arg(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -244,15 +244,15 @@ def _percent(text: str) -> float:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--events_path", "--events-path", dest="events_path", required=True, type=_path,
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events_path", "--events-path", dest="events_path", required=True, type=path_arg,
                    help="an event file, or a run directory (its events.out.tfevents.* files, merged)")
-    p.add_argument("--out", type=_path, help="output file (written atomically); default stdout")
+    p.add_argument("--out", type=path_arg, help="output file (written atomically); default stdout")
     p.add_argument("--ignore-eval", action="store_true",
                    help="subtract cumulative times/eval_sec (evaluations up to and including each row)")
     p.add_argument("--start-tag", default="first",
                    help="scalar tag whose earliest wall time in the run is the start")
-    p.add_argument("--target-top5", type=_percent, default=93.0,
+    p.add_argument("--target-top5", type=percent_arg, default=93.0,
                    help="top-5 accuracy target, percent (0, 100]")
     p.add_argument("--stop-at-target", action="store_true",
                    help="end the TSV at the first row reaching the target")

@@ -133,6 +133,8 @@ MUTANTS = [
     Mutant("cifar_batch_past_the_data_trains_nothing", "training/recipes/cifar.py",
            "if ph.batch_size > self.train.num_images:", "if False:",
            (CLI + "test_cifar_batch_larger_than_the_data_trains_nothing_and_says_so",)),
+    Mutant("plot_accepts_any_target", "dawn/plot.py", 'type=percent_arg, default=93.0', 'type=float, default=93.0',
+           ("tests/test_plot.py::test_curves_bad_flags_are_one_line_exit_2",)),
     # training on the CPU, and the loop's reports
     Mutant("hostmem_keeps_mmap", "training/hostmem.py", "M_MMAP_MAX = -4", "M_MMAP_MAX = -3",
            ("tests/test_cpu.py::test_large_blocks_are_reused_instead_of_faulted_in_every_step",)),

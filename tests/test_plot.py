@@ -54,6 +54,21 @@ def test_curves_cli_error_is_one_line(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--target-top5", "120"], "argument --target-top5: '120' is not a percentage in (0, 100]"),
+    (["--target-top5", "nan"], "argument --target-top5: 'nan' is not a percentage in (0, 100]"),
+    (["--out", ""], "argument --out: empty path"),
+    ([], "the following arguments are required: --out"),
+])
+def test_curves_bad_flags_are_one_line_exit_2(tmp_path, args, message):
+    out = ["--out", str(tmp_path / "x.png")] if "--out" not in args and args else []
+    r = run_bounded([sys.executable, "dawn/plot.py", str(FIXTURE_EVENTS), *args, *out], cwd=REPO, timeout=120)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line == f"plot.py: error: {message}"
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_plot_runs_in_process(tmp_path):
     run = small_run(tmp_path / "never", [40.0, 60.0])
     out = plot_runs([run], tmp_path / "c.png", target_top5=93, ignore_eval=True)
