@@ -12,19 +12,7 @@ from training.dist import DistInfo
 from training.logs import RunLogger
 from training.phases import parse_schedule
 
-
-class Batches:
-    def __init__(self, n: int, batch_size: int):
-        gen = torch.Generator().manual_seed(batch_size)
-        self.batches = [(torch.randn(batch_size, 6, generator=gen), torch.randint(0, 3, (batch_size,), generator=gen))
-                        for _ in range(n)]
-        self.batch_size, self.num_images = batch_size, n * batch_size
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
+from test_bench import Batches  # fixed CPU batches of 6 features
 
 
 class SlowFirstCall(nn.Linear):

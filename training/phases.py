@@ -98,10 +98,16 @@ class Schedule:
         """lr for 0-based ``iteration`` of ``epoch`` (imagenet18's Scheduler: batch_num = iteration+1)."""
         return lr_at(self.lr_phases, epoch, iteration + 1, iters_per_epoch)
 
+    def batches_per_epoch(self, epoch: int, num_images: int, world_size: int = 1, drop_last: bool = False) -> int:
+        """Batches a loader yields per process in a whole ``epoch``: ceil(ceil(N / world) / bs), as
+        DistributedSampler + DataLoader give; floor instead when the loader drops a partial batch."""
+        per_rank, bs = math.ceil(num_images / world_size), self.data_phase(epoch).batch_size
+        return per_rank // bs if drop_last else math.ceil(per_rank / bs)
+
     def iters_per_epoch(self, epoch: int, num_images: int, world_size: int = 1) -> int:
-        """Steps in ``epoch``: ceil(ceil(N / world) / bs), as DistributedSampler + DataLoader give;
-        a fractional final epoch runs only its share of them."""
-        full = math.ceil(math.ceil(num_images / world_size) / self.data_phase(epoch).batch_size)
+        """Steps in ``epoch``: all its batches (``batches_per_epoch``); a fractional final epoch
+        runs only its share of them."""
+        full = self.batches_per_epoch(epoch, num_images, world_size)
         remaining = self.total_epochs - epoch
         return full if remaining >= 1 else max(1, math.ceil(remaining * full))
 
@@ -112,7 +118,7 @@ class Schedule:
         per_rank = math.ceil(num_images / world_size)
         shapes: dict[tuple[int, int], None] = {}  # an ordered set
         for row in self.plan(num_images, world_size):
-            full = math.ceil(per_rank / row.batch_size)
+            full = self.batches_per_epoch(row.epoch, num_images, world_size)
             shapes.setdefault((min(row.batch_size, per_rank), row.size))
             if row.iters == full:
                 shapes.setdefault((per_rank - (full - 1) * row.batch_size, row.size))
@@ -124,11 +130,11 @@ class Schedule:
         rows = []
         for epoch in range(self.num_epochs):
             ph = self.data_phase(epoch)
-            per_rank = math.ceil(num_images / world_size)
-            full = per_rank // ph.batch_size if drop_last else math.ceil(per_rank / ph.batch_size)
+            full = self.batches_per_epoch(epoch, num_images, world_size, drop_last)
             if not full:
-                raise PhaseError(f"epoch {epoch}: batch size {ph.batch_size} is more than the {per_rank} images "
-                                 "per process, and a partial batch is dropped: no step would run")
+                raise PhaseError(f"epoch {epoch}: batch size {ph.batch_size} is more than the "
+                                 f"{math.ceil(num_images / world_size)} images per process, and a partial batch "
+                                 "is dropped: no step would run")
             iters = min(self.iters_per_epoch(epoch, num_images, world_size), full)
             rows.append(EpochPlan(
                 epoch=epoch, size=ph.size, batch_size=ph.batch_size, iters=iters,

@@ -245,26 +245,20 @@ def count_ops(args: argparse.Namespace, say=lambda m: print(m, flush=True)) -> d
 
 def trace_run(trainer: recipe.Trainer, seed: int, out: Path, name: str, say) -> None:
     """One run of ``trainer`` under torch.profiler: its op table and chrome trace in ``out``."""
-    import gzip
-    import shutil
     from torch.profiler import ProfilerActivity, profile
     cuda = trainer.device.type == "cuda"
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         result = trainer.run(seed, None)
     ops = prof.key_averages()
     device_attr = "self_device_time_total" if hasattr(ops[0], "self_device_time_total") else "self_cuda_time_total"
-    sort_by = device_attr if cuda else "self_cpu_time_total"
-    (out / f"{name}_profile.txt").write_text(ops.table(sort_by=sort_by, row_limit=40) + "\n")
-    raw = out / f"{name}_trace.json"
-    prof.export_chrome_trace(str(raw))
-    with open(raw, "rb") as src, gzip.open(f"{raw}.gz", "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    raw.unlink()
-    # kernels are the device-side events; the ops that launched them carry the same time again
-    busy = sum(getattr(e, device_attr) for e in ops if e.device_type != torch.autograd.DeviceType.CPU) / 1e6
-    say(f"{name}: traced run {result.train_seconds:.3f} s with the profiler on, device busy {busy:.3f} s "
-        f"({out / name}_profile.txt, _trace.json.gz)" if cuda else
-        f"{name}: traced run {result.train_seconds:.3f} s with the profiler on ({out / name}_profile.txt)")
+    (out / f"{name}_profile.txt").write_text(
+        ops.table(sort_by=device_attr if cuda else "self_cpu_time_total", row_limit=40) + "\n")
+    prof.export_chrome_trace(str(out / f"{name}_trace.json.gz"))  # gzipped by torch for a .gz path
+    line = f"{name}: traced run {result.train_seconds:.3f} s with the profiler on"
+    if cuda:  # kernels are the device-side events; the ops that launched them carry the same time again
+        busy = sum(getattr(e, device_attr) for e in ops if e.device_type != torch.autograd.DeviceType.CPU) / 1e6
+        line += f", device busy {busy:.3f} s"
+    say(f"{line} ({out / name}_profile.txt)")
 
 
 def raise_recompile_limit(compiled_models: int) -> None:

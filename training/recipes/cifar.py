@@ -160,16 +160,10 @@ def loss_fn(label_smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], to
     return fn
 
 
-def batches_per_epoch(schedule: Schedule, epoch: int, num_images: int, drop_last: bool) -> int:
-    """What the training loader yields in a whole ``epoch``."""
-    bs = schedule.data_phase(epoch).batch_size
-    return num_images // bs if drop_last else math.ceil(num_images / bs)
-
-
 def steps_in_epoch(schedule: Schedule, epoch: int, num_images: int, drop_last: bool) -> int:
     """Steps the loop runs in ``epoch``: the schedule's count (a fractional last epoch runs its
     share), capped by what the loader yields."""
-    return min(schedule.iters_per_epoch(epoch, num_images), batches_per_epoch(schedule, epoch, num_images, drop_last))
+    return min(schedule.iters_per_epoch(epoch, num_images), schedule.batches_per_epoch(epoch, num_images, 1, drop_last))
 
 
 class StepHooks:
@@ -184,7 +178,7 @@ class StepHooks:
         self.steps = [steps_in_epoch(schedule, e, num_images, drop_last) for e in range(schedule.num_epochs)]
         if short_epoch_steps:
             self.steps = [min(s, short_epoch_steps) for s in self.steps]
-        self.full = [batches_per_epoch(schedule, e, num_images, drop_last) for e in range(schedule.num_epochs)]
+        self.full = [schedule.batches_per_epoch(e, num_images, 1, drop_last) for e in range(schedule.num_epochs)]
         self.total = sum(self.steps)
         self.count = 0
         self.bias_frozen = False
