@@ -13,7 +13,7 @@
 #
 # Env: OUT (default runs/bench-pipeline), TREE (default /tmp/bench-imagenet), IMAGES (20480: a multiple
 # of every batch, so no partial batch adds a compiled shape), SECONDS_PER (6), STEPS (all, or some of
-# checks,loaders,hwload,full,e2e,e2e_synthetic), BENCH_DRY_RUN=1 (print the commands and exit).
+# checks,loaders,hwload,full,float,e2e,e2e_synthetic), BENCH_DRY_RUN=1 (print the commands and exit).
 # All steps take ~9 min on an H200: pick with STEPS to fit the lease (e.g. STEPS=checks,loaders,full,e2e).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +37,7 @@ cmds=(
   "loaders|timeout 150 ${bench[*]} --sizes 128 224 --loader dali torchvision dali:whole --batch-size 256 --seconds $SECONDS_PER --json $OUT/pipeline.json"
   "hwload|timeout 60 ${bench[*]} --sizes 128 --loader dali --dali-hw-load 0 --batch-size 256 --seconds $SECONDS_PER --json $OUT/pipeline_hw0.json"
   "full|timeout 90 ${bench[*]} --source full --sizes 128 --loader dali torchvision --batch-size 256 --seconds $SECONDS_PER --json $OUT/pipeline_full.json"
+  "float|timeout 60 ${bench[*]} --sizes 128 --loader torchvision torchvision:float --batch-size 256 --seconds $SECONDS_PER --json $OUT/pipeline_float.json"
   "e2e|timeout 330 ${bench[*]} --sizes 128 224 --loader --end-to-end dali torchvision --json $OUT/end_to_end.json"
   "e2e_synthetic|timeout 170 ${bench[*]} --sizes 128 224 --loader --end-to-end synthetic --json $OUT/end_to_end_synthetic.json"
 )

@@ -180,6 +180,33 @@ def test_pipeline_cli_measures_each_loader_in_whole_epoch_windows(tmp_path, caps
     assert "torchvision" in capsys.readouterr().out
 
 
+def test_float_path_yields_our_batches_from_float_workers(jpeg_tree):
+    """bench pipeline's torchvision:float (the classic path, issue 11) must deliver the batches ours
+    does, so comparing the two measures only where normalisation happens and what crosses over."""
+    from training.bench import floatpath
+    from training.data import LoaderSpec, imagefolder
+    from training.phases import DataPhase
+    phase = DataPhase(start=0, size=32, batch_size=5, train_dir="", val_dir="", min_scale=0.35, rect_val=False,
+                      keep_dl=False)
+    spec = LoaderSpec(root=str(jpeg_tree), phase=phase, rank=0, world_size=1, device=torch.device("cpu"),
+                      workers=1, seed=3, channels_last=True)
+    ours, classic = imagefolder.train_loader(spec), floatpath.train_loader(spec)
+    try:
+        for loader in (ours, classic):
+            loader.set_epoch(1)
+        pairs = list(zip(ours, classic))
+        sent = next(iter(classic._loader))[0]
+    finally:
+        ours.close()
+        classic.close()
+    assert len(pairs) == len(ours) == 5  # 24 images in batches of 5
+    for (x, y), (xf, yf) in pairs:
+        assert torch.equal(y, yf) and xf.dtype == x.dtype == torch.float32
+        assert xf.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(xf, x, atol=1e-5, rtol=0)  # same pixels, normalised where they were made
+    assert sent.dtype == torch.float32 and sent.shape == (5, 3, 32, 32)  # the workers send float CHW
+
+
 def test_pipeline_reads_the_trainers_stage_tables():
     from training.bench.pipeline import TRAIN_STAGES, _stage_tables
     timer = loop.StageTimer(False, torch.device("cpu"))

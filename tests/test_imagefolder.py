@@ -42,6 +42,20 @@ def test_shapes_dtypes_per_phase_keep_dl_and_rebuild(jpeg_tree):
     loaders.close()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_batches_are_the_fp32_values_rounded_once(jpeg_tree, dtype):
+    """What a GPU run gets (half precision, channels_last) is the fp32 normalisation rounded once:
+    the arithmetic stays in fp32 whatever the output dtype."""
+    batches = {}
+    for dt, cl in ((torch.float32, False), (dtype, True)):
+        loader = imagefolder.train_loader(spec(jpeg_tree, seed=5, dtype=dt, channels_last=cl))
+        batches[dt] = list(loader)
+        loader.close()
+    for (x32, y32), (xh, yh) in zip(batches[torch.float32], batches[dtype]):
+        assert torch.equal(y32, yh) and xh.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(xh, x32.to(dtype))
+
+
 def test_two_ranks_cover_train_at_least_once_and_validation_exactly_once(tmp_path):
     root = make_jpeg_tree(tmp_path / "data", classes=3, train_per_class=7, val_per_class=3)  # 21 and 9
     specs = [spec(root, rank=r, world=2, phase=phase(bs=4)) for r in range(2)]

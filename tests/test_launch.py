@@ -107,3 +107,20 @@ def test_bad_launch_options(script, env, message):
     r = launch(script, *args, **env)
     assert r.returncode != 0 and message in r.stderr, r.stderr
     assert "torch.distributed.run" not in r.stdout
+
+
+def test_gpu_pipeline_script_commands_parse():
+    """Every command launch/bench_pipeline.sh would run on a lent GPU names flags and choices the
+    bench accepts and test files that exist: a typo there costs a GPU session's minutes."""
+    from training.bench import build_parser
+    r = run_bounded(["bash", "launch/bench_pipeline.sh"], cwd=REPO, timeout=30, env={**os.environ, "BENCH_DRY_RUN": "1"})
+    assert r.returncode == 0, r.stderr
+    steps = [shlex.split(line) for line in r.stdout.strip().splitlines()]
+    assert len(steps) == 7
+    for argv in steps:
+        assert argv[:2] == ["timeout", argv[1]] and int(argv[1]) > 0
+        if argv[2:5] == ["python3", "-m", "training.bench"]:
+            args = build_parser().parse_args(argv[5:])  # argparse exits 2 on a bad flag or choice
+            assert args.command == "pipeline" and args.json.startswith("runs/bench-pipeline/")
+        else:
+            assert argv[2:5] == ["python3", "-m", "pytest"] and (REPO / argv[-1]).is_file()

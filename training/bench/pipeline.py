@@ -81,7 +81,12 @@ def measure(loader: str, data: str, train_dir: str, size: int, batch_size: int, 
                       dali_fused_crop=variant != "whole", dali_hw_load=hw_load)
     t0 = time.perf_counter()
     chosen = get_backend(backend, device=dev, workers=workers)
-    train = chosen.train(spec)
+    build = chosen.train
+    if loader == "torchvision:float":
+        from training.bench import floatpath
+        build = floatpath.train_loader
+        chosen.notes[:] = [f"loader: torchvision, the float path: normalised float32 batches from {workers} workers"]
+    train = build(spec)
     index_s = time.perf_counter() - t0
     windows, starts, cores, out = [], [], [], {}
     t_begin = time.perf_counter()
@@ -305,9 +310,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"ImageNet-style tree (default {DEFAULT_TREE}; generated when it has no train/)")
     p.add_argument("--sizes", type=positive_int, nargs="+", default=[128, 224], help="image sides, px")
     p.add_argument("--loader", nargs="*", default=["torchvision", "dali"],
-                   choices=("torchvision", "dali", "dali:whole", "auto", "synthetic"),
+                   choices=("torchvision", "torchvision:float", "dali", "dali:whole", "auto", "synthetic"),
                    help="backends to measure; dali:whole decodes whole images then crops (the hardware "
-                   "decoder's only mode), dali decodes the crop's region only; none: only --end-to-end")
+                   "decoder's only mode), dali decodes the crop's region only; torchvision:float normalises "
+                   "in the workers and sends float32 (the classic path, for comparison); none: only --end-to-end")
     p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                    help="DataLoader workers = DALI threads (default: every core)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch")
