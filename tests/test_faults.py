@@ -179,14 +179,14 @@ class Batches:
         return len(self.batches)
 
 
-def _epoch(tmp_path: Path, nonfinite: str, loader) -> nn.Module:
+def _epoch(tmp_path: Path, nonfinite: str, loader, print_freq: int = 1) -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = parse_schedule([{"ep": 0, "sz": 4, "bs": 2}, {"ep": [0, 1], "lr": 0.1}])
     state = loop.TrainState(model, model, opt, None, sched)
     ctx = loop.RunContext(dist=dist.DistInfo(0, 1, 0, torch.device("cpu")), logger=RunLogger(tmp_path, True),
-                          num_train=8, nonfinite=nonfinite, print_freq=1)
+                          num_train=8, nonfinite=nonfinite, print_freq=print_freq)
     try:
         loop.train_epoch(state, loader, loop.Hooks(loss_fn=nn.CrossEntropyLoss()), ctx, epoch=0)
     finally:
@@ -204,9 +204,12 @@ def test_nonfinite_skip_skips_only_that_step(tmp_path, capsys):
         assert torch.isfinite(p).all() and torch.equal(p, q)
 
 
-def test_nonfinite_stop_names_epoch_and_step(tmp_path):
+@pytest.mark.parametrize("print_freq", [1, 3, 100])
+def test_nonfinite_stop_names_epoch_and_first_bad_step(tmp_path, print_freq):
+    """Steps 1-3 are all non-finite (the NaN poisons the weights); checked at every step, after the
+    third, or only at the epoch's end, the message names the first of them."""
     with pytest.raises(loop.NonFiniteLoss, match=r"^non-finite loss at epoch 0 step 1; stopping"):
-        _epoch(tmp_path, "stop", Batches())
+        _epoch(tmp_path, "stop", Batches(), print_freq)
 
 
 # ---------------------------------------------------------------------------------- bad inputs
