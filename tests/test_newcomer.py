@@ -145,6 +145,22 @@ def test_dry_run_of_a_cifar_config_plans_cifars_images(capsys):
     assert rows[-1]["lr_last"] == schedule.lr(9, rows[-1]["iters"] - 1, 50_000 // 1024)
 
 
+KEEP_DL = ("[{'ep':0,'sz':128,'bs':256},{'ep':1,'sz':224,'bs':128},{'ep':2,'sz':224,'bs':512,'keep_dl':True},"
+           "{'ep':3,'sz':288,'bs':64},{'ep':(0,4),'lr':0.1}]")
+
+
+@pytest.mark.parametrize("args, val_batches", [
+    ([], [512, 256, 256, 128]),  # imagenet18's rule; keep_dl keeps the 224 px loaders, and their batch
+    (["data.val_batch_size=100"], [100] * 4),
+    (["--config", str(REPO / "configs" / "cifar10_cpu.yaml")], [500] * 4),  # cifar.eval_batch_size
+])
+def test_dry_run_shows_the_validation_batch(capsys, args, val_batches):
+    phases = [] if "--config" in args else ["--phases", KEEP_DL]
+    assert train.main([*args, *phases, "--dry-run"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["val_batch_size"] for r in rows] == val_batches
+
+
 def test_plot_schedule_plans_the_recipes_images(monkeypatch, tmp_path):
     import dawn.plot
     seen = []

@@ -165,11 +165,11 @@ def test_dry_run_cli_prints_one_json_object_per_epoch():
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(rows) == 37
-    assert set(rows[0]) == {"epoch", "size", "batch_size", "iters", "lr_first", "lr_last", "min_scale",
-                            "rect_val", "train_dir", "val_dir"}
+    assert set(rows[0]) == {"epoch", "size", "batch_size", "val_batch_size", "iters", "lr_first", "lr_last",
+                            "min_scale", "rect_val", "train_dir", "val_dir"}
     assert rows[0]["lr_first"] == 1.9220382165605094 and rows[0]["iters"] == 157
     assert rows[11]["lr_first"] == 3.831898734177215
-    assert rows[29] | {} == {"epoch": 29, "size": 288, "batch_size": 128, "iters": 157,
+    assert rows[29] | {} == {"epoch": 29, "size": 288, "batch_size": 128, "val_batch_size": 128, "iters": 157,
                              "lr_first": 0.019186242038216558, "lr_last": 0.01704, "min_scale": 0.5,
                              "rect_val": True, "train_dir": "", "val_dir": ""}
 

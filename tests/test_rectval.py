@@ -14,7 +14,8 @@ from PIL import Image
 from training.config import ConfigError
 from training.data import Backend, LoaderSpec, PhaseLoaders, get_backend
 from training.data import imagefolder, tree
-from training.data.rectval import ValBatch, crop_hw, val_batch_size, val_batches
+from training.data.rectval import ValBatch, crop_hw, val_batches
+from training.phases import val_batch_size
 from training.phases import DataPhase
 
 # (width, height) -> aspect ratios 2.0, 1.0, 0.5, 1.5, 0.75, 1.2

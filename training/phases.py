@@ -63,6 +63,7 @@ class EpochPlan:
     epoch: int
     size: int
     batch_size: int
+    val_batch_size: int  # per process; from the phase that built the loaders (keep_dl keeps them)
     iters: int
     lr_first: float
     lr_last: float
@@ -124,9 +125,11 @@ class Schedule:
                 shapes.setdefault((per_rank - (full - 1) * row.batch_size, row.size))
         return list(shapes)
 
-    def plan(self, num_images: int, world_size: int = 1, drop_last: bool = False) -> list[EpochPlan]:
+    def plan(self, num_images: int, world_size: int = 1, drop_last: bool = False,
+             val_batch: int = 0) -> list[EpochPlan]:
         """Per epoch: data phase, steps and the lr of its first and last step. ``drop_last``: the loader
-        drops a partial last batch (the CIFAR recipe's), so an epoch has floor(N / bs) steps at most."""
+        drops a partial last batch (the CIFAR recipe's), so an epoch has floor(N / bs) steps at most.
+        ``val_batch``: the validation batch, or 0 for imagenet18's rule (``val_batch_size``)."""
         rows = []
         for epoch in range(self.num_epochs):
             ph = self.data_phase(epoch)
@@ -136,12 +139,27 @@ class Schedule:
                                  f"{math.ceil(num_images / world_size)} images per process, and a partial batch "
                                  "is dropped: no step would run")
             iters = min(self.iters_per_epoch(epoch, num_images, world_size), full)
+            built = loader_phase(self.data_phases, epoch)
             rows.append(EpochPlan(
-                epoch=epoch, size=ph.size, batch_size=ph.batch_size, iters=iters,
+                epoch=epoch, size=ph.size, batch_size=ph.batch_size,
+                val_batch_size=val_batch or val_batch_size(built.size, built.batch_size), iters=iters,
                 lr_first=self.lr(epoch, 0, full), lr_last=self.lr(epoch, iters - 1, full),
                 min_scale=ph.min_scale, rect_val=ph.rect_val,
                 train_dir=ph.train_dir, val_dir=ph.val_dir))
         return rows
+
+
+def loader_phase(data_phases: Sequence[DataPhase], epoch: int) -> DataPhase:
+    """The data phase whose loaders serve ``epoch``: the last one started without keep_dl (a
+    keep_dl phase keeps the loaders built before it and changes only the training batch)."""
+    return [p for p in data_phases if p.start <= epoch and not p.keep_dl][-1]
+
+
+def val_batch_size(size: int, batch_size: int) -> int:
+    """imagenet18's per-rank validation batch for a data phase of image ``size`` and training
+    ``batch_size``: larger batches where the images are small, which also evaluates faster
+    (train_imagenet_nv.py, DataManager.preload_data)."""
+    return max(batch_size, {128: 512, 224: 256}.get(size, 128))
 
 
 def _last_started(phases: Sequence[Any], epoch: float) -> Any:

@@ -149,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         schedule = parse_schedule(cfg.phases)
         if args.dry_run:
-            drop_last = cfg.recipe == "cifar" and cfg.cifar.drop_last
-            for row in schedule.plan(train_images(args, cfg), args.world_size, drop_last):
+            cifar = cfg.recipe == "cifar"
+            val_batch = cfg.cifar.eval_batch_size if cifar else cfg.data.val_batch_size
+            for row in schedule.plan(train_images(args, cfg), args.world_size, cifar and cfg.cifar.drop_last, val_batch):
                 print(json.dumps(row.__dict__))
             sys.stdout.flush()  # a closed pipe shows here, inside the handler below
             return 0

@@ -12,8 +12,7 @@ from typing import Callable, Iterator, Protocol
 import torch
 
 from training.config import ConfigError
-from training.data.rectval import val_batch_size
-from training.phases import DataPhase
+from training.phases import DataPhase, loader_phase, val_batch_size
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -136,7 +135,7 @@ class PhaseLoaders:
 
     def for_epoch(self, epoch: int) -> tuple[Loader, Loader]:
         phase = [p for p in self.phases if p.start <= epoch][-1]
-        built = self._built_for(phase)
+        built = loader_phase(self.phases, epoch)
         if self.active is None or built != self.active:
             self.close()
             spec = replace(self.base, phase=built)
@@ -151,10 +150,6 @@ class PhaseLoaders:
         """``spec`` with its phase's batch size replaced by the validation batch."""
         bs = self.val_batch_size or val_batch_size(spec.phase.size, spec.phase.batch_size)
         return replace(spec, phase=replace(spec.phase, batch_size=bs))
-
-    def _built_for(self, phase: DataPhase) -> DataPhase:
-        """The phase whose loaders serve ``phase``: the last non-keep_dl phase at or before it."""
-        return [p for p in self.phases if p.start <= phase.start and not p.keep_dl][-1]
 
     def close(self) -> None:
         for loader in (self.train, self.val):

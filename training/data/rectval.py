@@ -13,7 +13,7 @@ crop centred as torchvision's ``center_crop`` places it, padded with black where
 
 The validation batch, and so the chunk, is not the training batch: imagenet18 validated with
 max(bs, 512) at 128 px, max(bs, 256) at 224 px and max(bs, 128) at other sizes
-(``val_batch_size``; train_imagenet_nv.py, DataManager.preload_data).
+(``phases.val_batch_size``; train_imagenet_nv.py, DataManager.preload_data).
 
 Image sizes come from the shared header index (tree.index_tree), which is cached beside the
 data, so no image is decoded to build the batches.
@@ -56,12 +56,6 @@ def val_geometry(width: int, height: int, size: int, crop_hw: tuple[int, int]) -
     else:
         rw, rh = int(short * width / height), short
     return ValGeometry((rh, rw), (_centre(rh, crop_hw[0]), _centre(rw, crop_hw[1])))
-
-
-def val_batch_size(size: int, batch_size: int) -> int:
-    """imagenet18's per-rank validation batch for a data phase of image ``size`` and training
-    ``batch_size``: larger batches where the images are small, which also evaluates faster."""
-    return max(batch_size, {128: 512, 224: 256}.get(size, 128))
 
 
 def aspect_ratio(width: int, height: int) -> float:
