@@ -230,3 +230,30 @@ def test_trace_into_an_unwritable_place_is_one_line_exit_2(data, tmp_path, capsy
     assert bench.main(["cifar", "--data", str(data), *TINY, "--trace", str(blocker / "t")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: --trace {blocker / 't'}: ") and err.count("\n") == 1
+
+
+def test_each_variant_runs_with_its_own_threads(data, tmp_path, monkeypatch, capsys):
+    """Variants share one process: one asking for torch's default (cifar.threads=0) after one that
+    set another count must get the default back, and the table says what each ran with."""
+    seen: dict[int, list[int]] = {}
+    original = recipe.Trainer.run
+
+    def run(trainer, seed, logdir, warmup=False):
+        result = original(trainer, seed, logdir, warmup)
+        seen.setdefault(trainer.cfg.cifar.threads, []).append(torch.get_num_threads())
+        return result
+    monkeypatch.setattr(recipe.Trainer, "run", run)
+    more = recipe.DEFAULT_THREADS + 1
+    out = tmp_path / "t.json"
+    try:
+        assert bench.main(["cifar", "--data", str(data), *TINY, "--runs", "2", "--json", str(out), "--variants",
+                           f"more=cifar.threads={more}", "default=cifar.threads=0"]) == 0
+    finally:
+        torch.set_num_threads(recipe.DEFAULT_THREADS)
+    assert seen == {more: [more] * 2, 0: [recipe.DEFAULT_THREADS] * 2}  # rounds: more, default; default, more
+    doc = json.loads(out.read_text())
+    assert {n: v["threads"] for n, v in doc["variants"].items()} == {"more": more, "default": recipe.DEFAULT_THREADS}
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("variant"))
+    assert lines[header].split()[-1] == "threads" and lines[header + 1].split()[::len(lines[header + 1].split()) - 1] == [
+        "more", str(more)]

@@ -158,6 +158,7 @@ class Entry:
     warmup_seconds: float = 0.0
     data_load_seconds: float = 0.0
     config: dict | None = None
+    threads: int | None = None  # torch threads of its runs on the CPU
     runs: list[dict] = field(default_factory=list)
     failed: str = ""  # why it stopped (an exception in a warm-up or run): left out of later rounds
 
@@ -179,14 +180,15 @@ def ours_entry(variant: Variant, cfg: C.Config, device: torch.device, data_dir: 
     trainer = recipe.Trainer(cfg, recipe.check_config(cfg), device, data_dir)
     entry = Entry(variant.name, " ".join(variant.files + variant.overrides) or "(base config)",
                   lambda r: trainer.run(cfg.train.seed + r, None), data_load_seconds=trainer.data_seconds,
-                  config=C.to_dict(cfg))
+                  config=C.to_dict(cfg), threads=trainer.threads)
     t0 = time.perf_counter()
     for w in range(cfg.cifar.warmup_runs):
         if attempt(entry, "warm-up", lambda: trainer.run(cfg.train.seed - 1 - w, None, warmup=True)) is None:
             return entry, trainer
     entry.warmup_seconds = time.perf_counter() - t0
+    threads = f", {trainer.threads} torch threads" if trainer.threads else ""
     say(f"{variant.name}: data {entry.data_load_seconds:.2f} s, warm-up ({cfg.cifar.warmup_runs} run(s), "
-        f"compile {cfg.train.compile}) {entry.warmup_seconds:.2f} s")
+        f"compile {cfg.train.compile}{threads}) {entry.warmup_seconds:.2f} s")
     return entry, trainer
 
 
@@ -288,7 +290,7 @@ def format_table(doc: dict) -> str:
     rows = [f"cifar bench: {m['device']}, torch {m['torch']}, {m['rounds']} round(s) of {m['runs_asked']} "
             f"asked{' (stopped: ' + m['stopped'] + ')' if m['stopped'] else ''}, {m['date']}",
             f"{'variant':<16}{'n':>4}{'mean acc':>10}{'std':>6}{'95% CI':>17}{'>=94':>7}{'median s':>10}"
-            f"{'min s':>8}{'warm-up s':>11}{'vs ' + AIRBENCH:>16}"]
+            f"{'min s':>8}{'warm-up s':>11}{'vs ' + AIRBENCH:>16}{'threads':>9}"]
     for name, v in doc["variants"].items():
         s = v["summary"]
         ci = s["ci95_mean_accuracy"]
@@ -297,7 +299,7 @@ def format_table(doc: dict) -> str:
         hits = f"{round(s['share_ge_94'] * s['n'])}/{s['n']}"
         rows.append(f"{name:<16}{s['n']:>4}{s['mean_accuracy']:>9.2f}%{s['std_accuracy']:>6.2f}{ci_text:>17}"
                     f"{hits:>7}{s['median_train_seconds']:>10.3f}{s['min_train_seconds']:>8.3f}"
-                    f"{s['warmup_seconds']:>11.2f}{ratio:>16}")
+                    f"{s['warmup_seconds']:>11.2f}{ratio:>16}{v.get('threads') or '-':>9}")
     return "\n".join(rows)
 
 
@@ -317,7 +319,7 @@ def document(entries: list[Entry], meta: dict) -> dict:
     variants = {}
     for e in entries:
         if e.runs:
-            variants[e.name] = {"describe": e.describe, "summary": summary(e, baseline),
+            variants[e.name] = {"describe": e.describe, "summary": summary(e, baseline), "threads": e.threads,
                                 "data_load_seconds": e.data_load_seconds, "runs": e.runs, "config": e.config}
     failed = {e.name: e.failed for e in entries if e.failed}
     return {"kind": "cifar", "meta": meta | {"rounds": rounds, "failed": failed}, "variants": variants}
@@ -363,7 +365,7 @@ def bench(args: argparse.Namespace, say=lambda m: print(m, flush=True)) -> dict:
                                                              entry.name, say))
         device = devices[0]
         meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-                f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)",
+                f"cpu ({os.cpu_count()} cores; torch threads per variant in the table)",
                 "torch": torch.__version__, "cuda": torch.version.cuda, "host": platform.node(),
                 "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "base_config": args.config,
                 "set": args.set, "runs_asked": args.runs, "time_limit_s": args.time_limit, "stopped": "",

@@ -39,6 +39,8 @@ from training.phases import Schedule, parse_schedule
 
 DEFAULT_DATA_DIR = "./data"
 THRESHOLD = 94.0  # percent: the share of runs at or above it is reported
+# torch's thread count for this process before any run changes it: what cifar.threads=0 asks for
+DEFAULT_THREADS = torch.get_num_threads()
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -359,6 +361,11 @@ class Trainer:
         self.evaluate = make_evaluate(self.forward, self.model, device, self.precision, c.tta_level, self.extra,
                                       channels_last)
 
+    @property
+    def threads(self) -> int | None:
+        """The torch threads a run on the CPU uses (cifar.threads, 0: the process's default); None on a GPU."""
+        return (self.cfg.cifar.threads or DEFAULT_THREADS) if self.device.type == "cpu" else None
+
     def for_epoch(self, epoch: int):
         """The loop's PhaseSource: one resident loader serves every data phase (only bs changes)."""
         self.train.set_batch_size(self.schedule.data_phase(epoch).batch_size)
@@ -367,8 +374,8 @@ class Trainer:
 
     def run(self, seed: int, logdir: str | None, warmup: bool = False) -> RunResult:
         cfg, c = self.cfg, self.cfg.cifar
-        if self.device.type == "cpu" and c.threads:  # per run: bench variants share one process
-            torch.set_num_threads(c.threads)
+        if self.threads:  # per run: bench variants share one process (and a variant may ask for the default)
+            torch.set_num_threads(self.threads)
         torch.manual_seed(seed)
         self.model.reset()
         optimizer = make_optimizer(self.model, c, self.schedule.data_phases[0].batch_size, self.device)
@@ -469,7 +476,7 @@ def main(cfg: Config) -> int:
 def _runs(cfg: Config, trainer: Trainer, device: torch.device) -> int:
     c = cfg.cifar
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"cpu ({os.cpu_count()} cores, {c.threads or torch.get_num_threads()} torch threads)"
+        f"cpu ({os.cpu_count()} cores, {trainer.threads} torch threads)"
     _say(f"cifar: {c.dataset} {trainer.train.num_images} train / {trainer.val.num_images} test images on "
          f"{dev_name}, torch {torch.__version__}, {cfg.train.precision}, compile {cfg.train.compile}; "
          f"data load to device {trainer.data_seconds:.2f} s (not timed)")
