@@ -77,6 +77,18 @@ TRAIN_CASES = [
     (["--config", TINY, "--dist-timeout", "10**12"], "--dist-timeout: config key 'train.dist_timeout_s': expected int"),
     (["--config", TINY, "--dist-timeout", "999999999999"], "--dist-timeout: config key 'train.dist_timeout_s': must be in"),
     (["--config", TINY, "train.seed=" + DEEP_LIST], "train.seed: nested more than 16 levels deep"),
+    # values torch would reject at the first step (a traceback and a half-written logdir) or use quietly
+    (["--config", TINY, "optim.label_smoothing=1.5"], "config key 'optim.label_smoothing': must be in 0..1, got 1.5"),
+    (["--config", TINY, "optim.momentum=.nan"], "config key 'optim.momentum': must be a finite number, got nan"),
+    (["--config", TINY, "optim.weight_decay=-1"], "config key 'optim.weight_decay': must be >= 0, got -1.0"),
+    (["--config", TINY, "optim.weight_decay=1" + "0" * 400], "'optim.weight_decay': must be a finite number, got inf"),
+    (["--config", TINY, "train.seed=1" + "0" * 5000], "config key 'train.seed': expected int"),
+    (["--phases", "[{'ep':0,'sz':32,'bs':8},{'ep':(0,2),'lr':1" + "0" * 400 + "}]", "--dry-run"],
+     "phase 1: key 'lr': expected a number"),
+    (["--phases", "[{'ep':0,'sz':32,'bs':8},{'ep':(0,2),'lr':1" + "0" * 5000 + "}]", "--dry-run"],
+     "Exceeds the limit (4300 digits)"),
+    (["--phases", "- {ep: 0, sz: 32, bs: 8}\n- {ep: [0, 2], lr: 1" + "0" * 5000 + "}\n", "--dry-run"],
+     "Exceeds the limit (4300 digits) for integer string conversion"),
     (["--config", CIFAR, "cifar.download=false", "--results", f"{TINY}/r.json"],  # beneath a file: not even root
      f"--results {TINY}/r.json: cannot be written ({TINY} is not a writable directory)"),
     (["--config", CIFAR, "cifar.download=false", "--results", "."], "--results .: is a directory"),

@@ -88,8 +88,12 @@ def load_yaml(text: str, max_chars: int, max_depth: int = MAX_DEPTH) -> Any:
             elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
                 depth -= 1
         return yaml.safe_load(text)
+    except TextError:  # our own limits (a ValueError too)
+        raise
     except yaml.YAMLError as e:
         raise TextError(yaml_error(e)) from None
+    except ValueError as e:  # an integer past Python's digit limit for int(str)
+        raise TextError(str(e).split(";")[0]) from None
 
 
 def yaml_error(e: yaml.YAMLError) -> str:

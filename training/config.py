@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import io
+import math
 import textwrap
 import tokenize
 import types
@@ -181,6 +182,10 @@ RANGES = {
     "train.dist_timeout_s": (1, 7 * 24 * 3600),
     "train.print_freq": (1, None),
     "train.max_epochs": (0, None),
+    "optim.momentum": (0, 1),
+    "optim.weight_decay": (0, None),
+    "optim.label_smoothing": (0, 1),
+    "data.dali_hw_load": (0, 1),
 }
 
 
@@ -221,11 +226,18 @@ def _coerce(name: str, value: Any, hint: Any, current: Any) -> Any:
         raise ConfigError(f"config key {name!r}: expected {want}, got {value!r}")
     if name in CHOICES and value not in CHOICES[name]:
         raise ConfigError(f"config key {name!r}: {value!r} is not one of {', '.join(CHOICES[name])}")
+    if origin is float:
+        try:
+            value = float(value)
+        except OverflowError:  # an int too large for a float
+            value = math.inf
+        if not math.isfinite(value):  # NaN passes every range check below
+            raise ConfigError(f"config key {name!r}: must be a finite number, got {value!r}")
     low, high = RANGES.get(name, (None, None))
     if (low is not None and value < low) or (high is not None and value > high):
         want = f"in {low}..{high}" if high is not None else f">= {low}"
         raise ConfigError(f"config key {name!r}: must be {want}, got {value!r}")
-    return float(value) if origin is float else value
+    return value
 
 
 def load_yaml(path: str) -> dict:
