@@ -243,6 +243,22 @@ def _classes_differ(tmp_path):
                   "1 only in train (first n00000001)")
 
 
+PHASE_COPY = "[{'ep':0,'sz':32,'bs':8},{'ep':1,'sz':32,'bs':8,'trndir':'-c'},{'ep':(0,2),'lr':0.02}]"
+
+
+def _phase_copy_classes_differ(tmp_path):
+    data = tree(tmp_path)
+    copy = make_jpeg_tree(tmp_path / "data-c", classes=2, train_per_class=2, val_per_class=1)
+    for split in ("train", "validation"):  # as many classes, one named otherwise: labels would shift
+        (copy / split / "n00000000").rename(copy / split / "n00000005")
+    return data, ("class folders differ between {data}/train (2) and {data}-c/train (2): "
+                  "1 only in the first phase's train (first n00000000)")
+
+
+def _fewer_outputs_than_classes(tmp_path):
+    return tree(tmp_path), "model.num_classes=1 is fewer than the 2 class folders of the data"
+
+
 def _corrupt_image(tmp_path):
     data = tree(tmp_path)
     bad = data / "train" / "n00000001" / "img_0001.JPEG"
@@ -255,6 +271,8 @@ def _corrupt_image(tmp_path):
     (_no_class_folders, []),
     (_empty_class, []),
     (_classes_differ, []),
+    (_phase_copy_classes_differ, ["--phases", PHASE_COPY]),
+    (_fewer_outputs_than_classes, ["model.num_classes=1"]),
     (_corrupt_image, ["data.bad_images=error"]),
 ])
 def test_bad_data_one_line_exit_2_no_partial_output(tmp_path, capsys, make, extra):

@@ -55,13 +55,15 @@ def find_classes(split_dir: str) -> list[str]:
     return classes
 
 
-def check_same_classes(train_dir: str, train: list[str], val_dir: str, val: list[str]) -> None:
-    """Validation labels index the training class list, so the two lists must be equal."""
+def check_same_classes(train_dir: str, train: list[str], val_dir: str, val: list[str],
+                       names: tuple[str, str] = ("train", "validation")) -> None:
+    """Labels are indices into the sorted class list, so every split (and every phase's copy of the
+    data) must hold the same class folders; ``names`` say which two are compared."""
     if train != val:
         only_train = sorted(set(train) - set(val))
         only_val = sorted(set(val) - set(train))
-        what = (f"{len(only_train)} only in train (first {only_train[0]})" if only_train
-                else f"{len(only_val)} only in validation (first {only_val[0]})")
+        what = (f"{len(only_train)} only in {names[0]} (first {only_train[0]})" if only_train
+                else f"{len(only_val)} only in {names[1]} (first {only_val[0]})")
         raise DataError(f"class folders differ between {train_dir} ({len(train)}) and "
                         f"{val_dir} ({len(val)}): {what}")
 

@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 
 from training import checkpoint, dist, loop
-from training.config import Config, dump, to_dict
+from training.config import Config, ConfigError, dump, to_dict
 from training.data import DataError, LoaderSpec, PhaseLoaders, get_backend
+from training.data.tree import check_same_classes, find_classes
 from training.logs import RunLogger, check_logdir, refuse_reuse
 from training.models import resnet
 from training.optim import sgd
@@ -37,6 +38,16 @@ def check_data_root(root: str, schedule: Schedule, loader: str) -> None:
         for d in (root + ph.train_dir + "/train", root + ph.val_dir + "/validation"):
             if not os.path.isdir(d):
                 raise DataError(f"data dir {d} does not exist (phase at epoch {ph.start})")
+    # A phase's copy of the data (-sz/160 ...) with other class folders would relabel every image
+    # from that epoch on (or index past the model's outputs): all must hold the first one's classes.
+    first = root + schedule.data_phases[0].train_dir + "/train"
+    classes = find_classes(first)
+    for ph in schedule.data_phases:
+        for d, names in ((root + ph.train_dir + "/train", ("the first phase's train", f"the epoch-{ph.start} "
+                                                            "phase's train")),
+                         (root + ph.val_dir + "/validation", ("train", "validation"))):
+            if d != first:
+                check_same_classes(first, classes, d, find_classes(d), names)
 
 
 def find_resume(cfg: Config, restarted: bool) -> str:
@@ -199,6 +210,9 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
     loaders = build_loaders(cfg, schedule, info)
     train_loader, _ = loaders.for_epoch(min(start_epoch, schedule.num_epochs - 1))
     num_classes = cfg.model.num_classes or len(train_loader.classes)
+    if num_classes < len(train_loader.classes):
+        raise ConfigError(f"model.num_classes={num_classes} is fewer than the {len(train_loader.classes)} class "
+                          f"folders of the data (0: one output per folder)")
 
     if info.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # sizes are fixed within a phase: autotune once per shape
