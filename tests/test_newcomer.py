@@ -131,6 +131,20 @@ def test_resume_with_other_phases_warns_and_config_yaml_keeps_the_schedule_that_
     assert torch.load(logdir / "checkpoints" / "epoch_0002.pt", weights_only=True)["config"]["phases"] == trained
 
 
+def test_resume_with_other_settings_names_them(data, tmp_path, capsys):
+    logdir = tmp_path / "run"
+    assert train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1"]) == 0
+    capsys.readouterr()
+    assert train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1", "--resume", "auto"]) == 0
+    assert "differ from the checkpoint's" not in capsys.readouterr().err  # the same settings: nothing to say
+    assert train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1", "--resume", "auto",
+                       "optim.weight_decay=0.001", "train.seed=7", "train.print_freq=3"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "differ from the checkpoint's" in line]
+    assert err == ["warning: resuming with settings that differ from the checkpoint's: optim.weight_decay "
+                   "5e-05 -> 0.001; train.seed 0 -> 7 (the run goes on with the new ones; config.yaml records them)"]
+    assert yaml.safe_load((logdir / "config.yaml").read_text())["train"]["seed"] == 7
+
+
 # ---------------------------------------------------------- 3. plans with the recipe's data set
 
 def test_dry_run_of_a_cifar_config_plans_cifars_images(capsys):

@@ -50,6 +50,21 @@ def check_data_root(root: str, schedule: Schedule, loader: str) -> None:
                 check_same_classes(first, classes, d, find_classes(d), names)
 
 
+RESUME_CHECKED = ("model", "optim", "train.seed", "train.precision")  # what changes the training itself
+
+
+def changed_settings(saved: dict, now: dict) -> list[str]:
+    """'key old -> new' for each setting in RESUME_CHECKED that differs between a checkpoint's
+    config and this run's (a changed seed or weight decay on resume is legal but should be seen)."""
+    out = []
+    for key in RESUME_CHECKED:
+        section, _, name = key.partition(".")
+        pairs = [(name, saved.get(section, {}).get(name), now[section].get(name))] if name else \
+            [(k, saved.get(section, {}).get(k), v) for k, v in now[section].items()]
+        out += [f"{section}.{k} {old} -> {new}" for k, old, new in pairs if old is not None and old != new]
+    return out
+
+
 def find_resume(cfg: Config, restarted: bool) -> str:
     """'auto', or an elastic restart (``restarted``: dist.group_attempt's, for the whole group): the
     latest good checkpoint in the logdir. A restarted group prefers the run's own checkpoints to an
@@ -200,6 +215,9 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
         if info.is_main and list(schedule.raw) != saved:
             print("warning: the phases given differ from the checkpoint's; the run goes on with the "
                   "checkpoint's schedule (to change it, start a new run with --logdir NEW_DIR)", file=sys.stderr)
+        if info.is_main and (changed := changed_settings(ckpt["config"], to_dict(cfg))):
+            print(f"warning: resuming with settings that differ from the checkpoint's: {'; '.join(changed)} "
+                  "(the run goes on with the new ones; config.yaml records them)", file=sys.stderr)
         schedule = parse_schedule(saved)
         cfg = dataclasses.replace(cfg, phases=saved)
         if start_epoch >= schedule.num_epochs and not cfg.train.evaluate:
