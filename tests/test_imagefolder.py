@@ -119,6 +119,23 @@ def test_bad_images_error_names_the_file(jpeg_tree):
     assert "\n" not in str(e.value)
 
 
+def test_a_batch_of_undecodable_images_is_skipped_in_validation_and_stops_training(jpeg_tree, capsys):
+    """huff.JPEG alone in a batch of 1: validation goes on without it (an empty batch would crash the
+    model); training stops with one line naming it, as no rank may skip a step under DDP."""
+    good = sorted((jpeg_tree / "validation").rglob("*.JPEG"))
+    for split in ("train", "validation"):
+        bad_huffman_jpeg(good[0], jpeg_tree / split / "n00000001" / "huff.JPEG")
+    val = imagefolder.val_loader(spec(jpeg_tree, phase=phase(bs=1)))
+    labels = [y.tolist() for _, y in val]
+    assert labels == [[0]] * 4 + [[1]] * 4 + [[2]] * 4  # make_jpeg_tree's 4 per class; huff.JPEG dropped
+    assert [Path(p).name for p in val.skipped] == ["huff.JPEG"]
+    assert sum("huff.JPEG" in line for line in capsys.readouterr().err.splitlines()) == 1
+    train = imagefolder.train_loader(spec(jpeg_tree, phase=phase(bs=1)))
+    with pytest.raises(DataError, match=r"every image of a training batch failed to decode \(\S*huff\.JPEG\)") as e:
+        list(train)
+    assert "\n" not in str(e.value)
+
+
 def test_dataset_errors_are_one_line(tmp_path):
     cases = []
     cases.append((tmp_path / "missing", "data dir not found"))

@@ -175,6 +175,13 @@ class TorchvisionLoader:
         for imgs, labels, bad in self._loader:
             for entry in bad:
                 self._decode_failed(entry)
+            if not len(labels):  # every image of the batch failed to decode
+                if isinstance(self._batches, _TrainBatches):
+                    # Under DDP every rank must run the same steps: a rank skipping one would hang the rest.
+                    names = ", ".join(entry.partition(": ")[0] for entry in bad)
+                    raise DataError(f"every image of a training batch failed to decode ({names}): a step "
+                                    "cannot be skipped on one rank; remove or replace these files")
+                continue  # validation: each rank's counts are summed once, at the end; this batch adds none
             yield self._normalise(imgs), labels.to(self.spec.device, non_blocking=True)
 
     def _normalise(self, imgs: torch.Tensor) -> torch.Tensor:
