@@ -91,6 +91,19 @@ def test_same_seed_and_epoch_same_batches_whatever_the_workers(jpeg_tree):
     b.close()
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_iterating_leaves_the_global_rng_alone(jpeg_tree, workers):
+    """A resumed run must draw the same dropout masks as the uninterrupted one, so the loaders (first
+    pass or later, train or validation) never consume torch's global RNG."""
+    for make in (imagefolder.train_loader, imagefolder.val_loader):
+        loader = make(spec(jpeg_tree, workers=workers))
+        for _ in range(2):
+            before = torch.get_rng_state()
+            assert sum(len(y) for _, y in loader) == loader.num_images
+            assert torch.equal(torch.get_rng_state(), before)
+        loader.close()
+
+
 def test_bad_images_skipped_named_counted(jpeg_tree, capsys):
     good = sorted((jpeg_tree / "train").rglob("*.JPEG"))
     (jpeg_tree / "train" / "n00000000" / "notes.txt").write_text("not an image")

@@ -156,9 +156,13 @@ class TorchvisionLoader:
         self.num_images = len(index.paths)
         self.skipped = dict(index.skipped)  # bad file -> reason, index-time and decode-time
         self._batches = batches
+        # generator=: without one, DataLoader draws its base seed from torch's global RNG when first
+        # iterated, so a resumed run would draw at another point than the uninterrupted one and get
+        # other dropout masks. Crops are keyed by (seed, epoch, index), so the worker seeds do not matter.
         self._loader: DataLoader | None = DataLoader(
             dataset, batch_sampler=batches, num_workers=spec.workers, collate_fn=_collate,
-            pin_memory=spec.device.type == "cuda", persistent_workers=spec.workers > 0)
+            pin_memory=spec.device.type == "cuda", persistent_workers=spec.workers > 0,
+            generator=torch.Generator())
         self._mean = torch.tensor(IMAGENET_MEAN, device=spec.device).mul(255).view(1, 3, 1, 1)
         self._inv_std = 1 / torch.tensor(IMAGENET_STD, device=spec.device).mul(255).view(1, 3, 1, 1)
 
