@@ -38,6 +38,12 @@ def truncated_jpeg(src: Path, dst: Path) -> None:
     dst.write_bytes(data[:len(data) // 2])
 
 
+def motion_photo(src: Path, dst: Path) -> None:
+    """``src`` (JPEG or PNG) with 5 KiB appended after its end marker, as phones append a video to a
+    photo: more than the last KiB the index reads, and no marker in it (no 0xff byte)."""
+    dst.write_bytes(src.read_bytes() + bytes(range(255)) * 20)
+
+
 def bad_huffman_jpeg(src: Path, dst: Path) -> None:
     """Valid header and end marker (passes the index check) but a scan naming an undefined
     Huffman table: only a decoder finds it."""

@@ -117,6 +117,17 @@ def test_bad_images_skip_at_index_time_and_error(jpeg_tree, capsys):
         dali.train_loader(spec(jpeg_tree, bad_images="error"))
 
 
+def test_bytes_after_the_end_marker_decode(jpeg_tree):
+    """The index keeps a motion photo (a video after the JPEG's end marker): DALI decodes it too."""
+    for split in ("train", "validation"):
+        d = jpeg_tree / split / "n00000001"
+        loader_helpers.motion_photo(sorted(d.glob("*.JPEG"))[0], d / "motion.JPEG")
+    loader = dali.train_loader(spec(jpeg_tree))
+    assert loader.num_images == 25 and not loader.skipped
+    loader.close()
+    assert_labels_match_pixels(dali, spec(jpeg_tree))
+
+
 @pytest.mark.parametrize("split", ["train", "validation"])
 def test_image_failing_only_at_decode_is_named(jpeg_tree, split):
     loader = assert_dali_names_an_undecodable_jpeg(spec(jpeg_tree), jpeg_tree, split)

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DistributedSampler
 
 from conftest import make_jpeg_tree
 from training.data import DataError, PhaseLoaders, get_backend
-from training.data import imagefolder
-from loader_helpers import assert_labels_match_pixels, bad_huffman_jpeg, phase, rss_mb, spec, truncated_jpeg
+from training.data import imagefolder, tree
+from loader_helpers import (assert_labels_match_pixels, bad_huffman_jpeg, motion_photo, phase, rss_mb, spec,
+                            truncated_jpeg)
 
 
 def test_labels_match_pixels_train_val_and_rect(jpeg_tree):
@@ -117,6 +119,24 @@ def test_bad_images_skipped_named_counted(jpeg_tree, capsys):
     err = capsys.readouterr().err
     for name in ("notes.txt", "cut.JPEG", "huff.JPEG"):
         assert sum(name in line for line in err.splitlines()) == 1
+
+
+def test_bytes_after_the_end_marker_kept_truncated_files_dropped(jpeg_tree):
+    """A motion photo's appended video pushes the end marker out of the KiB the index reads; a full
+    decode then tells it (kept, its header size) from a truncated file (dropped)."""
+    d = jpeg_tree / "train" / "n00000001"
+    good = sorted(d.glob("*.JPEG"))[0]
+    with Image.open(good) as im:
+        size = im.size
+        im.save(d / "still.png")
+    motion_photo(good, d / "motion.JPEG")
+    motion_photo(d / "still.png", d / "still.png")
+    truncated_jpeg(good, d / "cut.JPEG")
+    probes = [tree.probe_image(str(d / f)) for f in ("motion.JPEG", "still.png", "cut.JPEG")]
+    assert probes == [size, size, "truncated file"]
+    loader = imagefolder.train_loader(spec(jpeg_tree))
+    assert loader.num_images == 26 and [Path(p).name for p in loader.skipped] == ["cut.JPEG"]
+    assert_labels_match_pixels(imagefolder, spec(jpeg_tree))
 
 
 def test_bad_images_error_names_the_file(jpeg_tree):
