@@ -128,6 +128,14 @@ def test_bytes_after_the_end_marker_decode(jpeg_tree):
     assert_labels_match_pixels(dali, spec(jpeg_tree))
 
 
+def test_16bit_grey_decodes_to_what_torchvision_yields(tmp_path):
+    """round(v / 257), which test_imagefolder checks the torchvision loader yields for the same files."""
+    root = loader_helpers.make_grey16_tree(tmp_path / "data")
+    for loader in (dali.train_loader(spec(root)), dali.val_loader(spec(root, phase=phase(bs=1)))):
+        assert loader_helpers.image_levels(loader) == [4, 156, 255]  # round(v / 257) of GREY16_VALUES
+        loader.close()
+
+
 @pytest.mark.parametrize("split", ["train", "validation"])
 def test_image_failing_only_at_decode_is_named(jpeg_tree, split):
     loader = assert_dali_names_an_undecodable_jpeg(spec(jpeg_tree), jpeg_tree, split)

@@ -6,6 +6,7 @@ import multiprocessing
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,8 +15,8 @@ from torch.utils.data import DistributedSampler
 from conftest import make_jpeg_tree
 from training.data import DataError, PhaseLoaders, get_backend
 from training.data import imagefolder, tree
-from loader_helpers import (assert_labels_match_pixels, bad_huffman_jpeg, motion_photo, phase, rss_mb, spec,
-                            truncated_jpeg)
+from loader_helpers import (GREY16_VALUES, assert_labels_match_pixels, bad_huffman_jpeg, image_levels,
+                            make_grey16_tree, motion_photo, phase, rss_mb, spec, truncated_jpeg)
 
 
 def test_labels_match_pixels_train_val_and_rect(jpeg_tree):
@@ -103,6 +104,23 @@ def test_iterating_leaves_the_global_rng_alone(jpeg_tree, workers):
             before = torch.get_rng_state()
             assert sum(len(y) for _, y in loader) == loader.num_images
             assert torch.equal(torch.get_rng_state(), before)
+        loader.close()
+
+
+def test_16bit_grey_scaled_to_8_bits_not_clipped(tmp_path):
+    """16-bit grey (PNG: I;16, big-endian TIFF: I;16B, 16-bit PGM: I) becomes round(v / 257), as DALI
+    decodes it (test_dali checks DALI), not v clipped at 255."""
+    v = np.arange(0, 65536, 97, dtype=np.uint16)[:660].reshape(20, 33)
+    want = np.repeat(np.rint(v / 257).astype(np.uint8)[..., None], 3, -1)
+    Image.fromarray(v).save(tmp_path / "a.png")
+    Image.frombytes("I;16B", (33, 20), v.astype(">u2").tobytes()).save(tmp_path / "b.tif")
+    (tmp_path / "c.pgm").write_bytes(b"P5 33 20 65535\n" + v.astype(">u2").tobytes())
+    for name, mode in (("a.png", "I;16"), ("b.tif", "I;16B"), ("c.pgm", "I")):
+        with Image.open(tmp_path / name) as im:
+            assert im.mode == mode and np.array_equal(np.asarray(imagefolder._rgb(im)), want), name
+    root = make_grey16_tree(tmp_path / "data")
+    for loader in (imagefolder.train_loader(spec(root)), imagefolder.val_loader(spec(root, phase=phase(bs=1)))):
+        assert image_levels(loader) == [round(v / 257) for v in GREY16_VALUES] == [4, 156, 255]
         loader.close()
 
 

@@ -55,7 +55,13 @@ def train_crop(seed: int, epoch: int, index: int, width: int, height: int,
     return window, rng.random() < 0.5
 
 
+GREY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # how PIL opens 16-bit grey (PNG, TIFF, PGM)
+
+
 def _rgb(im: Image.Image) -> Image.Image:
+    if im.mode in GREY16_MODES:
+        # convert("RGB") clips 16-bit values at 255 (near white); scale to 8 bits as DALI does: v / 257.
+        im = Image.fromarray(np.rint(np.clip(np.asarray(im), 0, 65535) / 257).astype(np.uint8))
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
