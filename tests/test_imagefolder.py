@@ -15,8 +15,9 @@ from torch.utils.data import DistributedSampler
 from conftest import make_jpeg_tree
 from training.data import DataError, PhaseLoaders, get_backend
 from training.data import imagefolder, tree
+from training.data.rectval import val_geometry
 from loader_helpers import (GREY16_VALUES, assert_labels_match_pixels, bad_huffman_jpeg, image_levels,
-                            make_grey16_tree, motion_photo, phase, rss_mb, spec, truncated_jpeg)
+                            make_grey16_tree, motion_photo, phase, rss_mb, spec, truncated_jpeg, unnormalise)
 
 
 def test_labels_match_pixels_train_val_and_rect(jpeg_tree):
@@ -122,6 +123,37 @@ def test_16bit_grey_scaled_to_8_bits_not_clipped(tmp_path):
     for loader in (imagefolder.train_loader(spec(root)), imagefolder.val_loader(spec(root, phase=phase(bs=1)))):
         assert image_levels(loader) == [round(v / 257) for v in GREY16_VALUES] == [4, 156, 255]
         loader.close()
+
+
+def test_drafted_jpeg_decode_crops_the_exact_window(tmp_path):
+    """A JPEG decoded at 1/8 (DCT scaling) is ceil(1001 / 8) = 126 px wide but holds 125.125 px of image:
+    crops from it must match crops of the full decode (same window, in the file's pixels) up to decode
+    noise, here on a gradient (red = x, green = y) where a window off by dx px is off by dx / 4 levels."""
+    yy, xx = np.mgrid[0:1001, 0:1001]
+    px = np.stack([xx * 255 / 1000, yy * 255 / 1000, np.full_like(xx, 128)], -1).round().astype(np.uint8)
+    for split in ("train", "validation"):
+        (tmp_path / split / "n0").mkdir(parents=True)
+        Image.fromarray(px).save(tmp_path / split / "n0" / "g.JPEG", quality=95)
+    with Image.open(tmp_path / "train" / "n0" / "g.JPEG") as im:
+        full = im.convert("RGB")
+    s = spec(tmp_path, phase=phase(size=32, bs=1), seed=3)
+    train, val = imagefolder.train_loader(s), imagefolder.val_loader(s)
+    pairs = []  # (yielded, wanted)
+    for epoch in range(8):
+        train.set_epoch(epoch)
+        (x, _), = list(train)
+        (left, top, w, h), flip = imagefolder.train_crop(3, epoch, 0, 1001, 1001, 0.35)
+        assert min(w, h) >= 8 * 32  # decoded at 1/8
+        want = full.resize((32, 32), Image.BILINEAR, box=(left, top, left + w, top + h))
+        pairs.append((x, want.transpose(Image.FLIP_LEFT_RIGHT) if flip else want))
+    (x, _), = list(val)
+    geo = val_geometry(1001, 1001, 32, tuple(x.shape[2:]))
+    top, left = geo.anchor_yx
+    want = full.resize(geo.resize_hw[::-1], Image.BILINEAR).crop((left, top, left + x.shape[3], top + x.shape[2]))
+    pairs.append((x, want))
+    diffs = [(unnormalise(x)[0, :2] - torch.from_numpy(np.asarray(want, np.float32)).permute(2, 0, 1)[:2]).abs()
+             .mean().item() for x, want in pairs]
+    assert max(diffs) < 0.6, diffs  # the drafted size as the scale: up to 1.7 here
 
 
 def test_bad_images_skipped_named_counted(jpeg_tree, capsys):

@@ -65,6 +65,15 @@ def _rgb(im: Image.Image) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
+def _draft(im: Image.Image, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """JPEG DCT scaling: decode at 1/s (s = 2, 4, 8) while still >= ``size`` px per side. Returns where
+    the whole image lies in the decoded one, (0, 0, W / s, H / s): the decode is ceil(W / s) px wide,
+    its last column only partly inside the image, so its size is not the exact scale."""
+    whole = (0.0, 0.0, float(im.size[0]), float(im.size[1]))
+    drafted = im.draft("RGB", size)  # None where nothing was drafted (not a JPEG)
+    return drafted[1] if drafted else whole
+
+
 class _Samples(Dataset):
     """Decodes one image per key. A key carries all per-call state ((index, epoch) to train,
     (index, h, w) to validate), so persistent workers never hold a stale epoch or crop size."""
@@ -92,17 +101,17 @@ class _Samples(Dataset):
     def _train(self, im: Image.Image, i: int, epoch: int) -> Image.Image:
         width, height = im.size
         (left, top, w, h), flip = train_crop(self.seed, epoch, i, width, height, self.min_scale)
-        # JPEG DCT scaling: decode at 1/2..1/8 when the crop still covers >= size px per side.
-        im.draft("RGB", (math.ceil(width * self.size / w), math.ceil(height * self.size / h)))
-        sx, sy = im.size[0] / width, im.size[1] / height
+        # decoded at 1/2..1/8 only while the crop still covers >= size px per side
+        whole = _draft(im, (math.ceil(width * self.size / w), math.ceil(height * self.size / h)))
+        sx, sy = whole[2] / width, whole[3] / height
         img = _rgb(im).resize((self.size, self.size), Image.BILINEAR,
                               box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy))
         return img.transpose(Image.FLIP_LEFT_RIGHT) if flip else img
 
     def _val(self, im: Image.Image, h: int, w: int) -> Image.Image:
         geo = val_geometry(*im.size, self.size, (h, w))
-        im.draft("RGB", (geo.resize_hw[1], geo.resize_hw[0]))  # JPEG DCT scaling, never below the target
-        img = _rgb(im).resize((geo.resize_hw[1], geo.resize_hw[0]), Image.BILINEAR)
+        whole = _draft(im, (geo.resize_hw[1], geo.resize_hw[0]))  # never below the target
+        img = _rgb(im).resize((geo.resize_hw[1], geo.resize_hw[0]), Image.BILINEAR, box=whole)
         top, left = geo.anchor_yx
         return img.crop((left, top, left + w, top + h))  # PIL fills outside the image with black
 
