@@ -16,6 +16,8 @@ from conftest import make_jpeg_tree
 from training.data import DataError, PhaseLoaders, get_backend
 from training.data import imagefolder, tree
 from training.data.rectval import val_geometry
+from training.phases import parse_schedule
+from training.recipes import imagenet
 from loader_helpers import (GREY16_VALUES, assert_labels_match_pixels, bad_huffman_jpeg, image_levels,
                             make_grey16_tree, motion_photo, phase, rss_mb, spec, truncated_jpeg, unnormalise)
 
@@ -217,6 +219,20 @@ def test_a_batch_of_undecodable_images_is_skipped_in_validation_and_stops_traini
     with pytest.raises(DataError, match=r"every image of a training batch failed to decode \(\S*huff\.JPEG\)") as e:
         list(train)
     assert "\n" not in str(e.value)
+
+
+def test_a_trailing_slash_on_data_finds_the_phase_dirs(tmp_path):
+    """imagenet18's phase dirs extend DATA's name (DATA-sz/32/train): DATA given as /x/data/ finds
+    them too, in the recipe's check and in the loaders."""
+    make_jpeg_tree(tmp_path / "data", splits=("validation",))
+    make_jpeg_tree(tmp_path / "data-sz" / "32", splits=("train",))
+    schedule = parse_schedule([{"ep": 0, "sz": 32, "bs": 4, "trndir": "-sz/32", "valdir": ""},
+                               {"ep": [0, 1], "lr": 0.1}])
+    for root in (f"{tmp_path}/data", f"{tmp_path}/data/", f"{tmp_path}/data//"):
+        imagenet.check_data_root(root, schedule, "torchvision")
+        s = spec(root, phase=schedule.data_phases[0])
+        assert (s.train_dir, s.val_dir) == (f"{tmp_path}/data-sz/32/train", f"{tmp_path}/data/validation")
+        assert imagefolder.train_loader(s).num_images == 24 and imagefolder.val_loader(s).num_images == 12
 
 
 def test_dataset_errors_are_one_line(tmp_path):

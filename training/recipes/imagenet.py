@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from training import checkpoint, dist, loop
 from training.config import Config, dump, to_dict
-from training.data import DataError, LoaderSpec, PhaseLoaders, get_backend
+from training.data import DataError, LoaderSpec, PhaseLoaders, get_backend, split_dir
 from training.logs import RunLogger, check_logdir, refuse_reuse
 from training.models import resnet
 from training.optim import sgd
@@ -34,7 +34,7 @@ def check_data_root(root: str, schedule: Schedule, loader: str) -> None:
     if not root:
         raise DataError("no DATA dir given (positional DATA or data.dir=...)")
     for ph in schedule.data_phases:
-        for d in (root + ph.train_dir + "/train", root + ph.val_dir + "/validation"):
+        for d in (split_dir(root, ph.train_dir, "train"), split_dir(root, ph.val_dir, "validation")):
             if not os.path.isdir(d):
                 raise DataError(f"data dir {d} does not exist (phase at epoch {ph.start})")
 
