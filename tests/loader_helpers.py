@@ -24,12 +24,21 @@ def spec(root: Path, rank=0, world=1, workers=0, **kw) -> LoaderSpec:
     return LoaderSpec(root=str(root), rank=rank, world_size=world, workers=workers, seed=kw.pop("seed", 0), **kw)
 
 
+def image_levels(loader) -> list[float]:
+    """Each yielded image's mean 0..255 value, sorted (one grey level for a uniform image)."""
+    return sorted(round(unnormalise(x).mean((1, 2, 3))[i].item(), 2) for x, _ in loader for i in range(len(x)))
+
+
+def unnormalise(x: torch.Tensor) -> torch.Tensor:
+    """The 0..255 values a normalised NCHW batch was made from."""
+    std, mean = (torch.tensor(v).view(1, 3, 1, 1) * 255 for v in (IMAGENET_STD, IMAGENET_MEAN))
+    return x.float() * std + mean
+
+
 def pixel_classes(x: torch.Tensor) -> list[int]:
     """Class whose PALETTE colour is nearest to each image's un-normalised centre patch."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
     h, w = x.shape[2] // 2, x.shape[3] // 2
-    rgb = (x.float() * std + mean)[:, :, h - 2:h + 2, w - 2:w + 2].mean((2, 3))
+    rgb = unnormalise(x)[:, :, h - 2:h + 2, w - 2:w + 2].mean((2, 3))
     return torch.cdist(rgb, torch.tensor(PALETTE, dtype=torch.float)).argmin(1).tolist()
 
 
@@ -38,12 +47,31 @@ def truncated_jpeg(src: Path, dst: Path) -> None:
     dst.write_bytes(data[:len(data) // 2])
 
 
+def motion_photo(src: Path, dst: Path) -> None:
+    """``src`` (JPEG or PNG) with 5 KiB appended after its end marker, as phones append a video to a
+    photo: more than the last KiB the index reads, and no marker in it (no 0xff byte)."""
+    dst.write_bytes(src.read_bytes() + bytes(range(255)) * 20)
+
+
 def bad_huffman_jpeg(src: Path, dst: Path) -> None:
     """Valid header and end marker (passes the index check) but a scan naming an undefined
     Huffman table: only a decoder finds it."""
     data = src.read_bytes()
     sos = data.index(b"\xff\xda")
     dst.write_bytes(data[:sos] + b"\xff\xda\x00\x0c\x03\x01\x77\x02\x77\x03\x77\x00\x3f\x00" + data[sos + 14:])
+
+
+GREY16_VALUES = (1000, 40000, 65535)  # 8 bits: round(v / 257) = 4, 156, 255
+
+
+def make_grey16_tree(root: Path) -> Path:
+    """One class of uniform 16-bit grey PNGs (PIL mode I;16), one per GREY16_VALUES, in both splits."""
+    for split in ("train", "validation"):
+        d = root / split / "n00000000"
+        d.mkdir(parents=True)
+        for v in GREY16_VALUES:
+            Image.fromarray(np.full((40, 48), v, np.uint16)).save(d / f"grey_{v}.png")
+    return root
 
 
 def rss_mb() -> float:

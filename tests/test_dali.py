@@ -117,6 +117,25 @@ def test_bad_images_skip_at_index_time_and_error(jpeg_tree, capsys):
         dali.train_loader(spec(jpeg_tree, bad_images="error"))
 
 
+def test_bytes_after_the_end_marker_decode(jpeg_tree):
+    """The index keeps a motion photo (a video after the JPEG's end marker): DALI decodes it too."""
+    for split in ("train", "validation"):
+        d = jpeg_tree / split / "n00000001"
+        loader_helpers.motion_photo(sorted(d.glob("*.JPEG"))[0], d / "motion.JPEG")
+    loader = dali.train_loader(spec(jpeg_tree))
+    assert loader.num_images == 25 and not loader.skipped
+    loader.close()
+    assert_labels_match_pixels(dali, spec(jpeg_tree))
+
+
+def test_16bit_grey_decodes_to_what_torchvision_yields(tmp_path):
+    """round(v / 257), which test_imagefolder checks the torchvision loader yields for the same files."""
+    root = loader_helpers.make_grey16_tree(tmp_path / "data")
+    for loader in (dali.train_loader(spec(root)), dali.val_loader(spec(root, phase=phase(bs=1)))):
+        assert loader_helpers.image_levels(loader) == [4, 156, 255]  # round(v / 257) of GREY16_VALUES
+        loader.close()
+
+
 @pytest.mark.parametrize("split", ["train", "validation"])
 def test_image_failing_only_at_decode_is_named(jpeg_tree, split):
     loader = assert_dali_names_an_undecodable_jpeg(spec(jpeg_tree), jpeg_tree, split)

@@ -6,14 +6,20 @@ import multiprocessing
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DistributedSampler
 
 from conftest import make_jpeg_tree
 from training.data import DataError, PhaseLoaders, get_backend
-from training.data import imagefolder
-from loader_helpers import assert_labels_match_pixels, bad_huffman_jpeg, phase, rss_mb, spec, truncated_jpeg
+from training.data import imagefolder, tree
+from training.data.rectval import val_geometry
+from training.phases import parse_schedule
+from training.recipes import imagenet
+from loader_helpers import (GREY16_VALUES, assert_labels_match_pixels, bad_huffman_jpeg, image_levels,
+                            make_grey16_tree, motion_photo, phase, rss_mb, spec, truncated_jpeg, unnormalise)
 
 
 def test_labels_match_pixels_train_val_and_rect(jpeg_tree):
@@ -91,6 +97,67 @@ def test_same_seed_and_epoch_same_batches_whatever_the_workers(jpeg_tree):
     b.close()
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_iterating_leaves_the_global_rng_alone(jpeg_tree, workers):
+    """A resumed run must draw the same dropout masks as the uninterrupted one, so the loaders (first
+    pass or later, train or validation) never consume torch's global RNG."""
+    for make in (imagefolder.train_loader, imagefolder.val_loader):
+        loader = make(spec(jpeg_tree, workers=workers))
+        for _ in range(2):
+            before = torch.get_rng_state()
+            assert sum(len(y) for _, y in loader) == loader.num_images
+            assert torch.equal(torch.get_rng_state(), before)
+        loader.close()
+
+
+def test_16bit_grey_scaled_to_8_bits_not_clipped(tmp_path):
+    """16-bit grey (PNG: I;16, big-endian TIFF: I;16B, 16-bit PGM: I) becomes round(v / 257), as DALI
+    decodes it (test_dali checks DALI), not v clipped at 255."""
+    v = np.arange(0, 65536, 97, dtype=np.uint16)[:660].reshape(20, 33)
+    want = np.repeat(np.rint(v / 257).astype(np.uint8)[..., None], 3, -1)
+    Image.fromarray(v).save(tmp_path / "a.png")
+    Image.frombytes("I;16B", (33, 20), v.astype(">u2").tobytes()).save(tmp_path / "b.tif")
+    (tmp_path / "c.pgm").write_bytes(b"P5 33 20 65535\n" + v.astype(">u2").tobytes())
+    for name, mode in (("a.png", "I;16"), ("b.tif", "I;16B"), ("c.pgm", "I")):
+        with Image.open(tmp_path / name) as im:
+            assert im.mode == mode and np.array_equal(np.asarray(imagefolder._rgb(im)), want), name
+    root = make_grey16_tree(tmp_path / "data")
+    for loader in (imagefolder.train_loader(spec(root)), imagefolder.val_loader(spec(root, phase=phase(bs=1)))):
+        assert image_levels(loader) == [round(v / 257) for v in GREY16_VALUES] == [4, 156, 255]
+        loader.close()
+
+
+def test_drafted_jpeg_decode_crops_the_exact_window(tmp_path):
+    """A JPEG decoded at 1/8 (DCT scaling) is ceil(1001 / 8) = 126 px wide but holds 125.125 px of image:
+    crops from it must match crops of the full decode (same window, in the file's pixels) up to decode
+    noise, here on a gradient (red = x, green = y) where a window off by dx px is off by dx / 4 levels."""
+    yy, xx = np.mgrid[0:1001, 0:1001]
+    px = np.stack([xx * 255 / 1000, yy * 255 / 1000, np.full_like(xx, 128)], -1).round().astype(np.uint8)
+    for split in ("train", "validation"):
+        (tmp_path / split / "n0").mkdir(parents=True)
+        Image.fromarray(px).save(tmp_path / split / "n0" / "g.JPEG", quality=95)
+    with Image.open(tmp_path / "train" / "n0" / "g.JPEG") as im:
+        full = im.convert("RGB")
+    s = spec(tmp_path, phase=phase(size=32, bs=1), seed=3)
+    train, val = imagefolder.train_loader(s), imagefolder.val_loader(s)
+    pairs = []  # (yielded, wanted)
+    for epoch in range(8):
+        train.set_epoch(epoch)
+        (x, _), = list(train)
+        (left, top, w, h), flip = imagefolder.train_crop(3, epoch, 0, 1001, 1001, 0.35)
+        assert min(w, h) >= 8 * 32  # decoded at 1/8
+        want = full.resize((32, 32), Image.BILINEAR, box=(left, top, left + w, top + h))
+        pairs.append((x, want.transpose(Image.FLIP_LEFT_RIGHT) if flip else want))
+    (x, _), = list(val)
+    geo = val_geometry(1001, 1001, 32, tuple(x.shape[2:]))
+    top, left = geo.anchor_yx
+    want = full.resize(geo.resize_hw[::-1], Image.BILINEAR).crop((left, top, left + x.shape[3], top + x.shape[2]))
+    pairs.append((x, want))
+    diffs = [(unnormalise(x)[0, :2] - torch.from_numpy(np.asarray(want, np.float32)).permute(2, 0, 1)[:2]).abs()
+             .mean().item() for x, want in pairs]
+    assert max(diffs) < 0.6, diffs  # the drafted size as the scale: up to 1.7 here
+
+
 def test_bad_images_skipped_named_counted(jpeg_tree, capsys):
     good = sorted((jpeg_tree / "train").rglob("*.JPEG"))
     (jpeg_tree / "train" / "n00000000" / "notes.txt").write_text("not an image")
@@ -106,6 +173,24 @@ def test_bad_images_skipped_named_counted(jpeg_tree, capsys):
         assert sum(name in line for line in err.splitlines()) == 1
 
 
+def test_bytes_after_the_end_marker_kept_truncated_files_dropped(jpeg_tree):
+    """A motion photo's appended video pushes the end marker out of the KiB the index reads; a full
+    decode then tells it (kept, its header size) from a truncated file (dropped)."""
+    d = jpeg_tree / "train" / "n00000001"
+    good = sorted(d.glob("*.JPEG"))[0]
+    with Image.open(good) as im:
+        size = im.size
+        im.save(d / "still.png")
+    motion_photo(good, d / "motion.JPEG")
+    motion_photo(d / "still.png", d / "still.png")
+    truncated_jpeg(good, d / "cut.JPEG")
+    probes = [tree.probe_image(str(d / f)) for f in ("motion.JPEG", "still.png", "cut.JPEG")]
+    assert probes == [size, size, "truncated file"]
+    loader = imagefolder.train_loader(spec(jpeg_tree))
+    assert loader.num_images == 26 and [Path(p).name for p in loader.skipped] == ["cut.JPEG"]
+    assert_labels_match_pixels(imagefolder, spec(jpeg_tree))
+
+
 def test_bad_images_error_names_the_file(jpeg_tree):
     good = sorted((jpeg_tree / "train").rglob("*.JPEG"))
     bad_huffman_jpeg(good[0], jpeg_tree / "train" / "n00000002" / "huff.JPEG")
@@ -117,6 +202,37 @@ def test_bad_images_error_names_the_file(jpeg_tree):
     with pytest.raises(DataError, match=r"cut\.JPEG: truncated") as e:
         imagefolder.train_loader(spec(jpeg_tree, bad_images="error"))
     assert "\n" not in str(e.value)
+
+
+def test_a_batch_of_undecodable_images_is_skipped_in_validation_and_stops_training(jpeg_tree, capsys):
+    """huff.JPEG alone in a batch of 1: validation goes on without it (an empty batch would crash the
+    model); training stops with one line naming it, as no rank may skip a step under DDP."""
+    good = sorted((jpeg_tree / "validation").rglob("*.JPEG"))
+    for split in ("train", "validation"):
+        bad_huffman_jpeg(good[0], jpeg_tree / split / "n00000001" / "huff.JPEG")
+    val = imagefolder.val_loader(spec(jpeg_tree, phase=phase(bs=1)))
+    labels = [y.tolist() for _, y in val]
+    assert labels == [[0]] * 4 + [[1]] * 4 + [[2]] * 4  # make_jpeg_tree's 4 per class; huff.JPEG dropped
+    assert [Path(p).name for p in val.skipped] == ["huff.JPEG"]
+    assert sum("huff.JPEG" in line for line in capsys.readouterr().err.splitlines()) == 1
+    train = imagefolder.train_loader(spec(jpeg_tree, phase=phase(bs=1)))
+    with pytest.raises(DataError, match=r"every image of a training batch failed to decode \(\S*huff\.JPEG\)") as e:
+        list(train)
+    assert "\n" not in str(e.value)
+
+
+def test_a_trailing_slash_on_data_finds_the_phase_dirs(tmp_path):
+    """imagenet18's phase dirs extend DATA's name (DATA-sz/32/train): DATA given as /x/data/ finds
+    them too, in the recipe's check and in the loaders."""
+    make_jpeg_tree(tmp_path / "data", splits=("validation",))
+    make_jpeg_tree(tmp_path / "data-sz" / "32", splits=("train",))
+    schedule = parse_schedule([{"ep": 0, "sz": 32, "bs": 4, "trndir": "-sz/32", "valdir": ""},
+                               {"ep": [0, 1], "lr": 0.1}])
+    for root in (f"{tmp_path}/data", f"{tmp_path}/data/", f"{tmp_path}/data//"):
+        imagenet.check_data_root(root, schedule, "torchvision")
+        s = spec(root, phase=schedule.data_phases[0])
+        assert (s.train_dir, s.val_dir) == (f"{tmp_path}/data-sz/32/train", f"{tmp_path}/data/validation")
+        assert imagefolder.train_loader(s).num_images == 24 and imagefolder.val_loader(s).num_images == 12
 
 
 def test_dataset_errors_are_one_line(tmp_path):

@@ -65,6 +65,28 @@ def test_unreadable_input_named_and_skipped(tmp_path, capsys):
     assert not list((tmp_path / "out").rglob("*.part"))
 
 
+def _xpm(path: Path, w: int, h: int) -> None:
+    """A two-colour XPM: a format Pillow reads but cannot write."""
+    rows = [f'"{w} {h} 2 1",', '". c #000000",', '"# c #FFFFFF",']
+    rows += ['"' + "".join(".#"[(x // 8 + y // 8) % 2] for x in range(w)) + '",' for y in range(h)]
+    path.write_text("/* XPM */\nstatic char *img[] = {\n" + "\n".join(rows).rstrip(",") + "\n};\n")
+
+
+def test_format_pillow_cannot_write_named_and_skipped(tmp_path, capsys):
+    """Files keep their format, so a large XPM cannot be resized: one line names it and the run goes
+    on (Image.save's KeyError used to end it with a traceback, losing the rest of the worker's chunk)."""
+    sizes = _tree(tmp_path / "data")
+    xpm = tmp_path / "data/train/a/icon.xpm"
+    _xpm(xpm, 300, 200)
+    _xpm(tmp_path / "data/train/b/tiny.xpm", 40, 30)  # not resized: copied as is
+    assert main([str(tmp_path / "data"), str(tmp_path / "out"), "--size", "160", "--workers", "1"]) == 0
+    out = capsys.readouterr()
+    assert out.err == f"resize: skipping {xpm}: Pillow cannot write XPM files\n"
+    assert "6 written, 0 already done, 1 unreadable" in out.out
+    written = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert written == sorted([*sizes, "train/b/tiny.xpm"])
+
+
 def test_missing_data_exits_2_with_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "nope"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err

@@ -10,8 +10,9 @@ Re-encoded files keep their name and format (JPEG at --quality).
 
 Resumable: a finished output file is skipped, and every file is written to a hidden ``.name.part``
 beside it and renamed into place, so a killed run leaves no half file under a real name (the
-loaders ignore hidden files, and the next run overwrites the .part). Unreadable inputs are named on
-one line each and skipped. A missing DATA, or one with neither train/ nor validation/, exits 2.
+loaders ignore hidden files, and the next run overwrites the .part). Unreadable inputs, and images to
+resize in a format Pillow cannot write (XPM), are named on one line each and skipped. A missing DATA,
+or one with neither train/ nor validation/, exits 2.
 """
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ def resize_one(job: tuple[str, str], size: int, quality: int) -> str:
             fmt = "JPEG" if im.format == "MPO" else im.format  # MPO: PIL's name for camera JPEGs
             if min(w, h) <= size:
                 shutil.copyfile(src, part)
+            elif fmt not in Image.SAVE:  # read-only in Pillow (XPM, ...), and files keep their format
+                return f"resize: skipping {src}: Pillow cannot write {fmt} files"
             else:
                 scale = size / min(w, h)
                 new = (size, max(1, round(h * scale))) if w <= h else (max(1, round(w * scale)), size)

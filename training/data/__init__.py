@@ -22,11 +22,17 @@ class DataError(ValueError):
     """Unusable data (missing dir, empty class, mismatched classes, corrupt image); one line."""
 
 
+def split_dir(root: str, suffix: str, split: str) -> str:
+    """DATA + a phase's dir suffix + '/' + split, e.g. /x/imagenet-sz/160/train. The suffix extends
+    DATA's own name, so a trailing slash on DATA (/x/imagenet/) is dropped first."""
+    return f"{root.rstrip('/') or root}{suffix}/{split}"
+
+
 @dataclass(frozen=True)
 class LoaderSpec:
     """Everything a backend needs to build the loaders of one data phase on one rank."""
 
-    root: str  # DATA; the phase's dirs are appended: root + train_dir + '/train'
+    root: str  # DATA; the phase's dirs are split_dir(root, phase.train_dir, 'train') and the like
     phase: DataPhase
     rank: int
     world_size: int
@@ -43,11 +49,11 @@ class LoaderSpec:
 
     @property
     def train_dir(self) -> str:
-        return self.root + self.phase.train_dir + "/train"
+        return split_dir(self.root, self.phase.train_dir, "train")
 
     @property
     def val_dir(self) -> str:
-        return self.root + self.phase.val_dir + "/validation"
+        return split_dir(self.root, self.phase.val_dir, "validation")
 
 
 class Loader(Protocol):

@@ -47,7 +47,7 @@ except OSError as e:  # a broken install (missing shared library) falls back lik
 from training.data import IMAGENET_MEAN, IMAGENET_STD, DataError, LoaderSpec
 from training.data.imagefolder import train_crop
 from training.data.rectval import ValBatch, val_batches, val_geometry
-from training.data.tree import TreeIndex, shard_indices, train_batches, train_index, val_index
+from training.data.tree import TreeIndex, pil_decodes, shard_indices, train_batches, train_index, val_index
 
 _MEAN = [255 * m for m in IMAGENET_MEAN]
 _STD = [255 * s for s in IMAGENET_STD]
@@ -230,7 +230,7 @@ class DaliLoader:
         if "decode" not in str(e).lower():
             return e
         ahead = [i for b in self._batches[step:step + PREFETCH + 1] for i in b]
-        path = next((self._paths[i] for i in ahead if not _pil_decodes(self._paths[i])), None)
+        path = next((self._paths[i] for i in ahead if not pil_decodes(self._paths[i])), None)
         if path is None:
             m = re.search(r"[Ff]ailed to decode[^\n]*", str(e))
             return DataError(f"DALI could not decode an image of batch {step}: "
@@ -281,15 +281,6 @@ def probe(device: torch.device) -> None:
         dali_backend.ReleaseUnusedMemory()
     if _PROBED[key]:
         raise RuntimeError(_PROBED[key])
-
-
-def _pil_decodes(path: str) -> bool:
-    try:
-        with Image.open(path) as im:
-            im.load()
-    except (OSError, ValueError, SyntaxError):
-        return False
-    return True
 
 
 def train_loader(spec: LoaderSpec) -> DaliLoader:

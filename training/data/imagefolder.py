@@ -55,8 +55,23 @@ def train_crop(seed: int, epoch: int, index: int, width: int, height: int,
     return window, rng.random() < 0.5
 
 
+GREY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # how PIL opens 16-bit grey (PNG, TIFF, PGM)
+
+
 def _rgb(im: Image.Image) -> Image.Image:
+    if im.mode in GREY16_MODES:
+        # convert("RGB") clips 16-bit values at 255 (near white); scale to 8 bits as DALI does: v / 257.
+        im = Image.fromarray(np.rint(np.clip(np.asarray(im), 0, 65535) / 257).astype(np.uint8))
     return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def _draft(im: Image.Image, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """JPEG DCT scaling: decode at 1/s (s = 2, 4, 8) while still >= ``size`` px per side. Returns where
+    the whole image lies in the decoded one, (0, 0, W / s, H / s): the decode is ceil(W / s) px wide,
+    its last column only partly inside the image, so its size is not the exact scale."""
+    whole = (0.0, 0.0, float(im.size[0]), float(im.size[1]))
+    drafted = im.draft("RGB", size)  # None where nothing was drafted (not a JPEG)
+    return drafted[1] if drafted else whole
 
 
 class _Samples(Dataset):
@@ -86,17 +101,17 @@ class _Samples(Dataset):
     def _train(self, im: Image.Image, i: int, epoch: int) -> Image.Image:
         width, height = im.size
         (left, top, w, h), flip = train_crop(self.seed, epoch, i, width, height, self.min_scale)
-        # JPEG DCT scaling: decode at 1/2..1/8 when the crop still covers >= size px per side.
-        im.draft("RGB", (math.ceil(width * self.size / w), math.ceil(height * self.size / h)))
-        sx, sy = im.size[0] / width, im.size[1] / height
+        # decoded at 1/2..1/8 only while the crop still covers >= size px per side
+        whole = _draft(im, (math.ceil(width * self.size / w), math.ceil(height * self.size / h)))
+        sx, sy = whole[2] / width, whole[3] / height
         img = _rgb(im).resize((self.size, self.size), Image.BILINEAR,
                               box=(left * sx, top * sy, (left + w) * sx, (top + h) * sy))
         return img.transpose(Image.FLIP_LEFT_RIGHT) if flip else img
 
     def _val(self, im: Image.Image, h: int, w: int) -> Image.Image:
         geo = val_geometry(*im.size, self.size, (h, w))
-        im.draft("RGB", (geo.resize_hw[1], geo.resize_hw[0]))  # JPEG DCT scaling, never below the target
-        img = _rgb(im).resize((geo.resize_hw[1], geo.resize_hw[0]), Image.BILINEAR)
+        whole = _draft(im, (geo.resize_hw[1], geo.resize_hw[0]))  # never below the target
+        img = _rgb(im).resize((geo.resize_hw[1], geo.resize_hw[0]), Image.BILINEAR, box=whole)
         top, left = geo.anchor_yx
         return img.crop((left, top, left + w, top + h))  # PIL fills outside the image with black
 
@@ -156,9 +171,13 @@ class TorchvisionLoader:
         self.num_images = len(index.paths)
         self.skipped = dict(index.skipped)  # bad file -> reason, index-time and decode-time
         self._batches = batches
+        # generator=: without one, DataLoader draws its base seed from torch's global RNG when first
+        # iterated, so a resumed run would draw at another point than the uninterrupted one and get
+        # other dropout masks. Crops are keyed by (seed, epoch, index), so the worker seeds do not matter.
         self._loader: DataLoader | None = DataLoader(
             dataset, batch_sampler=batches, num_workers=spec.workers, collate_fn=_collate,
-            pin_memory=spec.device.type == "cuda", persistent_workers=spec.workers > 0)
+            pin_memory=spec.device.type == "cuda", persistent_workers=spec.workers > 0,
+            generator=torch.Generator())
         self._mean = torch.tensor(IMAGENET_MEAN, device=spec.device).mul(255).view(1, 3, 1, 1)
         self._inv_std = 1 / torch.tensor(IMAGENET_STD, device=spec.device).mul(255).view(1, 3, 1, 1)
 
@@ -175,6 +194,13 @@ class TorchvisionLoader:
         for imgs, labels, bad in self._loader:
             for entry in bad:
                 self._decode_failed(entry)
+            if not len(labels):  # every image of the batch failed to decode
+                if isinstance(self._batches, _TrainBatches):
+                    # Under DDP every rank must run the same steps: a rank skipping one would hang the rest.
+                    names = ", ".join(entry.partition(": ")[0] for entry in bad)
+                    raise DataError(f"every image of a training batch failed to decode ({names}): a step "
+                                    "cannot be skipped on one rank; remove or replace these files")
+                continue  # validation: each rank's counts are summed once, at the end; this batch adds none
             yield self._normalise(imgs), labels.to(self.spec.device, non_blocking=True)
 
     def _normalise(self, imgs: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from training.data import DataError, LoaderSpec
 
 # Formats both backends decode (DALI has no GIF); MPO is how PIL names multi-picture camera JPEGs.
 DECODABLE = {"JPEG", "MPO", "PNG", "BMP", "TIFF", "PPM", "WEBP", "JPEG2000"}
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: a JPEG or PNG with bytes after its end marker is kept if it decodes
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -84,9 +84,20 @@ def _list_files(split_dir: str, classes: list[str]) -> tuple[list[str], list[int
     return rel, labels
 
 
+def pil_decodes(path: str) -> bool:
+    """Whether PIL decodes the whole image (a full decode: slow, for the few suspicious files)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except DECODE_ERRORS:
+        return False
+    return True
+
+
 def probe_image(path: str) -> tuple[int, int] | str:
     """(width, height) of a decodable image, else why not. Reads the header and the last bytes only:
-    a JPEG without its end marker or a PNG without IEND is truncated and would stop DALI's decoder."""
+    a JPEG without its end marker or a PNG without IEND is truncated and would stop DALI's decoder.
+    Only a file whose end marker is not in its last KiB is decoded in full to tell."""
     try:
         with Image.open(path) as im:
             fmt, size = im.format, im.size
@@ -96,8 +107,9 @@ def probe_image(path: str) -> tuple[int, int] | str:
             with open(path, "rb") as f:
                 f.seek(max(0, os.fstat(f.fileno()).st_size - 1024))
                 tail = f.read()
-            # Cameras may append bytes after the end marker, so look in the last KiB, not the last 2 bytes.
-            if (b"\xff\xd9" if fmt != "PNG" else b"IEND") not in tail:
+            # Cameras may append bytes after the end marker, so look in the last KiB, not the last 2 bytes;
+            # a phone's motion photo appends a whole video, so without the marker there, decode to tell.
+            if (b"\xff\xd9" if fmt != "PNG" else b"IEND") not in tail and not pil_decodes(path):
                 return "truncated file"
     except DECODE_ERRORS as e:
         return f"{type(e).__name__}: {e}"

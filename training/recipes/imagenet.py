@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from training import checkpoint, dist, loop
 from training.config import Config, ConfigError, dump, to_dict
-from training.data import DataError, LoaderSpec, PhaseLoaders, get_backend
+from training.data import DataError, LoaderSpec, PhaseLoaders, get_backend, split_dir
 from training.data.tree import check_same_classes, find_classes
 from training.logs import RunLogger, check_logdir, refuse_reuse
 from training.models import resnet
@@ -34,20 +34,21 @@ def check_data_root(root: str, schedule: Schedule, loader: str) -> None:
         return
     if not root:
         raise DataError("no DATA dir given (positional DATA or data.dir=...)")
-    for ph in schedule.data_phases:
-        for d in (root + ph.train_dir + "/train", root + ph.val_dir + "/validation"):
+    dirs = [(ph, split_dir(root, ph.train_dir, "train"), split_dir(root, ph.val_dir, "validation"))
+            for ph in schedule.data_phases]
+    for ph, train, val in dirs:
+        for d in (train, val):
             if not os.path.isdir(d):
                 raise DataError(f"data dir {d} does not exist (phase at epoch {ph.start})")
     # A phase's copy of the data (-sz/160 ...) with other class folders would relabel every image
     # from that epoch on (or index past the model's outputs): all must hold the first one's classes.
-    first = root + schedule.data_phases[0].train_dir + "/train"
+    first = dirs[0][1]
     classes = find_classes(first)
-    for ph in schedule.data_phases:
-        for d, names in ((root + ph.train_dir + "/train", ("the first phase's train", f"the epoch-{ph.start} "
-                                                            "phase's train")),
-                         (root + ph.val_dir + "/validation", ("train", "validation"))):
-            if d != first:
-                check_same_classes(first, classes, d, find_classes(d), names)
+    for ph, train, val in dirs:
+        if train != first:
+            check_same_classes(first, classes, train, find_classes(train),
+                               ("the first phase's train", f"the epoch-{ph.start} phase's train"))
+        check_same_classes(first, classes, val, find_classes(val))
 
 
 RESUME_CHECKED = ("model", "optim", "train.seed", "train.precision")  # what changes the training itself
