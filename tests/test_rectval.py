@@ -94,6 +94,24 @@ def test_size_index_cached_beside_data_and_invalidated(tmp_path, monkeypatch):
     assert len(calls) == 7  # the file list changed: every header read again
 
 
+def test_a_replaced_unreadable_file_is_read_again_from_a_cached_index(tmp_path, monkeypatch):
+    """The skip warning invites replacing the file; a rerun must then use it, not the cached verdict,
+    and probe only the files the cache holds as bad."""
+    root = _tree(tmp_path / "data")
+    split = str(root / "validation")
+    path = root / "validation" / "a" / "img0.JPEG"
+    good = path.read_bytes()
+    path.write_bytes(good[:len(good) // 2])
+    assert str(path) in tree.index_tree(split, ["a"], verbose=False).skipped
+    path.write_bytes(good)
+    calls = []
+    real_probe = tree.probe_image
+    monkeypatch.setattr(tree, "probe_image", lambda p: calls.append(p) or real_probe(p))
+    again = tree.index_tree(split, ["a"], verbose=False)
+    assert not again.skipped and again.sizes == SIZES and calls == [str(path)]
+    assert tree.index_tree(split, ["a"], verbose=False).sizes == SIZES and calls == [str(path)]  # cached as good
+
+
 def test_read_only_data_falls_back_or_skips_caching(tmp_path, monkeypatch):
     root = _tree(tmp_path / "data")
     blocker = tmp_path / "not-a-dir"

@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             cifar = cfg.recipe == "cifar"
             val_batch = cfg.cifar.eval_batch_size if cifar else cfg.data.val_batch_size
-            for row in schedule.plan(train_images(args, cfg), args.world_size, cifar and cfg.cifar.drop_last, val_batch):
+            plan = schedule.plan(train_images(args, cfg), args.world_size, cifar and cfg.cifar.drop_last, val_batch)
+            for row in plan:
                 print(json.dumps(row.__dict__))
             sys.stdout.flush()  # a closed pipe shows here, inside the handler below
             return 0

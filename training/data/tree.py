@@ -174,6 +174,15 @@ def index_tree(split_dir: str, classes: list[str], bad_images: str = "skip", ver
         _save_cache(files, digest, wh, bad)
     else:
         wh, bad = cached
+        # A file named unreadable may have been replaced since (the warning invites it): the few
+        # bad ones are probed again; a replaced good file keeps its cached size (stat every file?
+        # too slow on a network file system for 1.28M files).
+        fixed = {i: probe for i in bad if isinstance(probe := probe_image(os.path.join(split_dir, rel[i])), tuple)}
+        for i, size in fixed.items():
+            wh[i] = size
+            del bad[i]
+        if fixed:
+            _save_cache(files, digest, wh, bad)
     if bad and bad_images == "error":
         i = min(bad)
         raise DataError(f"unreadable image {os.path.join(split_dir, rel[i])}: {bad[i]} "
