@@ -77,6 +77,11 @@ TRAIN_CASES = [
     (["--config", TINY, "--dist-timeout", "10**12"], "--dist-timeout: config key 'train.dist_timeout_s': expected int"),
     (["--config", TINY, "--dist-timeout", "999999999999"], "--dist-timeout: config key 'train.dist_timeout_s': must be in"),
     (["--config", TINY, "train.seed=" + DEEP_LIST], "train.seed: nested more than 16 levels deep"),
+    (["--config", CIFAR, "cifar.download=false", "--results", f"{TINY}/r.json"],  # beneath a file: not even root
+     f"--results {TINY}/r.json: cannot be written ({TINY} is not a writable directory)"),
+    (["--config", CIFAR, "cifar.download=false", "--results", "."], "--results .: is a directory"),
+    (["--config", CIFAR, "--dry-run", "--num-train-images", "100"],
+     "epoch 0: batch size 256 is more than the 100 images per process, and a partial batch is dropped"),
     # values torch would reject at the first step (a traceback and a half-written logdir) or use quietly
     (["--config", TINY, "optim.label_smoothing=1.5"], "config key 'optim.label_smoothing': must be in 0..1, got 1.5"),
     (["--config", TINY, "optim.momentum=.nan"], "config key 'optim.momentum': must be a finite number, got nan"),
@@ -89,11 +94,6 @@ TRAIN_CASES = [
      "Exceeds the limit (4300 digits)"),
     (["--phases", "- {ep: 0, sz: 32, bs: 8}\n- {ep: [0, 2], lr: 1" + "0" * 5000 + "}\n", "--dry-run"],
      "Exceeds the limit (4300 digits) for integer string conversion"),
-    (["--config", CIFAR, "cifar.download=false", "--results", f"{TINY}/r.json"],  # beneath a file: not even root
-     f"--results {TINY}/r.json: cannot be written ({TINY} is not a writable directory)"),
-    (["--config", CIFAR, "cifar.download=false", "--results", "."], "--results .: is a directory"),
-    (["--config", CIFAR, "--dry-run", "--num-train-images", "100"],
-     "epoch 0: batch size 256 is more than the 100 images per process, and a partial batch is dropped"),
 ]
 
 

@@ -209,16 +209,17 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
     resume = find_resume(cfg, attempt.restarted)
     ckpt = load_resume(resume, cfg, info)
     start_epoch = ckpt["epoch"] if ckpt else 0
+    notes: list[str] = []  # printed once the data, the model and the checkpoint are known to be usable
     if ckpt:
         # The run goes on with the schedule it started with, so lr, size and batch stay consistent;
         # config.yaml and later checkpoints then record that schedule, not the ignored one.
         saved = ckpt["config"]["phases"]
-        if info.is_main and list(schedule.raw) != saved:
-            print("warning: the phases given differ from the checkpoint's; the run goes on with the "
-                  "checkpoint's schedule (to change it, start a new run with --logdir NEW_DIR)", file=sys.stderr)
-        if info.is_main and (changed := changed_settings(ckpt["config"], to_dict(cfg))):
-            print(f"warning: resuming with settings that differ from the checkpoint's: {'; '.join(changed)} "
-                  "(the run goes on with the new ones; config.yaml records them)", file=sys.stderr)
+        if list(schedule.raw) != saved:
+            notes.append("warning: the phases given differ from the checkpoint's; the run goes on with the "
+                         "checkpoint's schedule (to change it, start a new run with --logdir NEW_DIR)")
+        if changed := changed_settings(ckpt["config"], to_dict(cfg)):
+            notes.append(f"warning: resuming with settings that differ from the checkpoint's: {'; '.join(changed)} "
+                         "(the run goes on with the new ones; config.yaml records them)")
         schedule = parse_schedule(saved)
         cfg = dataclasses.replace(cfg, phases=saved)
         if start_epoch >= schedule.num_epochs and not cfg.train.evaluate:
@@ -258,8 +259,8 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
                 f"{cfg.optim.no_bias_wd}; resume with the settings it was written with") from None
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
-    if info.is_main:  # once the data, the model and the checkpoint are known to be usable
-        for note in loaders.backend.notes:
+    if info.is_main:
+        for note in notes + loaders.backend.notes:
             print(note, file=sys.stderr)
 
     forward_model: nn.Module = model
