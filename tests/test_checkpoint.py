@@ -53,7 +53,19 @@ def test_save_load_round_trip_and_keep_last_k(tmp_path):
     assert ckpt["epoch"] == 5 and ckpt["step"] == 40 and ckpt["arch"] == "resnet18"
     for k, v in ref["model"].items():
         assert torch.equal(ckpt["model"][k], v)
-    assert isinstance(ckpt["checksum"], int)
+
+
+def test_a_flipped_bit_outside_the_tensors_is_refused(tmp_path):
+    """The lr, epoch, step and config live in the pickle, not in a tensor: a damaged byte there
+    loaded silently (here lr 0.1 -> 0.1000000000000001) before the zip's CRCs were checked."""
+    import struct
+    path = checkpoint.save(state(1), tmp_path, 1, keep=0)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(struct.pack(">d", 0.1))  # the pickled lr of the optimizer's group
+    raw[at + 7] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(checkpoint.CheckpointError, match=r"corrupt \(data.pkl fails its CRC\)"):
+        checkpoint.load(path)
 
 
 def test_stale_temp_file_of_a_killed_writer_is_removed(tmp_path):
@@ -135,7 +147,7 @@ def truncate(p: Path) -> None:
 
 
 def flip_a_bit(p: Path) -> None:
-    """Damage inside the weights' bytes: the zip still opens and unpickles; only the checksum can tell."""
+    """Damage inside the weights' bytes: the zip still opens and unpickles; only a checksum can tell."""
     b = bytearray(p.read_bytes())
     at = bytes(b).find(torch.load(p, weights_only=True)["model"]["weight"].numpy().tobytes())
     assert at > 0
@@ -147,7 +159,7 @@ def flip_a_bit(p: Path) -> None:
     (truncate, "unreadable"),
     (lambda p: p.write_bytes(b""), "unreadable"),
     (lambda p: p.write_bytes(os.urandom(4096)), "unreadable"),
-    (flip_a_bit, "corrupt (tensor checksum mismatch)"),
+    (flip_a_bit, "corrupt (data/0 fails its CRC)"),
 ])
 def test_damaged_latest_checkpoint_falls_back_with_a_warning(tmp_path, capsys, damage, reason):
     for e in (1, 2, 3):
