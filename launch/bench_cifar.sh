@@ -35,8 +35,9 @@ SITE=${SITE:-/tmp/site}
 # name=overrides of configs/cifar10.yaml (a token without '=' is a config file layered on it).
 # Each speed option of issue 12 alone (compiled, as the default), the pool also eager, then all
 # together ("lean"), eager too, and with Muon, then the compiled forward/backward replayed as CUDA
-# graphs (compile mode reduce-overhead; untried on a GPU so far); ~10 rows x ~3 s a round: ~6-8
-# rounds fit in LIMIT.
+# graphs (compile mode reduce-overhead; untried on a GPU so far), then our two departures from
+# airbench94's method undone (whitening-bias lr, EMA copy at epoch ends); ~11 rows x ~3 s a round:
+# ~6-8 rounds fit in LIMIT.
 LEAN="cifar.pool=reshape cifar.half_weights=true cifar.epoch_augment=true"
 VARIANTS=(
   "default="
@@ -48,6 +49,7 @@ VARIANTS=(
   "eager_lean=train.compile=false $LEAN"
   "muon_lean=configs/cifar10_muon.yaml cifar.muon_batched=true $LEAN"
   "graphs=cifar.compile_mode=reduce-overhead"
+  "airbench_exact=cifar.whiten_bias_lr_scale=1 cifar.lookahead_epoch_end=false"
 )
 
 extra=()

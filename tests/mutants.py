@@ -171,6 +171,13 @@ MUTANTS = [
     Mutant("cifar_default_threads_inherited", "training/recipes/cifar.py",
            "return (self.cfg.cifar.threads or DEFAULT_THREADS) if", "return (self.cfg.cifar.threads or "
            "torch.get_num_threads()) if", ("tests/test_bench_cifar.py::test_each_variant_runs_with_its_own_threads",)),
+    Mutant("lookahead_copies_at_every_epoch_end", "training/recipes/cifar.py",
+           "and (cfg.lookahead_epoch_end or epoch == len(self.steps) - 1):", "and True:",
+           ("tests/test_cifar_recipe.py::test_lookahead_sets_the_weights_to_the_ema_only_at_the_runs_end_as_airbench",)),
+    Mutant("whiten_bias_lr_is_the_bn_biases", "training/recipes/cifar.py",
+           'sgd_group(whiten_bias, cfg.whiten_bias_lr_scale, "whiten_bias")',
+           'sgd_group(whiten_bias, cfg.bias_lr_scale, "whiten_bias")',
+           ("tests/test_cifar_recipe.py::test_param_groups_bias_lr_and_decoupled_weight_decay",)),
 ]
 
 

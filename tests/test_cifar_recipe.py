@@ -87,7 +87,9 @@ def test_param_groups_bias_lr_and_decoupled_weight_decay():
     ks = 1024 * (1 + 1 / (1 - 0.85))
     assert by["filters"]["lr_scale"] == pytest.approx(11.5 / ks)
     assert by["norm"]["lr_scale"] == pytest.approx(64 * 11.5 / ks)
-    assert by["whiten_bias"]["lr_scale"] == by["norm"]["lr_scale"]
+    assert by["whiten_bias"]["lr_scale"] == by["norm"]["lr_scale"]  # cifar.whiten_bias_lr_scale 64 (ours)
+    airbench = {g["name"]: g for g in R.param_groups(net, C.CifarConfig(whiten_bias_lr_scale=1.0), 1024)}
+    assert airbench["whiten_bias"]["lr_scale"] == pytest.approx(by["filters"]["lr_scale"])  # its plain lr
     # the decay per step (lr x weight_decay) is the same in every group: 0.0153 * 1024 / ks
     for g in groups:
         assert g["lr_scale"] * g["weight_decay"] == pytest.approx(0.0153 * 1024 / ks)
@@ -117,6 +119,25 @@ def test_step_hooks_lookahead_and_whiten_bias_freeze():
     assert not net.bias.requires_grad  # and no gradient: backward stops earlier
     # at the end of the epoch the weights are the EMA, which lags the raw weights
     assert torch.equal(net.weight, hooks.ema[0]) and (net.weight < w0 + 4).all()
+
+
+def test_lookahead_sets_the_weights_to_the_ema_only_at_the_runs_end_as_airbench():
+    """cifar.lookahead_epoch_end=false: the steps since the last EMA update are kept at the end of
+    every epoch but the last (airbench94); with it on they are dropped there too."""
+    sched = parse_schedule([{"ep": 0, "sz": 32, "bs": 10}, {"ep": [0, 2], "lr": [1.0, 0.0]}])
+    for epoch_end in (False, True):
+        cfg = C.CifarConfig(lookahead_start_epoch=0, lookahead_every=3, lookahead_epoch_end=epoch_end)
+        net = nn.Linear(3, 2)
+        opt = torch.optim.SGD([{"params": [net.weight], "name": "filters"}], lr=0.1)
+        hooks = R.StepHooks(net, opt, sched, num_images=45, drop_last=True, cfg=cfg)
+        for epoch in (0, 1):
+            state = type("S", (), {"epoch": epoch})()
+            for i in range(4):  # the EMA updates after steps 3 and 6 of 8
+                with torch.no_grad():
+                    net.weight.add_(1.0)
+                hooks(state, i)
+            at_ema = torch.equal(net.weight, hooks.ema[0])
+            assert at_ema == (epoch_end or epoch == 1), (epoch_end, epoch)  # the run's last step: always
 
 
 def test_tta_views_and_weights():
@@ -209,6 +230,15 @@ def test_missing_data_exits_2_with_one_line(tmp_path):
     # The hint that follows depends on whether ../shared sits beside the checkout (test_cifar_data).
     assert r.stderr.startswith(f"error: no cifar-10-batches-py in {tmp_path / 'none'}: ")
     assert r.stderr.strip().count("\n") == 0 and r.stderr.rstrip().endswith("(or pass --data DIR)")
+
+
+def test_a_non_finite_loss_is_one_line_exit_1(tmp_path):
+    root = write_cifar100(tmp_path / "data", n_train=300, n_test=100)
+    r = train_py("--config", str(REPO / "configs" / "cifar10_ci.yaml"), "--data", str(root), "--dataset", "cifar100",
+                 f"train.logdir={tmp_path / 'run'}", "cifar.eval_batch_size=50", "cifar.lr=1.0e+30",
+                 "--phases", "[{'ep': 0, 'sz': 32, 'bs': 100}, {'ep': [0, 1], 'lr': 1.0}]", timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: non-finite loss at epoch 0 step ") and r.stderr.count("\n") == 1, r.stderr
 
 
 def test_cifar100_end_to_end_on_generated_data(tmp_path):

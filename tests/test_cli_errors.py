@@ -94,6 +94,8 @@ TRAIN_CASES = [
      "Exceeds the limit (4300 digits)"),
     (["--phases", "- {ep: 0, sz: 32, bs: 8}\n- {ep: [0, 2], lr: 1" + "0" * 5000 + "}\n", "--dry-run"],
      "Exceeds the limit (4300 digits) for integer string conversion"),
+    (["--config", CIFAR, "cifar.label_smoothing=1.5"], "cifar.label_smoothing must be in [0, 1], got 1.5"),
+    (["--config", CIFAR, "cifar.whiten_eps=-1"], "cifar.whiten_eps must be > 0, got -1"),
 ]
 
 

@@ -117,7 +117,8 @@ class CifarConfig:
     # optimisation; the phases' lr is a multiplier (peak 1.0) of the lrs below
     optimizer: str = "sgd"  # sgd (Nesterov SGD for all) | muon (Muon for conv filters, SGD for the rest)
     lr: float = 11.5  # SGD lr, decoupled: per 1024 examples, normalised by 1 + 1/(1 - momentum)
-    bias_lr_scale: float = 64.0  # x lr for BatchNorm and whitening biases (not their weight decay)
+    bias_lr_scale: float = 64.0  # x lr for BatchNorm biases (not their weight decay)
+    whiten_bias_lr_scale: float = 64.0  # x lr for the whitening bias (airbench94: 1, its 64x is for BN only)
     head_lr_scale: float = 1.0  # x lr for the linear head
     momentum: float = 0.85  # SGD momentum (Nesterov)
     weight_decay: float = 0.0153  # per 1024 examples, decoupled from lr (decay per step = wd*bs/1024/(1+1/(1-m)) * lr multiplier)
@@ -131,6 +132,9 @@ class CifarConfig:
     lookahead_every: int = 5  # steps between EMA updates (each also copies the EMA into the weights)
     lookahead_decay: float = 0.95  # per-step EMA decay, raised to the number of steps between updates
     lookahead_pow: float = 3.0  # decay x (step / total steps) ** pow: weak early, strong at the end
+    # the weights set to the EMA at every epoch's end (dropping the steps since its last update); false:
+    # only at the run's end, as airbench94
+    lookahead_epoch_end: bool = True
     # data and augmentation (training/data/cifar.py)
     flip: str = "alternate"  # alternate | random | none
     translate: int = 2  # max random shift, px

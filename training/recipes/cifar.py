@@ -142,7 +142,7 @@ def param_groups(model: cmodel.CifarNet, cfg, batch_size: int) -> list[dict]:
         first = sgd_group(filters, 1.0, "filters")
     groups = [first, sgd_group(head, cfg.head_lr_scale, "head"),
               sgd_group(norms, cfg.bias_lr_scale, "norm"),
-              sgd_group(whiten_bias, cfg.bias_lr_scale, "whiten_bias")]
+              sgd_group(whiten_bias, cfg.whiten_bias_lr_scale, "whiten_bias")]
     return [g for g in groups if g["params"]]
 
 
@@ -172,7 +172,7 @@ class StepHooks:
     """after_step: airbench94's lookahead-EMA and the whitening-bias freeze. Each lookahead update
     moves an EMA of the weights (and BN statistics) towards the weights and copies it back into
     them; the decay grows as (step / total)^pow, so it averages hard only near the end; at the end
-    of every epoch the weights are set to the EMA."""
+    of the run (and of every epoch, with cifar.lookahead_epoch_end) the weights are set to the EMA."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
                  num_images: int, drop_last: bool, cfg, short_epoch_steps: int = 0):
@@ -209,7 +209,7 @@ class StepHooks:
                 decay = cfg.lookahead_decay ** cfg.lookahead_every * (self.count / self.total) ** cfg.lookahead_pow
                 torch._foreach_lerp_(self.ema, self.tensors, 1 - decay)
                 torch._foreach_copy_(self.tensors, self.ema)
-        if last and self.ema is not None:
+        if last and self.ema is not None and (cfg.lookahead_epoch_end or epoch == len(self.steps) - 1):
             torch._foreach_copy_(self.tensors, self.ema)
 
 
@@ -293,6 +293,10 @@ def check_config(cfg: Config) -> Schedule:
         raise ConfigError(f"cifar.tta_level must be 0, 1 or 2, got {c.tta_level}")
     if not 0 <= c.momentum < 1 or not 0 <= c.bn_momentum < 1 or not 0 <= c.lookahead_decay <= 1:
         raise ConfigError("cifar.momentum and cifar.bn_momentum must be in [0, 1), cifar.lookahead_decay in [0, 1]")
+    if not 0 <= c.label_smoothing <= 1:
+        raise ConfigError(f"cifar.label_smoothing must be in [0, 1], got {c.label_smoothing}")
+    if c.whiten_eps <= 0:  # a patch covariance has eigenvalues near 0: the whitening would divide by ~0
+        raise ConfigError(f"cifar.whiten_eps must be > 0, got {c.whiten_eps}")
     if c.translate > 15:
         raise ConfigError(f"cifar.translate must be < 16 px, got {c.translate}")
     return schedule
@@ -467,6 +471,9 @@ def main(cfg: Config) -> int:
             check_logdir(cfg.train.logdir)
             (Path(cfg.train.logdir) / "config.yaml").write_text(dump(cfg))
             return _runs(cfg, trainer, device)
+        except loop.NonFiniteLoss as e:  # a training failure, said in one line as the imagenet recipe does
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         finally:
             trainer.close()
     finally:
