@@ -145,6 +145,37 @@ def test_resume_with_other_settings_names_them(data, tmp_path, capsys):
     assert yaml.safe_load((logdir / "config.yaml").read_text())["train"]["seed"] == 7
 
 
+def test_resuming_an_older_checkpoint_sets_the_later_ones_aside(data, tmp_path, capsys):
+    """They belong to the abandoned continuation: a restart (--resume auto) must resume the new run's
+    own epoch 2, not the old epoch 3 (it did, and called the run complete)."""
+    logdir = tmp_path / "run"
+    assert train.main([str(data), *TINY, f"train.logdir={logdir}"]) == 0  # epochs 1-3
+    ckpts = logdir / "checkpoints"
+    capsys.readouterr()
+    assert train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1",
+                       "--resume", str(ckpts / "epoch_0001.pt")]) == 0
+    assert f"note: this run resumes at epoch 1: 2 checkpoint(s) of later epochs moved to {ckpts / 'superseded'}" \
+        in capsys.readouterr().err
+    assert sorted(p.name for p in ckpts.glob("epoch_*.pt")) == ["epoch_0001.pt", "epoch_0002.pt"]
+    assert sorted(p.name for p in (ckpts / "superseded").iterdir()) == ["epoch_0002.pt", "epoch_0003.pt"]
+    assert train.main([str(data), *TINY, f"train.logdir={logdir}", "--resume", "auto"]) == 0
+    err = capsys.readouterr().err
+    assert f"resuming from {ckpts / 'epoch_0002.pt'}" in err and "already complete" not in err
+    assert sorted(p.name for p in ckpts.glob("epoch_*.pt")) == ["epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt"]
+
+
+def test_resume_auto_without_a_checkpoint_starts_the_run_over(data, tmp_path, capsys):
+    """A requeued job preempted before its first checkpoint: one run, one train.log header."""
+    logdir = tmp_path / "run"
+    assert train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1"]) == 0
+    for p in (logdir / "checkpoints").iterdir():
+        p.unlink()
+    assert train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1", "--resume", "auto"]) == 0
+    assert "no usable checkpoint" in capsys.readouterr().err
+    log = (logdir / "train.log").read_text().splitlines()
+    assert sum(line.startswith("~~epoch") for line in log) == 1 and sum(line.startswith("~~0\t") for line in log) == 1
+
+
 # ---------------------------------------------------------- 3. plans with the recipe's data set
 
 def test_dry_run_of_a_cifar_config_plans_cifars_images(capsys):

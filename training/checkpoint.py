@@ -79,6 +79,20 @@ def list_checkpoints(logdir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def set_aside_after(logdir: str | os.PathLike, epoch: int) -> list[Path]:
+    """Move the run's checkpoints of epochs after ``epoch`` into ``checkpoints/superseded/``: a run
+    resumed from an older checkpoint abandons them, so a restart must not resume from them, nor
+    keep-last-K count them (it would delete the new ones). Moved, not deleted: they are the user's."""
+    later = [p for p in list_checkpoints(logdir) if int(_NAME.match(p.name).group(1)) > epoch]
+    if not later:
+        return []
+    aside = checkpoint_dir(logdir) / "superseded"
+    aside.mkdir(exist_ok=True)
+    for p in later:
+        os.replace(p, aside / p.name)
+    return [aside / p.name for p in later]
+
+
 def save(state: dict, logdir: str | os.PathLike, epoch: int, keep: int) -> Path:
     """Save the checkpoint taken after ``epoch`` epochs, then prune all but the newest ``keep``."""
     path = path_for(logdir, epoch)

@@ -284,12 +284,16 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
     # over and purges the earlier attempt. train.log's `~~` rows likewise. Evaluating changes nothing.
     purge = None
     if not cfg.train.evaluate:
-        purge = state.step + 1 if ckpt else (0 if attempt.restarted else None)
+        # --resume auto that found no checkpoint (a requeued job preempted before its first) starts over too
+        purge = state.step + 1 if ckpt else (0 if attempt.restarted or resume else None)
     if info.is_main and purge is not None:
         _trim_human_log(cfg.train.logdir, start_epoch if ckpt else None)
     writes = info.is_main and not cfg.train.evaluate
     if writes:  # first: any file of the run in the logdir is then known as this job's (check_fresh)
         dist.record_attempt(cfg.train.logdir, attempt)
+    if writes and ckpt and (moved := checkpoint.set_aside_after(cfg.train.logdir, start_epoch)):
+        print(f"note: this run resumes at epoch {start_epoch}: {len(moved)} checkpoint(s) of later epochs moved "
+              f"to {moved[0].parent}", file=sys.stderr)
     logger = RunLogger(cfg.train.logdir, writes, start_time=ckpt.get("start_time") if ckpt else None,
                        purge_step=purge)
     if writes:
