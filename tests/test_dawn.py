@@ -431,6 +431,34 @@ def test_unreadable_path_is_one_line_exit_2(tmp_path, make, message):
     assert line.startswith("prepare_dawn_tsv.py: error: ") and message in line
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("run, args, message", [
+    ({"evals": [(100, 1360, 10.0, 20.0, 1.0, NAN)]}, [], "epoch at step 100 is nan, not a finite number"),
+    ({"evals": [(100, 1360, 10.0, 20.0, 1.0, INF)]}, [], "epoch at step 100 is inf, not a finite number"),
+    ({"evals": [(100, 1360, 10.0, 20.0, NAN, 0)]}, ["--ignore-eval"],
+     "times/eval_sec at step 100 is nan, not a finite number >= 0"),
+    # Was 0.2 h: 360 s, plus the 360 s that a negative evaluation time "excluded".
+    ({"evals": [(100, 1360, 10.0, 20.0, -360.0, 0)]}, ["--ignore-eval"],
+     "times/eval_sec at step 100 is -360.0, not a finite number >= 0"),
+    ({"evals": [(100, NAN, 10.0, 20.0, 1.0, 0)]}, [], "losses/test_1 at step 100 has wall time nan"),
+    ({"evals": [(100, 1360, 10.0, 20.0, 1.0, 0)], "first": NAN}, [], "first at step 0 has wall time nan"),
+    ({"evals": [(100, 1360, 10.0, 20.0, 1.0, 0)], "extra": [("sizes/world", NAN, 0)]},
+     ["--format", "json"], "sizes/world at step 0 is nan, not a finite number"),
+    ({"evals": [(100, 1360, 10.0, 20.0, 1.0, 0)], "extra": [("sizes/image", INF, 0), ("sizes/batch", 8, 0)]},
+     ["--format", "json"], "sizes/image at step 0 is inf, not a finite number"),
+], ids=["nan-epoch", "inf-epoch", "nan-eval-sec", "negative-eval-sec", "nan-wall-time", "nan-start",
+        "nan-world", "inf-image-size"])
+def test_value_not_a_finite_number_is_an_error_naming_tag_step_and_file(tmp_path, run, args, message):
+    events = write_run(tmp_path / "run", **run)
+    out = tmp_path / "dawn.out"
+    r = export("--events_path", str(events.parent), "--out", str(out), *args)
+    assert r.returncode == 2 and r.stdout == "" and not out.exists()
+    (line,) = r.stderr.strip().splitlines()
+    assert line == f"prepare_dawn_tsv.py: error: {events}: {message}"
+
+
 def fixture_copy(tmp_path: Path) -> tuple[Path, bytes, list[int]]:
     """A writable copy of the real run's event file, its bytes, and where each of its records
     starts (walking the TFRecord lengths: uint64 length, 4-byte CRC, data, 4-byte CRC)."""
