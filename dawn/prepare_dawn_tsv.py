@@ -228,11 +228,11 @@ def _value_at(series: list[Scalar], step: int) -> Scalar | None:
     return before[-1] if before else None
 
 
-def write_atomic(text: str, out: Path) -> None:
+def write_atomic(data: str | bytes, out: Path) -> None:
     """Write via a temp file in the same directory and rename, so ``out`` is never half-written."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # same filesystem, so the rename is atomic
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
