@@ -12,6 +12,8 @@ PATH is one event file, or a run directory whose ``events.out.tfevents.*`` files
   before it at steps >= S, as TensorBoard does, so a resume from an earlier checkpoint loses the
   crashed attempt's orphaned tail;
 - a file or directory that cannot be read is an error naming it;
+- a corrupt record (a checksum mismatch) is an error naming its file and byte offset; a last
+  record cut short by the end of its file (a writer killed mid-write) ends the file quietly;
 - in a directory, empty event files (a writer killed before its first flush) are skipped and listed
   in ``Run.skipped``; an empty file given as PATH, or a directory of only empty files, is an error.
 
@@ -21,6 +23,7 @@ whose plugin metadata appears only on a tag's first value); text summaries are s
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,13 +150,30 @@ def run_metadata(run: Run) -> dict | None:
 
 
 def _events(path: Path):
-    # The legacy loader yields the raw Event protos (no compat rewriting), so this module decides
-    # itself how simple_value, tensor scalars and text are read. A truncated last record (a writer
-    # killed mid-write) ends the file quietly, which is what a crashed run needs.
-    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+    # The TFRecord framing is read here rather than by tensorboard's loader, which ends a file
+    # quietly at ANY bad checksum, so a corrupt record mid-file would silently cut the run short.
+    # Each record: uint64 length, its masked CRC-32C, the data, the data's masked CRC-32C. Only a
+    # last record cut short by the end of the file (a writer killed mid-write) ends it quietly.
+    # The Event protos are used raw (no compat rewriting), so this module decides itself how
+    # simple_value, tensor scalars and text are read.
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 
     try:
-        yield from LegacyEventFileLoader(str(path)).Load()
+        with open(path, "rb") as f:  # read to the end, not to a size: /proc files say 0
+            offset = 0
+            while len(header := f.read(12)) == 12:
+                length, length_crc = struct.unpack("<QI", header)
+                if masked_crc32c(header[:8]) != length_crc:
+                    raise EventsError(f"{path}: corrupt record at byte {offset} (bad length checksum)")
+                data = f.read(length)
+                crc = f.read(4)
+                if len(crc) < 4:
+                    break  # a torn last record
+                if masked_crc32c(data) != struct.unpack("<I", crc)[0]:
+                    raise EventsError(f"{path}: corrupt record at byte {offset} (bad data checksum)")
+                yield Event.FromString(data)
+                offset += 16 + length
     except OSError as e:  # no permission, an I/O error: the raw message would not name the file
         raise EventsError(f"{path}: cannot read ({e.strerror or e})") from None
 

@@ -3,12 +3,16 @@
 
     python dawn/plot.py RUN [RUN ...] --out curves.png [--target-top5 93] [--ignore-eval]
 
-RUN is an event file or a run directory, read as ``dawn/prepare_dawn_tsv.py`` reads it. matplotlib is
-imported inside the functions (Figure + Agg, never pyplot), so importing this module costs nothing
-and no display or global backend is involved.
+RUN is an event file or a run directory, read as ``dawn/prepare_dawn_tsv.py`` reads it. The format is
+the one --out's suffix names (png, pdf, svg, ... : any that matplotlib writes), checked before any
+work, and the figure is written atomically. matplotlib is imported inside the functions (Figure +
+Agg, never pyplot), so importing this module costs nothing and no display or global backend is
+involved.
 """
 from __future__ import annotations
 
+import argparse
+import io
 import math
 import sys
 from pathlib import Path
@@ -18,9 +22,13 @@ if __package__ in (None, ""):  # run as `python dawn/plot.py`: sys.path[0] is da
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dawn.events import EventsError, load_run  # noqa: E402
-from dawn.prepare_dawn_tsv import OneLineParser, eval_rows, first_reaching, path_arg, percent_arg  # noqa: E402
+from dawn.prepare_dawn_tsv import (OneLineParser, eval_rows, first_reaching, path_arg,  # noqa: E402
+                                   percent_arg, write_atomic)
+from training.cli import output_problem  # noqa: E402
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from training.phases import Schedule
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
@@ -60,7 +68,7 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path, target_top5: float = 
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     out = Path(out)
-    fig.savefig(out, dpi=120)
+    save_figure(fig, out)
     return out
 
 
@@ -97,14 +105,51 @@ def plot_schedule(schedule: Schedule, path: str | Path, num_images: int = IMAGEN
     fig.suptitle(f"schedule: {schedule.total_epochs:g} epochs, {num_images:,} images, "
                  f"world size {world_size}")
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
+    return path
+
+
+def figure_format(path: Path) -> str:
+    """The format ``path``'s suffix names; ValueError, naming the supported ones, when matplotlib
+    cannot write it or there is none (matplotlib would quietly write PNG, under another name)."""
+    from matplotlib.figure import Figure
+
+    supported = sorted(Figure().canvas.get_supported_filetypes())
+    fmt = path.suffix[1:].lower()
+    if fmt not in supported:
+        problem = f"Format {fmt!r} is not supported" if fmt else "no suffix naming the format"
+        raise ValueError(f"{problem} (supported formats: {', '.join(supported)})")
+    return fmt
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Render in memory, then write atomically: a failure leaves no partial file (an existing one
+    is kept as it was)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=figure_format(path), dpi=120)
+    write_atomic(buf.getvalue(), path)
+
+
+def figure_path(text: str) -> Path:
+    """argparse type for --out: a path whose folder exists and is writable and whose suffix names a
+    format, so a bad --out fails before the runs are read."""
+    path = path_arg(text)
+    problem = output_problem(text, make_parents=False)
+    if problem is None:
+        try:
+            figure_format(path)
+        except ValueError as e:
+            problem = str(e)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{text}: {problem}")
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(description="Plot top-1/top-5 accuracy against hours for runs.")
     p.add_argument("runs", nargs="+", metavar="RUN", type=path_arg, help="event file or run directory")
-    p.add_argument("--out", required=True, type=path_arg, help="PNG to write")
+    p.add_argument("--out", required=True, type=figure_path,
+                   help="figure to write, in the format its suffix names (.png, .pdf, .svg, ...)")
     p.add_argument("--target-top5", type=percent_arg, default=93.0, help="percent (0, 100]")
     p.add_argument("--start-tag", default="first")
     p.add_argument("--ignore-eval", action="store_true")

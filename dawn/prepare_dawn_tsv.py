@@ -15,6 +15,8 @@ whatever its step: imagenet18's trainer logs ``first`` again at every launch, an
 counts from the very first start, a restart's downtime included. (A purge at step 0, a run started
 over, drops the earlier start with the rest of that attempt.) For the evaluation tags the later file
 wins a duplicated step. An evaluation whose wall time precedes the start is an error naming its file.
+A value or wall time the export uses that is NaN or infinite (or a negative ``times/eval_sec``) is
+an error naming its tag, step and file.
 
 ``--ignore-eval`` subtracts, from each row's time, the ``times/eval_sec`` of every row up to AND
 including that one, as imagenet18's exporter did: an evaluation's events are written after it
@@ -57,12 +59,13 @@ def run_start(run: Run, start_tag: str = "first") -> Scalar:
     start = run.earliest.get(start_tag)
     if start is None:
         raise EventsError(f"{run.path}: no start tag {start_tag!r} (choose another with --start-tag)")
-    return start
+    return _checked(start_tag, start)
 
 
 def eval_rows(run: Run, start_tag: str = "first", ignore_eval: bool = False) -> list[EvalRow]:
     """One row per evaluation, in step order, hours >= 0 from ``run_start``; raises EventsError
-    naming the run if tags are missing, or the event file of an evaluation before the start."""
+    naming the run if tags are missing, or the event file of an evaluation before the start or of
+    a value that is not a finite number."""
     scalars = run.scalars
     missing = [t for t in (TOP1, TOP5) if t not in scalars]
     if missing:
@@ -70,15 +73,15 @@ def eval_rows(run: Run, start_tag: str = "first", ignore_eval: bool = False) -> 
                           f"(tags found: {', '.join(sorted(scalars)) or 'none'})")
     start = run_start(run, start_tag)
     top1 = {s.step: s for s in scalars[TOP1]}
-    epochs = {s.step: int(s.value) for s in scalars.get(EPOCH, [])}
-    eval_sec = {s.step: s.value for s in scalars.get(EVAL_SEC, [])}
+    epochs = {s.step: s for s in scalars.get(EPOCH, [])}
+    eval_sec = {s.step: s for s in scalars.get(EVAL_SEC, [])}
     rows = []
     excluded = 0.0
     for t5 in scalars[TOP5]:
         t1 = top1.get(t5.step)
         if t1 is None:
             continue
-        done = max(t1, t5, key=lambda s: s.wall_time)
+        done = max(_checked(TOP1, t1), _checked(TOP5, t5), key=lambda s: s.wall_time)
         seconds = done.wall_time - start.wall_time
         if seconds < 0:
             raise EventsError(f"{done.file}: the evaluation at step {t5.step} is {-seconds:.1f} s "
@@ -87,17 +90,30 @@ def eval_rows(run: Run, start_tag: str = "first", ignore_eval: bool = False) -> 
             if t5.step not in eval_sec:
                 raise EventsError(f"{run.path}: --ignore-eval needs {EVAL_SEC} at every evaluation; "
                                   f"missing at step {t5.step}")
-            excluded += eval_sec[t5.step]
+            excluded += _checked(EVAL_SEC, eval_sec[t5.step], minimum=0).value
             if excluded > seconds:
                 raise EventsError(f"{done.file}: --ignore-eval: {EVAL_SEC} up to step {t5.step} "
                                   f"adds up to {excluded:.1f} s, more than the {seconds:.1f} s "
                                   f"since the start")
             seconds -= excluded
-        rows.append(EvalRow(epoch=epochs.get(t5.step, len(rows)), step=t5.step,
+        epoch = int(_checked(EPOCH, epochs[t5.step]).value) if t5.step in epochs else len(rows)
+        rows.append(EvalRow(epoch=epoch, step=t5.step,
                             hours=seconds / 3600, top1=t1.value, top5=t5.value))
     if not rows:
         raise EventsError(f"{run.path}: {TOP1} and {TOP5} share no step: no complete evaluation")
     return rows
+
+
+def _checked(tag: str, s: Scalar, minimum: float = -math.inf) -> Scalar:
+    """``s``, the value of ``tag`` read at its step; EventsError naming the tag, step and file if its
+    wall time or value is NaN or infinite, or its value is below ``minimum`` (int() of NaN is a
+    traceback; sums of it, hours of nan)."""
+    if not math.isfinite(s.wall_time):
+        raise EventsError(f"{s.file}: {tag} at step {s.step} has wall time {s.wall_time}")
+    if not (math.isfinite(s.value) and s.value >= minimum):
+        bound = f" >= {minimum:g}" if minimum > -math.inf else ""
+        raise EventsError(f"{s.file}: {tag} at step {s.step} is {s.value}, not a finite number{bound}")
+    return s
 
 
 def first_reaching(rows: list[EvalRow], target_top5: float) -> EvalRow | None:
@@ -133,7 +149,7 @@ def dawn_entry(run: Run, rows: list[EvalRow], target_top5: float, ignore_eval: b
     hit = first_reaching(rows, target_top5)
     world = meta.get("world_size")
     if world is None and WORLD in run.scalars:
-        world = int(run.scalars[WORLD][-1].value)
+        world = int(_checked(WORLD, run.scalars[WORLD][-1]).value)
     return {
         "version": "v1.0",
         "author": UNKNOWN,
@@ -196,8 +212,8 @@ def _schedule_summary(run: Run, meta: dict, rows: list[EvalRow]) -> dict | str:
         batch = _value_at(run.scalars[BATCH], step)
         done = [r.epoch for r in rows if r.step <= step]
         phase = {"fromEpoch": max(done) + 1 if done else 0,
-                 "size": int(size) if size is not None else UNKNOWN,
-                 "batchSize": int(batch) if batch is not None else UNKNOWN}
+                 "size": int(_checked(SIZE, size).value) if size is not None else UNKNOWN,
+                 "batchSize": int(_checked(BATCH, batch).value) if batch is not None else UNKNOWN}
         if data and data[-1]["fromEpoch"] == phase["fromEpoch"]:
             data[-1] = phase  # both sizes changed at one epoch, logged at different steps
         elif not data or data[-1] | {"fromEpoch": phase["fromEpoch"]} != phase:
@@ -206,17 +222,17 @@ def _schedule_summary(run: Run, meta: dict, rows: list[EvalRow]) -> dict | str:
             "data": data, "lr": UNKNOWN}
 
 
-def _value_at(series: list[Scalar], step: int) -> float | None:
+def _value_at(series: list[Scalar], step: int) -> Scalar | None:
     """The value last logged at or before ``step``."""
-    before = [s.value for s in series if s.step <= step]
+    before = [s for s in series if s.step <= step]
     return before[-1] if before else None
 
 
-def write_atomic(text: str, out: Path) -> None:
+def write_atomic(data: str | bytes, out: Path) -> None:
     """Write via a temp file in the same directory and rename, so ``out`` is never half-written."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # same filesystem, so the rename is atomic
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -8,6 +8,8 @@ import datetime as dt
 import io
 import json
 import os
+import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -427,6 +429,77 @@ def test_unreadable_path_is_one_line_exit_2(tmp_path, make, message):
     assert r.returncode == 2 and r.stdout == ""
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("prepare_dawn_tsv.py: error: ") and message in line
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("run, args, message", [
+    ({"evals": [(100, 1360, 10.0, 20.0, 1.0, NAN)]}, [], "epoch at step 100 is nan, not a finite number"),
+    ({"evals": [(100, 1360, 10.0, 20.0, 1.0, INF)]}, [], "epoch at step 100 is inf, not a finite number"),
+    ({"evals": [(100, 1360, 10.0, 20.0, NAN, 0)]}, ["--ignore-eval"],
+     "times/eval_sec at step 100 is nan, not a finite number >= 0"),
+    # Was 0.2 h: 360 s, plus the 360 s that a negative evaluation time "excluded".
+    ({"evals": [(100, 1360, 10.0, 20.0, -360.0, 0)]}, ["--ignore-eval"],
+     "times/eval_sec at step 100 is -360.0, not a finite number >= 0"),
+    ({"evals": [(100, NAN, 10.0, 20.0, 1.0, 0)]}, [], "losses/test_1 at step 100 has wall time nan"),
+    ({"evals": [(100, 1360, 10.0, 20.0, 1.0, 0)], "first": NAN}, [], "first at step 0 has wall time nan"),
+    ({"evals": [(100, 1360, 10.0, 20.0, 1.0, 0)], "extra": [("sizes/world", NAN, 0)]},
+     ["--format", "json"], "sizes/world at step 0 is nan, not a finite number"),
+    ({"evals": [(100, 1360, 10.0, 20.0, 1.0, 0)], "extra": [("sizes/image", INF, 0), ("sizes/batch", 8, 0)]},
+     ["--format", "json"], "sizes/image at step 0 is inf, not a finite number"),
+], ids=["nan-epoch", "inf-epoch", "nan-eval-sec", "negative-eval-sec", "nan-wall-time", "nan-start",
+        "nan-world", "inf-image-size"])
+def test_value_not_a_finite_number_is_an_error_naming_tag_step_and_file(tmp_path, run, args, message):
+    events = write_run(tmp_path / "run", **run)
+    out = tmp_path / "dawn.out"
+    r = export("--events_path", str(events.parent), "--out", str(out), *args)
+    assert r.returncode == 2 and r.stdout == "" and not out.exists()
+    (line,) = r.stderr.strip().splitlines()
+    assert line == f"prepare_dawn_tsv.py: error: {events}: {message}"
+
+
+def fixture_copy(tmp_path: Path) -> tuple[Path, bytes, list[int]]:
+    """A writable copy of the real run's event file, its bytes, and where each of its records
+    starts (walking the TFRecord lengths: uint64 length, 4-byte CRC, data, 4-byte CRC)."""
+    (src,) = FIXTURE_EVENTS.glob("events.out.tfevents.*")
+    copy = tmp_path / src.name
+    shutil.copyfile(src, copy)
+    data = copy.read_bytes()
+    starts, at = [], 0
+    while at < len(data):
+        starts.append(at)
+        at += 16 + struct.unpack_from("<Q", data, at)[0]
+    assert at == len(data) and len(starts) == 19079
+    return copy, data, starts
+
+
+@pytest.mark.parametrize("where, kind", [
+    (lambda data, starts: len(data) // 2, "data"),  # the reviewer's repro: 19 rows and exit 0 before
+    (lambda data, starts: starts[len(starts) // 2], "length"),
+    (lambda data, starts: len(data) - 5, "data"),  # the last record, whole: corrupt, not torn
+], ids=["mid-file", "length", "last-record"])
+def test_corrupt_record_is_an_error_naming_its_offset(tmp_path, where, kind):
+    copy, data, starts = fixture_copy(tmp_path)
+    at = where(data, starts)
+    copy.write_bytes(data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:])
+    out = tmp_path / "dawn.tsv"
+    r = export("--events_path", str(copy), "--out", str(out))
+    assert r.returncode == 2 and r.stdout == "" and not out.exists()
+    (line,) = r.stderr.strip().splitlines()
+    record = max(s for s in starts if s <= at)
+    assert line == f"prepare_dawn_tsv.py: error: {copy}: corrupt record at byte {record} " \
+                   f"(bad {kind} checksum)"
+
+
+@pytest.mark.parametrize("into_last", [5, 14, -2])  # its header, its data, its data's CRC
+def test_torn_last_record_ends_the_file_quietly(tmp_path, into_last):
+    copy, data, starts = fixture_copy(tmp_path)
+    cut = starts[-1] + into_last if into_last > 0 else len(data) + into_last
+    copy.write_bytes(data[:cut])
+    whole = {t: len(v) for t, v in load_scalars(FIXTURE_EVENTS).items()}
+    torn = {t: len(v) for t, v in load_scalars(copy).items()}
+    assert torn == whole | {"sizes/momentum": whole["sizes/momentum"] - 1}  # the last event, lost
 
 
 def test_missing_start_tag_and_another_start_tag(tmp_path):

@@ -43,6 +43,45 @@ def test_curves_cli_several_runs(tmp_path):
                      "--target-top5", "93"], cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr
     assert_png(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cpu-run", "curves.png"]  # no temp file left
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("curves.tsv", "Format 'tsv' is not supported (supported formats: "),  # was a traceback, exit 1
+    ("curves", "no suffix naming the format (supported formats: "),  # was curves.png, exit 0
+    ("no/such/curves.png", "no such directory {parent}"),
+])
+def test_curves_bad_out_is_one_line_before_any_work(tmp_path, name, problem):
+    out = tmp_path / name
+    problem = problem.format(parent=out.parent)
+    # RUN does not exist either: --out is refused first, before any run is read
+    r = run_bounded([sys.executable, "dawn/plot.py", str(tmp_path / "missing"), "--out", str(out)],
+                    cwd=REPO, timeout=120)
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"plot.py: error: argument --out: {out}: {problem}")
+    if "formats" in problem:
+        assert {"pdf", "png", "svg"} <= set(line[line.rindex(": ") + 2:-1].split(", "))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_figure_that_fails_midway_leaves_the_old_file(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    def half_written(self, fname, **kw):  # a writer that dies after its first bytes (a full disk)
+        if isinstance(fname, (str, Path)):
+            Path(fname).write_bytes(PNG_SIGNATURE)
+        else:
+            fname.write(PNG_SIGNATURE)
+        raise OSError(28, "No space left on device")
+
+    out = tmp_path / "c.png"
+    out.write_bytes(b"the previous figure")
+    monkeypatch.setattr(Figure, "savefig", half_written)
+    with pytest.raises(OSError, match="No space left on device"):
+        plot_runs([FIXTURE_EVENTS], out)
+    assert out.read_bytes() == b"the previous figure"
+    assert list(tmp_path.iterdir()) == [out]
 
 
 def test_curves_cli_error_is_one_line(tmp_path):
@@ -73,6 +112,7 @@ def test_plot_runs_in_process(tmp_path):
     run = small_run(tmp_path / "never", [40.0, 60.0])
     out = plot_runs([run], tmp_path / "c.png", target_top5=93, ignore_eval=True)
     assert_png(out)
+    assert plot_runs([run], tmp_path / "c.svg").read_bytes().startswith(b"<?xml")  # as the suffix says
     with pytest.raises(EventsError):
         plot_runs([tmp_path], tmp_path / "d.png")
 
