@@ -108,13 +108,13 @@ def test_train_bad_command_line(workdir, capsys, argv, message):
 
 
 def test_a_plot_that_fails_midway_leaves_no_file(workdir, capsys, monkeypatch):
-    import dawn.plot
+    real_write = Path.write_bytes
 
-    def half_written(schedule, path, **kw):
-        Path(path).write_bytes(b"\x89PNG")  # a writer that dies after its first bytes (a full disk)
+    def half_written(self, data):
+        real_write(self, data[:4])  # a disk that fills up after the first bytes
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(dawn.plot, "plot_schedule", half_written)
+    monkeypatch.setattr(Path, "write_bytes", half_written)
     rc = call(train.main, ["--config", TINY, "--plot-schedule", "s.png"])
     assert_refused(rc, capsys.readouterr().err, "--plot-schedule s.png: No space left on device", workdir)
 

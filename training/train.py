@@ -24,7 +24,6 @@ import json
 import os
 import re
 import sys
-from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -181,12 +180,9 @@ def plot(schedule: Schedule, path: str, num_images: int, world_size: int) -> int
     unknown format)."""
     from dawn.plot import plot_schedule
     check_output_file(path, "--plot-schedule", make_parents=False)
-    existed = os.path.exists(path)
     try:
-        plot_schedule(schedule, path, num_images=num_images, world_size=world_size)
+        plot_schedule(schedule, path, num_images=num_images, world_size=world_size)  # written atomically
     except (OSError, ValueError) as e:
-        if not existed:
-            Path(path).unlink(missing_ok=True)
         raise C.ConfigError(f"--plot-schedule {path}: {getattr(e, 'strerror', None) or e}") from None
     return 0
 
