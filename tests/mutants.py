@@ -117,8 +117,9 @@ MUTANTS = [
            "cfg = dataclasses.replace(cfg, phases=saved)", "pass",
            (NEWCOMER + "test_resume_with_other_phases_warns_and_config_yaml_keeps_the_schedule_that_trains",)),
     # the DAWN export
-    Mutant("dawn_epoch_is_row_index", "dawn/prepare_dawn_tsv.py", "epoch=epochs.get(t5.step, len(rows))",
-           "epoch=len(rows)", ("tests/test_dawn.py::test_epoch_column_is_the_logged_epoch_not_the_row_index",)),
+    Mutant("dawn_epoch_is_row_index", "dawn/prepare_dawn_tsv.py",
+           "epoch = int(_checked(EPOCH, epochs[t5.step]).value) if t5.step in epochs else len(rows)",
+           "epoch = len(rows)", ("tests/test_dawn.py::test_epoch_column_is_the_logged_epoch_not_the_row_index",)),
     Mutant("cifar_dry_run_keeps_partial_batches", "training/train.py",
            "args.world_size, cifar and cfg.cifar.drop_last, val_batch", "args.world_size, False, val_batch",
            (NEWCOMER + "test_dry_run_of_a_cifar_config_plans_cifars_images",)),
@@ -184,6 +185,11 @@ MUTANTS = [
     Mutant("requeue_without_checkpoint_keeps_the_log", "training/recipes/imagenet.py",
            "(0 if attempt.restarted or resume else None)", "(0 if attempt.restarted else None)",
            (NEWCOMER + "test_resume_auto_without_a_checkpoint_starts_the_run_over",)),
+    Mutant("corrupt_event_record_ends_the_file", "dawn/events.py",
+           'raise EventsError(f"{path}: corrupt record at byte {offset} (bad data checksum)")', "break",
+           ("tests/test_dawn.py::test_corrupt_record_is_an_error_naming_its_offset",)),
+    Mutant("dawn_accepts_nan", "dawn/prepare_dawn_tsv.py", "if not (math.isfinite(s.value) and s.value >= minimum):",
+           "if False:", ("tests/test_dawn.py::test_value_not_a_finite_number_is_an_error_naming_tag_step_and_file",)),
 ]
 
 
