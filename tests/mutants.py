@@ -190,6 +190,8 @@ MUTANTS = [
            ("tests/test_dawn.py::test_corrupt_record_is_an_error_naming_its_offset",)),
     Mutant("dawn_accepts_nan", "dawn/prepare_dawn_tsv.py", "if not (math.isfinite(s.value) and s.value >= minimum):",
            "if False:", ("tests/test_dawn.py::test_value_not_a_finite_number_is_an_error_naming_tag_step_and_file",)),
+    Mutant("clock_starts_after_the_set_up", "training/recipes/imagenet.py", "started=launched, purge_step=purge)",
+           "purge_step=purge)", (NEWCOMER + "test_the_clock_starts_before_the_set_up_as_imagenet18s",)),
 ]
 
 

@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -174,6 +175,20 @@ def test_resume_auto_without_a_checkpoint_starts_the_run_over(data, tmp_path, ca
     assert "no usable checkpoint" in capsys.readouterr().err
     log = (logdir / "train.log").read_text().splitlines()
     assert sum(line.startswith("~~epoch") for line in log) == 1 and sum(line.startswith("~~0\t") for line in log) == 1
+
+
+def test_the_clock_starts_before_the_set_up_as_imagenet18s(data, tmp_path, monkeypatch):
+    """imagenet18 logged `first` before indexing its data and building its model; hours counted from
+    after the set-up would flatter a time-to-accuracy."""
+    from dawn.events import load_run
+    from training.recipes import imagenet
+    checked = []
+    real = imagenet.check_data_root
+    monkeypatch.setattr(imagenet, "check_data_root", lambda *a: (real(*a), checked.append(time.time())))
+    logdir = tmp_path / "run"
+    assert train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1"]) == 0
+    (first,) = load_run(logdir).scalars["first"]
+    assert first.wall_time < checked[0]  # (its value is the same time, in float32)
 
 
 # ---------------------------------------------------------- 3. plans with the recipe's data set

@@ -54,14 +54,15 @@ def refuse_reuse(logdir: str, resumable: bool = True) -> None:
 
 class RunLogger:
     def __init__(self, logdir: str | os.PathLike, enabled: bool, start_time: float | None = None,
-                 purge_step: int | None = None, stream: TextIO = sys.stdout):
+                 purge_step: int | None = None, stream: TextIO = sys.stdout, started: float | None = None):
         """``start_time`` is the original run's start when resuming: the `first` event is then not
-        written again and hours continue from the first start, so a resumed run exports as one run."""
+        written again and hours continue from the first start, so a resumed run exports as one run.
+        ``started``: a fresh run's start (default now), written as its `first` event."""
         self.enabled = enabled
         self.stream = stream
         self.logdir = Path(logdir)
         self.writer = None
-        self.start_time = start_time if start_time is not None else time.time()
+        self.start_time = start_time if start_time is not None else (started or time.time())
         if not enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
