@@ -20,7 +20,8 @@ def pooled_and_grads(pool, x: torch.Tensor, upstream_seed: int = 1):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("shape, kernel", [((2, 3, 8, 8), 2), ((2, 4, 31, 31), 2), ((1, 5, 7, 6), 2),
-                                           ((3, 2, 9, 9), 3), ((2, 6, 3, 3), 0), ((2, 3, 5, 4), 0)])
+                                           ((3, 2, 9, 9), 3), ((2, 6, 3, 3), 0), ((2, 3, 5, 4), 0),
+                                           ((2, 3, 17, 17), 0)])  # a window of 289 > 255 positions
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_values_and_gradients_equal_max_pool2d_with_ties(shape, kernel, channels_last, dtype):
     gen = torch.Generator().manual_seed(0)

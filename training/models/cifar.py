@@ -83,7 +83,8 @@ class _WindowMax(torch.autograd.Function):
         win = _windows(x, kh, kw)
         # rank of each window position, highest first in row-major order: among the maxima of a
         # window, the highest rank is the first one
-        rank = torch.arange(kh * kw, 0, -1, device=x.device, dtype=torch.uint8).view(kh, 1, kw)
+        small = torch.uint8 if kh * kw < 256 else torch.int32  # a byte per position where it fits
+        rank = torch.arange(kh * kw, 0, -1, device=x.device, dtype=small).view(kh, 1, kw)
         score = torch.where(win == y[:, :, :, None, :, None], rank, 0)
         first = score == score.amax(dim=(3, 5), keepdim=True)
         gx = torch.zeros_like(x, memory_format=_memory_format(x))
