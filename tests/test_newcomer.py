@@ -191,6 +191,21 @@ def test_the_clock_starts_before_the_set_up_as_imagenet18s(data, tmp_path, monke
     assert first.wall_time < checked[0]  # (its value is the same time, in float32)
 
 
+def test_a_run_resumed_into_a_new_logdir_exports_with_the_original_clock(data, tmp_path):
+    from dawn.events import load_run
+    from dawn.prepare_dawn_tsv import eval_rows
+    old, new = tmp_path / "old", tmp_path / "new"
+    assert train.main([str(data), *TINY, f"train.logdir={old}", "train.max_epochs=1"]) == 0
+    assert train.main([str(data), *TINY, f"train.logdir={new}", "train.max_epochs=1",
+                       "--resume", str(old / "checkpoints" / "epoch_0001.pt")]) == 0
+    (first_old,) = load_run(old).scalars["first"]
+    (first_new,) = load_run(new).scalars["first"]  # there was none: "no start tag", no export
+    assert first_new.wall_time == first_old.wall_time
+    rows = eval_rows(load_run(new))
+    assert [r.epoch for r in rows] == [1] and rows[0].hours > eval_rows(load_run(old))[0].hours
+    assert (new / "train.log").read_text().startswith("~~epoch")
+
+
 # ---------------------------------------------------------- 3. plans with the recipe's data set
 
 def test_dry_run_of_a_cifar_config_plans_cifars_images(capsys):

@@ -56,7 +56,8 @@ class RunLogger:
     def __init__(self, logdir: str | os.PathLike, enabled: bool, start_time: float | None = None,
                  purge_step: int | None = None, stream: TextIO = sys.stdout, started: float | None = None):
         """``start_time`` is the original run's start when resuming: the `first` event is then not
-        written again and hours continue from the first start, so a resumed run exports as one run.
+        written again (unless this logdir holds no events yet) and hours continue from the first
+        start, so a resumed run exports as one run.
         ``started``: a fresh run's start (default now), written as its `first` event."""
         self.enabled = enabled
         self.stream = stream
@@ -67,9 +68,11 @@ class RunLogger:
             return
         from torch.utils.tensorboard import SummaryWriter
         self.logdir.mkdir(parents=True, exist_ok=True)
+        # a run resumed into a new logdir: its events there need their own `first` (the original start)
+        new_dir = not any(self.logdir.glob("events.out.tfevents.*"))
         self.writer = SummaryWriter(str(self.logdir), purge_step=purge_step)
         self._human = open(self.logdir / "train.log", "a", encoding="utf-8")
-        if start_time is None:
+        if start_time is None or new_dir:
             self.writer.add_scalar("first", self.start_time, 0, walltime=self.start_time)
             self.human("~~epoch\thours\ttop1\ttop5")
 
