@@ -207,6 +207,37 @@ def test_float_path_yields_our_batches_from_float_workers(jpeg_tree):
     assert sent.dtype == torch.float32 and sent.shape == (5, 3, 32, 32)  # the workers send float CHW
 
 
+def test_end_to_end_counts_the_images_the_trainer_trains_on(jpeg_tree):
+    """Any suffix, bad files left out: the img/s of an end-to-end row divides by this count."""
+    from training.bench.pipeline import _count
+    for i, path in enumerate(sorted((jpeg_tree / "train").rglob("*.JPEG"))):
+        path.rename(path.with_suffix(".jpg"))
+        if i == 0:
+            path.with_suffix(".jpg").write_bytes(b"\xff\xd8 not a whole image")
+    assert _count(str(jpeg_tree), "") == 23  # 24 files, one unreadable
+
+
+def test_end_to_end_defaults_to_the_loaders_the_trainer_has(tmp_path, monkeypatch):
+    from training.bench import pipeline
+    seen = []
+    monkeypatch.setattr(pipeline, "ensure_tree", lambda *a: None)
+    monkeypatch.setattr(pipeline, "end_to_end", lambda loader, *a: seen.append(loader) or [])
+    args = bench.build_parser().parse_args(["pipeline", str(tmp_path), "--loader", "--end-to-end", "--device", "cpu"])
+    args.loader = ["torchvision", "torchvision:float"]
+    pipeline.run(args)
+    assert seen == ["torchvision"]  # the float path is a loader row only: the trainer has no such loader
+
+
+def test_bench_bad_arguments_before_any_work(tmp_path, capsys):
+    for argv in (["throughput", "--compile", "bogus"], ["pipeline", str(tmp_path), "--dir", "32=-nope", "--sizes", "32"]):
+        (tmp_path / "train").mkdir(exist_ok=True)
+        with pytest.raises(SystemExit) as e:
+            bench.main(argv)
+        assert e.value.code == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "error:" in err[0], err
+
+
 def test_pipeline_reads_the_trainers_stage_tables():
     from training.bench.pipeline import TRAIN_STAGES, _stage_tables
     timer = loop.StageTimer(False, torch.device("cpu"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -33,20 +34,34 @@ def tp(tmp_path) -> P.Throughput:
 def test_hand_computed_minutes(tp):
     # 1001 images on 2 GPUs: 501 per rank. 128 px: ceil(501/100) = 6 steps = 600 images per rank per epoch,
     # 600 / (100 img/s * 0.5) = 12 s, twice = 24 s. 224 px: ceil(501/50) = 11 steps = 550 images,
-    # 550 / (50 * 0.5) = 22 s, plus 6 s warm-up. Eval: ceil(200/2) = 100 images per rank,
-    # 100/400 = 0.25 s after epochs 0 and 1, 100/200 = 0.5 s after epoch 2. Total 53 s.
+    # 550 / (50 * 0.5) = 22 s, plus 6 s warm-up. Eval: imagenet18's validation batch (512 at 128 px,
+    # 256 at 224 px) holds all 200 images, so one rank evaluates them: 200/400 = 0.5 s after epochs
+    # 0 and 1, 200/200 = 1 s after epoch 2. Total 54 s.
     proj = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1001, num_val=200)
     first, second = proj.rows
     assert (first.first_epoch, first.last_epoch, first.size, first.images) == (0, 1, 128, 2400)
     assert (second.first_epoch, second.last_epoch, second.size, second.images) == (2, 2, 224, 1100)
-    assert first.train_s == pytest.approx(24.0) and first.eval_s == pytest.approx(0.5) and first.warmup_s == 0
-    assert second.train_s == pytest.approx(22.0) and second.eval_s == pytest.approx(0.5)
+    assert first.train_s == pytest.approx(24.0) and first.eval_s == pytest.approx(1.0) and first.warmup_s == 0
+    assert second.train_s == pytest.approx(22.0) and second.eval_s == pytest.approx(1.0)
     assert second.warmup_s == 6
-    assert proj.total_s / 60 == pytest.approx(53 / 60)
+    assert proj.total_s / 60 == pytest.approx(54 / 60)
     only_last = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1001, num_val=200,
                           eval_every=0)
-    assert only_last.total_s == pytest.approx(52.5)  # one evaluation, after the last epoch
+    assert only_last.total_s == pytest.approx(53)  # one evaluation, after the last epoch
     assert "~0.9 min" in P.format_table(proj, "small.yaml", "resnet50")
+    # validation batches of 50: 2 per rank, 100 images each, as the trainer shards them
+    even = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1001, num_val=200, val_batch=50)
+    assert [r.eval_s for r in even.rows] == [pytest.approx(0.5), pytest.approx(0.5)]
+
+
+def test_evaluation_takes_as_long_as_its_busiest_rank(tp):
+    """ImageNet's 50,000 images in imagenet18's batches of 512 at 128 px are 98 batches: on 64 GPUs the
+    first 34 ranks get 2 (1,024 images), not 782; the trainer's own sharding says so."""
+    from training.data.rectval import val_batches
+    proj = P.project(parse_schedule(SMALL), tp, gpus=64, efficiency=1.0, num_train=1_281_167, num_val=50_000)
+    busiest = max(sum(len(b.indices) for b in val_batches([(10, 10)] * 50_000, 512, 128, r, 64, False))
+                  for r in range(64))
+    assert busiest == 1024 and proj.rows[0].eval_s == pytest.approx(2 * 1024 / 400)
 
 
 def test_checkpoint_wait_is_added_per_epoch_or_said_to_be_left_out(tp):
@@ -55,10 +70,10 @@ def test_checkpoint_wait_is_added_per_epoch_or_said_to_be_left_out(tp):
     proj = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1001, num_val=200,
                      checkpoint_s=2.0)
     assert [r.checkpoint_s for r in proj.rows] == [4.0, 2.0]  # 2 s after each of the 3 epochs
-    assert proj.total_s == pytest.approx(53 + 6)
+    assert proj.total_s == pytest.approx(54 + 6)
     table = P.format_table(proj, "small.yaml", "resnet50")
     assert "checkpoints: the step's measured wait, 2 s per epoch" in table
-    assert table.splitlines()[-2].split()[-2:] == ["0.10", "0.98"]  # ckpt min, total min
+    assert table.splitlines()[-2].split()[-2:] == ["0.10", "1.00"]  # ckpt min, total min
 
 
 def test_interpolates_seconds_per_image_against_pixels(tp):
@@ -87,9 +102,26 @@ def test_cli_table_for_8x8(tmp_path):
     total = next(line.split() for line in lines if line.startswith("total"))
     assert float(total[-1]) == pytest.approx(sum(float(row[-1]) for row in rows), abs=0.03)
     # ceil(1281167/64) = 20019 images per rank per epoch at 0.9 efficiency: 14 epochs at 3000 img/s,
-    # 15 at 1000, 8 at 600, plus 37 evaluations of 782 images at 3x the training rate
+    # 15 at 1000, 8 at 600, plus 37 evaluations of the busiest rank's 896-1,024 images at 3x the training rate
     assert 11 < float(total[-1]) < 14
     assert "scaling efficiency 90%" in r.stdout and lines[-1].startswith("64 GPU(s) of this kind: ~")
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"results": [{"size": 128, "ours": {"img_s": 10, "warmup_overhead_s": "30s"}}]}',
+     "results[0].ours.warmup_overhead_s must be seconds >= 0, got '30s'"),
+    (b"\xff\xfe not text", "not UTF-8 text"),
+])
+def test_bad_throughput_file_is_one_line(tmp_path, content, message):
+    f = tmp_path / "tp.json"
+    f.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(P.ProjectionError, match=re.escape(message)):
+        P.load_throughput(str(f))
+
+
+def test_checkpoint_wait_must_be_a_number_of_seconds(tp):
+    with pytest.raises(P.ProjectionError, match="--checkpoint-s must be >= 0"):
+        P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, checkpoint_s=float("nan"))
 
 
 def test_missing_size_exits_2_with_one_line(tmp_path):

@@ -47,6 +47,7 @@ DEFAULT_TREE = ".cache/bench-imagenet"
 IMAGENET18_DIRS = {128: "-sz/160", 224: "-sz/320"}  # imagenet18's pre-resized copies per phase size
 COPY_SIDE = {"-sz/160": 160, "-sz/320": 320, "-sz/352": 352}
 E2E_BATCH = {128: 512, 224: 256, 288: 128}  # per-GPU batch of the end-to-end runs (imagenet18 1x8-like)
+E2E_LOADERS = ("torchvision", "dali", "dali:whole", "auto", "synthetic")  # torchvision:float is a bench row only
 TRAIN_STAGES = ("data wait", "forward", "backward", "optimizer")  # of train.py --profile; not eval/checkpoint
 
 
@@ -142,7 +143,9 @@ def ensure_tree(data: Path, dirs: set[str], images: int, log=lambda m: print(m, 
     for d in sorted(dirs - {""}):
         if not Path(f"{data}{d}/train").is_dir():
             if d not in COPY_SIDE:
-                raise SystemExit(f"error: {data}{d}/train does not exist (and {d} is not a copy this tool makes)")
+                print(f"error: {data}{d}/train does not exist (and {d} is not a copy this tool makes)",
+                      file=sys.stderr)
+                raise SystemExit(2)
             log(f"bench: writing the {d} copy")
             jpegtree.resized_copy(data, d, COPY_SIDE[d])
 
@@ -188,8 +191,10 @@ def end_to_end(loader: str, data: str, dirs: dict[int, str], args: argparse.Name
 
 
 def _count(data: str, train_dir: str) -> int:
-    """The JPEG files of DATA<dir>/train."""
-    return sum(1 for _ in Path(f"{data}{train_dir}/train").rglob("*.JPEG"))
+    """The images the trainer trains on in DATA<dir>/train: its own index (any suffix, bad ones dropped)."""
+    from training.data.tree import find_classes, index_tree
+    split = f"{data}{train_dir}/train"
+    return len(index_tree(split, find_classes(split), verbose=False).paths)
 
 
 def _stage_tables(text: str) -> list[dict[str, float]]:
@@ -212,8 +217,8 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data)
     args.dirs = dict(args.dir or [])
     args.e2e_batch = dict(args.e2e_batch or [])
-    if args.e2e_loader == []:  # --end-to-end alone: the measured loaders
-        args.e2e_loader = args.loader
+    if args.e2e_loader == []:  # --end-to-end alone: the measured loaders the trainer has
+        args.e2e_loader = [name for name in args.loader if name in E2E_LOADERS]
     dirs = {s: _train_dir(s, args) for s in args.sizes}
     ensure_tree(data, set(dirs.values()), args.generate)
     doc: dict = {"kind": "pipeline", "meta": _meta(args, device, data), "results": [], "end_to_end": []}
@@ -327,8 +332,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when present")
     p.add_argument("--dali-hw-load", type=float, default=0.65, help="DALI on a GPU: hardware decoder share")
     p.add_argument("--end-to-end", dest="e2e_loader", nargs="*", metavar="LOADER",
-                   choices=("torchvision", "dali", "dali:whole", "auto", "synthetic"),
-                   help="also run the trainer itself on these loaders (default: those of --loader) at every "
+                   choices=E2E_LOADERS,
+                   help="also run the trainer itself on these loaders (default: those of --loader it has) at "
                    "size; synthetic gives the step's own rate to compare with")
     p.add_argument("--e2e-epochs", type=positive_int, default=2, help="epochs per size in the end-to-end runs "
                    "(the first is warm-up)")

@@ -101,6 +101,8 @@ def load_throughput(path: str, which: str = "ours") -> Throughput:
         raise ProjectionError(f"throughput file {path}: {e.strerror}") from None
     except json.JSONDecodeError as e:
         raise ProjectionError(f"throughput file {path}: not JSON ({e.msg}, line {e.lineno})") from None
+    except UnicodeDecodeError as e:
+        raise ProjectionError(f"throughput file {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     rates: dict[int, Rate] = {}
     results = doc.get("results") if isinstance(doc, dict) else None
     if not isinstance(results, list) or not results:
@@ -114,8 +116,12 @@ def load_throughput(path: str, which: str = "ours") -> Throughput:
                                   f"a positive '{which}.img_s'")
         eval_img_s = entry.get("eval_img_s")
         measured = _positive(eval_img_s)
+        warmup = entry.get("warmup_overhead_s") or 0.0
+        if not (_positive(warmup) or warmup == 0.0):
+            raise ProjectionError(f"throughput file {path}: results[{i}].{which}.warmup_overhead_s must be "
+                                  f"seconds >= 0, got {warmup!r}")
         rates[size] = Rate(float(img_s), float(eval_img_s) if measured else EVAL_SPEEDUP * img_s,
-                           float(entry.get("warmup_overhead_s") or 0.0), "measured", measured)
+                           float(warmup), "measured", measured)
     meta = doc.get("meta", {}) if isinstance(doc.get("meta"), dict) else {}
     batch = meta.get("batch_size")
     return Throughput(rates, which, path, str(meta.get("device", "?")), str(meta.get("arch", "?")),
@@ -150,16 +156,19 @@ def rate_at(tp: Throughput, size: int) -> Rate:
 
 def project(schedule: Schedule, tp: Throughput, gpus: int, efficiency: float,
             num_train: int = IMAGENET_TRAIN, num_val: int = IMAGENET_VAL, eval_every: int = 1,
-            checkpoint_s: float = 0.0) -> Projection:
+            checkpoint_s: float = 0.0, val_batch: int = 0) -> Projection:
     """One row per data phase. eval_every as the loop's Hooks: 0 evaluates only after the last epoch.
-    checkpoint_s: the step's wait on checkpointing per epoch (a host copy every epoch)."""
+    checkpoint_s: the step's wait on checkpointing per epoch (a host copy every epoch). val_batch: the
+    validation batch (data.val_batch_size; 0: imagenet18's rule). An evaluation takes as long as its
+    busiest rank: ranks get whole validation batches (rectval.val_batches), so with big batches and
+    many GPUs some get more than num_val / gpus images, and others none."""
     if gpus < 1:
         raise ProjectionError(f"--gpus must be at least 1, got {gpus}")
     if not 0 < efficiency <= 1:
         raise ProjectionError(f"--efficiency must be in (0, 1], got {efficiency}")
-    if checkpoint_s < 0:
+    if not (math.isfinite(checkpoint_s) and checkpoint_s >= 0):
         raise ProjectionError(f"--checkpoint-s must be >= 0 (seconds per epoch), got {checkpoint_s}")
-    plan = schedule.plan(num_train, gpus)
+    plan = schedule.plan(num_train, gpus, val_batch=val_batch)
     rows = []
     for index, phase in enumerate(schedule.data_phases):
         epochs = [p for p in plan if schedule.data_phase_index(p.epoch) == index]
@@ -169,11 +178,13 @@ def project(schedule: Schedule, tp: Throughput, gpus: int, efficiency: float,
         evals = sum(1 for p in epochs if p.epoch + 1 == schedule.num_epochs
                     or (eval_every and (p.epoch + 1) % eval_every == 0))
         per_rank = sum(p.iters * p.batch_size for p in epochs)  # every rank runs the same steps
+        vb = epochs[0].val_batch_size
+        busiest = min(math.ceil(math.ceil(num_val / vb) / gpus) * vb, num_val)
         rows.append(PhaseRow(
             phase=index, first_epoch=epochs[0].epoch, last_epoch=epochs[-1].epoch, size=phase.size,
             batch_size=phase.batch_size, images=per_rank * gpus, rate=rate,
             train_s=per_rank / (rate.train_img_s * efficiency),
-            eval_s=evals * math.ceil(num_val / gpus) / rate.eval_img_s, evals=evals, warmup_s=rate.warmup_s,
+            eval_s=evals * busiest / rate.eval_img_s, evals=evals, warmup_s=rate.warmup_s,
             checkpoint_s=len(epochs) * checkpoint_s))
     return Projection(rows, gpus, efficiency, num_train, num_val, eval_every, tp, checkpoint_s)
 
@@ -220,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
         efficiency = args.efficiency if args.efficiency is not None else \
             1.0 if args.gpus == 1 else DEFAULT_EFFICIENCY
         proj = project(schedule, tp, args.gpus, efficiency, args.num_train_images, args.num_val_images,
-                       args.eval_every, args.checkpoint_s)
+                       args.eval_every, args.checkpoint_s, cfg.data.val_batch_size)
     except (C.ConfigError, PhaseError, ProjectionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ import torch.nn as nn
 from training import loop
 from training.bench import write_json
 from training.cli import nonnegative_int, positive_int
-from training.config import ConfigError, OptimConfig, TrainConfig
+from training.config import CHOICES, ConfigError, OptimConfig, TrainConfig
 from training.dist import DistInfo
 from training.logs import RunLogger
 from training.models import resnet
@@ -373,8 +373,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="ours (default bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="ours (default: on CUDA only, as the trainer)")
-    p.add_argument("--compile", metavar="MODE", help="ours: torch.compile mode (default, reduce-overhead, "
-                   "max-autotune, max-autotune-no-cudagraphs); default eager")
+    p.add_argument("--compile", metavar="MODE", choices=CHOICES["cifar.compile_mode"],
+                   help="ours: torch.compile mode (default, reduce-overhead, max-autotune, "
+                   "max-autotune-no-cudagraphs); default eager")
     p.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True, help="ours")
     p.add_argument("--json", metavar="FILE", help="write the results (input of `project`)")
     p.set_defaults(func=run)
