@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: install, fetch CIFAR-10, train it on the GPU if there is one, else on the CPU.
-#   bash launch/cifar10.sh [extra train.py args, e.g. --runs 5 or train.seed=3]
+#   [DATA=DIR] bash launch/cifar10.sh [extra train.py args, e.g. --runs 5 or train.seed=3]
 # Each invocation logs to its own runs/cifar10-DATE-TIME (a logdir holds one run; --logdir DIR wins).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,4 @@
-# Sourced by the launchers (after `cd` to the repo root): what local.sh and multinode.sh share.
+# Sourced by the launchers: what local.sh and multinode.sh share.
 
 # The first argument must be DATA, not a flag.
 need_data() {
@@ -13,7 +13,7 @@ need_data() {
 # imagenet18's per-process batch sizes and lrs were published for 8 processes per machine.
 warn_unless_8() {
   case "$1" in
-    configs/imagenet18/*) [ "$2" = 8 ] || echo "warning: $1 is tuned for 8 processes per machine (per-process batch sizes and lrs as published); running $2" >&2 ;;
+    */configs/imagenet18/*|configs/imagenet18/*) [ "$2" = 8 ] || echo "warning: $1 is tuned for 8 processes per machine (per-process batch sizes and lrs as published); running $2" >&2 ;;
   esac
 }
 
@@ -25,6 +25,13 @@ network_env() {
     export NCCL_SOCKET_IFNAME=$IFNAME GLOO_SOCKET_IFNAME=$IFNAME
   fi
   export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
+}
+
+# Check train.py's command line once, before torchrun (no torch import: under a second): a config
+# error would otherwise be said by every rank and restart the group MAX_RESTARTS times.
+check_args() {
+  [ -n "${LAUNCH_DRY_RUN:-}" ] && return 0
+  "$PYTHON" "$ROOT/training/train.py" "$@" --print-config > /dev/null || exit $?
 }
 
 # Run the assembled command, or print it under LAUNCH_DRY_RUN=1.

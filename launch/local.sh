@@ -6,8 +6,8 @@
 #   LAUNCH_DRY_RUN=1 bash launch/local.sh DATA      # print the torchrun command, run nothing
 #
 # Options (environment variables; every one has a default):
-#   NPROC         processes = GPUs on this machine (default: the GPUs nvidia-smi lists; 8 when
-#                 LAUNCH_DRY_RUN=1 finds none)
+#   NPROC         processes = GPUs on this machine (default: those CUDA_VISIBLE_DEVICES names, else
+#                 the GPUs nvidia-smi lists; 8 when LAUNCH_DRY_RUN=1 finds none)
 #   CONFIG        config file (default configs/imagenet18/1x8.yaml)
 #   MAX_RESTARTS  torchrun --max-restarts (default 3): a failed group restarts and resumes from the
 #                 latest good checkpoint in the logdir by itself (docs/OPERATIONS.md)
@@ -18,17 +18,22 @@
 #   PYTHON        interpreter (default python3); torchrun runs as "$PYTHON -m torch.distributed.run"
 #   LAUNCH_DRY_RUN=1  print the command instead of running it
 set -euo pipefail
-cd "$(dirname "$0")/.."
-. launch/common.sh
+# No cd: DATA, CONFIG, --logdir and other relative paths are the caller's, as with any command.
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/launch/common.sh"
 
 need_data "[NPROC=8] [CONFIG=...] bash launch/local.sh DATA [train.py args ...]" "$@"
 DATA=$1
 shift
 PYTHON=${PYTHON:-python3}
-CONFIG=${CONFIG:-configs/imagenet18/1x8.yaml}
+CONFIG=${CONFIG:-$ROOT/configs/imagenet18/1x8.yaml}
 MAX_RESTARTS=${MAX_RESTARTS:-3}
 if [ -z "${NPROC:-}" ]; then
-  NPROC=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then  # the GPUs this job may use, not all the machine has
+    NPROC=$(tr ',' '\n' <<< "$CUDA_VISIBLE_DEVICES" | grep -c . || true)
+  else
+    NPROC=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  fi
   if [ "${NPROC:-0}" -lt 1 ] && [ -n "${LAUNCH_DRY_RUN:-}" ]; then
     NPROC=8  # printing only: show the command an 8-GPU machine would run
     echo "note: no GPU found (nvidia-smi); printing the command for NPROC=8" >&2
@@ -41,10 +46,11 @@ case "$NPROC" in ''|*[!0-9]*|0) echo "error: NPROC=$NPROC: expected a positive i
 warn_unless_8 "$CONFIG" "$NPROC"
 network_env
 
-cmd=("$PYTHON" -m torch.distributed.run --standalone --nnodes=1 "--nproc_per_node=$NPROC"
-     "--max-restarts=$MAX_RESTARTS" training/train.py "$DATA" --config "$CONFIG")
-[ -n "${DIST_TIMEOUT:-}" ] && cmd+=("train.dist_timeout_s=$DIST_TIMEOUT")
-[ -n "${RESUME:-}" ] && cmd+=(--resume "$RESUME")
-cmd+=("$@")
+args=("$DATA" --config "$CONFIG")
+[ -n "${DIST_TIMEOUT:-}" ] && args+=("train.dist_timeout_s=$DIST_TIMEOUT")
+[ -n "${RESUME:-}" ] && args+=(--resume "$RESUME")
+args+=("$@")
+check_args "${args[@]}"
 
-run_or_print "${cmd[@]}"
+run_or_print "$PYTHON" -m torch.distributed.run --standalone --nnodes=1 "--nproc_per_node=$NPROC" \
+  "--max-restarts=$MAX_RESTARTS" "$ROOT/training/train.py" "${args[@]}"

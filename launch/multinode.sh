@@ -27,8 +27,9 @@
 # The logdir must be on a filesystem every node sees (rank 0 writes the checkpoints, and after a
 # restart rank 0 may be on another node), or use static rendezvous so node 0 stays rank 0.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-. launch/common.sh
+# No cd: DATA, CONFIG, --logdir and other relative paths are the caller's, as with any command.
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/launch/common.sh"
 
 need_data "NNODES=8 RDZV_ENDPOINT=host:29400 bash launch/multinode.sh DATA [train.py args ...]" "$@"
 DATA=$1
@@ -40,9 +41,9 @@ MAX_RESTARTS=${MAX_RESTARTS:-3}
 for v in NNODES NPROC_PER_NODE MAX_RESTARTS; do
   case "${!v}" in ''|*[!0-9]*) echo "error: $v=${!v}: expected an integer" >&2; exit 2 ;; esac
 done
-CONFIG=${CONFIG:-configs/imagenet18/${NNODES}x8.yaml}
+CONFIG=${CONFIG:-$ROOT/configs/imagenet18/${NNODES}x8.yaml}
 if [ ! -f "$CONFIG" ]; then
-  echo "error: no config $CONFIG (imagenet18 schedules: $(cd configs/imagenet18 && echo *.yaml)); set CONFIG" >&2
+  echo "error: no config $CONFIG (imagenet18 schedules: $(cd "$ROOT/configs/imagenet18" && echo *.yaml)); set CONFIG" >&2
   exit 2
 fi
 warn_unless_8 "$CONFIG" "$NPROC_PER_NODE"
@@ -57,9 +58,10 @@ else
   : "${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port (c10d rendezvous), or NODE_RANK and MASTER_ADDR}"
   cmd+=(--rdzv-backend=c10d "--rdzv-endpoint=$RDZV_ENDPOINT" "--rdzv-id=${RDZV_ID:-fastimagenet}")
 fi
-cmd+=(training/train.py "$DATA" --config "$CONFIG")
-[ -n "${DIST_TIMEOUT:-}" ] && cmd+=("train.dist_timeout_s=$DIST_TIMEOUT")
-[ -n "${RESUME:-}" ] && cmd+=(--resume "$RESUME")
-cmd+=("$@")
+args=("$DATA" --config "$CONFIG")
+[ -n "${DIST_TIMEOUT:-}" ] && args+=("train.dist_timeout_s=$DIST_TIMEOUT")
+[ -n "${RESUME:-}" ] && args+=(--resume "$RESUME")
+args+=("$@")
+check_args "${args[@]}"
 
-run_or_print "${cmd[@]}"
+run_or_print "${cmd[@]}" "$ROOT/training/train.py" "${args[@]}"

@@ -194,6 +194,19 @@ MUTANTS = [
            "purge_step=purge)", (NEWCOMER + "test_the_clock_starts_before_the_set_up_as_imagenet18s",)),
     Mutant("resumed_into_a_new_logdir_has_no_start", "training/logs.py", "if start_time is None or new_dir:",
            "if start_time is None:", (NEWCOMER + "test_a_run_resumed_into_a_new_logdir_exports_with_the_original_clock",)),
+    # launching (2026-11-26, a review of the launchers and the CLI)
+    Mutant("logdir_refusal_on_rank_0_only", "training/recipes/imagenet.py",
+           "if refused := dist.broadcast_object(refused):", "if info.is_main and (refused := refused):",
+           ("tests/test_faults.py::test_a_refused_logdir_under_torchrun_is_one_line_and_blames_no_rank",)),
+    Mutant("fault_drill_that_never_fires", "training/dist.py", "if target >= world_size or epoch >= num_epochs:",
+           "if False:", ("tests/test_checkpoint.py::test_fault_drill_spec",)),
+    Mutant("data_given_twice_dropped", "training/train.py",
+           "if data_dirs and args.data is not None and args.data != data_dirs[0]:", "if False:",
+           (NEWCOMER + "test_data_given_twice_is_refused",)),
+    Mutant("launch_checks_nothing_first", "launch/common.sh", '  [ -n "${LAUNCH_DRY_RUN:-}" ] && return 0',
+           "  return 0", ("tests/test_launch.py::test_a_bad_command_line_is_said_once_before_torchrun",)),
+    Mutant("nproc_ignores_visible_devices", "launch/local.sh", 'if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then',
+           "if false; then", ("tests/test_launch.py::test_visible_devices_set_the_process_count",)),
 ]
 
 

@@ -222,17 +222,23 @@ def test_human_log_keeps_one_run(tmp_path):
 
 
 def test_fault_drill_spec(monkeypatch):
+    group = {"world_size": 2, "num_epochs": 3}
     monkeypatch.delenv(dist.FAULT_ENV, raising=False)
-    assert dist.fault_injector(0, restarted=False) is None
+    assert dist.fault_injector(0, restarted=False, **group) is None
     for bad in ("kill", "kill:1:2", "explode:1:2:0", "kill:a:2:0", "kill:1:2:0:0"):
         monkeypatch.setenv(dist.FAULT_ENV, bad)
         with pytest.raises(ConfigError, match="expected kill|hang:EPOCH:STEP:RANK"):
-            dist.fault_injector(0, restarted=False)
+            dist.fault_injector(0, restarted=False, **group)
+    # a drill that could never fire would pass for a working restart
+    for never, why in (("kill:1:2:2", "no rank 2 in a group of 2"), ("kill:3:0:0", "no epoch 3 in a run of 3")):
+        monkeypatch.setenv(dist.FAULT_ENV, never)
+        with pytest.raises(ConfigError, match=why):
+            dist.fault_injector(0, restarted=False, **group)
     monkeypatch.setenv(dist.FAULT_ENV, "kill:1:2:1")
-    assert dist.fault_injector(0, restarted=False) is None  # another rank's fault
-    fire = dist.fault_injector(1, restarted=False)
+    assert dist.fault_injector(0, restarted=False, **group) is None  # another rank's fault
+    fire = dist.fault_injector(1, restarted=False, **group)
     fire(0, 2), fire(1, 1), fire(2, 2)  # not the step: nothing happens
-    assert dist.fault_injector(1, restarted=True) is None  # a restarted group runs clean
+    assert dist.fault_injector(1, restarted=True, **group) is None  # a restarted group runs clean
 
 
 def test_peer_failure_is_recognised_only_in_a_process_group():

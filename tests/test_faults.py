@@ -45,6 +45,19 @@ def torchrun(*args: str, nproc: int = 2, restarts: int = 0, env: dict | None = N
                       f"--max-restarts={restarts}", "training/train.py", *args], env, timeout)
 
 
+def test_a_refused_logdir_under_torchrun_is_one_line_and_blames_no_rank(data, tmp_path):
+    """Rank 0 alone checks the logdir; the others used to wait for it in a collective and report it
+    dead or hung (torchrun then named the healthy rank as the failure)."""
+    logdir = tmp_path / "run"
+    (logdir / "checkpoints").mkdir(parents=True)
+    (logdir / "config.yaml").write_text("recipe: imagenet\n")  # a logdir that holds a run
+    r = torchrun(str(data), *TINY, f"train.logdir={logdir}", timeout=120)
+    assert r.returncode != 0
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: logdir {logdir} already holds a run"), r.stderr[-3000:]
+    assert "dead or hung" not in r.stderr
+
+
 def final_checkpoint(logdir: Path) -> dict:
     return torch.load(sorted((logdir / "checkpoints").glob("epoch_*.pt"))[-1], weights_only=True)
 

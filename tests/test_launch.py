@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -14,12 +15,14 @@ from procs import run_bounded
 
 SCRIPTS = ["launch/local.sh", "launch/multinode.sh", "launch/slurm.sbatch"]
 TORCHRUN = ["python3", "-m", "torch.distributed.run"]
+TRAIN = f"{REPO}/training/train.py"  # the launchers do not cd: relative paths stay the caller's
 
 
 def launch(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("SLURM_", "NCCL_", "GLOO_", "TORCH_DISABLE_SHARE"))
-             and k not in ("NPROC", "NNODES", "NODE_RANK", "MASTER_ADDR", "RDZV_ENDPOINT", "CONFIG", "PYTHON")}
+             and k not in ("NPROC", "NNODES", "NODE_RANK", "MASTER_ADDR", "RDZV_ENDPOINT", "CONFIG", "PYTHON",
+                           "CUDA_VISIBLE_DEVICES")}
     return run_bounded(["bash", script, *args], cwd=REPO, timeout=30, env={**clean, "LAUNCH_DRY_RUN": "1", **env})
 
 
@@ -41,7 +44,7 @@ def test_shell_syntax(script):
 def test_local_one_machine_eight_gpus():
     exports, cmd = dry_run("launch/local.sh", "/data/imagenet", "--logdir", "runs/a b", NPROC="8")
     assert cmd == TORCHRUN + ["--standalone", "--nnodes=1", "--nproc_per_node=8", "--max-restarts=3",
-                              "training/train.py", "/data/imagenet", "--config", "configs/imagenet18/1x8.yaml",
+                              TRAIN, "/data/imagenet", "--config", f"{REPO}/configs/imagenet18/1x8.yaml",
                               "--logdir", "runs/a b"]
     assert exports == ["export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"]
 
@@ -62,7 +65,7 @@ def test_multinode_c10d(nnodes):
                            RDZV_ENDPOINT="node0:29400", RDZV_ID="job7")
     assert cmd == TORCHRUN + [f"--nnodes={nnodes}", "--nproc_per_node=8", "--max-restarts=3",
                               "--rdzv-backend=c10d", "--rdzv-endpoint=node0:29400", "--rdzv-id=job7",
-                              "training/train.py", "/data", "--config", f"configs/imagenet18/{nnodes}x8.yaml",
+                              TRAIN, "/data", "--config", f"{REPO}/configs/imagenet18/{nnodes}x8.yaml",
                               "--fp16"]
 
 
@@ -82,7 +85,7 @@ def test_slurm(nodes):
                     "bash", "launch/multinode.sh", "/data"]
     assert torchrun == TORCHRUN + [f"--nnodes={nodes}", "--nproc_per_node=8", "--max-restarts=3",
                                    "--rdzv-backend=c10d", "--rdzv-endpoint=gpu-a01:29400", "--rdzv-id=slurm-123",
-                                   "training/train.py", "/data", "--config", f"configs/imagenet18/{nodes}x8.yaml"]
+                                   TRAIN, "/data", "--config", f"{REPO}/configs/imagenet18/{nodes}x8.yaml"]
 
 
 def test_slurm_requeued_job_resumes():
@@ -97,7 +100,7 @@ def test_slurm_requeued_job_resumes():
     ("launch/multinode.sh", {"NNODES": "8"}, "usage:"),
     ("launch/local.sh", {"NPROC": "two", "DATA": "x"}, "NPROC=two: expected a positive integer"),
     ("launch/multinode.sh", {"NNODES": "3", "RDZV_ENDPOINT": "h:1", "DATA": "x"},
-     "no config configs/imagenet18/3x8.yaml"),
+     f"no config {REPO}/configs/imagenet18/3x8.yaml"),
     ("launch/multinode.sh", {"NNODES": "8", "DATA": "x"}, "set RDZV_ENDPOINT"),
     ("launch/multinode.sh", {"NNODES": "8", "NODE_RANK": "1", "DATA": "x"}, "needs MASTER_ADDR"),
     ("launch/slurm.sbatch", {"DATA": "x"}, "not inside a Slurm allocation"),
@@ -124,3 +127,34 @@ def test_gpu_pipeline_script_commands_parse():
             assert args.command == "pipeline" and args.json.startswith("runs/bench-pipeline/")
         else:
             assert argv[2:5] == ["python3", "-m", "pytest"] and (REPO / argv[-1]).is_file()
+
+
+def test_relative_paths_stay_the_callers(tmp_path):
+    """DATA, CONFIG and --logdir relative to where the launcher is run (it used to cd to the repo,
+    so `bash ~/fast/launch/local.sh data` looked for the repo's data/ and wrote the repo's runs/)."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\npwd > "$0.cwd"\nprintf "%s\\n" "$@" > "$0.args"\n')
+    fake.chmod(0o755)
+    (tmp_path / "my.yaml").write_text("phases: []\n")
+    r = run_bounded(["bash", str(REPO / "launch" / "local.sh"), "data", "--logdir", "runs/a"], cwd=tmp_path,
+                    timeout=30, env={**os.environ, "PYTHON": str(fake), "NPROC": "1", "CONFIG": "my.yaml"})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "python.cwd").read_text().strip() == str(tmp_path)
+    args = (tmp_path / "python.args").read_text().split("\n")
+    assert args[args.index(f"{REPO}/training/train.py"):-1] == [f"{REPO}/training/train.py", "data", "--config",
+                                                                "my.yaml", "--logdir", "runs/a"]
+
+
+def test_visible_devices_set_the_process_count():
+    _, cmd = dry_run("launch/local.sh", "/data", CUDA_VISIBLE_DEVICES="2,5")
+    assert "--nproc_per_node=2" in cmd
+
+
+@pytest.mark.parametrize("script,env", [("launch/local.sh", {"NPROC": "2"}),
+                                        ("launch/multinode.sh", {"NNODES": "1", "RDZV_ENDPOINT": "127.0.0.1:1"})])
+def test_a_bad_command_line_is_said_once_before_torchrun(tmp_path, script, env):
+    """Not by every rank of every restart attempt (4 attempts x 2 ranks, then torchrun's traceback)."""
+    r = run_bounded(["bash", script, str(tmp_path), "--workers", "-1"], cwd=REPO, timeout=60,
+                    env={**os.environ, "PYTHON": sys.executable, "CONFIG": "configs/tiny_cpu.yaml", **env})
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["error: --workers: config key 'data.workers': must be >= 0, got -1"]

@@ -400,3 +400,9 @@ def test_bench_project_notes_a_batch_size_mismatch(tmp_path, capsys):
                        "--throughput", str(tp)]) == 0
     assert "note: throughput measured at batch 256 per GPU, the config trains batch 8, 16 per GPU in some " \
            "phases" in capsys.readouterr().out
+
+
+def test_data_given_twice_is_refused(capsys):
+    """launch/cifar10.sh passes --data; a positional DATA after it used to be dropped silently."""
+    assert train.main(["/datasets/cifar10", "--data", "data", "--dry-run"]) == 2
+    assert capsys.readouterr().err == "error: DATA given twice: /datasets/cifar10 and --data data; give one\n"

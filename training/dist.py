@@ -241,7 +241,8 @@ def _silent_ranks(info: DistInfo, grace_s: float) -> list[int] | None:
         return None
 
 
-def fault_injector(rank: int, restarted: bool) -> Callable[[int, int], None] | None:
+def fault_injector(rank: int, restarted: bool, world_size: int,
+                   num_epochs: int) -> Callable[[int, int], None] | None:
     """The fault drill: FASTIMAGENET_FAULT="kill:EPOCH:STEP:RANK" (or "hang:...") makes RANK SIGKILL
     itself (or sleep forever) right after training step STEP of EPOCH, in the first attempt of a run
     only (``restarted``: Attempt.restarted, the group's view, so it fires once on several machines
@@ -254,6 +255,12 @@ def fault_injector(rank: int, restarted: bool) -> Callable[[int, int], None] | N
         from training.config import ConfigError
         raise ConfigError(f"{FAULT_ENV}={spec!r}: expected kill|hang:EPOCH:STEP:RANK")
     action, epoch, step, target = parts[0], int(parts[1]), int(parts[2]), int(parts[3])
+    # a drill that can never fire would pass for a restart path that works
+    if target >= world_size or epoch >= num_epochs:
+        from training.config import ConfigError
+        missing = f"rank {target} in a group of {world_size}" if target >= world_size else \
+            f"epoch {epoch} in a run of {num_epochs}"
+        raise ConfigError(f"{FAULT_ENV}={spec!r}: no {missing}")
     if rank != target:
         return None
 

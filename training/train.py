@@ -99,6 +99,8 @@ def resolve(argv: list[str]) -> tuple[argparse.Namespace, C.Config]:
     data_dirs = [a for a in args.args if not OVERRIDE.match(a)]
     if len(data_dirs) > 1:
         raise C.ConfigError(f"more than one DATA argument: {' '.join(data_dirs)}")
+    if data_dirs and args.data is not None and args.data != data_dirs[0]:
+        raise C.ConfigError(f"DATA given twice: {data_dirs[0]} and --data {args.data}; give one")
     if data_dirs:
         overrides.append((["data", "dir"], data_dirs[0]))
     for flag, (path, value) in SWITCHES.items():
@@ -197,7 +199,11 @@ def run(cfg: C.Config) -> int:
         else:
             from training.recipes import imagenet as recipe
         return recipe.main(cfg)
-    except (DataError, CheckpointError, PhaseError, C.ConfigError) as e:
+    except C.ConfigError as e:  # a function of the command line, the same on every rank: said once
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (DataError, CheckpointError, PhaseError) as e:
         rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
         print(f"error: {rank}{e}", file=sys.stderr)  # may differ per rank (its shard, its disk)
         return 2

@@ -166,9 +166,16 @@ def main(cfg: Config) -> int:
     progress: dict = {}  # _train puts its TrainState here, for the failure message
     try:
         attempt = dist.group_attempt(info, cfg.train.logdir)  # a collective: every rank, once
+        refused = None
         if info.is_main and not cfg.train.evaluate:  # evaluating writes nothing
-            check_fresh(cfg, attempt)
-            created = check_logdir(cfg.train.logdir)
+            try:
+                check_fresh(cfg, attempt)
+                created = check_logdir(cfg.train.logdir)
+            except ConfigError as e:
+                refused = str(e)
+        # every rank stops on rank 0's refusal, rather than wait for it in a collective and be blamed
+        if refused := dist.broadcast_object(refused):
+            raise ConfigError(refused)
         return _train(cfg, schedule, info, progress, attempt, launched)
     except Exception as e:
         for d in created:  # deepest first; only while still empty: bad input leaves no partial output
@@ -209,7 +216,8 @@ def _trim_human_log(logdir: str, keep_before: int | None) -> None:
 
 def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict, attempt: dist.Attempt,
            launched: float) -> int:
-    fault = dist.fault_injector(info.rank, attempt.restarted)  # docs/OPERATIONS.md's drill; None unless asked
+    # docs/OPERATIONS.md's drill; None unless asked
+    fault = dist.fault_injector(info.rank, attempt.restarted, info.world_size, schedule.num_epochs)
     resume = find_resume(cfg, attempt.restarted)
     ckpt = load_resume(resume, cfg, info)
     start_epoch = ckpt["epoch"] if ckpt else 0
