@@ -41,6 +41,9 @@ MAX_RESTARTS=${MAX_RESTARTS:-3}
 for v in NNODES NPROC_PER_NODE MAX_RESTARTS; do
   case "${!v}" in ''|*[!0-9]*) echo "error: $v=${!v}: expected an integer" >&2; exit 2 ;; esac
 done
+for v in NNODES NPROC_PER_NODE; do
+  [ "${!v}" -gt 0 ] || { echo "error: $v=${!v}: expected a positive integer" >&2; exit 2; }
+done
 CONFIG=${CONFIG:-$ROOT/configs/imagenet18/${NNODES}x8.yaml}
 if [ ! -f "$CONFIG" ]; then
   echo "error: no config $CONFIG (imagenet18 schedules: $(cd "$ROOT/configs/imagenet18" && echo *.yaml)); set CONFIG" >&2

@@ -241,6 +241,15 @@ def test_fault_drill_spec(monkeypatch):
     assert dist.fault_injector(1, restarted=True, **group) is None  # a restarted group runs clean
 
 
+def test_a_rank_beyond_the_visible_gpus_is_one_line(monkeypatch):
+    """8 processes on a machine where CUDA_VISIBLE_DEVICES shows 2 GPUs: ranks 2-7 used to crash in
+    torch.cuda.set_device with a traceback."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match="local rank 3 has no GPU: 2 visible"):
+        dist.pick_device("auto", 3)
+
+
 def test_peer_failure_is_recognised_only_in_a_process_group():
     err = RuntimeError("[../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv")
     assert not dist.is_peer_failure(err)  # no process group here: an ordinary error

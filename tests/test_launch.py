@@ -102,6 +102,8 @@ def test_slurm_requeued_job_resumes():
     ("launch/multinode.sh", {"NNODES": "3", "RDZV_ENDPOINT": "h:1", "DATA": "x"},
      f"no config {REPO}/configs/imagenet18/3x8.yaml"),
     ("launch/multinode.sh", {"NNODES": "8", "DATA": "x"}, "set RDZV_ENDPOINT"),
+    ("launch/multinode.sh", {"NNODES": "2", "NPROC_PER_NODE": "0", "RDZV_ENDPOINT": "h:1", "DATA": "x"},
+     "NPROC_PER_NODE=0: expected a positive integer"),
     ("launch/multinode.sh", {"NNODES": "8", "NODE_RANK": "1", "DATA": "x"}, "needs MASTER_ADDR"),
     ("launch/slurm.sbatch", {"DATA": "x"}, "not inside a Slurm allocation"),
 ])

@@ -44,6 +44,9 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is visible (train.device=auto or cpu runs on the CPU)")
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible "
+                          "(start at most that many processes per machine: NPROC, --nproc_per_node)")
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
 
