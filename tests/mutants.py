@@ -207,6 +207,9 @@ MUTANTS = [
            "  return 0", ("tests/test_launch.py::test_a_bad_command_line_is_said_once_before_torchrun",)),
     Mutant("nproc_ignores_visible_devices", "launch/local.sh", 'if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then',
            "if false; then", ("tests/test_launch.py::test_visible_devices_set_the_process_count",)),
+    Mutant("slurm_requeue_rolls_back_to_its_resume_path", "training/dist.py",
+           '("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT")', '("TORCHELASTIC_RESTART_COUNT",)',
+           (NEWCOMER + "test_a_requeued_slurm_job_continues_the_logdir_not_its_first_resume_path",)),
 ]
 
 

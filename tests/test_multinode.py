@@ -19,7 +19,7 @@ from training import dist, train
 
 ARGS = ["data.workers=0", "train.print_freq=1"]
 TINY = ["--config", str(REPO / "configs" / "tiny_cpu.yaml"), *ARGS]
-TORCHRUN_ENV = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT")
+TORCHRUN_ENV = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT")
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +121,10 @@ def test_any_ranks_restart_count_makes_it_a_restart(tmp_path, monkeypatch, not_u
     assert not (tmp_path / dist.ATTEMPT_FILE).exists()  # nothing to note outside torchrun
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
     assert dist.group_attempt(info, str(tmp_path)).restarted
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")  # a requeued Slurm job: the same run again
+    assert dist.group_attempt(info, str(tmp_path)).restarted
+    monkeypatch.delenv("SLURM_RESTART_COUNT")
     # Rank 0's agent restarted its worker for the membership change only; rank 1's counted the failure.
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
     monkeypatch.setattr(dist, "gather_objects", lambda mine: [mine, (1, "", [])])

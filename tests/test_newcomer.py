@@ -165,6 +165,19 @@ def test_resuming_an_older_checkpoint_sets_the_later_ones_aside(data, tmp_path, 
     assert sorted(p.name for p in ckpts.glob("epoch_*.pt")) == ["epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt"]
 
 
+def test_a_requeued_slurm_job_continues_the_logdir_not_its_first_resume_path(data, tmp_path, capsys, monkeypatch):
+    """Submitted with --resume PATH (an older run's checkpoint), requeued after epoch 2: it must go on
+    from epoch 2, not roll back to PATH again (and set the newer checkpoints aside)."""
+    logdir = tmp_path / "run"
+    assert train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=2"]) == 0
+    first = logdir / "checkpoints" / "epoch_0001.pt"
+    capsys.readouterr()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert train.main([str(data), *TINY, f"train.logdir={logdir}", "--resume", str(first)]) == 0
+    err = capsys.readouterr().err
+    assert f"resuming from {logdir / 'checkpoints' / 'epoch_0002.pt'}" in err and "superseded" not in err
+
+
 def test_resume_auto_without_a_checkpoint_starts_the_run_over(data, tmp_path, capsys):
     """A requeued job preempted before its first checkpoint: one run, one train.log header."""
     logdir = tmp_path / "run"

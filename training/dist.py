@@ -139,8 +139,11 @@ class Attempt:
 
 def restart_count() -> int:
     """How often this machine's torchrun agent has restarted its workers after a failure (0: the
-    first attempt, or not under torchrun). Per machine: see group_attempt."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    first attempt, or not under torchrun), plus how often Slurm requeued the job: a requeued job
+    runs the same run again, so it resumes the logdir's newest checkpoint even when the job was
+    first submitted with --resume PATH (which would roll it back). Per machine: see group_attempt."""
+    counts = (os.environ.get(v, "0") for v in ("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT"))
+    return sum(int(c) if c.isdigit() else 0 for c in counts)
 
 
 def agent_id() -> str:
