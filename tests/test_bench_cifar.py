@@ -189,7 +189,7 @@ def test_a_failing_row_is_reported_and_the_others_go_on(data, tmp_path, monkeypa
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert errors == ["error: airbench94 failed in warm-up: AssertionError: Torch not compiled with CUDA enabled",
                       "error: broken failed in round 0: NonFiniteLoss: non-finite loss at epoch 0 step 1; stopping "
-                      "(the last good checkpoint is kept; train.nonfinite=skip skips such steps)"]
+                      "(train.nonfinite=skip skips such steps)"]
     assert os.getcwd() == cwd
     doc = json.loads(out.read_text())
     assert list(doc["variants"]) == ["base"] and len(doc["variants"]["base"]["runs"]) == 2

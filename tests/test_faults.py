@@ -171,8 +171,8 @@ def test_nonfinite_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_chec
     rc = train.main([str(data), *TINY, f"train.logdir={logdir}", "--phases", NAN_AT_EPOCH_1])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
     assert rc == 1
-    assert err == ["error: non-finite loss at epoch 1 step 1; stopping (the last good checkpoint is kept; "
-                   "train.nonfinite=skip skips such steps)"]
+    assert err == ["error: non-finite loss at epoch 1 step 1; stopping (train.nonfinite=skip skips such steps); "
+                   "the last good checkpoint is kept"]
     assert [p.name for p in (logdir / "checkpoints").iterdir()] == ["epoch_0001.pt"]
     assert final_checkpoint(logdir)["epoch"] == 1
 

@@ -269,7 +269,7 @@ def _check_finite(losses: torch.Tensor | None, done: int, epoch: int) -> None:
     bad = int(dist.all_reduce_min(first.reshape(1)).item())
     if bad != never:
         raise NonFiniteLoss(f"non-finite loss at epoch {epoch} step {bad}; stopping "
-                            "(the last good checkpoint is kept; train.nonfinite=skip skips such steps)")
+                            "(train.nonfinite=skip skips such steps)")
 
 
 def _log_train(state: TrainState, ctx: RunContext, logits, labels, loss: float, lr: float, ips: float,

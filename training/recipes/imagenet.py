@@ -185,7 +185,7 @@ def main(cfg: Config) -> int:
                 break
         if isinstance(e, loop.NonFiniteLoss):
             if info.is_main:
-                print(f"error: {e}", file=sys.stderr, flush=True)
+                print(f"error: {e}; the last good checkpoint is kept", file=sys.stderr, flush=True)
             return 1
         if dist.is_peer_failure(e):
             st = progress.get("state")
