@@ -210,6 +210,12 @@ MUTANTS = [
     Mutant("slurm_requeue_rolls_back_to_its_resume_path", "training/dist.py",
            '("TORCHELASTIC_RESTART_COUNT", "SLURM_RESTART_COUNT")', '("TORCHELASTIC_RESTART_COUNT",)',
            (NEWCOMER + "test_a_requeued_slurm_job_continues_the_logdir_not_its_first_resume_path",)),
+    Mutant("projection_compiles_once_per_phase", "training/bench/project.py", "        compiled |= new_shapes",
+           "        compiled = set()", ("tests/test_projection.py::test_a_warm_up_per_new_batch_shape",)),
+    Mutant("projection_evaluates_evenly", "training/bench/project.py",
+           "busiest = min(math.ceil(math.ceil(num_val / vb) / gpus) * vb, num_val)",
+           "busiest = math.ceil(num_val / gpus)",
+           ("tests/test_projection.py::test_evaluation_takes_as_long_as_its_busiest_rank",)),
 ]
 
 

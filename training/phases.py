@@ -116,14 +116,21 @@ class Schedule:
         """Distinct (per-rank batch, image size) pairs of the training batches, in order of first
         use: each phase's full batch and the partial last batch of an epoch that runs to its end
         (ceil(N / world) mod bs). A model compiled with static shapes needs one graph per pair."""
-        per_rank = math.ceil(num_images / world_size)
         shapes: dict[tuple[int, int], None] = {}  # an ordered set
         for row in self.plan(num_images, world_size):
-            full = self.batches_per_epoch(row.epoch, num_images, world_size)
-            shapes.setdefault((min(row.batch_size, per_rank), row.size))
-            if row.iters == full:
-                shapes.setdefault((per_rank - (full - 1) * row.batch_size, row.size))
+            shapes.update(dict.fromkeys(self.epoch_shapes(row, num_images, world_size)))
         return list(shapes)
+
+    def epoch_shapes(self, row: EpochPlan, num_images: int, world_size: int = 1) -> list[tuple[int, int]]:
+        """(per-rank batch, image size) of the batches of the epoch ``row`` plans: its full batch and,
+        when it runs to its end, the partial last one (ceil(N / world) mod bs)."""
+        per_rank = math.ceil(num_images / world_size)
+        shapes = [(min(row.batch_size, per_rank), row.size)]
+        full = self.batches_per_epoch(row.epoch, num_images, world_size)
+        last = per_rank - (full - 1) * row.batch_size
+        if row.iters == full and (last, row.size) != shapes[0]:
+            shapes.append((last, row.size))
+        return shapes
 
     def plan(self, num_images: int, world_size: int = 1, drop_last: bool = False,
              val_batch: int = 0) -> list[EpochPlan]:

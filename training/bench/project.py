@@ -170,10 +170,13 @@ def project(schedule: Schedule, tp: Throughput, gpus: int, efficiency: float,
         raise ProjectionError(f"--checkpoint-s must be >= 0 (seconds per epoch), got {checkpoint_s}")
     plan = schedule.plan(num_train, gpus, val_batch=val_batch)
     rows = []
+    compiled: set[tuple[int, int]] = set()  # static graphs: one compile (a warm-up) per new batch shape
     for index, phase in enumerate(schedule.data_phases):
         epochs = [p for p in plan if schedule.data_phase_index(p.epoch) == index]
         if not epochs:
             continue
+        new_shapes = {s for p in epochs for s in schedule.epoch_shapes(p, num_train, gpus)} - compiled
+        compiled |= new_shapes
         rate = rate_at(tp, phase.size)
         evals = sum(1 for p in epochs if p.epoch + 1 == schedule.num_epochs
                     or (eval_every and (p.epoch + 1) % eval_every == 0))
@@ -184,7 +187,7 @@ def project(schedule: Schedule, tp: Throughput, gpus: int, efficiency: float,
             phase=index, first_epoch=epochs[0].epoch, last_epoch=epochs[-1].epoch, size=phase.size,
             batch_size=phase.batch_size, images=per_rank * gpus, rate=rate,
             train_s=per_rank / (rate.train_img_s * efficiency),
-            eval_s=evals * busiest / rate.eval_img_s, evals=evals, warmup_s=rate.warmup_s,
+            eval_s=evals * busiest / rate.eval_img_s, evals=evals, warmup_s=len(new_shapes) * rate.warmup_s,
             checkpoint_s=len(epochs) * checkpoint_s))
     return Projection(rows, gpus, efficiency, num_train, num_val, eval_every, tp, checkpoint_s)
 
