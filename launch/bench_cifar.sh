@@ -52,22 +52,24 @@ VARIANTS=(
   "airbench_exact=cifar.whiten_bias_lr_scale=1 cifar.lookahead_epoch_end=false"
 )
 
-extra=()
+# add_named MODE NAME: append the variant called NAME to variants (default is always there)
+add_named() {
+  [ "$2" = default ] && return 0
+  for v in "${VARIANTS[@]}"; do [ "${v%%=*}" = "$2" ] && { variants+=("$v"); return 0; }; done
+  echo "$1: no variant named $2" >&2
+  exit 2
+}
+
+extra=() variants=("default=")
 case "${1:-}" in
   compare) variants=("${VARIANTS[@]}"); runs=50 ;;
   trace)
-    variants=("default=") extra=(--trace "$OUT/trace")
-    for name in "${@:2}"; do
-      found=
-      for v in "${VARIANTS[@]}"; do [ "${v%%=*}" = "$name" ] && [ "$name" != default ] && variants+=("$v") found=1; done
-      [ -n "$found" ] || [ "$name" = default ] || { echo "trace: no variant named $name" >&2; exit 2; }
-    done
+    extra=(--trace "$OUT/trace")
+    for name in "${@:2}"; do add_named trace "$name"; done
     runs=1 ;;
   headline)
     [ $# -eq 2 ] || { echo "usage: bash launch/bench_cifar.sh headline NAME" >&2; exit 2; }
-    variants=("default=")
-    for v in "${VARIANTS[@]}"; do [ "${v%%=*}" = "$2" ] && [ "$2" != default ] && variants+=("$v"); done
-    [ "$2" = default ] || [ ${#variants[@]} -eq 2 ] || { echo "headline: no variant named $2" >&2; exit 2; }
+    add_named headline "$2"
     runs=100 ;;
   *) echo "usage: bash launch/bench_cifar.sh compare | headline NAME | trace [NAME...]" >&2; exit 2 ;;
 esac

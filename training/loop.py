@@ -195,9 +195,9 @@ def train_epoch(state: TrainState, loader: Loader, hooks: Hooks, ctx: RunContext
     state.model.train()
     timer = timer or StageTimer(False, device)
     # device-side NaN watch: each step's loss is copied into this buffer (one kernel, no sync) and
-    # the buffer is searched for the first non-finite one only when the host syncs anyway
-    losses = torch.empty(iters, device=device) if ctx.nonfinite == "stop" else None
-    done = 0  # steps run so far
+    # the buffer is searched for the first non-finite one only when the host syncs anyway; the
+    # steps not run yet hold 0, which is finite
+    losses = torch.zeros(iters, device=device) if ctx.nonfinite == "stop" else None
     t_log, images_since_log = time.time(), 0
     for i, (images, labels) in enumerate(loader):
         if i >= iters:
@@ -237,19 +237,18 @@ def train_epoch(state: TrainState, loader: Loader, hooks: Hooks, ctx: RunContext
                                 f"{time.perf_counter() - t_first:.2f} s (compile warm-up included; once per shape)")
         if losses is not None:
             losses[i] = loss.detach()
-            done = i + 1
         batch = labels.shape[0]
         state.step += batch * ctx.dist.world_size
         images_since_log += batch
         if (i + 1) % ctx.print_freq == 0 or i + 1 == iters:
-            _check_finite(losses, done, epoch)
+            _check_finite(losses, epoch)
             now = time.time()
             ips = images_since_log / max(now - t_log, 1e-9)
             t_log, images_since_log = now, 0
             mean_loss = loss.item() / (batch if hooks.loss_is_sum else 1)
             _log_train(state, ctx, logits, labels, mean_loss, lr, ips, epoch, i, iters)
     timer.mark("data wait")  # the fetch that ended the loop
-    _check_finite(losses, done, epoch)
+    _check_finite(losses, epoch)
 
 
 def _sync(device: torch.device) -> None:
@@ -257,15 +256,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _check_finite(losses: torch.Tensor | None, done: int, epoch: int) -> None:
-    """All ranks stop together, at the earliest bad step of any rank (one tiny all-reduce) among
-    the ``done`` first losses; nothing to check when non-finite steps are skipped instead."""
+def _check_finite(losses: torch.Tensor | None, epoch: int) -> None:
+    """All ranks stop together, at the earliest bad step of any rank (one tiny all-reduce); nothing
+    to check when non-finite steps are skipped instead."""
     if losses is None:
         return
     never = torch.iinfo(torch.long).max
-    bad_steps = ~torch.isfinite(losses[:done])
-    first = bad_steps.int().argmax() if done else torch.zeros((), dtype=torch.long, device=losses.device)
-    first = torch.where(bad_steps.any(), first, never)  # argmax: the first of several maxima
+    steps = torch.arange(len(losses), device=losses.device)
+    first = torch.where(torch.isfinite(losses), never, steps).min()
     bad = int(dist.all_reduce_min(first.reshape(1)).item())
     if bad != never:
         raise NonFiniteLoss(f"non-finite loss at epoch {epoch} step {bad}; stopping "

@@ -149,7 +149,7 @@ class Schedule:
             built = loader_phase(self.data_phases, epoch)
             rows.append(EpochPlan(
                 epoch=epoch, size=ph.size, batch_size=ph.batch_size,
-                val_batch_size=val_batch or val_batch_size(built.size, built.batch_size), iters=iters,
+                val_batch_size=val_batch_size(built.size, built.batch_size, val_batch), iters=iters,
                 lr_first=self.lr(epoch, 0, full), lr_last=self.lr(epoch, iters - 1, full),
                 min_scale=ph.min_scale, rect_val=ph.rect_val,
                 train_dir=ph.train_dir, val_dir=ph.val_dir))
@@ -162,11 +162,11 @@ def loader_phase(data_phases: Sequence[DataPhase], epoch: int) -> DataPhase:
     return [p for p in data_phases if p.start <= epoch and not p.keep_dl][-1]
 
 
-def val_batch_size(size: int, batch_size: int) -> int:
-    """imagenet18's per-rank validation batch for a data phase of image ``size`` and training
-    ``batch_size``: larger batches where the images are small, which also evaluates faster
-    (train_imagenet_nv.py, DataManager.preload_data)."""
-    return max(batch_size, {128: 512, 224: 256}.get(size, 128))
+def val_batch_size(size: int, batch_size: int, override: int = 0) -> int:
+    """The per-rank validation batch for a data phase of image ``size`` and training ``batch_size``:
+    ``override`` (data.val_batch_size) when set, else imagenet18's rule, larger batches where the
+    images are small, which also evaluates faster (train_imagenet_nv.py, DataManager.preload_data)."""
+    return override or max(batch_size, {128: 512, 224: 256}.get(size, 128))
 
 
 def _last_started(phases: Sequence[Any], epoch: float) -> Any:

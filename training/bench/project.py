@@ -24,6 +24,7 @@ import sys
 from dataclasses import dataclass
 
 from training.cli import nonnegative_int, positive_int
+from training.data.rectval import val_batches
 from training.phases import Schedule
 
 IMAGENET_TRAIN = 1_281_167  # images in ImageNet-1k train
@@ -181,8 +182,9 @@ def project(schedule: Schedule, tp: Throughput, gpus: int, efficiency: float,
         evals = sum(1 for p in epochs if p.epoch + 1 == schedule.num_epochs
                     or (eval_every and (p.epoch + 1) % eval_every == 0))
         per_rank = sum(p.iters * p.batch_size for p in epochs)  # every rank runs the same steps
-        vb = epochs[0].val_batch_size
-        busiest = min(math.ceil(math.ceil(num_val / vb) / gpus) * vb, num_val)
+        # rank 0 holds the first (and a full) block of whole batches: the busiest
+        busiest = sum(len(b.indices) for b in val_batches([(1, 1)] * num_val, epochs[0].val_batch_size,
+                                                            phase.size, 0, gpus, rect=False))
         rows.append(PhaseRow(
             phase=index, first_epoch=epochs[0].epoch, last_epoch=epochs[-1].epoch, size=phase.size,
             batch_size=phase.batch_size, images=per_rank * gpus, rate=rate,

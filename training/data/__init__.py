@@ -154,7 +154,7 @@ class PhaseLoaders:
 
     def val_spec(self, spec: LoaderSpec) -> LoaderSpec:
         """``spec`` with its phase's batch size replaced by the validation batch."""
-        bs = self.val_batch_size or val_batch_size(spec.phase.size, spec.phase.batch_size)
+        bs = val_batch_size(spec.phase.size, spec.phase.batch_size, self.val_batch_size)
         return replace(spec, phase=replace(spec.phase, batch_size=bs))
 
     def close(self) -> None:

@@ -51,19 +51,16 @@ def check_data_root(root: str, schedule: Schedule, loader: str) -> None:
         check_same_classes(first, classes, val, find_classes(val))
 
 
-RESUME_CHECKED = ("model", "optim", "train.seed", "train.precision")  # what changes the training itself
+RESUME_CHECKED = ("model.", "optim.", "train.seed", "train.precision")  # what changes the training itself
 
 
 def changed_settings(saved: dict, now: dict) -> list[str]:
     """'key old -> new' for each setting in RESUME_CHECKED that differs between a checkpoint's
     config and this run's (a changed seed or weight decay on resume is legal but should be seen)."""
-    out = []
-    for key in RESUME_CHECKED:
-        section, _, name = key.partition(".")
-        pairs = [(name, saved.get(section, {}).get(name), now[section].get(name))] if name else \
-            [(k, saved.get(section, {}).get(k), v) for k, v in now[section].items()]
-        out += [f"{section}.{k} {old} -> {new}" for k, old, new in pairs if old is not None and old != new]
-    return out
+    def flat(cfg: dict) -> dict:
+        return {f"{s}.{k}": v for s, section in cfg.items() if isinstance(section, dict) for k, v in section.items()}
+    old, new = flat(saved), flat(now)
+    return [f"{k} {old[k]} -> {v}" for k, v in new.items() if k.startswith(RESUME_CHECKED) and k in old and old[k] != v]
 
 
 def find_resume(cfg: Config, restarted: bool) -> str:
