@@ -154,6 +154,23 @@ def test_tta_views_and_weights():
     assert torch.allclose(tta2[:, 0], 0.5 * tta1[:, 0] + 0.25 * up_left + 0.25 * down_right)
 
 
+def test_plain_accuracy_breaks_ties_as_the_tta_accuracy():
+    """At tta_level 0 the two accuracies are one number, even where half-precision logits tie
+    (argmax takes the first of tied classes, topk another)."""
+    class Tied(nn.Module):
+        def forward(self, x):
+            logits = torch.zeros(len(x), 10)
+            logits[:, [3, 7]] = 1.0
+            return logits
+    model = Tied()
+    extra: dict = {}
+    evaluate = R.make_evaluate(model, model, torch.device("cpu"), "fp32", 0, extra)
+    labels = torch.tensor([3, 7, 7, 1])
+    result = evaluate(model, [(torch.zeros(4, 3, 32, 32), labels)])
+    assert result.top1 == extra["accuracy_no_tta"]
+    assert result.top1 in (25.0, 50.0) and result.top5 == 75.0
+
+
 def test_muon_orthogonalizes_and_its_sgd_groups_match_torch_sgd():
     from training.muon import Muon, orthogonalize
     torch.manual_seed(0)

@@ -81,7 +81,7 @@ TRAIN_CASES = [
      f"--results {TINY}/r.json: cannot be written ({TINY} is not a writable directory)"),
     (["--config", CIFAR, "cifar.download=false", "--results", "."], "--results .: is a directory"),
     (["--config", CIFAR, "--dry-run", "--num-train-images", "100"],
-     "epoch 0: batch size 256 is more than the 100 images per process, and a partial batch is dropped"),
+     "epoch 0: batch size 512 is more than the 100 images per process, and a partial batch is dropped"),
     # values torch would reject at the first step (a traceback and a half-written logdir) or use quietly
     (["--config", TINY, "optim.label_smoothing=1.5"], "config key 'optim.label_smoothing': must be in 0..1, got 1.5"),
     (["--config", TINY, "optim.momentum=.nan"], "config key 'optim.momentum': must be a finite number, got nan"),
@@ -154,7 +154,7 @@ def test_cifar_batch_larger_than_the_data_trains_nothing_and_says_so(workdir, ca
     from test_bench_cifar import write_cifar10
     data = write_cifar10(workdir.parent / "small", n_train=100, n_test=20)
     rc = call(train.main, ["--config", CIFAR, "--data", str(data), "cifar.download=false"])
-    assert_refused(rc, capsys.readouterr().err, "phases: batch size 256 at epoch 0 is more than the 100 training "
+    assert_refused(rc, capsys.readouterr().err, "phases: batch size 512 at epoch 0 is more than the 100 training "
                    "images (cifar.drop_last drops it whole)", workdir)
 
 

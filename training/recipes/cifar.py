@@ -253,9 +253,9 @@ def make_evaluate(forward: nn.Module, raw: nn.Module, device: torch.device, prec
                 logits, plain = tta_logits(net, images, level, channels_last)
                 logits, plain = logits.float(), plain.float()
                 c1, c5 = loop.topk_correct(logits, labels)
+                p1 = loop.topk_correct(plain, labels)[0]  # the same tie-break as c1 (argmax breaks ties otherwise)
                 sums += torch.stack([c1.double(), c5.double(),
-                                     F.cross_entropy(logits, labels, reduction="sum").double(),
-                                     (plain.argmax(1) == labels).sum().double()])
+                                     F.cross_entropy(logits, labels, reduction="sum").double(), p1.double()])
                 n += labels.shape[0]
         net.train(was_training)
         c1, c5, loss, p1 = sums.tolist()
