@@ -27,11 +27,12 @@ network_env() {
   export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 }
 
-# Check train.py's command line once, before torchrun (no torch import: under a second): a config
-# error would otherwise be said by every rank and restart the group MAX_RESTARTS times.
+# Check train.py's command line once, before torchrun (train.py --check: the schedule, the recipe's
+# settings and --arch, with no data or devices; a few seconds, torch's import): an error there would
+# otherwise be said by every rank and restart the group MAX_RESTARTS times.
 check_args() {
   [ -n "${LAUNCH_DRY_RUN:-}" ] && return 0
-  "$PYTHON" "$ROOT/training/train.py" "$@" --print-config > /dev/null || exit $?
+  "$PYTHON" "$ROOT/training/train.py" "$@" --check || exit $?
 }
 
 # Run the assembled command, or print it under LAUNCH_DRY_RUN=1.

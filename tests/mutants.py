@@ -216,6 +216,14 @@ MUTANTS = [
     Mutant("projection_evaluates_evenly", "training/bench/project.py",
            "phase.size, 0, gpus, rect=False))", "phase.size, 0, 1, rect=False)) / gpus",
            ("tests/test_projection.py::test_evaluation_takes_as_long_as_its_busiest_rank",)),
+    Mutant("launch_checks_only_the_config_types", "launch/common.sh", '"$@" --check || exit $?',
+           '"$@" --print-config > /dev/null || exit $?',
+           ("tests/test_launch.py::test_a_bad_command_line_is_said_once_before_torchrun",)),
+    Mutant("check_skips_the_arch", "training/recipes/imagenet.py", "    resnet.check_arch(cfg.model.arch)",
+           "    pass", (CLI + "test_train_bad_command_line",)),
+    Mutant("cifar_plain_accuracy_by_argmax", "training/recipes/cifar.py", "p1 = loop.topk_correct(plain, labels)[0]",
+           "p1 = (plain.argmax(1) == labels).sum()",
+           ("tests/test_cifar_recipe.py::test_plain_accuracy_breaks_ties_as_the_tta_accuracy",)),
 ]
 
 

@@ -96,7 +96,19 @@ TRAIN_CASES = [
      "Exceeds the limit (4300 digits) for integer string conversion"),
     (["--config", CIFAR, "cifar.label_smoothing=1.5"], "cifar.label_smoothing must be in [0, 1], got 1.5"),
     (["--config", CIFAR, "cifar.whiten_eps=-1"], "cifar.whiten_eps must be > 0, got -1"),
+    # --check: what a run would refuse before it reads data, said without data or devices
+    (["--config", TINY, "--arch", "resnt50", "--check"], "unknown --arch 'resnt50': not a torchvision"),
+    (["--config", CIFAR, "cifar.tta_level=5", "--check"], "cifar.tta_level must be 0, 1 or 2, got 5"),
+    (["--config", TINY, "train.checkpoint_every=0", "--check"], "train.checkpoint_every must be >= 1"),
+    (["--config", CIFAR, "--profile-trace", "t"], "train.profile_trace (--profile-trace) is the imagenet recipe's"),
 ]
+
+
+@pytest.mark.parametrize("config", ["tiny_cpu.yaml", "cifar10_cpu.yaml", "cifar10.yaml", "imagenet18/8x8.yaml"])
+def test_check_passes_the_shipped_configs_silently(workdir, capsys, config):
+    assert call(train.main, ["/no/data", "--config", str(REPO / "configs" / config), "--check"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert not any(workdir.iterdir())  # nothing written
 
 
 @pytest.mark.parametrize("argv,message", TRAIN_CASES, ids=range(len(TRAIN_CASES)))

@@ -154,9 +154,14 @@ def test_visible_devices_set_the_process_count():
 
 @pytest.mark.parametrize("script,env", [("launch/local.sh", {"NPROC": "2"}),
                                         ("launch/multinode.sh", {"NNODES": "1", "RDZV_ENDPOINT": "127.0.0.1:1"})])
-def test_a_bad_command_line_is_said_once_before_torchrun(tmp_path, script, env):
+@pytest.mark.parametrize("bad,said", [
+    (["--workers", "-1"], "error: --workers: config key 'data.workers': must be >= 0, got -1"),
+    # a setting only the recipe checks (it needs torchvision's model list), not the config's types
+    (["--arch", "resnt50"], "error: unknown --arch 'resnt50': not a torchvision classification model"),
+])
+def test_a_bad_command_line_is_said_once_before_torchrun(tmp_path, script, env, bad, said):
     """Not by every rank of every restart attempt (4 attempts x 2 ranks, then torchrun's traceback)."""
-    r = run_bounded(["bash", script, str(tmp_path), "--workers", "-1"], cwd=REPO, timeout=60,
+    r = run_bounded(["bash", script, str(tmp_path), *bad], cwd=REPO, timeout=60,
                     env={**os.environ, "PYTHON": sys.executable, "CONFIG": "configs/tiny_cpu.yaml", **env})
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == ["error: --workers: config key 'data.workers': must be >= 0, got -1"]
+    assert r.stderr.strip().splitlines() == [said]

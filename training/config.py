@@ -65,8 +65,8 @@ class DataConfig:
 class TrainConfig:
     logdir: str = "runs/default"  # events, train.log, config.yaml, checkpoints/; a fresh run needs its own
     device: str = "auto"  # auto | cuda | cpu
-    precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast; fp16: + grad scaler) | auto (bf16 where native, else fp32)
-    channels_last: bool = True  # only applied on CUDA
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast; fp16 on imagenet: + grad scaler, cifar sums its loss instead) | auto (bf16 where native, else fp32)
+    channels_last: bool = True  # NHWC memory format (imagenet recipe: on CUDA only; cifar recipe: on every device)
     compile: bool = False  # torch.compile the model (imagenet recipe: on CUDA only, static shapes)
     seed: int = 0  # weights, data order and augmentation; 0..2**31-1
     resume: str = ""  # '' (a fresh run) | auto (the logdir's newest good checkpoint) | a checkpoint path
@@ -83,7 +83,7 @@ class TrainConfig:
     dist_timeout_s: int = 1800  # collective timeout before a hung rank fails the group, seconds
     print_freq: int = 50  # steps between progress lines (and host syncs for the loss)
     profile: bool = False  # per-stage time table each epoch
-    profile_trace: str = ""  # dir: torch.profiler trace of training steps 5-8, for TensorBoard; '' off
+    profile_trace: str = ""  # dir: torch.profiler trace of training steps 5-8, for TensorBoard (imagenet recipe); '' off
     max_epochs: int = 0  # >0: train at most this many more epochs in this invocation, then stop; 0: to the end
 
 
@@ -110,7 +110,7 @@ class CifarConfig:
     bn_frozen_weight: bool = True  # BatchNorm scale fixed at 1 (only the bias trains)
     bn_momentum: float = 0.6  # weight of the old running stats per step (PyTorch's momentum = 1 - this)
     bn_eps: float = 1e-12  # BatchNorm epsilon
-    head_scale: float = 0.1111111  # logits multiplier (1/9)
+    head_scale: float = 0.1111111  # logits multiplier (airbench94: 1/9)
     head_unit_std: bool = False  # head weight init rescaled to unit std (with Muon, head_scale = 1/width)
     half_weights: bool = False  # the net in train.precision's dtype, BN in fp32, no autocast (airbench94)
     pool: str = "native"  # native (max_pool2d) | reshape (amax over a reshaped view, masked-copy backward)

@@ -67,6 +67,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (every key, its value and meaning) as YAML and exit")
     p.add_argument("--dry-run", action="store_true", help="print the per-epoch plan as JSON lines and exit")
+    p.add_argument("--check", action="store_true",
+                   help="check the command line as a run would (schedule, the recipe's settings, --arch; no "
+                        "data or devices needed) and exit: 0, or one error line and 2. The launch scripts run "
+                        "it once before torchrun")
     p.add_argument("--num-train-images", type=positive_int,
                    help="images per epoch for --dry-run / --plot-schedule (default: the recipe's data set, "
                         f"{TRAIN_IMAGES['imagenet']:,} for imagenet, {TRAIN_IMAGES['cifar']:,} for cifar; "
@@ -148,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
             print(C.annotated(cfg), end="")
             sys.stdout.flush()
             return 0
+        if args.check:
+            recipe_module(cfg).check_config(cfg)
+            return 0
         schedule = parse_schedule(cfg.phases)
         if args.dry_run:
             cifar = cfg.recipe == "cifar"
@@ -189,16 +196,21 @@ def plot(schedule: Schedule, path: str, num_images: int, world_size: int) -> int
     return 0
 
 
+def recipe_module(cfg: C.Config):
+    """The recipe's module, imported only when needed (it imports torch: seconds), so --dry-run and
+    the config's own errors stay instant."""
+    if cfg.recipe == "cifar":
+        from training.recipes import cifar as recipe
+    else:
+        from training.recipes import imagenet as recipe
+    return recipe
+
+
 def run(cfg: C.Config) -> int:
-    """Import torch-heavy modules only now, so --dry-run and config errors stay instant."""
     from training.checkpoint import CheckpointError
     from training.data import DataError
     try:
-        if cfg.recipe == "cifar":
-            from training.recipes import cifar as recipe
-        else:
-            from training.recipes import imagenet as recipe
-        return recipe.main(cfg)
+        return recipe_module(cfg).main(cfg)
     except C.ConfigError as e:  # a function of the command line, the same on every rank: said once
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr)

@@ -276,6 +276,9 @@ def check_config(cfg: Config) -> Schedule:
                 raise ConfigError(f"{section}.{key} is not used by the cifar recipe (its settings are cifar.*)")
     if cfg.train.resume or cfg.train.evaluate:
         raise ConfigError("train.resume / train.evaluate: the cifar recipe keeps no checkpoints (a run is seconds)")
+    if cfg.train.profile_trace:
+        raise ConfigError("train.profile_trace (--profile-trace) is the imagenet recipe's; a cifar run's trace: "
+                          "python -m training.bench cifar --data DIR --config FILE --trace OUTDIR")
     c = cfg.cifar
     schedule = parse_schedule(cfg.phases)
     for ph in schedule.data_phases:

@@ -147,14 +147,21 @@ def run_metadata(cfg: Config, info: dist.DistInfo) -> dict:
             "host": platform.node(), "command": " ".join(sys.argv)}
 
 
+def check_config(cfg: Config) -> Schedule:
+    """What the command line alone can get wrong (no data, no devices needed): the schedule, the
+    architecture's name, the checkpoint cadence."""
+    schedule = parse_schedule(cfg.phases)
+    resnet.check_arch(cfg.model.arch)
+    checkpoint.check_cadence(cfg.train.checkpoint_every, cfg.train.checkpoint_min_interval_s)
+    return schedule
+
+
 def main(cfg: Config) -> int:
     # A fresh run's clock (the `first` event, DAWNBench hours) starts here, before the data is indexed
     # and the model built, as imagenet18's did (it logged `first` before any of its set-up).
     launched = time.time()
-    schedule = parse_schedule(cfg.phases)
-    resnet.check_arch(cfg.model.arch)  # before anything is printed, indexed or created
+    schedule = check_config(cfg)  # before anything is printed, indexed or created
     check_data_root(cfg.data.dir, schedule, cfg.data.loader)
-    checkpoint.check_cadence(cfg.train.checkpoint_every, cfg.train.checkpoint_min_interval_s)
     info = dist.setup(cfg.train.device, cfg.train.dist_timeout_s)
     cfg.train.precision = loop.resolve_precision(info.device, cfg.train.precision)  # config.yaml says what ran
     if info.is_main and (warning := loop.precision_warning(info.device, cfg.train.precision)):
