@@ -224,6 +224,8 @@ MUTANTS = [
     Mutant("cifar_plain_accuracy_by_argmax", "training/recipes/cifar.py", "p1 = loop.topk_correct(plain, labels)[0]",
            "p1 = (plain.argmax(1) == labels).sum()",
            ("tests/test_cifar_recipe.py::test_plain_accuracy_breaks_ties_as_the_tta_accuracy",)),
+    Mutant("yaml_1_1_numbers", "training/bounded.py", "return yaml.load(text, Loader=_Loader)",
+           "return yaml.safe_load(text)", (NEWCOMER + "test_numbers_read_as_python_reads_them",)),
 ]
 
 

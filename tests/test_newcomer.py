@@ -335,6 +335,21 @@ def test_every_flag_says_what_it_means_and_its_default():
     assert "(data.workers; default 8)" in helps["workers"]
 
 
+def test_numbers_read_as_python_reads_them(tmp_path):
+    """The README's own override example, and exponent floats in a config file and a YAML schedule
+    (PyYAML's YAML 1.1 read 5e-5 as text, refused as 'expected float')."""
+    (tmp_path / "c.yaml").write_text("optim:\n  weight_decay: 1e-4\n  momentum: .9\n"
+                                     "phases:\n  - {ep: 0, sz: 32, bs: 8}\n  - {ep: [0, 2], lr: [2.5e-2, 1E-3]}\n")
+    _, cfg = train.resolve(["--config", str(tmp_path / "c.yaml")])
+    assert (cfg.optim.weight_decay, cfg.optim.momentum) == (1e-4, 0.9)
+    assert parse_schedule(cfg.phases).lr(1, 0, 10) == pytest.approx(2.5e-2 + (1e-3 - 2.5e-2) * 11 / 20)
+    _, cfg = train.resolve(["--config", str(tmp_path / "c.yaml"), "optim.weight_decay=5e-5", "train.seed=3"])
+    assert (cfg.optim.weight_decay, cfg.train.seed) == (5e-5, 3)
+    for seed in ("010", "1:30"):  # YAML 1.1's octal 8 and base-60 90: refused, not trained quietly
+        with pytest.raises(C.ConfigError, match=f"expected int, got '{seed}'"):
+            train.resolve(["--config", str(tmp_path / "c.yaml"), "--seed", seed])
+
+
 def test_print_config_prints_every_key_with_its_value_and_meaning(capsys):
     argv = ["--config", str(REPO / "configs" / "tiny_cpu.yaml"), "--workers", "3", "optim.momentum=0.8",
             "--print-config"]

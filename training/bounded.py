@@ -6,14 +6,39 @@ A phase schedule nests 3 deep (a list of dicts of ``[start, end]`` pairs) and a 
 section holding ``phases``); MAX_DEPTH leaves room for both, and for nothing a run can mean.
 YAML aliases (``*name``) are refused: no config needs them, and they can make a small text expand
 into an exponentially large one. Pure Python (no torch): phases.py and config.py use it.
+
+Numbers are read as YAML 1.2 and Python read them, not as PyYAML's YAML 1.1: ``5e-5`` is a float
+(1.1: the string '5e-5', so ``weight_decay: 5e-5`` was refused as "expected float"), and ``010``
+and ``1:30`` are not numbers (1.1: octal 8 and base-60 90, so ``--seed 010`` trained seed 8); they
+stay text, which a numeric setting then refuses by name.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
 
 MAX_DEPTH = 16  # nested lists / dicts / tuples
+
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_EXPONENT = r"[eE][-+]?[0-9]+"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2's int and float forms (decimal without a leading 0, 0x and 0o; a
+    float has a point or an exponent, or is .inf / .nan); booleans and the rest as SafeLoader."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(  # before the float's: "5" is an int
+    _INT, re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+|0o[0-7_]+)$"), list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    _FLOAT, re.compile(rf"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:{_EXPONENT})?|\.[0-9][0-9_]*(?:{_EXPONENT})?"
+                       rf"|[0-9][0-9_]*{_EXPONENT})|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
 
 
 class TextError(ValueError):
@@ -87,7 +112,7 @@ def load_yaml(text: str, max_chars: int, max_depth: int = MAX_DEPTH) -> Any:
                                      "(not parsed)")
             elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
                 depth -= 1
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader: plain data only)
     except TextError:  # our own limits (a ValueError too)
         raise
     except yaml.YAMLError as e:
