@@ -69,8 +69,11 @@ def eval_rows(run: Run, start_tag: str = "first", ignore_eval: bool = False) -> 
     scalars = run.scalars
     missing = [t for t in (TOP1, TOP5) if t not in scalars]
     if missing:
+        # a cifar logdir holds the runs' summary; each run's own events are in run_NNN/ beneath it
+        runs = sorted(p.name for p in Path(run.path).glob("run_[0-9][0-9][0-9]") if p.is_dir())
+        hint = f"; its runs' events are in {run.path}/{runs[0]}" + (" ..." if len(runs) > 1 else "") if runs else ""
         raise EventsError(f"{run.path}: no accuracy tags {' and '.join(missing)} "
-                          f"(tags found: {', '.join(sorted(scalars)) or 'none'})")
+                          f"(tags found: {', '.join(sorted(scalars)) or 'none'}){hint}")
     start = run_start(run, start_tag)
     top1 = {s.step: s for s in scalars[TOP1]}
     epochs = {s.step: s for s in scalars.get(EPOCH, [])}

@@ -430,6 +430,41 @@ def test_sigterm_ends_a_forked_worker_as_before():
     assert r.returncode == 0 and r.stdout.strip() == "True", r.stdout + r.stderr[-2000:]
 
 
+def sigterm_in_epoch(args: list[str], log: Path, epoch: int, group: bool = False) -> int:
+    """Run ``args`` (stderr to ``log``) held by the fault drill at ``epoch``'s first step, SIGTERM it
+    there (its whole process group with ``group``) and return its exit status."""
+    with open(log, "w") as err:
+        p = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1", dist.FAULT_ENV: f"hang:{epoch}:0:0"})
+        try:
+            deadline = time.time() + 240
+            while "fault drill" not in log.read_text() and time.time() < deadline and p.poll() is None:
+                time.sleep(0.05)
+            if group:
+                os.killpg(p.pid, signal.SIGTERM)
+            else:
+                p.send_signal(signal.SIGTERM)
+            return p.wait(timeout=60)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_still_saves(jpeg_tree, tmp_path):
+    """Slurm's preemption signals every process of the job: the loader workers ignore it, so the
+    main process saves the last finished epoch (not due: every 100 epochs) and exits 143, rather
+    than die on the DataLoader's dead-worker error with nothing saved."""
+    run, log = tmp_path / "run", tmp_path / "stderr.txt"
+    args = [sys.executable, "training/train.py", str(jpeg_tree), *TINY, "data.workers=2", f"train.logdir={run}",
+            "train.checkpoint_every=100"]
+    rc = sigterm_in_epoch(args, log, 1, group=True)  # the main process and its workers
+    text = log.read_text()
+    assert rc == 128 + signal.SIGTERM and "Traceback" not in text, text[-3000:]
+    assert "stopped by SIGTERM; last checkpoint this process wrote: after epoch 1" in text
+    assert names(run) == ["epoch_0001.pt"]
+
+
 def test_sigterm_saves_the_last_finished_epoch_then_exits(jpeg_tree, tmp_path):
     """No checkpoint is due (every 100 epochs) when SIGTERM comes in epoch 2, after its first step:
     the state after epoch 2, kept in host memory, is written, then the exit (143). The profile has
@@ -438,19 +473,7 @@ def test_sigterm_saves_the_last_finished_epoch_then_exits(jpeg_tree, tmp_path):
     args = [sys.executable, "training/train.py", str(jpeg_tree), *TINY, f"train.logdir={run}",
             "train.checkpoint_every=100"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(log, "w") as err:
-        p = subprocess.Popen([*args, "--profile"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
-                             env={**env, dist.FAULT_ENV: "hang:2:0:0"}, start_new_session=True)
-        try:
-            deadline = time.time() + 240
-            while "fault drill" not in log.read_text() and time.time() < deadline and p.poll() is None:
-                time.sleep(0.05)
-            p.send_signal(signal.SIGTERM)
-            rc = p.wait(timeout=60)
-        finally:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+    rc = sigterm_in_epoch([*args, "--profile"], log, 2)
     text = log.read_text()
     assert rc == 128 + signal.SIGTERM, text[-3000:]
     assert "stopped by SIGTERM; last checkpoint this process wrote: after epoch 2" in text

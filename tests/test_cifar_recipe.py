@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -259,7 +260,7 @@ def test_a_non_finite_loss_is_one_line_exit_1(tmp_path):
 
 
 def test_cifar100_end_to_end_on_generated_data(tmp_path):
-    root = write_cifar100(tmp_path / "data", n_train=300, n_test=100)
+    root = write_cifar100(tmp_path / "data", n_train=250, n_test=100)
     results = tmp_path / "r.json"
     r = train_py("--config", str(REPO / "configs" / "cifar10_ci.yaml"), "--data", str(root), "--dataset", "cifar100",
                  "--results", str(results), f"train.logdir={tmp_path / 'run'}", "cifar.eval_batch_size=50",
@@ -272,6 +273,9 @@ def test_cifar100_end_to_end_on_generated_data(tmp_path):
     assert "warning" not in r.stderr
     assert out["config"]["cifar"]["dataset"] == "cifar100" and len(out["runs"]) == 1
     assert 0 <= out["runs"][0]["accuracy"] <= 100
+    # 250 images in batches of 100, the partial one dropped: 2 steps an epoch, each epoch's last shown
+    steps = re.findall(r"epoch (\d) \[(\d+)/(\d+)\]", r.stderr)
+    assert ("0", "2", "2") in steps and ("1", "2", "2") in steps and all(n == "2" for _, _, n in steps), steps
 
 
 def test_ci_config_end_to_end_on_real_cifar10(cifar_batches, tmp_path):

@@ -362,6 +362,13 @@ def _empty_file(d: Path) -> Path:
     return d / "events.out.tfevents.1.host"
 
 
+def _cifar_summary(d: Path) -> Path:
+    """A cifar logdir: the runs' summary at the top (no per-epoch accuracy), each run beneath it."""
+    write_run(d, [], extra=[("cifar/accuracy", 87.6, 0)])
+    write_run(d / "run_000", [(100, 1360, 10.0, 20.0, 1.0, 0)])
+    return d
+
+
 def _nested(d: Path) -> Path:
     write_run(d / "run1", [(100, 1360, 10.0, 20.0, 1.0, 0)])
     return d
@@ -373,6 +380,7 @@ def _nested(d: Path) -> Path:
     (_empty_file, "empty event file"),
     (lambda d: _empty_file(d).parent, "only empty event files"),
     (_no_accuracy, "no accuracy tags"),
+    (_cifar_summary, "first); its runs' events are in "),
     (_nested, "in subdirectories"),
 ])
 def test_errors_are_one_line_exit_2(tmp_path, make, message):

@@ -398,6 +398,9 @@ def test_cifar_run_stopped_early_logs_its_evaluation_row(cifar_batches, tmp_path
     assert rows[0] == "~~epoch\thours\ttop1\ttop5"
     assert rows[1] == "phase at epoch 0: size 32 batch 512 val_batch 500"  # no ImageNet-only fields
     assert re.fullmatch(r"~~0\t[\d.]+\t\t[\d.]+\t\t[\d.]+", rows[2]) and len(rows) == 3
+    # the accuracy it prints is not a whole run's, and there is nothing to resume: said once
+    assert capsys.readouterr().err.count("note: --max-epochs stopped run (seed 0) after 1 of 3 epochs: its "
+                                         "accuracy is not a whole run's") == 1
 
 
 def test_resize_help_names_the_configs_dirs(capsys):

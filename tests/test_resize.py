@@ -32,7 +32,7 @@ def test_shorter_side_aspect_layout_and_small_images_copied(tmp_path, capsys):
     # never upscaled: a smaller image is copied byte for byte
     assert (tmp_path / "out/train/b/small.JPEG").read_bytes() == (tmp_path / "data/train/b/small.JPEG").read_bytes()
     assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file()) \
-        == sorted(sizes)
+        == sorted([*sizes, ".resize.json"])  # and the settings it was made with, hidden from the loaders
 
 
 def test_resumable_skips_done_files_and_redoes_partial_ones(tmp_path, capsys):
@@ -53,6 +53,22 @@ def test_resumable_skips_done_files_and_redoes_partial_ones(tmp_path, capsys):
     assert not partial.exists()
     with Image.open(victim) as im:
         assert im.size == (240, 160)
+
+
+def test_another_size_into_the_same_output_is_refused(tmp_path, capsys):
+    """Its finished files would be skipped as done and stay at the first size."""
+    _tree(tmp_path / "data")
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "data"), str(out), "--size", "160", "--workers", "1"]) == 0
+    before = sorted(p.stat().st_mtime_ns for p in out.rglob("*.*"))
+    capsys.readouterr()
+    assert main([str(tmp_path / "data"), str(out), "--size", "352", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"resize: {out} holds images made with --size 160 --quality 90 ({out}/.resize.json); "
+                   "give another output dir, or remove it\n")
+    assert sorted(p.stat().st_mtime_ns for p in out.rglob("*.*")) == before  # nothing touched
+    assert main([str(tmp_path / "data"), str(out), "--size", "160", "--workers", "1"]) == 0  # the same: resumes
+    assert "0 written, 5 already done" in capsys.readouterr().out
 
 
 def test_unreadable_input_named_and_skipped(tmp_path, capsys):
@@ -84,7 +100,7 @@ def test_format_pillow_cannot_write_named_and_skipped(tmp_path, capsys):
     assert out.err == f"resize: skipping {xpm}: Pillow cannot write XPM files\n"
     assert "6 written, 0 already done, 1 unreadable" in out.out
     written = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
-    assert written == sorted([*sizes, "train/b/tiny.xpm"])
+    assert written == sorted([*sizes, "train/b/tiny.xpm", ".resize.json"])
 
 
 def test_missing_data_exits_2_with_one_line(tmp_path, capsys):

@@ -189,7 +189,8 @@ def train_epoch(state: TrainState, loader: Loader, hooks: Hooks, ctx: RunContext
     ``shapes_seen``: the training shapes whose first step was timed already (ctx.report_first_steps)."""
     sched, opt, device = state.schedule, state.optimizer, ctx.dist.device
     full_iters = len(loader)
-    iters = sched.iters_per_epoch(epoch, ctx.num_train, ctx.dist.world_size)
+    # the schedule's steps, at most what the loader yields (the cifar loader drops a partial batch)
+    iters = min(sched.iters_per_epoch(epoch, ctx.num_train, ctx.dist.world_size), full_iters)
     if ctx.short_epoch_steps:
         iters = min(iters, ctx.short_epoch_steps)
     state.model.train()

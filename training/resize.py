@@ -8,6 +8,9 @@ Writes OUT/train/<class>/<file> and OUT/validation/<class>/<file> with the short
 byte: upscaling on disk would only add JPEG artefacts and bytes, since the loaders resize anyway.
 Re-encoded files keep their name and format (JPEG at --quality).
 
+OUT/.resize.json records the size and quality; a later run into OUT with others is refused (exit 2),
+since its finished files would be skipped and stay at the first size.
+
 Resumable: a finished output file is skipped, and every file is written to a hidden ``.name.part``
 beside it and renamed into place, so a killed run leaves no half file under a real name (the
 loaders ignore hidden files, and the next run overwrites the .part). Unreadable inputs, and images to
@@ -16,6 +19,7 @@ or one with neither train/ nor validation/, exits 2.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -29,6 +33,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from training.cli import ArgParser, int_range, positive_int  # noqa: E402
 
 SPLITS = ("train", "validation")
+MARKER = ".resize.json"  # hidden: the loaders skip it
 _ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -98,8 +103,23 @@ def main(argv: list[str] | None = None) -> int:
     if not any(os.path.isdir(os.path.join(a.data, s)) for s in SPLITS):
         print(f"resize: {a.data} holds neither train/ nor validation/", file=sys.stderr)
         return 2
+    settings = {"size": a.size, "quality": a.quality}
+    marker = os.path.join(a.out, MARKER)
+    try:
+        with open(marker, encoding="utf-8") as f:
+            made = json.load(f)
+    except (OSError, ValueError):
+        made = None  # a new OUT (or one from before the marker: its files are taken as they are)
+    if isinstance(made, dict) and made != settings:
+        print(f"resize: {a.out} holds images made with --size {made.get('size')} --quality {made.get('quality')} "
+              f"({marker}); give another output dir, or remove it", file=sys.stderr)
+        return 2
     try:
         os.makedirs(a.out, exist_ok=True)
+        tmp = marker + ".part"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(settings, f)
+        os.replace(tmp, marker)
     except OSError as e:
         print(f"resize: cannot create the output dir {a.out}: {e.strerror}", file=sys.stderr)
         return 2

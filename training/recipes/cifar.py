@@ -414,6 +414,10 @@ class Trainer:
             if state.epoch < self.schedule.num_epochs or result is None:  # stopped early (max_epochs)
                 result = self.evaluate(self.model, self.val)
                 logger.log_eval(state.epoch - 1, result.top1, result.top5, result.seconds, state.step)
+                if not warmup:
+                    print(f"note: --max-epochs stopped run (seed {seed}) after {state.epoch} of "
+                          f"{self.schedule.num_epochs} epochs: its accuracy is not a whole run's, and the cifar "
+                          "recipe keeps no checkpoint to resume from", file=sys.stderr, flush=True)
             seconds = timer.stop()
         finally:
             self.train.labels = true_labels
