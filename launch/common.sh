@@ -35,6 +35,16 @@ check_args() {
   "$PYTHON" "$ROOT/training/train.py" "$@" --check || exit $?
 }
 
+# train.py's arguments into the array args: DATA, CONFIG, DIST_TIMEOUT and RESUME from the
+# environment, then the caller's; checked once here (check_args).
+train_args() {
+  args=("$DATA" --config "$CONFIG")
+  [ -n "${DIST_TIMEOUT:-}" ] && args+=("train.dist_timeout_s=$DIST_TIMEOUT")
+  [ -n "${RESUME:-}" ] && args+=(--resume "$RESUME")
+  args+=("$@")
+  check_args "${args[@]}"
+}
+
 # Run the assembled command, or print it under LAUNCH_DRY_RUN=1.
 run_or_print() {
   if [ -n "${LAUNCH_DRY_RUN:-}" ]; then

@@ -61,10 +61,6 @@ else
   : "${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port (c10d rendezvous), or NODE_RANK and MASTER_ADDR}"
   cmd+=(--rdzv-backend=c10d "--rdzv-endpoint=$RDZV_ENDPOINT" "--rdzv-id=${RDZV_ID:-fastimagenet}")
 fi
-args=("$DATA" --config "$CONFIG")
-[ -n "${DIST_TIMEOUT:-}" ] && args+=("train.dist_timeout_s=$DIST_TIMEOUT")
-[ -n "${RESUME:-}" ] && args+=(--resume "$RESUME")
-args+=("$@")
-check_args "${args[@]}"
+train_args "$@"
 
 run_or_print "${cmd[@]}" "$ROOT/training/train.py" "${args[@]}"

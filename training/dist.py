@@ -258,12 +258,10 @@ def fault_injector(rank: int, restarted: bool, world_size: int,
         return None
     parts = spec.split(":")
     if len(parts) != 4 or parts[0] not in ("kill", "hang") or not all(p.isdigit() for p in parts[1:]):
-        from training.config import ConfigError
         raise ConfigError(f"{FAULT_ENV}={spec!r}: expected kill|hang:EPOCH:STEP:RANK")
     action, epoch, step, target = parts[0], int(parts[1]), int(parts[2]), int(parts[3])
     # a drill that can never fire would pass for a restart path that works
     if target >= world_size or epoch >= num_epochs:
-        from training.config import ConfigError
         missing = f"rank {target} in a group of {world_size}" if target >= world_size else \
             f"epoch {epoch} in a run of {num_epochs}"
         raise ConfigError(f"{FAULT_ENV}={spec!r}: no {missing}")
