@@ -61,6 +61,6 @@ else
   : "${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port (c10d rendezvous), or NODE_RANK and MASTER_ADDR}"
   cmd+=(--rdzv-backend=c10d "--rdzv-endpoint=$RDZV_ENDPOINT" "--rdzv-id=${RDZV_ID:-fastimagenet}")
 fi
-train_args "$@"
+REJOINING=1 train_args "$@"  # a restarted machine re-runs this to rejoin its group (common.sh)
 
 run_or_print "${cmd[@]}" "$ROOT/training/train.py" "${args[@]}"

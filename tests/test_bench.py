@@ -159,6 +159,59 @@ def test_jpegtree_writes_imagenet_like_jpegs_and_the_resized_copy(tmp_path):
         assert min(im.size) == 32
 
 
+def test_an_interrupted_generation_or_copy_is_made_again_not_measured(tmp_path):
+    """bench pipeline generates its tree when DATA has none; a tree or copy left half-written (the
+    generation interrupted) used to be measured as it was, silently."""
+    from training.bench import jpegtree
+    from training.bench.pipeline import ensure_tree
+    data, said = tmp_path / "d", []
+
+    def files(root):
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*.JPEG"))
+
+    ensure_tree(data, {"", "-sz/160"}, 5, log=said.append)  # fewer images than the default 100 classes
+    whole, copy = files(data), files(Path(f"{data}-sz/160"))
+    assert len(whole) == 5 + 5 and copy == whole
+    assert all(any(c.iterdir()) for c in (data / "train").iterdir())  # no empty class folder
+    assert jpegtree.generated(data) | {"side": None} == {"images": 5, "classes": 5, "seed": 0, "quality": 90,
+                                                          "side": None, "complete": True, "copies": ["-sz/160"]}
+    ensure_tree(data, {"", "-sz/160"}, 5, log=said.append)
+    assert len(said) == 3  # generating, its facts, the copy; the second call found all done
+
+    jpegtree.mark(data, jpegtree.generated(data) | {"complete": False, "copies": []})  # killed mid-generation
+    next((data / "train").rglob("*.JPEG")).unlink()
+    said.clear()
+    ensure_tree(data, {""}, 5, log=said.append)
+    assert said[0] == f"bench: {data} was left part-generated (.jpegtree.json): generating it again"
+    assert files(data) == whole and jpegtree.generated(data)["complete"]
+
+    (Path(f"{data}-sz/160") / copy[0]).unlink()  # the copy killed midway: not recorded as made
+    ensure_tree(data, {"", "-sz/160"}, 5, log=said.append)
+    assert said[-1] == "bench: completing the -sz/160 copy" and files(Path(f"{data}-sz/160")) == whole
+
+    (data / ".jpegtree.json").rename(tmp_path / "d.json")  # a tree of the user's: used as it is
+    (Path(f"{data}-sz/160") / copy[0]).unlink()
+    said.clear()
+    ensure_tree(data, {"", "-sz/160"}, 5, log=said.append)
+    assert said == [] and len(files(Path(f"{data}-sz/160"))) == 9
+    with pytest.raises(ValueError, match="every class folder needs an image"):
+        jpegtree.make_tree(tmp_path / "e", images=3, classes=4)
+
+
+def test_a_killed_generation_leaves_its_tree_marked_unfinished(tmp_path, monkeypatch):
+    from concurrent.futures import ProcessPoolExecutor
+    from training.bench import jpegtree
+
+    class Killed(ProcessPoolExecutor):
+        def map(self, *args, **kwargs):
+            raise KeyboardInterrupt  # Ctrl-C while the images are written
+
+    monkeypatch.setattr(jpegtree, "ProcessPoolExecutor", Killed)
+    with pytest.raises(KeyboardInterrupt):
+        jpegtree.make_tree(tmp_path / "k", images=2, classes=1)
+    assert jpegtree.generated(tmp_path / "k")["complete"] is False
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_pipeline_cli_measures_each_loader_in_whole_epoch_windows(tmp_path, capsys):
     """Known answers: 24 train images at batch 4 are 6 batches an epoch; with --skip 1 each window
@@ -236,6 +289,8 @@ def test_bench_bad_arguments_before_any_work(tmp_path, capsys):
         assert e.value.code == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "error:" in err[0], err
+    assert bench.main(["throughput", "--compile", "default", "--warmup", "0", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.startswith("error: --warmup 0 with --compile: the compilation would be timed")
 
 
 def test_pipeline_reads_the_trainers_stage_tables():

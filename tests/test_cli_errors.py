@@ -106,9 +106,51 @@ TRAIN_CASES = [
 
 @pytest.mark.parametrize("config", ["tiny_cpu.yaml", "cifar10_cpu.yaml", "cifar10.yaml", "imagenet18/8x8.yaml"])
 def test_check_passes_the_shipped_configs_silently(workdir, capsys, config):
-    assert call(train.main, ["/no/data", "--config", str(REPO / "configs" / config), "--check"]) == 0
+    """A config alone (no DATA) is checkable; nothing is written."""
+    assert call(train.main, ["--config", str(REPO / "configs" / config), "--check"]) == 0
     assert capsys.readouterr() == ("", "")
-    assert not any(workdir.iterdir())  # nothing written
+    assert not any(workdir.iterdir())
+
+
+def _phase_dirs(config: str, root: Path) -> list[Path]:
+    from training.data import split_dir
+    from training.phases import parse_schedule
+    cfg = train.resolve(["--config", config])[1]
+    return sorted({Path(split_dir(str(root), d, split)) for ph in parse_schedule(cfg.phases).data_phases
+                   for d, split in ((ph.train_dir, "train"), (ph.val_dir, "validation"))})
+
+
+@pytest.mark.parametrize("config", ["tiny_cpu.yaml", "imagenet18/1x8.yaml"])
+def test_check_reads_every_phase_data_dir(tmp_path, workdir, capsys, config):
+    """imagenet18 reads DATA-sz/160 and DATA-sz/352 copies in its early phases: each must exist, with the
+    same class folders, before torchrun starts 8 ranks."""
+    config = str(REPO / "configs" / config)
+    dirs = _phase_dirs(config, tmp_path / "imagenet")
+    for d in dirs:
+        for c in ("n01", "n02"):
+            (d / c).mkdir(parents=True)
+    argv = [str(tmp_path / "imagenet"), "--config", config, "--check"]
+    assert call(train.main, argv) == 0 and capsys.readouterr() == ("", "")
+    (dirs[-1] / "n02").rmdir()
+    assert call(train.main, argv) == 2
+    assert f"{dirs[-1]}" in capsys.readouterr().err
+    dirs[0].rename(tmp_path / "moved")
+    assert call(train.main, argv) == 2
+    assert capsys.readouterr().err.startswith(f"error: data dir {dirs[0]} does not exist (phase at epoch ")
+    assert not any(workdir.iterdir())
+
+
+def test_check_refuses_a_logdir_holding_a_run_unless_resuming(workdir, capsys):
+    (workdir / "old").mkdir()
+    (workdir / "old" / "config.yaml").write_text("an earlier run\n")
+    assert call(train.main, ["--config", TINY, "--logdir", "old", "--check"]) == 2
+    assert capsys.readouterr().err == ("error: logdir old already holds a run (config.yaml): continue it with "
+                                       "--resume auto, or start a new run with --logdir NEW_DIR\n")
+    assert call(train.main, ["--config", CIFAR, "--logdir", "old", "--check"]) == 2
+    assert "(this recipe keeps no checkpoints to resume)" in capsys.readouterr().err
+    assert call(train.main, ["--config", TINY, "--logdir", "old", "--resume", "auto", "--check"]) == 0
+    assert call(train.main, ["--config", TINY, "--logdir", "old", "--resume", "old/no.pt", "--check"]) == 2
+    assert capsys.readouterr().err == "error: checkpoint old/no.pt: no such file\n"
 
 
 @pytest.mark.parametrize("argv,message", TRAIN_CASES, ids=range(len(TRAIN_CASES)))

@@ -131,6 +131,65 @@ def test_gpu_pipeline_script_commands_parse():
             assert argv[2:5] == ["python3", "-m", "pytest"] and (REPO / argv[-1]).is_file()
 
 
+def _tree(root):
+    for split in ("train", "validation"):
+        (root / split / "c0").mkdir(parents=True)
+    return root
+
+
+def _check_then_record(tmp_path):
+    """A PYTHON that runs train.py --check for real and only records any other command (torchrun)."""
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\nfor a; do [ "$a" = --check ] && exec {sys.executable} "$@"; done\n'
+                    'printf "%s\\n" "$@" > "$0.args"\n')
+    fake.chmod(0o755)
+    return fake
+
+
+@pytest.mark.parametrize("case,said", [
+    ("no_data", "error: data dir {tmp}/missing/train does not exist (phase at epoch 0)"),
+    ("logdir_in_use", "error: logdir {tmp}/run already holds a run (train.log): continue it with --resume auto, "
+                      "or start a new run with --logdir NEW_DIR"),
+    ("no_resume_file", "error: checkpoint {tmp}/gone.pt: no such file"),
+])
+def test_what_a_start_meets_on_disk_is_said_once_before_torchrun(tmp_path, case, said):
+    """A missing DATA folder, a logdir holding another run, a missing --resume file: found once by
+    --check, not by every rank of every restart attempt (rc 1 and torchrun's traceback)."""
+    data = _tree(tmp_path / "data")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train.log").write_text("an older run\n")
+    argv = {"no_data": [str(tmp_path / "missing"), "--logdir", str(tmp_path / "new")],
+            "logdir_in_use": [str(data), "--logdir", str(tmp_path / "run")],
+            "no_resume_file": [str(data), "--logdir", str(tmp_path / "new"), "--resume", str(tmp_path / "gone.pt")]}
+    r = run_bounded(["bash", "launch/local.sh", *argv[case]], cwd=REPO, timeout=60,
+                    env={**os.environ, "PYTHON": str(_check_then_record(tmp_path)), "NPROC": "2",
+                         "CONFIG": "configs/tiny_cpu.yaml"})
+    assert (r.returncode, r.stderr.strip().splitlines()) == (2, [said.format(tmp=tmp_path)])
+    assert not (tmp_path / "python.args").exists()  # torchrun never started
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_machine_rejoining_its_group_is_not_refused_for_its_own_run(tmp_path):
+    """multinode.sh re-run on a restarted machine, without RESUME, finds its job's run in the logdir
+    (and a --resume file may be on rank 0's machine only): the ranks judge those (OPERATIONS, "How
+    restarts work"), so its check passes them and torchrun starts. A missing DATA is still refused."""
+    data = _tree(tmp_path / "data")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train.log").write_text("this job's run\n")
+    env = {**os.environ, "PYTHON": str(_check_then_record(tmp_path)), "NNODES": "2",
+           "RDZV_ENDPOINT": "node0:29400", "CONFIG": "configs/tiny_cpu.yaml"}
+    r = run_bounded(["bash", "launch/multinode.sh", str(data), "--logdir", str(tmp_path / "run"), "--resume",
+                     str(tmp_path / "on-node0.pt")], cwd=REPO, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    args = (tmp_path / "python.args").read_text().split("\n")
+    assert args[-5:-1] == ["--logdir", str(tmp_path / "run"), "--resume", str(tmp_path / "on-node0.pt")]
+    (tmp_path / "python.args").unlink()
+    r = run_bounded(["bash", "launch/multinode.sh", str(tmp_path / "missing")], cwd=REPO, timeout=60, env=env)
+    assert (r.returncode, r.stderr.strip()) == (2, f"error: data dir {tmp_path}/missing/train does not exist "
+                                                   "(phase at epoch 0)")
+    assert not (tmp_path / "python.args").exists()
+
+
 def test_relative_paths_stay_the_callers(tmp_path):
     """DATA, CONFIG and --logdir relative to where the launcher is run (it used to cd to the repo,
     so `bash ~/fast/launch/local.sh data` looked for the repo's data/ and wrote the repo's runs/)."""

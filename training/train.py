@@ -68,9 +68,10 @@ def make_parser() -> argparse.ArgumentParser:
                    help="print the resolved config (every key, its value and meaning) as YAML and exit")
     p.add_argument("--dry-run", action="store_true", help="print the per-epoch plan as JSON lines and exit")
     p.add_argument("--check", action="store_true",
-                   help="check the command line as a run would (schedule, the recipe's settings, --arch; no "
-                        "data or devices needed) and exit: 0, or one error line and 2. The launch scripts run "
-                        "it once before torchrun")
+                   help="check the command line as a run would (schedule, the recipe's settings, --arch), and "
+                        "what a start would find on disk: DATA's folders for every phase when DATA is given, a "
+                        "--resume file, a logdir free for a new run (no images read, no devices); exit 0, or "
+                        "one error line and 2. The launch scripts run it once before torchrun")
     p.add_argument("--num-train-images", type=positive_int,
                    help="images per epoch for --dry-run / --plot-schedule (default: the recipe's data set, "
                         f"{TRAIN_IMAGES['imagenet']:,} for imagenet, {TRAIN_IMAGES['cifar']:,} for cifar; "
@@ -153,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
             return 0
         if args.check:
-            recipe_module(cfg).check_config(cfg)
-            return 0
+            return check(cfg)
         schedule = parse_schedule(cfg.phases)
         if args.dry_run:
             cifar = cfg.recipe == "cifar"
@@ -193,6 +193,21 @@ def plot(schedule: Schedule, path: str, num_images: int, world_size: int) -> int
         plot_schedule(schedule, path, num_images=num_images, world_size=world_size)  # written atomically
     except (OSError, ValueError) as e:
         raise C.ConfigError(f"--plot-schedule {path}: {getattr(e, 'strerror', None) or e}") from None
+    return 0
+
+
+def check(cfg: C.Config) -> int:
+    """--check: the recipe's settings, then what a start would find on disk (data dirs, a --resume
+    file, a logdir free for a new run); 0, or one error line and 2. Nothing is written."""
+    from training.checkpoint import CheckpointError
+    from training.data import DataError
+    recipe = recipe_module(cfg)
+    schedule = recipe.check_config(cfg)  # ConfigError and PhaseError: main's handler
+    try:
+        recipe.check_start(cfg, schedule)
+    except (DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

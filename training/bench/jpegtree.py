@@ -7,6 +7,7 @@ pre-resized copies (``DATA-sz/160`` ...) through ``training.resize``, as a user 
 from __future__ import annotations
 
 import io
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -42,9 +43,35 @@ def _write(job: tuple[str, int, int, int, int]) -> int:
     return len(data)
 
 
+MARKER = ".jpegtree.json"  # what make_tree made: its settings, whether it finished, the copies made since
+
+
+def generated(root: Path) -> dict | None:
+    """The marker of a tree make_tree generated at ``root``; None for any other tree."""
+    try:
+        made = json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return made if isinstance(made, dict) else None
+
+
+def mark(root: Path, made: dict) -> None:
+    tmp = root / (MARKER + ".part")
+    tmp.write_text(json.dumps(made))
+    os.replace(tmp, root / MARKER)
+
+
 def make_tree(root: Path, images: int, classes: int = 100, val_fraction: float = 0.1, quality: int = 90,
               seed: int = 0, side: tuple[int, int] = (300, 500), workers: int | None = None) -> dict:
-    """root/{train,validation}/<class>/*.JPEG of sides in ``side`` px; returns counts and mean size."""
+    """root/{train,validation}/<class>/*.JPEG of sides in ``side`` px; returns counts and mean size.
+    The marker (``generated``) says "complete" only once the last image is written, so an
+    interrupted generation is not taken for a tree."""
+    if not 1 <= classes <= images:
+        raise ValueError(f"{classes} classes for {images} images: every class folder needs an image")
+    root.mkdir(parents=True, exist_ok=True)
+    made = {"images": images, "classes": classes, "seed": seed, "quality": quality, "side": list(side),
+            "complete": False, "copies": []}
+    mark(root, made)
     rng = np.random.default_rng(seed)
     jobs = []
     for split, n in (("train", images), ("validation", max(classes, int(images * val_fraction)))):
@@ -56,6 +83,7 @@ def make_tree(root: Path, images: int, classes: int = 100, val_fraction: float =
                          seed * 10_000_019 + len(jobs), w, h, quality))
     with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
         sizes = list(pool.map(_write, jobs, chunksize=32))
+    mark(root, made | {"complete": True})
     return {"train": images, "validation": len(jobs) - images, "mean_kib": sum(sizes) / len(sizes) / 1024}
 
 

@@ -31,6 +31,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -134,20 +135,33 @@ def _train_dir(size: int, args: argparse.Namespace) -> str:
 
 
 def ensure_tree(data: Path, dirs: set[str], images: int, log=lambda m: print(m, file=sys.stderr)) -> None:
+    """The tree and the copies ``dirs`` name, generated where missing. A generation or a copy that was
+    interrupted (a tree of ours whose marker does not say it finished) is made again, not measured."""
     from training.bench import jpegtree
+    made = jpegtree.generated(data)
+    if made is not None and not made.get("complete"):
+        log(f"bench: {data} was left part-generated ({jpegtree.MARKER}): generating it again")
+        for split in ("train", "validation"):
+            shutil.rmtree(data / split, ignore_errors=True)
     if not (data / "train").is_dir():
         log(f"bench: generating {images} textured JPEGs under {data} on {os.cpu_count()} cores")
         t0 = time.perf_counter()
-        facts = jpegtree.make_tree(data, images)
+        facts = jpegtree.make_tree(data, images, classes=min(100, images))
         log(f"bench: {facts} in {time.perf_counter() - t0:.1f} s")
+    made = jpegtree.generated(data)
     for d in sorted(dirs - {""}):
-        if not Path(f"{data}{d}/train").is_dir():
-            if d not in COPY_SIDE:
-                print(f"error: {data}{d}/train does not exist (and {d} is not a copy this tool makes)",
-                      file=sys.stderr)
-                raise SystemExit(2)
-            log(f"bench: writing the {d} copy")
-            jpegtree.resized_copy(data, d, COPY_SIDE[d])
+        present = Path(f"{data}{d}/train").is_dir()
+        unfinished = made is not None and d in COPY_SIDE and d not in made["copies"]  # resize completes it
+        if present and not unfinished:
+            continue
+        if d not in COPY_SIDE:
+            print(f"error: {data}{d}/train does not exist (and {d} is not a copy this tool makes)", file=sys.stderr)
+            raise SystemExit(2)
+        log(f"bench: {'completing' if present else 'writing'} the {d} copy")
+        jpegtree.resized_copy(data, d, COPY_SIDE[d])
+        if made is not None:
+            made["copies"].append(d)
+            jpegtree.mark(data, made)
 
 
 def end_to_end(loader: str, data: str, dirs: dict[int, str], args: argparse.Namespace) -> list[dict]:

@@ -345,6 +345,10 @@ def format_table(doc: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.compile and not args.warmup:
+        print("error: --warmup 0 with --compile: the compilation would be timed as steps; give --warmup 1 or more",
+              file=sys.stderr)
+        return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda: no CUDA device is visible", file=sys.stderr)
         return 2

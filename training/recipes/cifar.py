@@ -460,6 +460,12 @@ def results_json(cfg: Config, results: list[RunResult], extra: dict) -> dict:
     }
 
 
+def check_start(cfg: Config, schedule: Schedule) -> None:
+    """What ``train.py --check`` reads on disk: a logdir free for a new run. (The data dir may be
+    missing on purpose: the run downloads into it.)"""
+    refuse_reuse(cfg.train.logdir, resumable=False)
+
+
 def main(cfg: Config) -> int:
     schedule = check_config(cfg)
     c = cfg.cifar

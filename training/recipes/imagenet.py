@@ -156,6 +156,18 @@ def check_config(cfg: Config) -> Schedule:
     return schedule
 
 
+def check_start(cfg: Config, schedule: Schedule) -> None:
+    """What ``train.py --check`` reads on disk, as this command started now would (cheap: folder
+    listings, no image): every phase's data dirs when DATA is given (a config alone can be checked
+    without data), an explicit --resume PATH, and without --resume a logdir free for a new run."""
+    if cfg.data.dir:
+        check_data_root(cfg.data.dir, schedule, cfg.data.loader)
+    if cfg.train.resume not in ("", "auto") and not os.path.isfile(cfg.train.resume):
+        raise checkpoint.CheckpointError(f"checkpoint {cfg.train.resume}: no such file")
+    if not cfg.train.resume:  # (--evaluate needs --resume)
+        refuse_reuse(cfg.train.logdir)
+
+
 def main(cfg: Config) -> int:
     # A fresh run's clock (the `first` event, DAWNBench hours) starts here, before the data is indexed
     # and the model built, as imagenet18's did (it logged `first` before any of its set-up).
