@@ -36,8 +36,9 @@ SITE=${SITE:-/tmp/site}
 # Each speed option of issue 12 alone (compiled, as the default), the pool also eager, then all
 # together ("lean"), eager too, and with Muon, then the compiled forward/backward replayed as CUDA
 # graphs (compile mode reduce-overhead; untried on a GPU so far), then our two departures from
-# airbench94's method undone (whitening-bias lr, EMA copy at epoch ends); ~11 rows x ~3 s a round:
-# ~6-8 rounds fit in LIMIT.
+# airbench94's method undone (whitening-bias lr, EMA copy at epoch ends), then the TTA views for the
+# least confident fifth of the test set only (one batch of 2000; Hiverge's selective TTA); ~12 rows x
+# ~3 s a round: ~6-8 rounds fit in LIMIT.
 LEAN="cifar.pool=reshape cifar.half_weights=true cifar.epoch_augment=true"
 VARIANTS=(
   "default="
@@ -50,6 +51,7 @@ VARIANTS=(
   "muon_lean=configs/cifar10_muon.yaml cifar.muon_batched=true $LEAN"
   "graphs=cifar.compile_mode=reduce-overhead"
   "airbench_exact=cifar.whiten_bias_lr_scale=1 cifar.lookahead_epoch_end=false"
+  "selective=cifar.tta_fraction=0.2"
 )
 
 # add_named MODE NAME: append the variant called NAME to variants (default is always there)

@@ -122,6 +122,21 @@ def test_step_hooks_lookahead_and_whiten_bias_freeze():
     assert torch.equal(net.weight, hooks.ema[0]) and (net.weight < w0 + 4).all()
 
 
+def test_a_whitening_bias_of_zero_epochs_never_trains():
+    """cifar.whiten_bias_epochs=0 (configs/cifar10_cpu.yaml): frozen before the first step, so no
+    step computes the 31 x 31 px input gradient the bias needs (it used to train for one step)."""
+    sched = parse_schedule([{"ep": 0, "sz": 32, "bs": 10}, {"ep": [0, 1], "lr": [1.0, 0.0]}])
+    net = nn.Linear(3, 2)
+    opt = torch.optim.SGD([{"params": [net.weight], "name": "filters"},
+                           {"params": [net.bias], "name": "whiten_bias", "lr_scale": 5.0}], lr=0.1)
+    R.StepHooks(net, opt, sched, num_images=45, drop_last=True, cfg=C.CifarConfig(whiten_bias_epochs=0))
+    assert opt.param_groups[1]["lr_scale"] == 0.0 and not net.bias.requires_grad
+    net2 = nn.Linear(3, 2)
+    R.StepHooks(net2, torch.optim.SGD([{"params": [net2.bias], "name": "whiten_bias"}], lr=0.1), sched,
+                num_images=45, drop_last=True, cfg=C.CifarConfig(whiten_bias_epochs=0.1))
+    assert net2.bias.requires_grad  # a fraction of an epoch still trains it
+
+
 def test_lookahead_sets_the_weights_to_the_ema_only_at_the_runs_end_as_airbench():
     """cifar.lookahead_epoch_end=false: the steps since the last EMA update are kept at the end of
     every epoch but the last (airbench94); with it on they are dropped there too."""
@@ -153,6 +168,69 @@ def test_tta_views_and_weights():
     up_left = 0.5 * x[:, 0, 4, 6] + 0.5 * x[:, 0, 4, 25]  # padded[0:32] shifts content by +1 px
     down_right = 0.5 * x[:, 0, 6, 8] + 0.5 * x[:, 0, 6, 23]
     assert torch.allclose(tta2[:, 0], 0.5 * tta1[:, 0] + 0.25 * up_left + 0.25 * down_right)
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_tta_holds_when_each_call_overwrites_the_last_output(level):
+    """CUDA graphs (cifar.compile_mode reduce-overhead) return each call's logits in one static
+    buffer that the next call overwrites: the plain logits must be kept before the other views run."""
+    net = lambda x: x[:, 0, 5, 7:8].float() * torch.ones(1, 2)  # noqa: E731
+    static = torch.empty(2, 2)
+    graphed = lambda x: static.copy_(net(x))  # noqa: E731
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
+    for got, want in zip(R.tta_logits(graphed, x, level), R.tta_logits(net, x, level)):
+        assert torch.equal(got, want)
+
+
+def test_selective_tta_views_only_the_least_confident_in_whole_batches():
+    """cifar.tta_fraction: the TTA logits for the ceil(fraction * N) images whose plain prediction is
+    least confident, the plain logits for the others; the model only ever sees full batches."""
+    torch.manual_seed(0)
+    weight = torch.randn(3 * 32 * 32, 10)
+    seen = []
+
+    def model(x):
+        seen.append(len(x))
+        return x.flatten(1) @ weight / 40
+
+    x = torch.randn(11, 3, 32, 32)
+    plain = model(x)
+    full, _ = R.tta_logits(model, x, 2)
+    confidence = plain.softmax(1).amax(1)
+    for fraction, k in ((1.0, 11), (0.5, 6), (0.1, 2), (0.0, 0)):
+        seen.clear()
+        got = R.selective_tta_logits(model, x, plain, 2, fraction, batch_size=4)
+        chosen = set(confidence.argsort()[:k].tolist())
+        for i in range(11):
+            want = full[i] if i in chosen else plain[i]
+            torch.testing.assert_close(got[i], want)
+        assert set(seen) <= {4} and len(seen) == 5 * math.ceil(k / 4)  # 5 more views per batch of 4
+    assert torch.equal(R.selective_tta_logits(model, x, plain, 0, 0.5, batch_size=4), plain)
+
+
+def test_evaluate_scores_the_selective_tta_over_the_whole_test_set():
+    torch.manual_seed(1)
+
+    class Linear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(3 * 32 * 32, 10))
+
+        def forward(self, x):
+            return x.flatten(1) @ self.w / 40
+
+    net, x, y = Linear(), torch.randn(12, 3, 32, 32), torch.randint(0, 10, (12,))
+    loader = [(x[i:i + 4], y[i:i + 4]) for i in (0, 4, 8)]
+    with torch.no_grad():
+        plain = net(x)
+        for fraction in (1.0, 0.5):
+            want = R.selective_tta_logits(net, x, plain, 2, fraction, batch_size=4)
+            extra = {}
+            got = R.make_evaluate(net, net, torch.device("cpu"), "fp32", 2, extra, fraction=fraction)(net, loader)
+            assert got.top1 == pytest.approx(100 * (want.argmax(1) == y).float().mean().item())
+            assert got.loss == pytest.approx(nn.functional.cross_entropy(want, y).item(), rel=1e-5)
+            assert extra["accuracy_no_tta"] == pytest.approx(100 * (plain.argmax(1) == y).float().mean().item())
+            assert got.count == 12
 
 
 def test_plain_accuracy_breaks_ties_as_the_tta_accuracy():

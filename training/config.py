@@ -105,7 +105,7 @@ class CifarConfig:
     whiten_kernel: int = 2  # whitening patch side, px (24 output channels at 2)
     whiten_eps: float = 5e-4  # added to patch-covariance eigenvalues, in (normalised pixel)^2
     whiten_samples: int = 5000  # training images the patch covariance is estimated from
-    whiten_bias_epochs: float = 3  # epochs the whitening bias trains before it is frozen
+    whiten_bias_epochs: float = 3  # epochs the whitening bias trains before it is frozen (0: never)
     dirac: bool = True  # identity init of the first in_channels filters of each 3x3 conv
     bn_frozen_weight: bool = True  # BatchNorm scale fixed at 1 (only the bias trains)
     bn_momentum: float = 0.6  # weight of the old running stats per step (PyTorch's momentum = 1 - this)
@@ -144,6 +144,7 @@ class CifarConfig:
     epoch_augment: bool = False  # augment + shuffle the whole epoch at once; batches are slices of it
     eval_batch_size: int = 2000  # images per evaluation batch
     tta_level: int = 2  # 0: plain; 1: + mirror; 2: + mirror x 1-px translations (6 views)
+    tta_fraction: float = 1.0  # share of the test images that get the TTA views: the least confident by their plain logits; 1: all
     eval_every: int = 0  # epochs between evaluations (inside the timed run); 0: only the final TTA one
 
 

@@ -186,20 +186,25 @@ class StepHooks:
         self.bias_frozen = False
         self.ema: list[torch.Tensor] | None = None
         self.tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+        if cfg.whiten_bias_epochs <= 0:  # never trained: no step computes its gradient
+            self._freeze_whiten_bias()
+
+    def _freeze_whiten_bias(self) -> None:
+        self.bias_frozen = True
+        for g in self.optimizer.param_groups:
+            if g.get("name") == "whiten_bias":
+                g["lr_scale"] = 0.0  # frozen: lr 0 from the next step on
+                # and no gradient: backward then stops at the first 3x3 conv's weights, skipping
+                # the largest input-gradient of the net (31x31 px) and the GELU before it
+                for p in g["params"]:
+                    p.requires_grad_(False)
 
     def __call__(self, state: loop.TrainState, i: int) -> None:
         cfg, epoch = self.cfg, state.epoch  # state.epoch is the running epoch until it ends
         self.count += 1
         last = i + 1 == self.steps[epoch]
         if not self.bias_frozen and epoch + (i + 1) / self.full[epoch] >= cfg.whiten_bias_epochs:
-            self.bias_frozen = True
-            for g in self.optimizer.param_groups:
-                if g.get("name") == "whiten_bias":
-                    g["lr_scale"] = 0.0  # frozen: lr 0 from the next step on
-                    # and no gradient: backward then stops at the first 3x3 conv's weights, skipping
-                    # the largest input-gradient of the net (31x31 px) and the GELU before it
-                    for p in g["params"]:
-                        p.requires_grad_(False)
+            self._freeze_whiten_bias()
         if not cfg.lookahead:
             return
         if epoch >= cfg.lookahead_start_epoch and self.count % cfg.lookahead_every == 0:
@@ -215,12 +220,15 @@ class StepHooks:
 
 # ------------------------------------------------------------------------------- TTA evaluation
 
-def tta_logits(model: nn.Module, images: torch.Tensor, level: int,
-               channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def tta_logits(model: nn.Module, images: torch.Tensor, level: int, channels_last: bool = False,
+               plain: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(TTA logits, plain logits). level 1 averages the image and its mirror; level 2 also averages
     the mirror pair of the image shifted 1 px up-left and 1 px down-right (reflect padding), with
-    weights 1/2 for the unshifted pair and 1/4 for each shifted pair (airbench's 6 views)."""
-    plain = model(images)
+    weights 1/2 for the unshifted pair and 1/4 for each shifted pair (airbench's 6 views).
+    ``plain``: the images' plain logits when already computed."""
+    # A copy: under CUDA graphs (compile mode reduce-overhead) the next call of the model overwrites
+    # its last output in place, and plain is read after the other views.
+    plain = model(images).clone() if plain is None else plain
     if level == 0:
         return plain, plain
     mirror = 0.5 * plain + 0.5 * model(images.flip(-1))
@@ -237,27 +245,55 @@ def tta_logits(model: nn.Module, images: torch.Tensor, level: int,
     return 0.5 * mirror + 0.25 * shifted[0] + 0.25 * shifted[1], plain
 
 
+def selective_tta_logits(model: nn.Module, images: torch.Tensor, plain: torch.Tensor, level: int, fraction: float,
+                         batch_size: int, channels_last: bool = False) -> torch.Tensor:
+    """TTA logits for the ``ceil(fraction * N)`` images whose plain prediction is least confident
+    (lowest top softmax probability), the plain logits for the rest (after Hiverge's CIFAR-10
+    speedrun): TTA mostly changes the uncertain predictions, and the views cost a forward pass each.
+    The chosen images go through in batches of ``batch_size``, the last padded with repeats, so a
+    compiled model sees the one shape it saw in the plain pass."""
+    logits = plain.clone()
+    k = math.ceil(fraction * len(images))
+    if level == 0 or k == 0:
+        return logits
+    chosen = plain.softmax(1).amax(1).topk(k, largest=False).indices
+    for part in chosen.split(batch_size):
+        idx = torch.cat([part, part[-1:].expand(batch_size - len(part))]) if len(part) < batch_size else part
+        tta, _ = tta_logits(model, images[idx], level, channels_last, plain=plain[idx])
+        logits[part] = tta[:len(part)].float()
+    return logits
+
+
 def make_evaluate(forward: nn.Module, raw: nn.Module, device: torch.device, precision: str, level: int,
-                  extra: dict, channels_last: bool = False) -> Callable[[nn.Module, object], loop.EvalResult]:
-    """The loop's evaluate hook: TTA top-1/top-5 over the loader; the plain top-1 goes to ``extra``.
-    The loop passes the raw model; the compiled wrapper of it is used instead when there is one."""
+                  extra: dict, channels_last: bool = False,
+                  fraction: float = 1.0) -> Callable[[nn.Module, object], loop.EvalResult]:
+    """The loop's evaluate hook: TTA top-1/top-5 over the loader (for every image, or with
+    ``fraction`` < 1 for the least confident share: ``selective_tta_logits``); the plain top-1 goes
+    to ``extra``. The loop passes the raw model; the compiled wrapper of it is used instead when
+    there is one."""
     def evaluate(model: nn.Module, loader) -> loop.EvalResult:
         start = time.time()
         net = forward if model is raw else model
         was_training = net.training
         net.eval()
+        with torch.no_grad(), loop.autocast(device, precision):
+            if fraction >= 1:
+                views = [(labels, *tta_logits(net, images, level, channels_last)) for images, labels in loader]
+            else:  # the plain pass over every batch first, then the views for the chosen images
+                batches = [(images, labels, net(images).clone()) for images, labels in loader]
+                images, plain = torch.cat([b[0] for b in batches]), torch.cat([b[2] for b in batches]).float()
+                logits = selective_tta_logits(net, images, plain, level, fraction, len(batches[0][0]), channels_last)
+                views = [(torch.cat([b[1] for b in batches]), logits, plain)]
+        net.train(was_training)
         sums = torch.zeros(4, dtype=torch.float64, device=device)  # tta top1, top5, loss, plain top1
         n = 0
-        with torch.no_grad(), loop.autocast(device, precision):
-            for images, labels in loader:
-                logits, plain = tta_logits(net, images, level, channels_last)
-                logits, plain = logits.float(), plain.float()
-                c1, c5 = loop.topk_correct(logits, labels)
-                p1 = loop.topk_correct(plain, labels)[0]  # the same tie-break as c1 (argmax breaks ties otherwise)
-                sums += torch.stack([c1.double(), c5.double(),
-                                     F.cross_entropy(logits, labels, reduction="sum").double(), p1.double()])
-                n += labels.shape[0]
-        net.train(was_training)
+        for labels, logits, plain in views:
+            logits, plain = logits.float(), plain.float()
+            c1, c5 = loop.topk_correct(logits, labels)
+            p1 = loop.topk_correct(plain, labels)[0]  # the same tie-break as c1 (argmax breaks ties otherwise)
+            sums += torch.stack([c1.double(), c5.double(),
+                                 F.cross_entropy(logits, labels, reduction="sum").double(), p1.double()])
+            n += labels.shape[0]
         c1, c5, loss, p1 = sums.tolist()
         n = max(n, 1)
         extra["accuracy_no_tta"] = 100 * p1 / n
@@ -287,13 +323,15 @@ def check_config(cfg: Config) -> Schedule:
     for key in ("runs", "eval_batch_size", "whiten_samples", "lookahead_every"):
         if getattr(c, key) < 1:
             raise ConfigError(f"cifar.{key} must be >= 1, got {getattr(c, key)}")
-    for key in ("warmup_runs", "translate", "cutout", "eval_every", "muon_ns_steps", "threads"):
+    for key in ("warmup_runs", "translate", "cutout", "eval_every", "muon_ns_steps", "threads", "whiten_bias_epochs"):
         if getattr(c, key) < 0:
             raise ConfigError(f"cifar.{key} must be >= 0, got {getattr(c, key)}")
     if c.half_weights and cfg.train.precision == "fp32":
         raise ConfigError("cifar.half_weights needs train.precision fp16 or bf16 (the dtype of the weights)")
     if c.tta_level not in (0, 1, 2):
         raise ConfigError(f"cifar.tta_level must be 0, 1 or 2, got {c.tta_level}")
+    if not 0 <= c.tta_fraction <= 1:
+        raise ConfigError(f"cifar.tta_fraction must be in [0, 1], got {c.tta_fraction}")
     if not 0 <= c.momentum < 1 or not 0 <= c.bn_momentum < 1 or not 0 <= c.lookahead_decay <= 1:
         raise ConfigError("cifar.momentum and cifar.bn_momentum must be in [0, 1), cifar.lookahead_decay in [0, 1]")
     if not 0 <= c.label_smoothing <= 1:
@@ -366,7 +404,7 @@ class Trainer:
                                    if cfg.train.compile else self.model)
         self.extra: dict = {}
         self.evaluate = make_evaluate(self.forward, self.model, device, self.precision, c.tta_level, self.extra,
-                                      channels_last)
+                                      channels_last, c.tta_fraction)
 
     @property
     def threads(self) -> int | None:
