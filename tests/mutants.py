@@ -261,6 +261,9 @@ MUTANTS = [
     Mutant("evaluate_ignores_tta_fraction", "training/recipes/cifar.py", "            if fraction >= 1:",
            "            if True:",
            ("tests/test_cifar_recipe.py::test_evaluate_scores_the_selective_tta_over_the_whole_test_set",)),
+    Mutant("jitter_shift_not_scaled", "training/data/cifar.py", ".to(self.dtype) * self.scale  # (x + b)",
+           ".to(self.dtype)  # (x + b)",
+           ("tests/test_cifar_data.py::test_colour_jitter_is_one_brightness_shift_and_contrast_scale_per_image",)),
     Mutant("rejoining_machine_refused", "launch/multinode.sh", "REJOINING=1 train_args", "train_args",
            ("tests/test_launch.py::test_a_machine_rejoining_its_group_is_not_refused_for_its_own_run",)),
 ]

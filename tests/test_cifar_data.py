@@ -180,6 +180,33 @@ def test_cutout_zeroes_one_clipped_square():
         assert ys.max() - ys.min() < 8 and xs.max() - xs.min() < 8
 
 
+def test_colour_jitter_is_one_brightness_shift_and_contrast_scale_per_image():
+    """cifar.brightness / cifar.contrast: image i becomes (x + b_i) * c_i, b_i uniform in +-brightness,
+    c_i in 1 +- contrast, drawn per (seed, epoch); the shuffle, flips and shifts stay those of a run
+    without jitter."""
+    images = pattern_images(300)
+    plain, jittered = make_loader(images, seed=4), make_loader(images, seed=4, brightness=0.3, contrast=0.2)
+    for loader in (plain, jittered):
+        loader.set_epoch(1)
+    shifts, scales = [], []
+    for (xa, ya), (xb, yb) in zip(plain, jittered):
+        assert torch.equal(ya, yb)
+        a, b = xa.flatten(1), xb.flatten(1)
+        c = ((a - a.mean(1, keepdim=True)) * (b - b.mean(1, keepdim=True))).sum(1) / (a - a.mean(1, keepdim=True)).square().sum(1)
+        shift = (b - a * c[:, None]).mean(1) / c  # b = (a + shift) * c
+        torch.testing.assert_close(b, (a + shift[:, None]) * c[:, None], atol=1e-5, rtol=1e-5)
+        shifts.append(shift)
+        scales.append(c)
+    shift, scale = torch.cat(shifts), torch.cat(scales)
+    assert shift.abs().max() <= 0.3 + 1e-5 and shift.abs().max() > 0.25 and shift.std() > 0.1
+    assert (scale - 1).abs().max() <= 0.2 + 1e-5 and (scale - 1).abs().max() > 0.15
+    again = make_loader(images, seed=4, brightness=0.3, contrast=0.2)
+    again.set_epoch(1)
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(again, jittered))  # deterministic per (seed, epoch)
+    with pytest.raises(DataError, match="contrast in"):
+        make_loader(images, contrast=1.0)
+
+
 def test_eval_loader_in_order():
     images = pattern_images(25)
     loader = cd.CifarEvalLoader(images, torch.arange(25), ["x"], 10, mean=MEAN, std=STD)

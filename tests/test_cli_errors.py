@@ -98,6 +98,7 @@ TRAIN_CASES = [
     (["--config", CIFAR, "cifar.whiten_eps=-1"], "cifar.whiten_eps must be > 0, got -1"),
     (["--config", CIFAR, "cifar.whiten_bias_epochs=-1"], "cifar.whiten_bias_epochs must be >= 0, got -1"),
     (["--config", CIFAR, "cifar.tta_fraction=1.5"], "cifar.tta_fraction must be in [0, 1], got 1.5"),
+    (["--config", CIFAR, "cifar.contrast=1"], "cifar.contrast must be in [0, 1), got 1"),
     # --check: what a run would refuse before it reads data, said without data or devices
     (["--config", TINY, "--arch", "resnt50", "--check"], "unknown --arch 'resnt50': not a torchvision"),
     (["--config", CIFAR, "cifar.tta_level=5", "--check"], "cifar.tta_level must be 0, 1 or 2, got 5"),

@@ -140,6 +140,8 @@ class CifarConfig:
     translate: int = 2  # max random shift, px
     pad_mode: str = "reflect"  # reflect | zeros: the padding the shifted-in border comes from
     cutout: int = 0  # side of a zeroed square, px; 0: off
+    brightness: float = 0.0  # per-image shift of the normalised pixels, uniform in +-this (units of the std); 0: off
+    contrast: float = 0.0  # per-image scale of the normalised pixels, uniform in 1 +- this; 0: off
     drop_last: bool = True  # every step the same batch shape
     epoch_augment: bool = False  # augment + shuffle the whole epoch at once; batches are slices of it
     eval_batch_size: int = 2000  # images per evaluation batch

@@ -179,19 +179,22 @@ class CifarTrainLoader:
     def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, classes: list[str], batch_size: int,
                  *, mean, std, seed: int = 0, dtype: torch.dtype = torch.float32, channels_last: bool = False,
                  flip: str = "alternate", translate: int = 2, pad_mode: str = "reflect", cutout: int = 0,
-                 drop_last: bool = True, epoch_augment: bool = False):
+                 brightness: float = 0.0, contrast: float = 0.0, drop_last: bool = True, epoch_augment: bool = False):
         if flip not in ("alternate", "random", "none"):
             raise DataError(f"flip must be alternate, random or none, got {flip!r}")
         if pad_mode not in ("reflect", "zeros"):
             raise DataError(f"pad_mode must be reflect or zeros, got {pad_mode!r}")
         if not 0 <= translate < images_u8.shape[-1] // 2 or cutout < 0:
             raise DataError(f"translate must be in 0..{images_u8.shape[-1] // 2 - 1} px and cutout >= 0")
+        if not (0 <= brightness and 0 <= contrast < 1):
+            raise DataError(f"brightness must be >= 0 and contrast in [0, 1), got {brightness} and {contrast}")
         self.images_u8, self.labels, self.classes = images_u8, labels, classes
         self.device = images_u8.device
         self.num_images = len(labels)
         self.batch_size = batch_size
         self.mean, self.std, self.dtype, self.channels_last = mean, std, dtype, channels_last
         self.flip, self.translate, self.pad_mode, self.cutout = flip, translate, pad_mode, cutout
+        self.brightness, self.contrast = brightness, contrast
         self.drop_last = drop_last
         self.epoch_augment = epoch_augment
         self.epoch_images = self.epoch_labels = None
@@ -231,6 +234,10 @@ class CifarTrainLoader:
             self.flips = torch.zeros(n, dtype=torch.bool, device=self.device)
         if self.cutout:
             self.cut_centres = torch.randint(0, self.images_u8.shape[-1], (n, 2), generator=g, device=self.device)
+        if self.brightness or self.contrast:  # drawn last: the draws above stay those of a run without them
+            u = torch.rand(n, 2, generator=g, device=self.device) * 2 - 1
+            self.scale = (1 + self.contrast * u[:, 1]).to(self.dtype)
+            self.shift = (self.brightness * u[:, 0]).to(self.dtype) * self.scale  # (x + b) * c = x * c + b * c
         if self.epoch_augment:  # labels too: a training step then starts with two views, no kernel
             self.epoch_images, self.epoch_labels = self.augment(self.perm), self.labels[self.perm]
 
@@ -242,7 +249,7 @@ class CifarTrainLoader:
         return n // b if self.drop_last else math.ceil(n / b)
 
     def augment(self, idx: torch.Tensor) -> torch.Tensor:
-        """The augmented images ``idx`` of this epoch (flip + translate + cutout), one gather."""
+        """The augmented images ``idx`` of this epoch (flip + translate, colour jitter, cutout), one gather."""
         size = self.images_u8.shape[-1]
         ar = torch.arange(size, device=self.device)
         shifts, flips = self.shifts[idx], self.flips[idx]
@@ -251,6 +258,8 @@ class CifarTrainLoader:
         # Advanced indices on dims 0, 2, 3 (split by the channel slice) put the batch dims first:
         # (B, H, W, C); the permuted view is NCHW in channels_last memory order.
         out = self.padded[idx[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        if self.brightness or self.contrast:  # colour jitter (Hiverge's CIFAR-10 speedrun): one fused op
+            out = torch.addcmul(self.shift[idx].view(-1, 1, 1, 1), out, self.scale[idx].view(-1, 1, 1, 1))
         if self.cutout:
             start = self.cut_centres[idx] - self.cutout // 2  # (B, 2): top-left corner, may be < 0
             inside_y = (ar[None, :] >= start[:, :1]) & (ar[None, :] < start[:, :1] + self.cutout)

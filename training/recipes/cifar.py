@@ -323,9 +323,12 @@ def check_config(cfg: Config) -> Schedule:
     for key in ("runs", "eval_batch_size", "whiten_samples", "lookahead_every"):
         if getattr(c, key) < 1:
             raise ConfigError(f"cifar.{key} must be >= 1, got {getattr(c, key)}")
-    for key in ("warmup_runs", "translate", "cutout", "eval_every", "muon_ns_steps", "threads", "whiten_bias_epochs"):
+    for key in ("warmup_runs", "translate", "cutout", "eval_every", "muon_ns_steps", "threads", "whiten_bias_epochs",
+                "brightness"):
         if getattr(c, key) < 0:
             raise ConfigError(f"cifar.{key} must be >= 0, got {getattr(c, key)}")
+    if not 0 <= c.contrast < 1:  # a scale of 1 - contrast must stay positive
+        raise ConfigError(f"cifar.contrast must be in [0, 1), got {c.contrast}")
     if c.half_weights and cfg.train.precision == "fp32":
         raise ConfigError("cifar.half_weights needs train.precision fp16 or bf16 (the dtype of the weights)")
     if c.tta_level not in (0, 1, 2):
@@ -378,7 +381,8 @@ class Trainer:
             self.train = cdata.CifarTrainLoader(
                 x_train, y_train, self.classes, first.batch_size, mean=mean, std=std, seed=cfg.train.seed,
                 dtype=dtype, channels_last=channels_last, flip=c.flip, translate=c.translate,
-                pad_mode=c.pad_mode, cutout=c.cutout, drop_last=c.drop_last, epoch_augment=c.epoch_augment)
+                pad_mode=c.pad_mode, cutout=c.cutout, brightness=c.brightness, contrast=c.contrast,
+                drop_last=c.drop_last, epoch_augment=c.epoch_augment)
         except DataError as e:
             raise ConfigError(f"cifar: {e}") from None
         if c.drop_last:  # else an epoch would train nothing and the run would evaluate its initial weights
