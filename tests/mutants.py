@@ -264,6 +264,9 @@ MUTANTS = [
     Mutant("jitter_shift_not_scaled", "training/data/cifar.py", ".to(self.dtype) * self.scale  # (x + b)",
            ".to(self.dtype)  # (x + b)",
            ("tests/test_cifar_data.py::test_colour_jitter_is_one_brightness_shift_and_contrast_scale_per_image",)),
+    Mutant("unit_std_head_ignores_width", "training/models/cifar.py",
+           "head_scale / widths[2] if head_unit_std", "head_scale if head_unit_std",
+           ("tests/test_cifar_recipe.py::test_a_unit_std_head_divides_the_logits_by_its_width",)),
     Mutant("rejoining_machine_refused", "launch/multinode.sh", "REJOINING=1 train_args", "train_args",
            ("tests/test_launch.py::test_a_machine_rejoining_its_group_is_not_refused_for_its_own_run",)),
 ]

@@ -79,6 +79,20 @@ def test_dirac_init_is_identity_and_bn_scale_frozen():
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_a_unit_std_head_divides_the_logits_by_its_width():
+    """airbench94_muon's head: unit-std weights, logits / the head's width, so overriding cifar.widths
+    keeps the recipe's logit scale (head_scale multiplies on top); without it head_scale alone."""
+    x = torch.randn(3, 3, 32, 32)
+    for widths, head_scale in (((8, 16, 24), 1.0), ((8, 16, 40), 0.5)):
+        torch.manual_seed(0)
+        net = cm.CifarNet(widths=widths, head_unit_std=True, head_scale=head_scale).eval()
+        assert net.head.weight.std().item() == pytest.approx(1.0)
+        features = net.layers(net.whiten(x)).flatten(1)
+        torch.testing.assert_close(net(x), net.head(features) * head_scale / widths[2])
+    net = cm.CifarNet(widths=(8, 16, 24), head_scale=1 / 9).eval()
+    torch.testing.assert_close(net(x), net.head(net.layers(net.whiten(x)).flatten(1)) / 9)
+
+
 def test_param_groups_bias_lr_and_decoupled_weight_decay():
     cfg = C.CifarConfig()
     net = cm.CifarNet(widths=(8, 16, 16))

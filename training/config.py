@@ -111,7 +111,7 @@ class CifarConfig:
     bn_momentum: float = 0.6  # weight of the old running stats per step (PyTorch's momentum = 1 - this)
     bn_eps: float = 1e-12  # BatchNorm epsilon
     head_scale: float = 0.1111111  # logits multiplier (airbench94: 1/9)
-    head_unit_std: bool = False  # head weight init rescaled to unit std (with Muon, head_scale = 1/width)
+    head_unit_std: bool = False  # airbench94_muon's head: unit-std init, logits also divided by widths[2]
     half_weights: bool = False  # the net in train.precision's dtype, BN in fp32, no autocast (airbench94)
     pool: str = "native"  # native (max_pool2d) | reshape (amax over a reshaped view, masked-copy backward)
     # optimisation; the phases' lr is a multiplier (peak 1.0) of the lrs below

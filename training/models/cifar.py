@@ -2,7 +2,7 @@
 
     whiten (2x2 conv, 24 ch, frozen, set from data) -> GELU
     -> 3 x [conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU]   (32 -> 15 -> 7 -> 3 px)
-    -> maxpool3 -> linear (no bias) -> x head_scale
+    -> maxpool3 -> linear (no bias) -> x head_scale (/ the head's width too with head_unit_std)
 
 Why each piece (the paper's ablations, section 3):
 - Patch-whitening first layer: its filters are the eigenvectors of the covariance of 2x2x3 input
@@ -148,8 +148,9 @@ class CifarNet(nn.Module):
         whiten_width = 2 * 3 * whiten_kernel ** 2
         self.whiten = nn.Conv2d(3, whiten_width, whiten_kernel, padding=0, bias=True)
         self.whiten.weight.requires_grad_(not whiten_frozen)
-        self.head_scale = head_scale
         self.head_unit_std = head_unit_std
+        # airbench94_muon's head: unit-std weights, logits divided by its width, so the scale follows widths[2]
+        self.logit_scale = head_scale / widths[2] if head_unit_std else head_scale
         bn = dict(bn_momentum=bn_momentum, bn_eps=bn_eps, bn_frozen_weight=bn_frozen_weight, pool=pool)
         self.layers = nn.Sequential(
             act_cls(),
@@ -193,7 +194,7 @@ class CifarNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers(self.whiten(x))
-        return self.head(x.flatten(1)) * self.head_scale
+        return self.head(x.flatten(1)) * self.logit_scale
 
 
 def patches(images: torch.Tensor, k: int) -> torch.Tensor:
