@@ -30,15 +30,13 @@ network_env() {
 # Check train.py's command line once, before torchrun (train.py --check: the schedule, the recipe's
 # settings and --arch; DATA's folders, a --resume file, a logdir free for a new run; no images or
 # devices; a few seconds, torch's import): an error there would otherwise be said by every rank and
-# restart the group MAX_RESTARTS times. REJOINING=1 (multinode.sh) leaves the logdir and the
-# --resume file to the ranks: a machine started anew joins a group whose run already fills the
-# logdir (only the ranks can tell it is their own), and a --resume file need be only on rank 0's
-# machine. train.resume=auto in the check alone skips exactly those two.
+# restart the group MAX_RESTARTS times. REJOINING=1 (multinode.sh) adds --rejoin: the logdir and a
+# --resume file are left to the ranks, since a machine started anew joins a group whose run already
+# fills the logdir (only the ranks can tell it is their own), and neither need be on this machine.
 check_args() {
   [ -n "${LAUNCH_DRY_RUN:-}" ] && return 0
-  local rejoin=()
-  [ -n "${REJOINING:-}" ] && rejoin=(train.resume=auto)
-  "$PYTHON" "$ROOT/training/train.py" "$@" "${rejoin[@]}" --check || exit $?
+  if [ -n "${REJOINING:-}" ]; then set -- "$@" --rejoin; fi
+  "$PYTHON" "$ROOT/training/train.py" "$@" --check || exit $?
 }
 
 # train.py's arguments into the array args: DATA, CONFIG, DIST_TIMEOUT and RESUME from the

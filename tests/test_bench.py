@@ -180,9 +180,12 @@ def test_an_interrupted_generation_or_copy_is_made_again_not_measured(tmp_path):
 
     jpegtree.mark(data, jpegtree.generated(data) | {"complete": False, "copies": []})  # killed mid-generation
     next((data / "train").rglob("*.JPEG")).unlink()
+    with pytest.raises(SystemExit) as e:  # another size: completing it would mix two trees
+        ensure_tree(data, {""}, 6, log=said.append)
+    assert e.value.code == 2
     said.clear()
     ensure_tree(data, {""}, 5, log=said.append)
-    assert said[0] == f"bench: {data} was left part-generated (.jpegtree.json): generating it again"
+    assert said[0].startswith(f"bench: completing the part-generated 5 textured JPEGs under {data}")
     assert files(data) == whole and jpegtree.generated(data)["complete"]
 
     (Path(f"{data}-sz/160") / copy[0]).unlink()  # the copy killed midway: not recorded as made
@@ -194,6 +197,13 @@ def test_an_interrupted_generation_or_copy_is_made_again_not_measured(tmp_path):
     said.clear()
     ensure_tree(data, {"", "-sz/160"}, 5, log=said.append)
     assert said == [] and len(files(Path(f"{data}-sz/160"))) == 9
+    for split in ("train", "validation"):  # the tree gone, its copy left: not taken for a new tree's
+        for f in (data / split).rglob("*.JPEG"):
+            f.unlink()
+        (data / split).rename(tmp_path / f"old-{split}")
+    with pytest.raises(SystemExit) as e:
+        ensure_tree(data, {""}, 5, log=said.append)
+    assert e.value.code == 2 and not (data / "train").exists()
     with pytest.raises(ValueError, match="every class folder needs an image"):
         jpegtree.make_tree(tmp_path / "e", images=3, classes=4)
 

@@ -160,6 +160,24 @@ def launch_variants(mode: str, *extra: str) -> list[str]:
     return tokens[tokens.index("--variants") + 1:]
 
 
+def test_tta_fractions_rescore_the_same_weights(data, tmp_path, capsys):
+    """--tta-fractions: share 1 is the run's own evaluation (the config's tta_fraction is 1), share 0
+    its plain accuracy: known answers, so the same weights were scored."""
+    out = tmp_path / "f.json"
+    assert bench.main(["cifar", "--data", str(data), *TINY, "--runs", "2", "--tta-fractions", "1", "0.5", "0",
+                       "--json", str(out)]) == 0
+    runs = json.loads(out.read_text())["variants"]["default"]["runs"]
+    assert len(runs) == 2
+    for r in runs:
+        f = r["tta_fractions"]
+        assert list(f) == ["1.0", "0.5", "0.0"]
+        assert f["1.0"]["accuracy"] == pytest.approx(r["accuracy"]) and f["0.0"]["accuracy"] == pytest.approx(r["accuracy_no_tta"])
+        assert all(v["eval_seconds"] > 0 for v in f.values())
+    table = capsys.readouterr().out
+    assert "default         tta_fraction 1.0    n 2" in table and "vs the run's +0.000" in table
+    assert bench.main(["cifar", "--data", str(data), *TINY, "--tta-fractions", "1.5"]) == 2
+
+
 def test_launch_script_variants_are_valid_configs():
     """Every variant the GPU call will run builds and passes the recipe's checks here, before GPU time is spent."""
     assert os.access(REPO / "launch" / "bench_cifar.sh", os.X_OK)

@@ -203,6 +203,8 @@ def test_colour_jitter_is_one_brightness_shift_and_contrast_scale_per_image():
     again = make_loader(images, seed=4, brightness=0.3, contrast=0.2)
     again.set_epoch(1)
     assert all(torch.equal(x, y) for (x, _), (y, _) in zip(again, jittered))  # deterministic per (seed, epoch)
+    idx = torch.arange(300)
+    torch.testing.assert_close(jittered.augment(idx.flip(0)).flip(0), jittered.augment(idx))  # per image, not slot
     with pytest.raises(DataError, match="contrast in"):
         make_loader(images, contrast=1.0)
 

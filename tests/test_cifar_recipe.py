@@ -220,6 +220,10 @@ def test_selective_tta_views_only_the_least_confident_in_whole_batches():
             torch.testing.assert_close(got[i], want)
         assert set(seen) <= {4} and len(seen) == 5 * math.ceil(k / 4)  # 5 more views per batch of 4
     assert torch.equal(R.selective_tta_logits(model, x, plain, 0, 0.5, batch_size=4), plain)
+    x100 = torch.randn(100, 3, 32, 32)
+    seen.clear()
+    R.selective_tta_logits(model, x100, model(x100), 2, 0.07, batch_size=7)  # 0.07 * 100 = 7.000000000000001
+    assert seen == [100] + [7] * 5  # 7 images: one batch, not a second padded one
 
 
 def test_evaluate_scores_the_selective_tta_over_the_whole_test_set():
@@ -235,12 +239,16 @@ def test_evaluate_scores_the_selective_tta_over_the_whole_test_set():
 
     net, x, y = Linear(), torch.randn(12, 3, 32, 32), torch.randint(0, 10, (12,))
     loader = [(x[i:i + 4], y[i:i + 4]) for i in (0, 4, 8)]
+    shapes = []
+    net.register_forward_pre_hook(lambda m, args: shapes.append(len(args[0])))
     with torch.no_grad():
         plain = net(x)
         for fraction in (1.0, 0.5):
             want = R.selective_tta_logits(net, x, plain, 2, fraction, batch_size=4)
             extra = {}
+            shapes.clear()
             got = R.make_evaluate(net, net, torch.device("cpu"), "fp32", 2, extra, fraction=fraction)(net, loader)
+            assert set(shapes) == {4}  # the loader's batch, the one shape a compiled model was built for
             assert got.top1 == pytest.approx(100 * (want.argmax(1) == y).float().mean().item())
             assert got.loss == pytest.approx(nn.functional.cross_entropy(want, y).item(), rel=1e-5)
             assert extra["accuracy_no_tta"] == pytest.approx(100 * (plain.argmax(1) == y).float().mean().item())

@@ -154,6 +154,19 @@ def test_check_refuses_a_logdir_holding_a_run_unless_resuming(workdir, capsys):
     assert call(train.main, ["--config", TINY, "--logdir", "old", "--resume", "auto", "--check"]) == 0
     assert call(train.main, ["--config", TINY, "--logdir", "old", "--resume", "old/no.pt", "--check"]) == 2
     assert capsys.readouterr().err == "error: checkpoint old/no.pt: no such file\n"
+    assert call(train.main, ["--config", TINY, "--logdir", "old", "--resume", "old", "--check"]) == 2
+    assert capsys.readouterr().err == "error: checkpoint old: not a file\n"
+    (workdir / "afile").write_text("")
+    for config in (TINY, CIFAR):
+        assert call(train.main, ["--config", config, "--logdir", "afile/run", "--check"]) == 2
+        assert capsys.readouterr().err == "error: logdir afile/run: cannot be written (afile is not a writable directory)\n"
+    assert call(train.main, ["--config", CIFAR, "--results", "old", "--check"]) == 2
+    assert capsys.readouterr().err == "error: --results old: is a directory\n"
+    # a machine rejoining its group (launch/multinode.sh): the logdir and resume file are the ranks' to judge
+    assert call(train.main, ["--config", TINY, "--logdir", "old", "--resume", "old/no.pt", "--check", "--rejoin"]) == 0
+    assert call(train.main, ["--config", TINY, "--rejoin"]) == 2
+    assert capsys.readouterr().err == "error: --rejoin qualifies --check only\n"
+    assert sorted(p.name for p in workdir.iterdir()) == ["afile", "old"]  # nothing written
 
 
 @pytest.mark.parametrize("argv,message", TRAIN_CASES, ids=range(len(TRAIN_CASES)))

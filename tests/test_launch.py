@@ -187,6 +187,9 @@ def test_a_machine_rejoining_its_group_is_not_refused_for_its_own_run(tmp_path):
     r = run_bounded(["bash", "launch/multinode.sh", str(tmp_path / "missing")], cwd=REPO, timeout=60, env=env)
     assert (r.returncode, r.stderr.strip()) == (2, f"error: data dir {tmp_path}/missing/train does not exist "
                                                    "(phase at epoch 0)")
+    r = run_bounded(["bash", "launch/multinode.sh", str(data), "--evaluate"], cwd=REPO, timeout=60, env=env)
+    assert (r.returncode, r.stderr.strip()) == (2, "error: --evaluate (-e) evaluates a checkpoint: give --resume "
+                                                   "PATH, or --resume auto for the logdir's newest")
     assert not (tmp_path / "python.args").exists()
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from training.cli import output_problem
 from training.config import ConfigError
 
 
@@ -27,6 +28,13 @@ def check_logdir(logdir: str) -> list[Path]:
     except OSError as e:
         raise ConfigError(f"logdir {logdir} is not writable ({e.strerror})") from None
     return created
+
+
+def check_logdir_writable(logdir: str) -> None:
+    """check_logdir's verdict without creating anything (train.py --check): ConfigError unless the
+    logdir is, or can be made, a writable directory."""
+    if (problem := output_problem(os.path.join(logdir, "train.log"))) is not None:
+        raise ConfigError(f"logdir {logdir}: {problem}")
 
 
 # What a run leaves in its logdir (both recipes; run_NNN/ are the cifar recipe's per-run dirs).

@@ -69,9 +69,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the per-epoch plan as JSON lines and exit")
     p.add_argument("--check", action="store_true",
                    help="check the command line as a run would (schedule, the recipe's settings, --arch), and "
-                        "what a start would find on disk: DATA's folders for every phase when DATA is given, a "
-                        "--resume file, a logdir free for a new run (no images read, no devices); exit 0, or "
+                        "what a start would find on disk: a writable logdir free for a new run, a --resume file, "
+                        "and for the imagenet recipe DATA's folders for every phase when DATA is given (no "
+                        "images read, no devices); cifar: a writable --results file; exit 0, or "
                         "one error line and 2. The launch scripts run it once before torchrun")
+    p.add_argument("--rejoin", action="store_true",
+                   help="with --check: leave the logdir and a --resume file to the ranks (launch/multinode.sh: a "
+                        "machine started anew may rejoin a group whose run fills the logdir, and neither need be "
+                        "on this machine)")
     p.add_argument("--num-train-images", type=positive_int,
                    help="images per epoch for --dry-run / --plot-schedule (default: the recipe's data set, "
                         f"{TRAIN_IMAGES['imagenet']:,} for imagenet, {TRAIN_IMAGES['cifar']:,} for cifar; "
@@ -153,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             print(C.annotated(cfg), end="")
             sys.stdout.flush()
             return 0
+        if args.rejoin and not args.check:
+            raise C.ConfigError("--rejoin qualifies --check only")
         if args.check:
-            return check(cfg)
+            return check(cfg, own_disk=not args.rejoin)
         schedule = parse_schedule(cfg.phases)
         if args.dry_run:
             cifar = cfg.recipe == "cifar"
@@ -196,17 +203,20 @@ def plot(schedule: Schedule, path: str, num_images: int, world_size: int) -> int
     return 0
 
 
-def check(cfg: C.Config) -> int:
-    """--check: the recipe's settings, then what a start would find on disk (data dirs, a --resume
-    file, a logdir free for a new run); 0, or one error line and 2. Nothing is written."""
+def check(cfg: C.Config, own_disk: bool = True) -> int:
+    """--check: the recipe's settings, then what a start would find on disk (data dirs; with
+    ``own_disk``, the logdir and a --resume file); 0, or one error line and 2. Nothing is written."""
     from training.checkpoint import CheckpointError
     from training.data import DataError
     recipe = recipe_module(cfg)
     schedule = recipe.check_config(cfg)  # ConfigError and PhaseError: main's handler
     try:
-        recipe.check_start(cfg, schedule)
+        recipe.check_start(cfg, schedule, own_disk)
     except (DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a folder that cannot be listed
+        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,7 +1,8 @@
 """CIFAR-10 side by side: PyPI airbench94 and variants of our recipe, in one process, interleaved.
 
     python -m training.bench cifar --data DIR [--config FILE] [--variants NAME=OVERRIDES ...]
-        [--set KEY=VALUE ...] [--runs N] [--airbench] [--time-limit S] [--trace DIR] [--json FILE]
+        [--set KEY=VALUE ...] [--runs N] [--airbench] [--time-limit S] [--trace DIR]
+        [--tta-fractions F ...] [--json FILE]
 
 A variant is a name and a space-separated list of ``section.key=value`` overrides of the base config
 (configs/cifar10.yaml unless ``--config`` names another); a token without ``=`` is a YAML file
@@ -23,6 +24,10 @@ working directory); accuracy and time are read from the ``eval`` row of the tabl
 torch.profiler, written as ``DIR/NAME_profile.txt`` (ops by self device time on a GPU, by self CPU
 time on the CPU) and ``DIR/NAME_trace.json.gz`` (chrome://tracing, Perfetto); the line it prints
 gives the device's busy time against the run's: far less busy than long is a host-bound run.
+
+``--tta-fractions F ...``: after each run of ours, its weights are scored again (untimed) with each
+``cifar.tta_fraction`` F; as only the evaluation differs, the accuracy differences are paired, free
+of the run-to-run spread. One table row per variant and share, and each run's figures in the JSON.
 
 A row that raises is reported and left out of later rounds; the others go on (exit status 1).
 ``--count-ops`` times nothing: it counts the aten ops of a training step of each variant (host
@@ -161,6 +166,7 @@ class Entry:
     threads: int | None = None  # torch threads of its runs on the CPU
     runs: list[dict] = field(default_factory=list)
     failed: str = ""  # why it stopped (an exception in a warm-up or run): left out of later rounds
+    rescore: object = None  # ours: callable(fraction) -> EvalResult of the last run's weights (--tta-fractions)
 
 
 def attempt(entry: Entry, what: str, fn):
@@ -180,7 +186,7 @@ def ours_entry(variant: Variant, cfg: C.Config, device: torch.device, data_dir: 
     trainer = recipe.Trainer(cfg, recipe.check_config(cfg), device, data_dir)
     entry = Entry(variant.name, " ".join(variant.files + variant.overrides) or "(base config)",
                   lambda r: trainer.run(cfg.train.seed + r, None), data_load_seconds=trainer.data_seconds,
-                  config=C.to_dict(cfg), threads=trainer.threads)
+                  config=C.to_dict(cfg), threads=trainer.threads, rescore=trainer.evaluate_at)
     t0 = time.perf_counter()
     for w in range(cfg.cifar.warmup_runs):
         if attempt(entry, "warm-up", lambda: trainer.run(cfg.train.seed - 1 - w, None, warmup=True)) is None:
@@ -300,7 +306,25 @@ def format_table(doc: dict) -> str:
         rows.append(f"{name:<16}{s['n']:>4}{s['mean_accuracy']:>9.2f}%{s['std_accuracy']:>6.2f}{ci_text:>17}"
                     f"{hits:>7}{s['median_train_seconds']:>10.3f}{s['min_train_seconds']:>8.3f}"
                     f"{s['warmup_seconds']:>11.2f}{ratio:>16}{v.get('threads') or '-':>9}")
+    rows += fraction_rows(doc)
     return "\n".join(rows)
+
+
+def fraction_rows(doc: dict) -> list[str]:
+    """--tta-fractions: per variant and share, the mean accuracy of the same weights, its mean
+    difference from the timed run's own evaluation (paired: only the evaluation differs), and the
+    median evaluation time."""
+    rows = []
+    for name, v in doc["variants"].items():
+        runs = [r for r in v["runs"] if "tta_fractions" in r]
+        for f in runs[0]["tta_fractions"] if runs else ():
+            acc = [r["tta_fractions"][f]["accuracy"] for r in runs]
+            diff = [r["tta_fractions"][f]["accuracy"] - r["accuracy"] for r in runs]
+            secs = statistics.median(r["tta_fractions"][f]["eval_seconds"] for r in runs)
+            rows.append(f"{name:<16}tta_fraction {f:<6} n {len(runs)}  mean acc {statistics.fmean(acc):.2f}%  "
+                        f"vs the run's {statistics.fmean(diff):+.3f} (min {min(diff):+.2f}, max {max(diff):+.2f})  "
+                        f"eval median {secs:.2f} s")
+    return rows
 
 
 def write_json_atomic(path: str | None, doc: dict) -> None:
@@ -389,6 +413,12 @@ def bench(args: argparse.Namespace, say=lambda m: print(m, flush=True)) -> dict:
                 e.runs.append(asdict(res) | {"round": r, "position": pos})
                 say(f"round {r} {e.name}: accuracy {res.accuracy:.2f}% (no TTA {res.accuracy_no_tta:.2f}%) "
                     f"time {res.train_seconds:.3f} s")
+                if args.tta_fractions and e.rescore:  # untimed: the same weights at each share
+                    scored = {f: e.rescore(f) for f in args.tta_fractions}
+                    e.runs[-1]["tta_fractions"] = {str(f): {"accuracy": v.top1, "eval_seconds": v.seconds}
+                                                   for f, v in scored.items()}
+                    say("  tta_fraction " + ", ".join(f"{f:g}: {v.top1:.2f}% in {v.seconds:.2f} s"
+                                                      for f, v in scored.items()))
             meta["order"].append([e.name for e in order])
             longest = max(longest, time.perf_counter() - t_round)
             write_json_atomic(args.json, document(entries, meta))
@@ -401,6 +431,9 @@ def bench(args: argparse.Namespace, say=lambda m: print(m, flush=True)) -> dict:
 def run(args: argparse.Namespace) -> int:
     if args.runs < 1 or args.time_limit < 0:
         print("error: --runs must be >= 1 and --time-limit >= 0", file=sys.stderr)
+        return 2
+    if any(not 0 <= f <= 1 for f in args.tta_fractions or ()):
+        print("error: --tta-fractions must be in [0, 1]", file=sys.stderr)
         return 2
     if args.trace:
         try:
@@ -443,5 +476,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "of each variant, from the profiler (host work; use a CPU config)")
     p.add_argument("--trace", metavar="DIR", help="first, one untimed run of each variant of ours under "
                    "torch.profiler: DIR/NAME_profile.txt and DIR/NAME_trace.json.gz")
+    p.add_argument("--tta-fractions", type=float, nargs="+", metavar="F",
+                   help="after each run of ours, score its weights again with each cifar.tta_fraction F (untimed; "
+                        "paired: only the evaluation differs): accuracy and evaluation time per share")
     p.add_argument("--json", metavar="FILE", help="every run, the summaries and each variant's config")
     p.set_defaults(func=run)

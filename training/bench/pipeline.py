@@ -31,7 +31,6 @@ import json
 import multiprocessing as mp
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -136,17 +135,23 @@ def _train_dir(size: int, args: argparse.Namespace) -> str:
 
 def ensure_tree(data: Path, dirs: set[str], images: int, log=lambda m: print(m, file=sys.stderr)) -> None:
     """The tree and the copies ``dirs`` name, generated where missing. A generation or a copy that was
-    interrupted (a tree of ours whose marker does not say it finished) is made again, not measured."""
+    interrupted (a tree of ours whose marker does not say it finished) is completed, not measured:
+    the generation is deterministic, so it is run again over the same file names."""
     from training.bench import jpegtree
+    classes = min(100, images)
     made = jpegtree.generated(data)
-    if made is not None and not made.get("complete"):
-        log(f"bench: {data} was left part-generated ({jpegtree.MARKER}): generating it again")
-        for split in ("train", "validation"):
-            shutil.rmtree(data / split, ignore_errors=True)
-    if not (data / "train").is_dir():
-        log(f"bench: generating {images} textured JPEGs under {data} on {os.cpu_count()} cores")
+    redo = made is not None and not made.get("complete")
+    if redo and (made.get("images"), made.get("classes")) != (images, classes):
+        _refuse(f"{data} holds a part-generated tree of {made.get('images')} images ({jpegtree.MARKER}), not "
+                f"--generate {images}: give --generate {made.get('images')} to complete it, or remove {data}")
+    if redo or not (data / "train").is_dir():
+        stale = [f"{data}{d}" for d in sorted(COPY_SIDE) if os.path.exists(f"{data}{d}")]
+        if stale and not redo:  # copies of another tree: they would be taken for this one's
+            _refuse(f"{', '.join(stale)} exist beside {data}, which has no train/ to make them from: remove them")
+        log(f"bench: {'completing the part-generated' if redo else 'generating'} {images} textured JPEGs under "
+            f"{data} on {os.cpu_count()} cores")
         t0 = time.perf_counter()
-        facts = jpegtree.make_tree(data, images, classes=min(100, images))
+        facts = jpegtree.make_tree(data, images, classes=classes)
         log(f"bench: {facts} in {time.perf_counter() - t0:.1f} s")
     made = jpegtree.generated(data)
     for d in sorted(dirs - {""}):
@@ -155,13 +160,17 @@ def ensure_tree(data: Path, dirs: set[str], images: int, log=lambda m: print(m, 
         if present and not unfinished:
             continue
         if d not in COPY_SIDE:
-            print(f"error: {data}{d}/train does not exist (and {d} is not a copy this tool makes)", file=sys.stderr)
-            raise SystemExit(2)
+            _refuse(f"{data}{d}/train does not exist (and {d} is not a copy this tool makes)")
         log(f"bench: {'completing' if present else 'writing'} the {d} copy")
         jpegtree.resized_copy(data, d, COPY_SIDE[d])
         if made is not None:
             made["copies"].append(d)
             jpegtree.mark(data, made)
+
+
+def _refuse(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def end_to_end(loader: str, data: str, dirs: dict[int, str], args: argparse.Namespace) -> list[dict]:

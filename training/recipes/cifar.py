@@ -30,10 +30,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from training import dist, hostmem, loop
+from training.cli import output_problem
 from training.config import Config, ConfigError, ModelConfig, OptimConfig, dump, to_dict
 from training.data import DataError
 from training.data import cifar as cdata
-from training.logs import RunLogger, check_logdir, refuse_reuse
+from training.logs import RunLogger, check_logdir, check_logdir_writable, refuse_reuse
 from training.models import cifar as cmodel
 from training.phases import Schedule, parse_schedule
 
@@ -253,7 +254,7 @@ def selective_tta_logits(model: nn.Module, images: torch.Tensor, plain: torch.Te
     The chosen images go through in batches of ``batch_size``, the last padded with repeats, so a
     compiled model sees the one shape it saw in the plain pass."""
     logits = plain.clone()
-    k = math.ceil(fraction * len(images))
+    k = math.ceil(round(fraction * len(images), 6))  # 0.07 x 100 is 7.000000000000001 in floats: 7, not 8
     if level == 0 or k == 0:
         return logits
     chosen = plain.softmax(1).amax(1).topk(k, largest=False).indices
@@ -410,6 +411,13 @@ class Trainer:
         self.evaluate = make_evaluate(self.forward, self.model, device, self.precision, c.tta_level, self.extra,
                                       channels_last, c.tta_fraction)
 
+    def evaluate_at(self, fraction: float) -> loop.EvalResult:
+        """The final evaluation of the current weights again, with ``fraction`` as cifar.tta_fraction
+        (bench cifar --tta-fractions: the same trained weights scored at each share; untimed)."""
+        c = self.cfg.cifar
+        return make_evaluate(self.forward, self.model, self.device, self.precision, c.tta_level, {},
+                             self.channels_last, fraction)(self.model, self.val)
+
     @property
     def threads(self) -> int | None:
         """The torch threads a run on the CPU uses (cifar.threads, 0: the process's default); None on a GPU."""
@@ -502,10 +510,14 @@ def results_json(cfg: Config, results: list[RunResult], extra: dict) -> dict:
     }
 
 
-def check_start(cfg: Config, schedule: Schedule) -> None:
-    """What ``train.py --check`` reads on disk: a logdir free for a new run. (The data dir may be
-    missing on purpose: the run downloads into it.)"""
+def check_start(cfg: Config, schedule: Schedule, own_disk: bool = True) -> None:
+    """What ``train.py --check`` reads on disk: a writable logdir free for a new run, a writable
+    --results file. (The data dir may be missing on purpose: the run downloads into it. ``own_disk``
+    is for the imagenet recipe's launchers: a cifar run is one process on this machine.)"""
+    check_logdir_writable(cfg.train.logdir)
     refuse_reuse(cfg.train.logdir, resumable=False)
+    if cfg.cifar.results and (problem := output_problem(cfg.cifar.results)) is not None:
+        raise ConfigError(f"--results {cfg.cifar.results}: {problem}")
 
 
 def main(cfg: Config) -> int:

@@ -22,7 +22,7 @@ from training import checkpoint, dist, loop
 from training.config import Config, ConfigError, dump, to_dict
 from training.data import DataError, LoaderSpec, PhaseLoaders, get_backend, split_dir
 from training.data.tree import check_same_classes, find_classes
-from training.logs import RunLogger, check_logdir, refuse_reuse
+from training.logs import RunLogger, check_logdir, check_logdir_writable, refuse_reuse
 from training.models import resnet
 from training.optim import sgd
 from training.phases import Schedule, parse_schedule
@@ -156,15 +156,21 @@ def check_config(cfg: Config) -> Schedule:
     return schedule
 
 
-def check_start(cfg: Config, schedule: Schedule) -> None:
+def check_start(cfg: Config, schedule: Schedule, own_disk: bool = True) -> None:
     """What ``train.py --check`` reads on disk, as this command started now would (cheap: folder
     listings, no image): every phase's data dirs when DATA is given (a config alone can be checked
-    without data), an explicit --resume PATH, and without --resume a logdir free for a new run."""
+    without data); with ``own_disk`` (not a machine rejoining its group: --rejoin) an explicit
+    --resume PATH, and a writable logdir that, without --resume, is free for a new run."""
     if cfg.data.dir:
         check_data_root(cfg.data.dir, schedule, cfg.data.loader)
-    if cfg.train.resume not in ("", "auto") and not os.path.isfile(cfg.train.resume):
-        raise checkpoint.CheckpointError(f"checkpoint {cfg.train.resume}: no such file")
-    if not cfg.train.resume:  # (--evaluate needs --resume)
+    if not own_disk:
+        return
+    resume = cfg.train.resume
+    if resume not in ("", "auto") and not os.path.isfile(resume):
+        raise checkpoint.CheckpointError(f"checkpoint {resume}: " + ("not a file" if os.path.exists(resume)
+                                                                     else "no such file"))
+    check_logdir_writable(cfg.train.logdir)
+    if not resume:  # (--evaluate needs --resume)
         refuse_reuse(cfg.train.logdir)
 
 
