@@ -174,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.plot_schedule:
             return plot(schedule, path=args.plot_schedule, num_images=train_images(args, cfg),
                         world_size=args.world_size)
-        if cfg.recipe == "cifar" and cfg.cifar.results:
-            check_output_file(cfg.cifar.results, "--results")
+        check_results(cfg)
         return run(cfg)
     except BrokenPipeError:  # the reader stopped early (`--dry-run | head`): what it read was written
         return 0
@@ -184,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def check_results(cfg: C.Config) -> None:
+    """A cifar --results file must be writable before the runs, not after them."""
+    if cfg.recipe == "cifar" and cfg.cifar.results:
+        check_output_file(cfg.cifar.results, "--results")
 
 
 def check_output_file(path: str, flag: str, make_parents: bool = True) -> None:
@@ -210,6 +215,7 @@ def check(cfg: C.Config, own_disk: bool = True) -> int:
     from training.data import DataError
     recipe = recipe_module(cfg)
     schedule = recipe.check_config(cfg)  # ConfigError and PhaseError: main's handler
+    check_results(cfg)
     try:
         recipe.check_start(cfg, schedule, own_disk)
     except (DataError, CheckpointError) as e:

@@ -30,7 +30,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from training import dist, hostmem, loop
-from training.cli import output_problem
 from training.config import Config, ConfigError, ModelConfig, OptimConfig, dump, to_dict
 from training.data import DataError
 from training.data import cifar as cdata
@@ -511,13 +510,11 @@ def results_json(cfg: Config, results: list[RunResult], extra: dict) -> dict:
 
 
 def check_start(cfg: Config, schedule: Schedule, own_disk: bool = True) -> None:
-    """What ``train.py --check`` reads on disk: a writable logdir free for a new run, a writable
-    --results file. (The data dir may be missing on purpose: the run downloads into it. ``own_disk``
-    is for the imagenet recipe's launchers: a cifar run is one process on this machine.)"""
+    """What ``train.py --check`` reads on disk: a writable logdir free for a new run. (The data dir
+    may be missing on purpose: the run downloads into it. ``own_disk`` is for the imagenet recipe's
+    launchers: a cifar run is one process on this machine.)"""
     check_logdir_writable(cfg.train.logdir)
     refuse_reuse(cfg.train.logdir, resumable=False)
-    if cfg.cifar.results and (problem := output_problem(cfg.cifar.results)) is not None:
-        raise ConfigError(f"--results {cfg.cifar.results}: {problem}")
 
 
 def main(cfg: Config) -> int:
