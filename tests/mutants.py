@@ -288,6 +288,9 @@ MUTANTS = [
     Mutant("rescore_ignores_the_fraction", "training/recipes/cifar.py", "self.channels_last, fraction)(self.model, self.val)",
            "self.channels_last, 1.0)(self.model, self.val)",
            ("tests/test_bench_cifar.py::test_tta_fractions_rescore_the_same_weights",)),
+    Mutant("mirror_window_not_mirrored", "training/data/cifar.py", "dx = torch.where(flips, 2 * self.translate - dx, dx)",
+           "dx = torch.where(flips, dx, dx)",
+           ("tests/test_cifar_data.py::test_each_image_is_its_drawn_window_of_the_padded_image_mirrored_per_its_flip",)),
     Mutant("rejoining_machine_refused", "launch/multinode.sh", "REJOINING=1 train_args", "train_args",
            ("tests/test_launch.py::test_a_machine_rejoining_its_group_is_not_refused_for_its_own_run",)),
 ]

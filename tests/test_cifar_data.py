@@ -166,6 +166,25 @@ def test_translate_stays_within_bounds(pad_mode):
     assert len(found) == (2 * r + 1) ** 2  # every shift in [-r, r]^2 occurs
 
 
+@pytest.mark.parametrize("flip", ["alternate", "random"])
+def test_each_image_is_its_drawn_window_of_the_padded_image_mirrored_per_its_flip(flip):
+    """Flip and translate together: image i is the window at its drawn (dy, dx) of its padded
+    image, then mirrored if its flip bit says so (crop, then mirror), in batches as in one gather."""
+    r = 3
+    images = pattern_images(40)
+    loader = make_loader(images, translate=r, flip=flip, seed=6, bs=16, channels_last=True)
+    padded = torch.nn.functional.pad(cd.normalize(images, MEAN, STD, torch.float32, False), (r, r, r, r), mode="reflect")
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        idx = loader.perm[:32]
+        out = torch.cat([loader.augment(idx[:16]), loader.augment(idx[16:])])
+        for o, i in zip(out, idx.tolist()):
+            dy, dx = loader.shifts[i].tolist()
+            window = padded[i, :, dy:dy + 32, dx:dx + 32]
+            assert torch.equal(o, window.flip(-1) if loader.flips[i] else window)
+        assert 0 < int(loader.flips[idx].sum()) < 32 and len(set(loader.shifts[idx, 1].tolist())) > 3
+
+
 def test_cutout_zeroes_one_clipped_square():
     images = pattern_images(50)
     loader = make_loader(images, translate=0, flip="none", cutout=8, seed=2)

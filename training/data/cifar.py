@@ -12,10 +12,13 @@ Augmentation (training loader), per epoch, all on the device with no per-image P
 - translate: random shift of up to ``translate`` px in x and y, from a reflect- or zero-padded copy
   (a random crop of the padded image).
 - cutout: a ``cutout`` px square (clipped at the border) set to 0 (the mean after normalisation).
-Flip, translate and the shuffle are one gather per batch: out[n, c, y, x] = padded[idx_n, c,
-y + dy_n, x' + dx_n] with x' mirrored for flipped images. With ``epoch_augment`` that gather runs
-once per epoch over the whole shuffled set and the batches are slices of it (the same images:
-one launch of each augmentation op per epoch instead of per step, for one epoch's copy in memory).
+Flip, translate and the shuffle are one gather per batch: the padded images are kept channels-last
+beside their mirror images, and a batch is one index of a strided view of all their windows,
+out[n] = windows[image_n (or its mirror), dy_n, dx_n], each row of a window a contiguous run of
+W x C values (on the 2-core CPU 0.3 ms per 512 images against 2.3 for a per-pixel gather; a
+second padded copy in memory). With ``epoch_augment`` that gather runs once per epoch over the
+whole shuffled set and the batches are slices of it (the same images: one launch of each
+augmentation op per epoch instead of per step, for one epoch's copy in memory).
 """
 from __future__ import annotations
 
@@ -199,7 +202,7 @@ class CifarTrainLoader:
         self.epoch_augment = epoch_augment
         self.epoch_images = self.epoch_labels = None
         self.epoch = 0
-        self.padded: torch.Tensor | None = None
+        self.windows: torch.Tensor | None = None
         self.start_run(seed)
 
     def start_run(self, seed: int) -> None:
@@ -215,7 +218,14 @@ class CifarTrainLoader:
             # reflect-pad in fp32 (some torch versions lack half reflect-pad on CPU)
             x = F.pad(x.float(), (r, r, r, r), mode="reflect" if self.pad_mode == "reflect" else "constant")
             x = x.to(self.dtype)
-        self.padded = x
+        x = x.permute(0, 2, 3, 1)  # (N, H + 2r, W + 2r, C)
+        if self.flip != "none":  # images N.. are the mirror images of 0..N-1
+            x = torch.cat((x, x.flip(2)))
+        x = x.contiguous()
+        size = self.images_u8.shape[-1]
+        n, h, w, c = x.stride()
+        # (image, dy, dx, y, x, channel): every window of the padded images, without a copy
+        self.windows = x.as_strided((len(x), 2 * r + 1, 2 * r + 1, size, size, x.shape[3]), (n, h, w, h, w, c))
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -250,17 +260,19 @@ class CifarTrainLoader:
 
     def augment(self, idx: torch.Tensor) -> torch.Tensor:
         """The augmented images ``idx`` of this epoch (flip + translate, colour jitter, cutout), one gather."""
-        size = self.images_u8.shape[-1]
-        ar = torch.arange(size, device=self.device)
-        shifts, flips = self.shifts[idx], self.flips[idx]
-        rows = ar[None, :] + shifts[:, :1]  # (B, H): padded row for each output row
-        cols = torch.where(flips[:, None], size - 1 - ar[None, :], ar[None, :]) + shifts[:, 1:]  # (B, W)
-        # Advanced indices on dims 0, 2, 3 (split by the channel slice) put the batch dims first:
-        # (B, H, W, C); the permuted view is NCHW in channels_last memory order.
-        out = self.padded[idx[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        shifts = self.shifts[idx]
+        src, dy, dx = idx, shifts[:, 0], shifts[:, 1]
+        if self.flip != "none":
+            # the window at dx of an image, mirrored, is the window at 2r - dx of its mirror image
+            flips = self.flips[idx]
+            src = torch.where(flips, idx + self.num_images, idx)
+            dx = torch.where(flips, 2 * self.translate - dx, dx)
+        # (B, H, W, C); the permuted view is NCHW in channels_last memory order
+        out = self.windows[src, dy, dx].permute(0, 3, 1, 2)
         if self.brightness or self.contrast:  # colour jitter (Hiverge's CIFAR-10 speedrun): one fused op
             out = torch.addcmul(self.shift[idx].view(-1, 1, 1, 1), out, self.scale[idx].view(-1, 1, 1, 1))
         if self.cutout:
+            ar = torch.arange(out.shape[-1], device=self.device)
             start = self.cut_centres[idx] - self.cutout // 2  # (B, 2): top-left corner, may be < 0
             inside_y = (ar[None, :] >= start[:, :1]) & (ar[None, :] < start[:, :1] + self.cutout)
             inside_x = (ar[None, :] >= start[:, 1:]) & (ar[None, :] < start[:, 1:] + self.cutout)
@@ -279,7 +291,7 @@ class CifarTrainLoader:
                 yield self.augment(idx), self.labels[idx]
 
     def close(self) -> None:
-        self.padded = self.epoch_images = self.epoch_labels = None
+        self.windows = self.epoch_images = self.epoch_labels = None
 
 
 class CifarEvalLoader:
