@@ -184,10 +184,14 @@ def test_launch_script_variants_are_valid_configs():
     variants = launch_variants("compare")
     assert variants[0] == "default=" and len(variants) >= 3
     os.chdir(REPO)  # config files in variants are relative to the project's root, as on the GPU machine
+    schedules = {}
     for text in variants:
         cfg = bc.build_config("configs/cifar10.yaml", [], bc.parse_variant(text))
-        recipe.check_config(cfg)
+        schedules[text.partition("=")[0]] = recipe.check_config(cfg)
         assert cfg.train.device == "cuda"
+    # the resize row differs from the default in its sizes alone
+    assert schedules["resize"].lr_phases == schedules["default"].lr_phases
+    assert [p.size for p in schedules["resize"].data_phases] == [24, 32]
     assert launch_variants("headline", "half") == ["default=", "half=cifar.half_weights=true"]
     assert launch_variants("trace", "eager", "graphs") == ["default=", "eager=train.compile=false",
                                                            "graphs=cifar.compile_mode=reduce-overhead"]

@@ -185,6 +185,28 @@ def test_each_image_is_its_drawn_window_of_the_padded_image_mirrored_per_its_fli
         assert 0 < int(loader.flips[idx].sum()) < 32 and len(set(loader.shifts[idx, 1].tolist())) > 3
 
 
+def test_a_smaller_phase_size_scales_the_crops_down():
+    """sz below the images' side: the same crops, flipped alike, scaled down (antialiased bilinear)."""
+    images = pattern_images(24)
+    loader = make_loader(images, translate=2, flip="alternate", seed=2, bs=8, channels_last=True, dtype=torch.bfloat16)
+    loader.set_epoch(1)
+    idx = loader.perm[:8]
+    full = loader.augment(idx)
+    loader.set_size(20)
+    small = loader.augment(idx)
+    assert small.shape == (8, 3, 20, 20) and small.dtype == torch.bfloat16
+    assert small.is_contiguous(memory_format=torch.channels_last)
+    want = torch.nn.functional.interpolate(full.float(), size=(20, 20), mode="bilinear", antialias=True)
+    torch.testing.assert_close(small.float(), want, atol=0.02, rtol=0.01)  # the crop itself in bf16 first
+    batches = list(loader)
+    assert len(batches) == 3 and all(x.shape == (8, 3, 20, 20) for x, _ in batches)
+    loader.set_size(32)
+    assert torch.equal(loader.augment(idx), full)
+    for bad in (0, 33):
+        with pytest.raises(DataError, match=f"training image size must be 1..32 px .*got {bad}"):
+            loader.set_size(bad)
+
+
 def test_cutout_zeroes_one_clipped_square():
     images = pattern_images(50)
     loader = make_loader(images, translate=0, flip="none", cutout=8, seed=2)

@@ -329,12 +329,41 @@ def test_configs_parse_and_reject_unused_sections():
     cfg = C.build([str(REPO / "configs" / "cifar10_ci.yaml")], [(["optim", "label_smoothing"], 0.1)])
     with pytest.raises(C.ConfigError, match="optim.label_smoothing is not used by the cifar recipe"):
         R.check_config(cfg)
-    cfg = C.build([str(REPO / "configs" / "cifar10_ci.yaml")],
-                  [(["phases"], [{"ep": 0, "sz": 24, "bs": 64}, {"ep": [0, 1], "lr": 1.0}])])
-    with pytest.raises(C.ConfigError, match="sz 32"):
-        R.check_config(cfg)
+    for sz, kernel in ((33, 2), (8, 2), (9, 3)):  # 2x2 whitening: 9 px -> 8 -> 4 -> 2 -> 1 after the pools
+        cfg = C.build([str(REPO / "configs" / "cifar10_ci.yaml")],
+                      [(["phases"], [{"ep": 0, "sz": sz, "bs": 64}, {"ep": [0, 1], "lr": 1.0}]),
+                       (["cifar", "whiten_kernel"], kernel)])
+        with pytest.raises(C.ConfigError, match=f"trains at sz {7 + kernel}..32 px .* got sz {sz} at epoch 0"):
+            R.check_config(cfg)
+    for sz in (9, 32):
+        R.check_config(C.build([str(REPO / "configs" / "cifar10_ci.yaml")],
+                               [(["phases"], [{"ep": 0, "sz": sz, "bs": 64}, {"ep": [0, 1], "lr": 1.0}])]))
+    for key, value in (("trndir", "-sz/160"), ("min_scale", 0.35), ("rect_val", True)):  # imagenet's alone
+        cfg = C.build([str(REPO / "configs" / "cifar10_ci.yaml")],
+                      [(["phases"], [{"ep": 0, "sz": 32, "bs": 64, key: value}, {"ep": [0, 1], "lr": 1.0}])])
+        with pytest.raises(C.ConfigError, match=f"phases: {key} \\(at epoch 0\\) is not used by the cifar recipe"):
+            R.check_config(cfg)
+    for key, value in (("whiten_kernel", 9), ("widths", [8, 16]), ("act", "tanh")):  # the model's own checks
+        with pytest.raises(C.ConfigError, match=f"cifar.{key}"):
+            R.check_config(C.build([str(REPO / "configs" / "cifar10_ci.yaml")], [(["cifar", key], value)]))
     with pytest.raises(C.ConfigError, match="cifar.flip"):
         C.build([], [(["cifar", "flip"], "sometimes")])
+
+
+def test_each_data_phase_trains_at_its_size_and_evaluation_at_32(tmp_path):
+    from test_bench_cifar import write_cifar10
+    root = write_cifar10(tmp_path / "data", n_train=200, n_test=50)
+    cfg = C.build([str(REPO / "configs" / "cifar10_ci.yaml")],
+                  [(["phases"], [{"ep": 0, "sz": 12, "bs": 50}, {"ep": 1, "sz": 32, "bs": 100},
+                                 {"ep": [0, 3], "lr": [1.0, 0.0]}]), (["cifar", "eval_batch_size"], 50),
+                   (["train", "print_freq"], 1000)])
+    trainer = R.Trainer(cfg, R.check_config(cfg), torch.device("cpu"), str(root))
+    seen = []
+    trainer.model.register_forward_pre_hook(lambda m, args: seen.append((m.training, tuple(args[0].shape))))
+    trainer.run(seed=0, logdir=None)
+    train = [shape for training, shape in seen if training]
+    assert train == [(50, 3, 12, 12)] * 4 + [(100, 3, 32, 32)] * 4  # epoch 0 at 12 px, epochs 1-2 at 32
+    assert {shape[1:] for training, shape in seen if not training} == {(3, 32, 32)}
 
 
 def train_py(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:

@@ -224,7 +224,8 @@ def test_a_run_resumed_into_a_new_logdir_exports_with_the_original_clock(data, t
 def test_dry_run_of_a_cifar_config_plans_cifars_images(capsys):
     assert train.main(["--config", str(REPO / "configs" / "cifar10_cpu.yaml"), "--dry-run"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["iters"] for r in rows] == [97] * 3  # 50,000 images / bs 512, the last partial batch dropped
+    assert [r["iters"] for r in rows] == [97] * 4  # 50,000 images / bs 512, the last partial batch dropped
+    assert [r["size"] for r in rows] == [16, 24, 32, 32]  # the training images scaled down in epochs 0-1
     # the GPU config too, whose last epoch is cut short: the steps the recipe runs, and their lr
     assert train.main(["--config", str(REPO / "configs" / "cifar10.yaml"), "--dry-run"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -240,7 +241,7 @@ KEEP_DL = ("[{'ep':0,'sz':128,'bs':256},{'ep':1,'sz':224,'bs':128},{'ep':2,'sz':
 @pytest.mark.parametrize("args, val_batches", [
     ([], [512, 256, 256, 128]),  # imagenet18's rule; keep_dl keeps the 224 px loaders, and their batch
     (["data.val_batch_size=100"], [100] * 4),
-    (["--config", str(REPO / "configs" / "cifar10_cpu.yaml")], [500] * 3),  # cifar.eval_batch_size
+    (["--config", str(REPO / "configs" / "cifar10_cpu.yaml")], [500] * 4),  # cifar.eval_batch_size
 ])
 def test_dry_run_shows_the_validation_batch(capsys, args, val_batches):
     phases = [] if "--config" in args else ["--phases", KEEP_DL]
@@ -396,10 +397,10 @@ def test_cifar_run_stopped_early_logs_its_evaluation_row(cifar_batches, tmp_path
     assert rc == 0
     rows = (logdir / "run_000" / "train.log").read_text().splitlines()
     assert rows[0] == "~~epoch\thours\ttop1\ttop5"
-    assert rows[1] == "phase at epoch 0: size 32 batch 512 val_batch 500"  # no ImageNet-only fields
+    assert rows[1] == "phase at epoch 0: size 16 batch 512 val_batch 500"  # no ImageNet-only fields
     assert re.fullmatch(r"~~0\t[\d.]+\t\t[\d.]+\t\t[\d.]+", rows[2]) and len(rows) == 3
     # the accuracy it prints is not a whole run's, and there is nothing to resume: said once
-    assert capsys.readouterr().err.count("note: --max-epochs stopped run (seed 0) after 1 of 3 epochs: its "
+    assert capsys.readouterr().err.count("note: --max-epochs stopped run (seed 0) after 1 of 4 epochs: its "
                                          "accuracy is not a whole run's") == 1
 
 

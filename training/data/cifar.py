@@ -11,6 +11,9 @@ Augmentation (training loader), per epoch, all on the device with no per-image P
   'random': a fresh coin per image per epoch; 'none'.
 - translate: random shift of up to ``translate`` px in x and y, from a reflect- or zero-padded copy
   (a random crop of the padded image).
+- resize: in phases whose ``sz`` is below the images' side, the crops are scaled down to sz (bilinear,
+  antialiased), as imagenet18 trains its first epochs at 128 px: cheaper steps while the net learns
+  coarse features. Evaluation stays at the full side.
 - cutout: a ``cutout`` px square (clipped at the border) set to 0 (the mean after normalisation).
 Flip, translate and the shuffle are one gather per batch: the padded images are kept channels-last
 beside their mirror images, and a batch is one index of a strided view of all their windows,
@@ -202,6 +205,8 @@ class CifarTrainLoader:
         self.epoch_augment = epoch_augment
         self.epoch_images = self.epoch_labels = None
         self.epoch = 0
+        self.side = images_u8.shape[-1]  # px, square images
+        self.size = self.side  # px, of the training images this epoch
         self.windows: torch.Tensor | None = None
         self.start_run(seed)
 
@@ -254,12 +259,18 @@ class CifarTrainLoader:
     def set_batch_size(self, batch_size: int) -> None:
         self.batch_size = batch_size
 
+    def set_size(self, size: int) -> None:
+        """Training images of ``size`` px from here on (the images' side: as they are)."""
+        if not 1 <= size <= self.side:
+            raise DataError(f"training image size must be 1..{self.side} px (the images' side), got {size}")
+        self.size = size
+
     def __len__(self) -> int:
         n, b = self.num_images, self.batch_size
         return n // b if self.drop_last else math.ceil(n / b)
 
     def augment(self, idx: torch.Tensor) -> torch.Tensor:
-        """The augmented images ``idx`` of this epoch (flip + translate, colour jitter, cutout), one gather."""
+        """The augmented images ``idx`` of this epoch (flip + translate, resize, colour jitter, cutout)."""
         shifts = self.shifts[idx]
         src, dy, dx = idx, shifts[:, 0], shifts[:, 1]
         if self.flip != "none":
@@ -269,6 +280,9 @@ class CifarTrainLoader:
             dx = torch.where(flips, 2 * self.translate - dx, dx)
         # (B, H, W, C); the permuted view is NCHW in channels_last memory order
         out = self.windows[src, dy, dx].permute(0, 3, 1, 2)
+        if self.size != self.side:  # in fp32: the CPU has no half antialiased resize
+            out = F.interpolate(out.float(), size=(self.size, self.size), mode="bilinear", antialias=True,
+                                align_corners=False).to(self.dtype)
         if self.brightness or self.contrast:  # colour jitter (Hiverge's CIFAR-10 speedrun): one fused op
             out = torch.addcmul(self.shift[idx].view(-1, 1, 1, 1), out, self.scale[idx].view(-1, 1, 1, 1))
         if self.cutout:

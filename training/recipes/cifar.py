@@ -39,6 +39,7 @@ from training.phases import Schedule, parse_schedule
 
 DEFAULT_DATA_DIR = "./data"
 THRESHOLD = 94.0  # percent: the share of runs at or above it is reported
+MIN_PX = 8  # px out of the whitening conv: its three 2x2 max-pools leave 1 px for the global one
 # torch's thread count for this process before any run changes it: what cifar.threads=0 asks for
 DEFAULT_THREADS = torch.get_num_threads()
 
@@ -317,9 +318,17 @@ def check_config(cfg: Config) -> Schedule:
                           "python -m training.bench cifar --data DIR --config FILE --trace OUTDIR")
     c = cfg.cifar
     schedule = parse_schedule(cfg.phases)
+    cmodel.build(c, 10)  # the model's settings (widths, act, pool, whiten_kernel): a small CPU net, ms
+    for phase in schedule.raw:
+        for key in ("trndir", "valdir", "min_scale", "rect_val"):
+            if key in phase:
+                raise ConfigError(f"phases: {key} (at epoch {phase['ep']}) is not used by the cifar recipe "
+                                  "(its phases read ep, sz, bs, lr)")
+    smallest = MIN_PX + c.whiten_kernel - 1
     for ph in schedule.data_phases:
-        if ph.size != 32:
-            raise ConfigError(f"phases: the cifar recipe trains at sz 32, got sz {ph.size} at epoch {ph.start}")
+        if not smallest <= ph.size <= 32:
+            raise ConfigError(f"phases: the cifar recipe trains at sz {smallest}..32 px (the images scaled down; "
+                              f"evaluation at 32), got sz {ph.size} at epoch {ph.start}")
     for key in ("runs", "eval_batch_size", "whiten_samples", "lookahead_every"):
         if getattr(c, key) < 1:
             raise ConfigError(f"cifar.{key} must be >= 1, got {getattr(c, key)}")
@@ -367,7 +376,9 @@ class Trainer:
         precision = loop.resolve_precision(device, cfg.train.precision)
         # half_weights (airbench94's way): the net itself in the half dtype, BN in fp32, no autocast
         self.precision = "fp32" if c.half_weights else precision
-        dtype = loop.AMP_DTYPES.get(precision, torch.float32) if on_gpu or c.half_weights else torch.float32
+        # the images in the dtype the first conv computes in: what autocast would cast them to anyway,
+        # at half the memory and gather traffic of fp32
+        dtype = loop.AMP_DTYPES.get(precision, torch.float32)
         channels_last = cfg.train.channels_last
         t0 = time.perf_counter()
         train_split = cdata.load_split(data_dir, c.dataset, train=True)
@@ -423,8 +434,10 @@ class Trainer:
         return (self.cfg.cifar.threads or DEFAULT_THREADS) if self.device.type == "cpu" else None
 
     def for_epoch(self, epoch: int):
-        """The loop's PhaseSource: one resident loader serves every data phase (only bs changes)."""
-        self.train.set_batch_size(self.schedule.data_phase(epoch).batch_size)
+        """The loop's PhaseSource: one resident loader serves every data phase (bs and sz change)."""
+        phase = self.schedule.data_phase(epoch)
+        self.train.set_batch_size(phase.batch_size)
+        self.train.set_size(phase.size)
         self.train.set_epoch(epoch)
         return self.train, self.val
 
