@@ -303,6 +303,8 @@ MUTANTS = [
            "            if False:", ("tests/test_cifar_recipe.py::test_configs_parse_and_reject_unused_sections",)),
     Mutant("cifar_check_skips_the_model", "training/recipes/cifar.py", "    cmodel.build(c, 10)  # the model's",
            "    pass  # the model's", ("tests/test_cifar_recipe.py::test_configs_parse_and_reject_unused_sections",)),
+    Mutant("cutout_centres_not_scaled", "training/data/cifar.py", "self.cut_centres[idx] * self.size // self.side",
+           "self.cut_centres[idx]", ("tests/test_cifar_data.py::test_a_smaller_phase_size_scales_the_crops_down",)),
     Mutant("rejoining_machine_refused", "launch/multinode.sh", "REJOINING=1 train_args", "train_args",
            ("tests/test_launch.py::test_a_machine_rejoining_its_group_is_not_refused_for_its_own_run",)),
 ]

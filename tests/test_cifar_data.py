@@ -202,6 +202,21 @@ def test_a_smaller_phase_size_scales_the_crops_down():
     assert len(batches) == 3 and all(x.shape == (8, 3, 20, 20) for x, _ in batches)
     loader.set_size(32)
     assert torch.equal(loader.augment(idx), full)
+    # the whole epoch in one go (cifar.epoch_augment): the same batches at the phase's size
+    whole = make_loader(images, translate=2, flip="alternate", seed=2, bs=8, channels_last=True,
+                        dtype=torch.bfloat16, epoch_augment=True)
+    whole.set_size(20)
+    whole.set_epoch(1)
+    loader.set_size(20)
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(whole, loader))
+    # cutout: its centres drawn over the full side land on the scaled-down image as well, each square
+    # at least partly inside it (drawn last: the same crops as without cutout)
+    cut, plain = (make_loader(images, translate=2, flip="random", cutout=4, seed=3, bs=8),
+                  make_loader(images, translate=2, flip="random", seed=3, bs=8))
+    for each in (cut, plain):
+        each.set_size(16)
+    cut_px = torch.cat([(a != b).any(1) for (a, _), (b, _) in zip(cut, plain)])  # (N, 16, 16)
+    assert cut_px.flatten(1).any(1).all() and cut_px.flatten(1).sum(1).max() <= 16
     for bad in (0, 33):
         with pytest.raises(DataError, match=f"training image size must be 1..32 px .*got {bad}"):
             loader.set_size(bad)

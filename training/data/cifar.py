@@ -14,7 +14,8 @@ Augmentation (training loader), per epoch, all on the device with no per-image P
 - resize: in phases whose ``sz`` is below the images' side, the crops are scaled down to sz (bilinear,
   antialiased), as imagenet18 trains its first epochs at 128 px: cheaper steps while the net learns
   coarse features. Evaluation stays at the full side.
-- cutout: a ``cutout`` px square (clipped at the border) set to 0 (the mean after normalisation).
+- cutout: a ``cutout`` px square (clipped at the border; px of the training images, resized or not)
+  set to 0 (the mean after normalisation).
 Flip, translate and the shuffle are one gather per batch: the padded images are kept channels-last
 beside their mirror images, and a batch is one index of a strided view of all their windows,
 out[n] = windows[image_n (or its mirror), dy_n, dx_n], each row of a window a contiguous run of
@@ -287,7 +288,8 @@ class CifarTrainLoader:
             out = torch.addcmul(self.shift[idx].view(-1, 1, 1, 1), out, self.scale[idx].view(-1, 1, 1, 1))
         if self.cutout:
             ar = torch.arange(out.shape[-1], device=self.device)
-            start = self.cut_centres[idx] - self.cutout // 2  # (B, 2): top-left corner, may be < 0
+            # (B, 2): top-left corner, may be < 0; the centres drawn on the full side, scaled to this one
+            start = self.cut_centres[idx] * self.size // self.side - self.cutout // 2
             inside_y = (ar[None, :] >= start[:, :1]) & (ar[None, :] < start[:, :1] + self.cutout)
             inside_x = (ar[None, :] >= start[:, 1:]) & (ar[None, :] < start[:, 1:] + self.cutout)
             mask = inside_y[:, None, :, None] & inside_x[:, None, None, :]
