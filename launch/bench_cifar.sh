@@ -40,7 +40,7 @@ SITE=${SITE:-/tmp/site}
 # least confident fifth of the test set only (one batch of 2000; Hiverge's selective TTA), then the
 # first 2 of the 9.9 epochs on crops scaled down to 24 px (progressive resizing: on the CPU config it
 # gained ~0.6 points-equivalent; the same lr schedule as the default's); 12 rows +
-# airbench94, ~30 s a round: as many rounds as LIMIT leaves after the warm-ups (compiles). Colour
+# airbench94, ~33 s a round: as many rounds as LIMIT leaves after the warm-ups (compiles). Colour
 # jitter (cifar.brightness, cifar.contrast) is an accuracy question (fewer epochs with it?): a
 # headline run's N, not a row here.
 LEAN="cifar.pool=reshape cifar.half_weights=true cifar.epoch_augment=true"

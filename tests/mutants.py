@@ -305,6 +305,12 @@ MUTANTS = [
            "    pass  # the model's", ("tests/test_cifar_recipe.py::test_configs_parse_and_reject_unused_sections",)),
     Mutant("cutout_centres_not_scaled", "training/data/cifar.py", "self.cut_centres[idx] * self.size // self.side",
            "self.cut_centres[idx]", ("tests/test_cifar_data.py::test_a_smaller_phase_size_scales_the_crops_down",)),
+    Mutant("resized_epoch_images_stale", "training/data/cifar.py", "if changed and self.epoch_augment",
+           "if False and self.epoch_augment",
+           ("tests/test_cifar_data.py::test_a_smaller_phase_size_scales_the_crops_down",)),
+    Mutant("cpu_images_in_fp32", "training/recipes/cifar.py", "dtype = loop.AMP_DTYPES.get(precision, torch.float32)",
+           "dtype = loop.AMP_DTYPES.get(precision, torch.float32) if on_gpu or c.half_weights else torch.float32",
+           ("tests/test_cifar_recipe.py::test_the_images_are_kept_in_the_dtype_the_first_conv_computes_in",)),
     Mutant("rejoining_machine_refused", "launch/multinode.sh", "REJOINING=1 train_args", "train_args",
            ("tests/test_launch.py::test_a_machine_rejoining_its_group_is_not_refused_for_its_own_run",)),
 ]

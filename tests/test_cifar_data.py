@@ -166,14 +166,16 @@ def test_translate_stays_within_bounds(pad_mode):
     assert len(found) == (2 * r + 1) ** 2  # every shift in [-r, r]^2 occurs
 
 
-@pytest.mark.parametrize("flip", ["alternate", "random"])
-def test_each_image_is_its_drawn_window_of_the_padded_image_mirrored_per_its_flip(flip):
+@pytest.mark.parametrize("flip, pad_mode, channels_last", [("alternate", "reflect", True), ("random", "reflect", True),
+                                                          ("alternate", "zeros", False)])
+def test_each_image_is_its_drawn_window_of_the_padded_image_mirrored_per_its_flip(flip, pad_mode, channels_last):
     """Flip and translate together: image i is the window at its drawn (dy, dx) of its padded
     image, then mirrored if its flip bit says so (crop, then mirror), in batches as in one gather."""
     r = 3
     images = pattern_images(40)
-    loader = make_loader(images, translate=r, flip=flip, seed=6, bs=16, channels_last=True)
-    padded = torch.nn.functional.pad(cd.normalize(images, MEAN, STD, torch.float32, False), (r, r, r, r), mode="reflect")
+    loader = make_loader(images, translate=r, flip=flip, seed=6, bs=16, channels_last=channels_last, pad_mode=pad_mode)
+    padded = torch.nn.functional.pad(cd.normalize(images, MEAN, STD, torch.float32, False), (r, r, r, r),
+                                     mode="reflect" if pad_mode == "reflect" else "constant")
     for epoch in range(2):
         loader.set_epoch(epoch)
         idx = loader.perm[:32]
@@ -205,8 +207,8 @@ def test_a_smaller_phase_size_scales_the_crops_down():
     # the whole epoch in one go (cifar.epoch_augment): the same batches at the phase's size
     whole = make_loader(images, translate=2, flip="alternate", seed=2, bs=8, channels_last=True,
                         dtype=torch.bfloat16, epoch_augment=True)
-    whole.set_size(20)
     whole.set_epoch(1)
+    whole.set_size(20)  # after the epoch's images were made: made again at the new size
     loader.set_size(20)
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(whole, loader))
     # cutout: its centres drawn over the full side land on the scaled-down image as well, each square

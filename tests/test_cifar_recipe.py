@@ -350,13 +350,14 @@ def test_configs_parse_and_reject_unused_sections():
         C.build([], [(["cifar", "flip"], "sometimes")])
 
 
-def test_each_data_phase_trains_at_its_size_and_evaluation_at_32(tmp_path):
+@pytest.mark.parametrize("epoch_augment", [False, True])
+def test_each_data_phase_trains_at_its_size_and_evaluation_at_32(tmp_path, epoch_augment):
     from test_bench_cifar import write_cifar10
     root = write_cifar10(tmp_path / "data", n_train=200, n_test=50)
     cfg = C.build([str(REPO / "configs" / "cifar10_ci.yaml")],
                   [(["phases"], [{"ep": 0, "sz": 12, "bs": 50}, {"ep": 1, "sz": 32, "bs": 100},
                                  {"ep": [0, 3], "lr": [1.0, 0.0]}]), (["cifar", "eval_batch_size"], 50),
-                   (["train", "print_freq"], 1000)])
+                   (["train", "print_freq"], 1000), (["cifar", "epoch_augment"], epoch_augment)])
     trainer = R.Trainer(cfg, R.check_config(cfg), torch.device("cpu"), str(root))
     seen = []
     trainer.model.register_forward_pre_hook(lambda m, args: seen.append((m.training, tuple(args[0].shape))))
@@ -364,6 +365,16 @@ def test_each_data_phase_trains_at_its_size_and_evaluation_at_32(tmp_path):
     train = [shape for training, shape in seen if training]
     assert train == [(50, 3, 12, 12)] * 4 + [(100, 3, 32, 32)] * 4  # epoch 0 at 12 px, epochs 1-2 at 32
     assert {shape[1:] for training, shape in seen if not training} == {(3, 32, 32)}
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_the_images_are_kept_in_the_dtype_the_first_conv_computes_in(tmp_path, precision, dtype):
+    """On the CPU too: bf16 autocast would cast fp32 images to bf16 at the first conv anyway."""
+    from test_bench_cifar import write_cifar10
+    root = write_cifar10(tmp_path / "data")
+    cfg = C.build([str(REPO / "configs" / "cifar10_ci.yaml")], [(["train", "precision"], precision)])
+    trainer = R.Trainer(cfg, R.check_config(cfg), torch.device("cpu"), str(root))
+    assert trainer.train.windows.dtype == dtype and trainer.val.images.dtype == dtype
 
 
 def train_py(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:

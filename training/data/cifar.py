@@ -218,20 +218,23 @@ class CifarTrainLoader:
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(seed)
         self.flip_bits = torch.rand(self.num_images, generator=self.gen, device=self.device) < 0.5
-        x = normalize(self.images_u8, self.mean, self.std, self.dtype, False)
-        r = self.translate
+        self.windows = self.epoch_images = None  # the last run's, freed before the new ones are built
+        # normalised and padded in fp32 (some torch versions lack half reflect-pad on the CPU), then
+        # written once, channels-last, into the stored dtype; images N.. are the mirror images of 0..N-1
+        x = normalize(self.images_u8, self.mean, self.std, torch.float32, False)
+        r, n = self.translate, self.num_images
         if r:
-            # reflect-pad in fp32 (some torch versions lack half reflect-pad on CPU)
-            x = F.pad(x.float(), (r, r, r, r), mode="reflect" if self.pad_mode == "reflect" else "constant")
-            x = x.to(self.dtype)
-        x = x.permute(0, 2, 3, 1)  # (N, H + 2r, W + 2r, C)
-        if self.flip != "none":  # images N.. are the mirror images of 0..N-1
-            x = torch.cat((x, x.flip(2)))
-        x = x.contiguous()
-        size = self.images_u8.shape[-1]
-        n, h, w, c = x.stride()
+            x = F.pad(x, (r, r, r, r), mode="reflect" if self.pad_mode == "reflect" else "constant")
+        x = x.permute(0, 2, 3, 1)  # (N, H + 2r, W + 2r, C) view
+        stored = torch.empty((2 * n if self.flip != "none" else n, *x.shape[1:]), dtype=self.dtype, device=self.device)
+        stored[:n].copy_(x)
+        del x
+        if self.flip != "none":
+            stored[n:].copy_(stored[:n].flip(2))
+        sn, sh, sw, sc = stored.stride()
         # (image, dy, dx, y, x, channel): every window of the padded images, without a copy
-        self.windows = x.as_strided((len(x), 2 * r + 1, 2 * r + 1, size, size, x.shape[3]), (n, h, w, h, w, c))
+        self.windows = stored.as_strided((len(stored), 2 * r + 1, 2 * r + 1, self.side, self.side, stored.shape[3]),
+                                         (sn, sh, sw, sh, sw, sc))
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -264,7 +267,9 @@ class CifarTrainLoader:
         """Training images of ``size`` px from here on (the images' side: as they are)."""
         if not 1 <= size <= self.side:
             raise DataError(f"training image size must be 1..{self.side} px (the images' side), got {size}")
-        self.size = size
+        changed, self.size = size != self.size, size
+        if changed and self.epoch_augment and self.epoch_images is not None:
+            self.epoch_images = self.augment(self.perm)  # this epoch's images, at the new size
 
     def __len__(self) -> int:
         n, b = self.num_images, self.batch_size
