@@ -20,6 +20,7 @@ from training.phases import parse_schedule
 from training.recipes import cifar as R
 
 from procs import run_bounded
+from test_bench_cifar import write_cifar10
 from test_cifar_data import write_cifar100
 
 REPO = Path(__file__).resolve().parents[1]
@@ -352,7 +353,6 @@ def test_configs_parse_and_reject_unused_sections():
 
 @pytest.mark.parametrize("epoch_augment", [False, True])
 def test_each_data_phase_trains_at_its_size_and_evaluation_at_32(tmp_path, epoch_augment):
-    from test_bench_cifar import write_cifar10
     root = write_cifar10(tmp_path / "data", n_train=200, n_test=50)
     cfg = C.build([str(REPO / "configs" / "cifar10_ci.yaml")],
                   [(["phases"], [{"ep": 0, "sz": 12, "bs": 50}, {"ep": 1, "sz": 32, "bs": 100},
@@ -370,7 +370,6 @@ def test_each_data_phase_trains_at_its_size_and_evaluation_at_32(tmp_path, epoch
 @pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
 def test_the_images_are_kept_in_the_dtype_the_first_conv_computes_in(tmp_path, precision, dtype):
     """On the CPU too: bf16 autocast would cast fp32 images to bf16 at the first conv anyway."""
-    from test_bench_cifar import write_cifar10
     root = write_cifar10(tmp_path / "data")
     cfg = C.build([str(REPO / "configs" / "cifar10_ci.yaml")], [(["train", "precision"], precision)])
     trainer = R.Trainer(cfg, R.check_config(cfg), torch.device("cpu"), str(root))

@@ -267,9 +267,9 @@ class CifarTrainLoader:
         """Training images of ``size`` px from here on (the images' side: as they are)."""
         if not 1 <= size <= self.side:
             raise DataError(f"training image size must be 1..{self.side} px (the images' side), got {size}")
-        changed, self.size = size != self.size, size
-        if changed and self.epoch_augment and self.epoch_images is not None:
-            self.epoch_images = self.augment(self.perm)  # this epoch's images, at the new size
+        if size != self.size:
+            self.epoch_images = None  # with epoch_augment: made again, at the new size, when next needed
+        self.size = size
 
     def __len__(self) -> int:
         n, b = self.num_images, self.batch_size
@@ -306,6 +306,8 @@ class CifarTrainLoader:
         for i in range(len(self)):
             batch = slice(i * b, (i + 1) * b)
             if self.epoch_augment:
+                if self.epoch_images is None:
+                    self.epoch_images = self.augment(self.perm)
                 yield self.epoch_images[batch], self.epoch_labels[batch]
             else:
                 idx = self.perm[batch]
