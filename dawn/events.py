@@ -156,6 +156,7 @@ def _events(path: Path):
     # last record cut short by the end of the file (a writer killed mid-write) ends it quietly.
     # The Event protos are used raw (no compat rewriting), so this module decides itself how
     # simple_value, tensor scalars and text are read.
+    from google.protobuf.message import DecodeError
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 
@@ -166,16 +167,30 @@ def _events(path: Path):
                 length, length_crc = struct.unpack("<QI", header)
                 if masked_crc32c(header[:8]) != length_crc:
                     raise EventsError(f"{path}: corrupt record at byte {offset} (bad length checksum)")
-                data = f.read(length)
+                data = _read_upto(f, length)  # a length past the file's end: a torn record, not a MemoryError
                 crc = f.read(4)
                 if len(crc) < 4:
                     break  # a torn last record
                 if masked_crc32c(data) != struct.unpack("<I", crc)[0]:
                     raise EventsError(f"{path}: corrupt record at byte {offset} (bad data checksum)")
-                yield Event.FromString(data)
+                try:
+                    event = Event.FromString(data)
+                except DecodeError:  # checksums that match over bytes that are no Event
+                    raise EventsError(f"{path}: corrupt record at byte {offset} (not an Event)") from None
+                yield event
                 offset += 16 + length
     except OSError as e:  # no permission, an I/O error: the raw message would not name the file
         raise EventsError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _read_upto(f, length: int, chunk: int = 1 << 24) -> bytes:
+    """Up to ``length`` bytes of ``f``, fewer at its end, read in chunks: a record header may claim
+    any 64-bit length, and one read of it would ask for that much memory first."""
+    parts = []
+    while length > 0 and (part := f.read(min(length, chunk))):
+        parts.append(part)
+        length -= len(part)
+    return b"".join(parts)
 
 
 def _record(value, plugin: str | None, step: int, wall_time: float,

@@ -4,13 +4,22 @@
 # Each invocation logs to its own runs/cifar10-DATE-TIME (a logdir holds one run; --logdir DIR wins).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install --quiet --disable-pip-version-check -r requirements.txt
+# pip only when something is missing or too old: a no-op install costs seconds of every run
+python3 launch/requirements_met.py requirements.txt ||
+  python3 -m pip install --quiet --disable-pip-version-check -r requirements.txt
 DATA=${DATA:-data}
 SHARED=${SHARED_DIR:-../shared}
 if [ ! -d "$DATA/cifar-10-batches-py" ] && [ -f "$SHARED/datasets/cifar10/materialize.py" ]; then
   python3 "$SHARED/datasets/cifar10/materialize.py" "$DATA"  # offline copy of the real data set
 fi
-if python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+# torch is asked only where a GPU driver is (its import takes seconds, and train.py imports it again)
+gpu_driver() {
+  command -v nvidia-smi >/dev/null 2>&1 && return 0
+  local d
+  for d in /dev/nvidia0 /dev/kfd /dev/dxg; do [ -e "$d" ] && return 0; done  # NVIDIA, ROCm, WSL
+  return 1
+}
+if gpu_driver && python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
   CONFIG=configs/cifar10.yaml
 else
   echo "no CUDA device: using the CPU configuration (configs/cifar10_cpu.yaml)" >&2

@@ -104,6 +104,17 @@ TRAIN_CASES = [
     (["--config", CIFAR, "cifar.tta_level=5", "--check"], "cifar.tta_level must be 0, 1 or 2, got 5"),
     (["--config", TINY, "train.checkpoint_every=0", "--check"], "train.checkpoint_every must be >= 1"),
     (["--config", CIFAR, "--profile-trace", "t"], "train.profile_trace (--profile-trace) is the imagenet recipe's"),
+    # an empty logdir scattered the run over the current dir and runs/DATE_HOST (SummaryWriter's default)
+    (["--config", CIFAR, "--logdir", "", "--check"], "--logdir: config key 'train.logdir': must not be empty"),
+    (["--config", TINY, "train.logdir=", "--check"], "config key 'train.logdir': must not be empty"),
+    # --check builds the model: a bool width was a torch TypeError, a huge one an 86 GB allocation
+    (["--config", CIFAR, "cifar.widths=[true,16,16]", "--check"], "cifar.widths: expected 3 integers in 1..4096"),
+    (["--config", CIFAR, "cifar.widths=[100000000,16,16]", "--check"], "cifar.widths: expected 3 integers in 1..4096"),
+    # accepted, then trained to chance: gradient ascent, growing weights, every image blanked
+    (["--config", CIFAR, "cifar.lr=-1", "--check"], "cifar.lr must be >= 0, got -1.0"),
+    (["--config", CIFAR, "cifar.weight_decay=-0.1", "--check"], "cifar.weight_decay must be >= 0, got -0.1"),
+    (["--config", CIFAR, "data.workers=3", "--check"], "data.workers is not used by the cifar recipe"),
+    (["--config", CIFAR, "cifar.cutout=17", "--check"], "cifar.cutout must be at most each phase's sz (16 px at epoch 0)"),
 ]
 
 
@@ -304,3 +315,80 @@ def test_resize_bad_arguments(workdir, capsys):
 ])
 def test_bench_bad_arguments(workdir, capsys, argv, message):
     assert_refused(call(bench.main, argv), capsys.readouterr().err, message, workdir)
+
+
+@pytest.mark.parametrize("labels,message", [
+    ([2**70] * 2, "'labels' must be a list of integer labels, got object"),  # was OverflowError
+    ([[0, 1]] * 2, "'labels' must be a list of integer labels, got int64 of shape (2, 2)"),  # was a concat ValueError
+    (1, "'labels' must be a list of integer labels, got int64 of shape ()"),  # was TypeError: len() of unsized
+    (["a", "b"], "'labels' must be a list of integer labels, got <U1"),  # was ValueError: invalid literal
+    ([0.5, 1.5], "'labels' must be a list of integer labels, got float64"),  # was truncated to 0 and 1 silently
+])
+def test_cifar_pickle_with_bad_labels_is_one_line(workdir, capsys, labels, message):
+    d = workdir / "data" / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    (d / "batches.meta").write_bytes(pickle.dumps({"label_names": ["a", "b"]}))
+    (d / "data_batch_1").write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "labels": labels}))
+    rc = call(train.main, ["--config", CIFAR, "--data", str(workdir / "data"), "cifar.download=false"])
+    assert_refused(rc, capsys.readouterr().err, f"{d / 'data_batch_1'}: {message}", workdir, ("data",))
+
+
+def _record(data: bytes, length: int | None = None, with_data: bool = True) -> bytes:
+    import struct
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+    head = struct.pack("<Q", len(data) if length is None else length)
+    rec = head + struct.pack("<I", masked_crc32c(head))
+    return rec + data + struct.pack("<I", masked_crc32c(data)) if with_data else rec
+
+
+@pytest.mark.parametrize("blob,message", [
+    # checksums that match over bytes that are no Event: was protobuf's DecodeError traceback
+    (_record(b"\xff\xff\xff\xff"), "corrupt record at byte 0 (not an Event)"),
+    # a header claiming 2**63 bytes: was OverflowError; 2**40: MemoryError (a torn record now)
+    (_record(b"", 2**63 + 5, with_data=False), "only empty event files"),
+    (_record(b"", 2**40, with_data=False), "only empty event files"),
+], ids=["not-an-event", "length-2**63", "length-2**40"])
+def test_dawn_export_of_a_hostile_event_file_is_one_line(workdir, capsys, blob, message):
+    from dawn import prepare_dawn_tsv
+    (workdir / "run").mkdir()
+    write(workdir / "run", "events.out.tfevents.1.host", blob)
+    rc = call(prepare_dawn_tsv.main, ["--events_path", "run", "--out", "r.tsv"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err and message in err, err
+    assert sorted(p.name for p in workdir.iterdir()) == ["run"]
+
+
+def test_resize_into_its_own_data_dir_is_refused(workdir, capsys):
+    """OUT = DATA said '0 written, N already done' and exit 0; OUT inside DATA/train added a class folder."""
+    from training.bench.jpegtree import make_tree
+    make_tree(workdir / "data", images=4, classes=2)
+    before = sorted(str(p) for p in (workdir / "data").rglob("*"))
+    for out in ("data", "data/train/zz", "./data/"):
+        rc = call(resize.main, ["data", out, "--size", "16", "--workers", "1"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and "is data dir data or inside it" in err, err
+    assert sorted(str(p) for p in (workdir / "data").rglob("*")) == before
+
+
+def test_symlink_loop_in_a_class_folder_is_refused(workdir, capsys):
+    """os.walk(followlinks=True) listed a class folder linked into itself ~40 times over: the resize
+    copied every image as often, the trainer's index trained on the duplicates."""
+    from training.bench.jpegtree import make_tree
+    from training.data import DataError, tree
+    make_tree(workdir / "data", images=4, classes=2)
+    (workdir / "data" / "train" / "n00000000" / "loop").symlink_to("..")
+    rc = call(resize.main, ["data", "out", "--size", "16", "--workers", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "resize: symlink loop:" in err, err
+    assert not (workdir / "out").exists()
+    split = str(workdir / "data" / "train")
+    with pytest.raises(DataError, match="symlink loop"):
+        tree._list_files(split, tree.find_classes(split))
+
+
+def test_bench_cifar_trace_dir_not_left_by_a_refused_variant(workdir, capsys):
+    from test_bench_cifar import write_cifar10
+    data = write_cifar10(workdir / "c", n_train=20, n_test=10)
+    rc = call(bench.main, ["cifar", "--data", str(data), "--config", CIFAR, "--trace", "tr",
+                           "--variants", "bad=cifar.tta_level=7"])
+    assert_refused(rc, capsys.readouterr().err, "cifar.tta_level must be 0, 1 or 2, got 7", workdir, ("c",))

@@ -184,6 +184,7 @@ class Batches:
         g = torch.Generator().manual_seed(0)
         self.batches = [(torch.randn(2, 3, 4, 4, generator=g), torch.tensor([0, 1])) for _ in range(4)]
         self.batches[1][0][0, 0, 0, 0] = float("nan")
+        self.num_images = 8
 
     def __iter__(self):
         return iter(self.batches)
@@ -321,3 +322,53 @@ def test_bad_phases_in_a_real_run(tmp_path, capsys, phases, message):
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and err.startswith(message), err
     assert not marker.exists() and not logdir.exists()
+
+
+# ------------------------------------------------------------------------ resuming, found by audit
+
+def test_resume_with_changed_optimizer_settings_trains_with_the_new_ones(data, tmp_path, capsys, one_thread):
+    """The warning and config.yaml say a resumed run goes on with the new optim.* values; the
+    optimizer's load_state_dict used to put the checkpoint's weight decay and momentum back, so the
+    run silently trained with the old ones (bit for bit the unchanged run)."""
+    logdir = tmp_path / "run"
+    args = [str(data), *TINY, f"train.logdir={logdir}", "train.short_epoch=true", "train.short_epoch_steps=1"]
+    assert train.main([*args, "train.max_epochs=1"]) == 0
+    assert train.main([*args, "--resume", "auto", "optim.weight_decay=0.5", "optim.momentum=0.5",
+                       "optim.nesterov=true"]) == 0
+    assert "optim.weight_decay 5e-05 -> 0.5" in capsys.readouterr().err
+    groups = final_checkpoint(logdir)["optimizer"]["param_groups"]
+    assert [(g["weight_decay"], g["momentum"], g["nesterov"]) for g in groups] == [(0.5, 0.5, True), (0.0, 0.5, True)]
+
+
+def test_resume_under_another_world_size_says_so(data, tmp_path, capsys, one_thread):
+    """An elastic restart on fewer machines goes on with the same per-process batches: another global
+    batch and other steps per epoch, which the user is told once; the checkpoint records its world size."""
+    logdir = tmp_path / "run"
+    args = [str(data), *TINY, f"train.logdir={logdir}", "train.short_epoch=true", "train.short_epoch_steps=1"]
+    assert train.main([*args, "train.max_epochs=1"]) == 0
+    path = sorted((logdir / "checkpoints").glob("epoch_*.pt"))[-1]
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["world_size"] == 1
+    torch.save({**ckpt, "world_size": 2}, path)  # as if two processes had written it
+    capsys.readouterr()
+    assert train.main([*args, "--resume", "auto"]) == 0
+    assert capsys.readouterr().err.count("warning: the checkpoint was written by 2 processes, this run has 1: "
+                                         "the schedule's batch sizes are per process") == 1
+
+
+def test_a_phase_on_a_data_copy_with_more_images_trains_them_all_and_resumes_exactly(tmp_path, one_thread):
+    """A phase's trndir copy may hold another number of images (a bad file skipped in one copy): its
+    epochs used to be cut to the first phase's step count (12 of the copy's 36 images never trained,
+    the lr ramp cut short), while a run resumed in that phase ran them all: not the same weights."""
+    data = make_jpeg_tree(tmp_path / "data", train_per_class=8, val_per_class=1)  # 24 images
+    make_jpeg_tree(tmp_path / "data-big", train_per_class=12, val_per_class=1, seed=1)  # 36 images
+    phases = "[{'ep':0,'sz':32,'bs':8},{'ep':1,'sz':32,'bs':8,'trndir':'-big'},{'ep':(0,2),'lr':(0.02,0.002)}]"
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    args = [str(data), *TINY, "--phases", phases]
+    assert train.main([*args, f"train.logdir={ref}"]) == 0
+    assert train.main([*args, f"train.logdir={run}", "train.max_epochs=1"]) == 0
+    assert train.main([*args, f"train.logdir={run}", "--resume", "auto"]) == 0
+    a, b = final_checkpoint(ref), final_checkpoint(run)
+    assert a["step"] == b["step"] == 24 + 36
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k

@@ -227,3 +227,57 @@ def test_a_bad_command_line_is_said_once_before_torchrun(tmp_path, script, env, 
                     env={**os.environ, "PYTHON": sys.executable, "CONFIG": "configs/tiny_cpu.yaml", **env})
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [said]
+
+
+NO_GPU_DRIVER = not any(os.path.exists(d) for d in ("/dev/nvidia0", "/dev/kfd", "/dev/dxg")) \
+    and subprocess.run(["bash", "-c", "command -v nvidia-smi"], capture_output=True).returncode != 0
+
+
+@pytest.mark.skipif(not NO_GPU_DRIVER, reason="this machine has a GPU driver")
+@pytest.mark.parametrize("met, gpu", [(True, False), (False, False), (True, True)])
+def test_the_main_job_asks_pip_and_torch_only_when_needed(tmp_path, met, gpu):
+    """launch/cifar10.sh: pip runs only when a requirement is missing or too old, and torch is imported
+    to look for CUDA only where a GPU driver is (each costs seconds of every run)."""
+    bin_dir, calls, data = tmp_path / "bin", tmp_path / "calls", tmp_path / "data"
+    bin_dir.mkdir()
+    (data / "cifar-10-batches-py").mkdir(parents=True)  # materialised already
+    stubs = {"python3": f'echo "$*" >> {calls}\n'
+                        f'case "$1" in launch/requirements_met.py) exit {0 if met else 1};; esac\nexit 0\n'}
+    if gpu:
+        stubs["nvidia-smi"] = "exit 0\n"
+    for name, body in stubs.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    r = run_bounded(["bash", "launch/cifar10.sh"], cwd=REPO, timeout=30,
+                    env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DATA": str(data)})
+    assert r.returncode == 0, r.stderr
+    said = calls.read_text().splitlines()
+    assert said[0] == "launch/requirements_met.py requirements.txt"
+    pip = ["-m pip install --quiet --disable-pip-version-check -r requirements.txt"]
+    cuda = ["-c import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"]
+    assert said[1:-1] == (pip if not met else []) + (cuda if gpu else [])
+    config = "configs/cifar10.yaml" if gpu else "configs/cifar10_cpu.yaml"
+    assert said[-1].startswith(f"training/train.py --config {config} --data {data} --logdir runs/cifar10-")
+
+
+@pytest.mark.parametrize("lines, met", [
+    (["pyyaml>=6.0", "pytest>=7.4  # why", "# a comment", ""], True),
+    (["pyyaml>=999"], False),                                     # too old
+    (["pyyaml<1"], False),                                        # too new
+    (["no-such-distribution-here>=1"], False),                    # missing
+    (['no-such-distribution-here>=1; platform_system == "NoSuchOS"'], True),  # not for this platform
+    (["-e ."], False),                                            # an option: pip's to read
+    (["pytest[testing]>=7"], False),                              # extras' dependencies: pip's to check
+])
+def test_requirements_met_answers_only_what_it_can_read(tmp_path, lines, met):
+    reqs = tmp_path / "requirements.txt"
+    reqs.write_text("\n".join(lines) + "\n")
+    r = run_bounded([sys.executable, "launch/requirements_met.py", str(reqs)], cwd=REPO, timeout=30)
+    assert r.returncode == (0 if met else 1), r.stderr
+
+
+def test_requirements_met_by_the_test_environment():
+    """The suite runs after `pip install -r requirements.txt -r requirements-test.txt` (README)."""
+    r = run_bounded([sys.executable, "launch/requirements_met.py", "requirements.txt", "requirements-test.txt"],
+                    cwd=REPO, timeout=30)
+    assert r.returncode == 0, r.stderr

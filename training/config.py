@@ -195,6 +195,10 @@ RANGES = {
     "data.dali_hw_load": (0, 1),
 }
 
+# Paths that must name something: an empty logdir would scatter a run over the current directory
+# and runs/DATE_HOST (SummaryWriter's default).
+NONEMPTY = {"train.logdir"}
+
 
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
@@ -240,6 +244,8 @@ def _coerce(name: str, value: Any, hint: Any, current: Any) -> Any:
             value = math.inf
         if not math.isfinite(value):  # NaN passes every range check below
             raise ConfigError(f"config key {name!r}: must be a finite number, got {value!r}")
+    if name in NONEMPTY and not value:
+        raise ConfigError(f"config key {name!r}: must not be empty")
     low, high = RANGES.get(name, (None, None))
     if (low is not None and value < low) or (high is not None and value > high):
         want = f"in {low}..{high}" if high is not None else f">= {low}"

@@ -39,12 +39,16 @@ _ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 def plan(data: str, out: str) -> list[tuple[str, str]]:
     """(source, destination) for every non-hidden file of each split's class folders."""
-    jobs = []
+    jobs, seen = [], {}
     for split in SPLITS:
         src_root = os.path.join(data, split)
         if not os.path.isdir(src_root):
             continue
         for dirpath, dirnames, filenames in os.walk(src_root, followlinks=True):
+            st = os.stat(dirpath)  # a folder linked back into itself would be copied ~40 times over
+            if (key := (st.st_dev, st.st_ino)) in seen:
+                raise ValueError(f"symlink loop: {dirpath} is the folder {seen[key]} again")
+            seen[key] = dirpath
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             rel = os.path.relpath(dirpath, data)
             jobs += [(os.path.join(dirpath, f), os.path.join(out, rel, f))
@@ -103,6 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     if not any(os.path.isdir(os.path.join(a.data, s)) for s in SPLITS):
         print(f"resize: {a.data} holds neither train/ nor validation/", file=sys.stderr)
         return 2
+    data_real, out_real = os.path.realpath(a.data), os.path.realpath(a.out)
+    if os.path.commonpath([data_real, out_real]) == data_real:
+        # OUT = DATA: every file "already done" and nothing resized; OUT inside DATA: a new class
+        # folder in its train/ (the labels shift) and the copies read again as input
+        print(f"resize: output dir {a.out} is data dir {a.data} or inside it; give an output dir outside it",
+              file=sys.stderr)
+        return 2
+    try:  # before OUT is made: a tree that cannot be planned leaves nothing behind
+        jobs = [(j, a.size, a.quality) for j in plan(a.data, a.out)]
+    except (OSError, ValueError) as e:
+        print(f"resize: {e}", file=sys.stderr)
+        return 2
     settings = {"size": a.size, "quality": a.quality}
     marker = os.path.join(a.out, MARKER)
     try:
@@ -123,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"resize: cannot create the output dir {a.out}: {e.strerror}", file=sys.stderr)
         return 2
-    jobs = [(j, a.size, a.quality) for j in plan(a.data, a.out)]
     counts = {"done": 0, "skipped": 0, "failed": 0}
     with Pool(max(1, a.workers)) as pool:
         for r in pool.imap_unordered(_run, jobs, chunksize=16):

@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 
 from training import config as C
+from training.cli import output_problem
 from training.data import DataError
 from training.data import cifar as cdata
 from training.dist import pick_device
@@ -363,6 +364,11 @@ def bench(args: argparse.Namespace, say=lambda m: print(m, flush=True)) -> dict:
     devices = [pick_device(cfg.train.device) for cfg in configs]  # no CUDA for a cuda config: bad input
     data_dir = cdata.ensure_data(args.data, "cifar10", download=False)
     raise_recompile_limit(sum(cfg.train.compile for cfg in configs))
+    if args.trace:  # only now: a bad variant or data dir leaves no folder behind
+        try:
+            Path(args.trace).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise C.ConfigError(f"--trace {args.trace}: {e.strerror}") from None
     entries: list[Entry] = []
     trainers: list[recipe.Trainer] = []
     with contextlib.ExitStack() as stack:
@@ -435,12 +441,9 @@ def run(args: argparse.Namespace) -> int:
     if any(not 0 <= f <= 1 for f in args.tta_fractions or ()):
         print("error: --tta-fractions must be in [0, 1]", file=sys.stderr)
         return 2
-    if args.trace:
-        try:
-            Path(args.trace).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            print(f"error: --trace {args.trace}: {e.strerror}", file=sys.stderr)
-            return 2
+    if args.trace and (problem := output_problem(os.path.join(args.trace, "x"))) is not None:
+        print(f"error: --trace {args.trace}: {problem}", file=sys.stderr)  # made once the input is checked
+        return 2
     try:
         if args.count_ops:
             write_json_atomic(args.json, count_ops(args))

@@ -122,14 +122,20 @@ def load_split(root: str | os.PathLike, dataset: str = "cifar10", train: bool = 
         if not isinstance(d, dict) or "data" not in d or label_key not in d:
             raise DataError(f"{base / name}: expected a dict with 'data' and {label_key!r}")
         x = np.asarray(d["data"])
-        y = np.asarray(d[label_key], dtype=np.int64)
+        try:  # ragged or nested lists, strings, ints past int64: refused below, not a numpy traceback
+            y = np.asarray(d[label_key])
+        except (ValueError, TypeError, OverflowError):
+            y = np.asarray(None, dtype=object)
+        if y.ndim != 1 or (y.size and y.dtype.kind not in "iu"):  # 0-d, nested, float, bool, str, object
+            raise DataError(f"{base / name}: {label_key!r} must be a list of integer labels, got "
+                            f"{y.dtype} of shape {y.shape}")
         if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
             raise DataError(f"{base / name}: 'data' must be N x 3072 uint8 with N labels, "
                             f"got {x.dtype} {x.shape} and {len(y)} labels")
         if len(y) and (y.min() < 0 or y.max() >= len(classes)):
             raise DataError(f"{base / name}: labels outside 0..{len(classes) - 1}")
         images.append(x.reshape(-1, 3, 32, 32))  # R, G, B planes, row-major
-        labels.append(y)
+        labels.append(y.astype(np.int64))
     out = Split(np.concatenate(images), np.concatenate(labels), [str(c) for c in classes])
     if not len(out.labels):
         raise DataError(f"{base}: the {'train' if train else 'test'} split is empty")

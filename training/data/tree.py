@@ -72,8 +72,12 @@ def _list_files(split_dir: str, classes: list[str]) -> tuple[list[str], list[int
     """Relative paths of every non-hidden file under each class folder, as ImageFolder orders them."""
     rel, labels = [], []
     for label, name in enumerate(classes):
-        found = []
+        found, seen = [], {}
         for dirpath, dirnames, filenames in os.walk(os.path.join(split_dir, name), followlinks=True):
+            st = os.stat(dirpath)  # a folder linked back into itself would be listed ~40 times over
+            if (key := (st.st_dev, st.st_ino)) in seen:
+                raise DataError(f"symlink loop: {dirpath} is the folder {seen[key]} again")
+            seen[key] = dirpath
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             rel_dir = os.path.relpath(dirpath, split_dir)
             found += [os.path.join(rel_dir, f) for f in sorted(filenames) if not f.startswith(".")]

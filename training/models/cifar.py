@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from training.config import ConfigError
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+MAX_WIDTH = 4096  # channels of a conv group (the GPU recipe: 256); 4096 is 600 MB of 3x3 weights already
 
 
 class BatchNorm(nn.BatchNorm2d):
@@ -135,8 +136,8 @@ class CifarNet(nn.Module):
                  bn_momentum: float = 0.6, bn_eps: float = 1e-12, bn_frozen_weight: bool = True,
                  act: str = "gelu", head_scale: float = 1 / 9, head_unit_std: bool = False, pool: str = "native"):
         super().__init__()
-        if len(widths) != 3 or not all(isinstance(w, int) and w > 0 for w in widths):
-            raise ConfigError(f"cifar.widths: expected 3 positive integers, got {list(widths)!r}")
+        if len(widths) != 3 or not all(type(w) is int and 0 < w <= MAX_WIDTH for w in widths):  # bool is no width
+            raise ConfigError(f"cifar.widths: expected 3 integers in 1..{MAX_WIDTH}, got {list(widths)!r}")
         if act not in ACTIVATIONS:
             raise ConfigError(f"cifar.act: {act!r} is not one of {', '.join(ACTIVATIONS)}")
         if pool not in POOLS:

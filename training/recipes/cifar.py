@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from training import dist, hostmem, loop
-from training.config import Config, ConfigError, ModelConfig, OptimConfig, dump, to_dict
+from training.config import Config, ConfigError, DataConfig, ModelConfig, OptimConfig, dump, to_dict
 from training.data import DataError
 from training.data import cifar as cdata
 from training.logs import RunLogger, check_logdir, check_logdir_writable, refuse_reuse
@@ -307,9 +307,9 @@ def make_evaluate(forward: nn.Module, raw: nn.Module, device: torch.device, prec
 def check_config(cfg: Config) -> Schedule:
     """Sections this recipe does not read must stay at their defaults: a setting there would
     otherwise be silently ignored."""
-    for section, default in (("optim", OptimConfig()), ("model", ModelConfig())):
+    for section, default in (("optim", OptimConfig()), ("model", ModelConfig()), ("data", DataConfig())):
         for key, value in to_dict(getattr(cfg, section)).items():
-            if value != getattr(default, key):
+            if key != "dir" and value != getattr(default, key):  # data.dir: the recipe's DATA
                 raise ConfigError(f"{section}.{key} is not used by the cifar recipe (its settings are cifar.*)")
     if cfg.train.resume or cfg.train.evaluate:
         raise ConfigError("train.resume / train.evaluate: the cifar recipe keeps no checkpoints (a run is seconds)")
@@ -329,11 +329,15 @@ def check_config(cfg: Config) -> Schedule:
         if not smallest <= ph.size <= 32:
             raise ConfigError(f"phases: the cifar recipe trains at sz {smallest}..32 px (the images scaled down; "
                               f"evaluation at 32), got sz {ph.size} at epoch {ph.start}")
+        if c.cutout > ph.size:  # a square larger than the image: every training image blanked, or nearly
+            raise ConfigError(f"cifar.cutout must be at most each phase's sz ({ph.size} px at epoch {ph.start}), "
+                              f"got {c.cutout}")
     for key in ("runs", "eval_batch_size", "whiten_samples", "lookahead_every"):
         if getattr(c, key) < 1:
             raise ConfigError(f"cifar.{key} must be >= 1, got {getattr(c, key)}")
+    # a negative lr or weight decay (gradient ascent, weights that grow) would train to chance silently
     for key in ("warmup_runs", "translate", "cutout", "eval_every", "muon_ns_steps", "threads", "whiten_bias_epochs",
-                "brightness"):
+                "brightness", "lr", "weight_decay", "muon_lr", "bias_lr_scale", "head_lr_scale", "whiten_bias_lr_scale"):
         if getattr(c, key) < 0:
             raise ConfigError(f"cifar.{key} must be >= 0, got {getattr(c, key)}")
     if not 0 <= c.contrast < 1:  # a scale of 1 - contrast must stay positive

@@ -254,6 +254,10 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
         if changed := changed_settings(ckpt["config"], to_dict(cfg)):
             notes.append(f"warning: resuming with settings that differ from the checkpoint's: {'; '.join(changed)} "
                          "(the run goes on with the new ones; config.yaml records them)")
+        if ckpt.get("world_size", info.world_size) != info.world_size:  # an elastic restart on fewer machines
+            notes.append(f"warning: the checkpoint was written by {ckpt['world_size']} processes, this run has "
+                         f"{info.world_size}: the schedule's batch sizes are per process, so the global batch "
+                         "and the steps per epoch change (resume with the same world size for the same run)")
         schedule = parse_schedule(saved)
         cfg = dataclasses.replace(cfg, phases=saved)
         if start_epoch >= schedule.num_epochs and not cfg.train.evaluate:
@@ -282,6 +286,9 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
         except RuntimeError as e:
             raise checkpoint.CheckpointError(f"checkpoint does not fit {cfg.model.arch} with "
                                              f"{num_classes} classes: {str(e).splitlines()[0]}") from None
+        # load_state_dict also puts back each group's settings as the checkpoint saved them (weight decay,
+        # momentum, nesterov): the run goes on with this run's, as the warning says and config.yaml records
+        configured = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
         except ValueError:  # torch's message names neither the groups nor the settings behind them
@@ -291,6 +298,8 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
                 f"checkpoint's optimizer groups hold {saved} tensors, this run's {now}: its weight-decay "
                 f"exemptions differ from optim.no_bn_wd={cfg.optim.no_bn_wd} optim.no_bias_wd="
                 f"{cfg.optim.no_bias_wd}; resume with the settings it was written with") from None
+        for group, settings in zip(optimizer.param_groups, configured):
+            group.update(settings)
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
     if info.is_main:
@@ -407,5 +416,5 @@ def _save(state: loop.TrainState, cfg: Config, info: dist.DistInfo, logger: RunL
             "scaler": state.scaler.state_dict() if state.scaler is not None else None,
             "epoch": state.epoch, "step": state.step,
             "config": to_dict(cfg) | {"phases": list(state.schedule.raw)},
-            "arch": cfg.model.arch, "start_time": logger.start_time,
+            "arch": cfg.model.arch, "start_time": logger.start_time, "world_size": info.world_size,
         })
