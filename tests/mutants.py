@@ -221,7 +221,7 @@ MUTANTS = [
     Mutant("resize_into_its_own_input", "training/resize.py",
            "if os.path.commonpath([data_real, out_real]) == data_real:", "if False:",
            (CLI + "test_resize_into_its_own_data_dir_is_refused",)),
-    Mutant("tree_follows_symlink_loops", "training/data/tree.py", "if (key := (st.st_dev, st.st_ino)) in seen:",
+    Mutant("tree_follows_symlink_loops", "training/files.py", "if (key := (st.st_dev, st.st_ino)) in seen:",
            "if False:", (CLI + "test_symlink_loop_in_a_class_folder_is_refused",)),
     Mutant("cifar_bool_or_huge_widths", "training/models/cifar.py",
            "type(w) is int and 0 < w <= MAX_WIDTH for w in widths", "isinstance(w, int) and w > 0 for w in widths",

@@ -30,6 +30,7 @@ from PIL import Image
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from training import files  # noqa: E402
 from training.cli import ArgParser, int_range, positive_int  # noqa: E402
 
 SPLITS = ("train", "validation")
@@ -39,20 +40,14 @@ _ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 def plan(data: str, out: str) -> list[tuple[str, str]]:
     """(source, destination) for every non-hidden file of each split's class folders."""
-    jobs, seen = [], {}
+    jobs = []
     for split in SPLITS:
         src_root = os.path.join(data, split)
         if not os.path.isdir(src_root):
             continue
-        for dirpath, dirnames, filenames in os.walk(src_root, followlinks=True):
-            st = os.stat(dirpath)  # a folder linked back into itself would be copied ~40 times over
-            if (key := (st.st_dev, st.st_ino)) in seen:
-                raise ValueError(f"symlink loop: {dirpath} is the folder {seen[key]} again")
-            seen[key] = dirpath
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for dirpath, filenames in files.walk(src_root):
             rel = os.path.relpath(dirpath, data)
-            jobs += [(os.path.join(dirpath, f), os.path.join(out, rel, f))
-                     for f in sorted(filenames) if not f.startswith(".")]
+            jobs += [(os.path.join(dirpath, f), os.path.join(out, rel, f)) for f in filenames]
     return jobs
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from training import files
 from training.data import DataError, LoaderSpec
 
 # Formats both backends decode (DALI has no GIF); MPO is how PIL names multi-picture camera JPEGs.
@@ -72,15 +73,13 @@ def _list_files(split_dir: str, classes: list[str]) -> tuple[list[str], list[int
     """Relative paths of every non-hidden file under each class folder, as ImageFolder orders them."""
     rel, labels = [], []
     for label, name in enumerate(classes):
-        found, seen = [], {}
-        for dirpath, dirnames, filenames in os.walk(os.path.join(split_dir, name), followlinks=True):
-            st = os.stat(dirpath)  # a folder linked back into itself would be listed ~40 times over
-            if (key := (st.st_dev, st.st_ino)) in seen:
-                raise DataError(f"symlink loop: {dirpath} is the folder {seen[key]} again")
-            seen[key] = dirpath
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel_dir = os.path.relpath(dirpath, split_dir)
-            found += [os.path.join(rel_dir, f) for f in sorted(filenames) if not f.startswith(".")]
+        found = []
+        try:
+            for dirpath, filenames in files.walk(os.path.join(split_dir, name)):
+                rel_dir = os.path.relpath(dirpath, split_dir)
+                found += [os.path.join(rel_dir, f) for f in filenames]
+        except ValueError as e:  # a symlink loop
+            raise DataError(str(e)) from None
         if not found:
             raise DataError(f"class folder holds no images: {os.path.join(split_dir, name)}")
         rel += found

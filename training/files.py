@@ -1,0 +1,22 @@
+"""Walking an image tree: each folder's non-hidden files in sorted order, as ImageFolder lists them.
+
+Torch-free, so ``training.resize`` (and its pool workers) start without importing torch.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+
+def walk(top: str) -> Iterator[tuple[str, list[str]]]:
+    """(folder, its non-hidden file names, sorted) for ``top`` and every folder under it, in sorted
+    order, symlinks followed. A folder reached twice (a link back into the tree, which os.walk would
+    follow ~40 levels deep, listing every file as often) raises ValueError naming both paths."""
+    seen: dict[tuple[int, int], str] = {}
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        st = os.stat(dirpath)
+        if (key := (st.st_dev, st.st_ino)) in seen:
+            raise ValueError(f"symlink loop: {dirpath} is the folder {seen[key]} again")
+        seen[key] = dirpath
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        yield dirpath, sorted(f for f in filenames if not f.startswith("."))
