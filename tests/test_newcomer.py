@@ -190,6 +190,24 @@ def test_resume_auto_without_a_checkpoint_starts_the_run_over(data, tmp_path, ca
     assert sum(line.startswith("~~epoch") for line in log) == 1 and sum(line.startswith("~~0\t") for line in log) == 1
 
 
+def test_a_start_over_past_unusable_checkpoints_keeps_its_own(data, tmp_path, capsys):
+    """Every checkpoint corrupt: --resume auto starts over, and the corrupt ones go aside; left in place,
+    keep-last-3 counted them as the newest and deleted the new run's own checkpoints as it wrote them."""
+    logdir = tmp_path / "run"
+    ckpts = logdir / "checkpoints"
+    assert train.main([str(data), *TINY, f"train.logdir={logdir}"]) == 0  # epochs 1-3
+    for p in ckpts.glob("epoch_*.pt"):
+        p.write_bytes(p.read_bytes()[:100])  # truncated
+    capsys.readouterr()
+    assert train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1", "--resume", "auto"]) == 0
+    err = capsys.readouterr().err
+    assert "no usable checkpoint" in err
+    assert f"note: this run starts over at epoch 0: 3 checkpoint(s) of later epochs moved to {ckpts / 'superseded'}" \
+        in err
+    assert sorted(p.name for p in ckpts.glob("epoch_*.pt")) == ["epoch_0001.pt"]
+    assert torch.load(ckpts / "epoch_0001.pt", weights_only=True)["epoch"] == 1
+
+
 def test_the_clock_starts_before_the_set_up_as_imagenet18s(data, tmp_path, monkeypatch):
     """imagenet18 logged `first` before indexing its data and building its model; hours counted from
     after the set-up would flatter a time-to-accuracy."""

@@ -334,9 +334,11 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
     writes = info.is_main and not cfg.train.evaluate
     if writes:  # first: any file of the run in the logdir is then known as this job's (check_fresh)
         dist.record_attempt(cfg.train.logdir, attempt)
-    if writes and ckpt and (moved := checkpoint.set_aside_after(cfg.train.logdir, start_epoch)):
-        print(f"note: this run resumes at epoch {start_epoch}: {len(moved)} checkpoint(s) of later epochs moved "
-              f"to {moved[0].parent}", file=sys.stderr)
+    # later checkpoints: abandoned by a resume from an older one, or all unusable (a start over): left in
+    # place, keep-last-K would count them and delete this run's new ones
+    if writes and (ckpt or resume) and (moved := checkpoint.set_aside_after(cfg.train.logdir, start_epoch)):
+        print(f"note: this run {'resumes' if ckpt else 'starts over'} at epoch {start_epoch}: {len(moved)} "
+              f"checkpoint(s) of later epochs moved to {moved[0].parent}", file=sys.stderr)
     logger = RunLogger(cfg.train.logdir, writes, start_time=ckpt.get("start_time") if ckpt else None,
                        started=launched, purge_step=purge)
     if writes:
