@@ -243,6 +243,66 @@ def test_pipeline_cli_measures_each_loader_in_whole_epoch_windows(tmp_path, caps
     assert "torchvision" in capsys.readouterr().out
 
 
+def test_pipeline_window_of_worker_processes_counts_only_what_it_waited_for(monkeypatch):
+    """W workers, each batch C s of sleep (no CPU: they run in parallel even here), so the loader's
+    steady rate is W x batch / C. The first W batches of an epoch arrive together: a window opened
+    after batch --skip 0 counted the other W - 1 as if made inside it (1.25x here)."""
+    import time as _time
+
+    from torch.utils.data import DataLoader, Dataset
+
+    import training.data as data
+    from training.bench import pipeline
+    W, C, BS, N = 4, 0.2, 2, 16  # workers, s per batch, batch, batches an epoch (4 rounds)
+
+    class Slow(Dataset):
+        def __len__(self):
+            return N * BS
+
+        def __getitem__(self, i):
+            _time.sleep(C / BS)
+            return torch.zeros(3, 4, 4), 0
+
+    class Loader:
+        def __init__(self):
+            self.dl = DataLoader(Slow(), batch_size=BS, num_workers=W, persistent_workers=True)
+
+        def set_epoch(self, epoch):
+            pass
+
+        def __iter__(self):
+            return iter(self.dl)
+
+        def __len__(self):
+            return len(self.dl)
+
+        def close(self):
+            self.dl._iterator._shutdown_workers()
+
+    monkeypatch.setattr(data, "get_backend", lambda *a, **k: data.Backend("torchvision", lambda spec: Loader(), None))
+    r = pipeline.measure("torchvision", "unused", "", 4, BS, W, 0.01, 0, "cpu")
+    assert r["skip"] == W - 1 and r["epochs"] == 2
+    assert r["img_s"] == pytest.approx(W * BS / C, rel=0.1), r["img_s_windows"]
+
+
+def test_end_to_end_gives_no_img_s_from_a_warm_up_epoch(monkeypatch, tmp_path):
+    """--e2e-epochs 1: each size's only epoch is its warm-up (compile, autotune): no steady rate."""
+    import subprocess as sp
+
+    from training.bench import pipeline
+    timer = loop.StageTimer(False, torch.device("cpu"))
+    timer.totals.update({"data wait": 1.0, "forward": 30.0, "backward": 2.0, "optimizer": 1.0})
+    monkeypatch.setattr(pipeline, "_count", lambda *a: 100)
+    monkeypatch.setattr(pipeline.subprocess, "run",
+                        lambda *a, **k: sp.CompletedProcess(a, 0, "", timer.table(0) + "\n" + timer.table(1)))
+    args = bench.build_parser().parse_args(["pipeline", str(tmp_path), "--sizes", "128", "224", "--e2e-epochs", "1",
+                                            "--device", "cpu"])
+    args.e2e_batch = {}
+    rows = pipeline.end_to_end("synthetic", str(tmp_path), {128: "", 224: ""}, args)
+    assert [(r["epochs"], r["img_s"], r["data_wait_share"]) for r in rows] == [(1, None, None)] * 2
+    assert [r["warmup_epoch_s"] for r in rows] == [34.0, 34.0]
+
+
 def test_float_path_yields_our_batches_from_float_workers(jpeg_tree):
     """bench pipeline's torchvision:float (the classic path, issue 11) must deliver the batches ours
     does, so comparing the two measures only where normalisation happens and what crosses over."""

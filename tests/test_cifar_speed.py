@@ -84,3 +84,14 @@ def test_epoch_augment_yields_the_same_batches(drop_last):
         for (x, y), (x2, y2) in pairs:
             assert torch.equal(x, x2) and torch.equal(y, y2) and x2.is_contiguous(memory_format=torch.channels_last)
     assert not torch.equal(pairs[0][0][0], next(iter(make_loader(images, labels, **kw)))[0])  # epochs differ
+
+
+def test_epoch_augment_augments_each_epoch_once_in_a_timed_run(data, monkeypatch):
+    """start_run sets epoch 0, then the loop's for_epoch sets it again: the whole-epoch gather (inside
+    the timed region) must run once per epoch, not twice for the first."""
+    t = trainer(data, (["cifar", "epoch_augment"], True))
+    made = []
+    augment = t.train.augment
+    monkeypatch.setattr(t.train, "augment", lambda idx: made.append(t.train.epoch) or augment(idx))
+    t.run(0, None)
+    assert made == [0, 1]

@@ -10,8 +10,12 @@ process (no fork beside DALI's threads, no warm state shared) for ``--seconds`` 
 Timing: a window is one epoch's batches after its first ``--skip`` ones, closed by a device sync, so
 no window crosses an epoch restart or a pipeline rebuild; those costs are reported apart (the first
 pass's start, which builds the pipeline or forks the workers, and the later passes' starts). img/s
-is the median window. ``cores`` is the machine's busy CPU time over the windows (from /proc/stat)
-divided by their wall time: what the loader costs in CPU, everything on the machine included.
+is the median window. The torchvision loaders' W worker processes each make a whole batch and all
+start at the epoch's start, so its first W batches arrive together: a window opened inside that
+round would count batches made before it opened (with W = 16, --skip 3 and 80 batches an epoch,
++19% img/s), so there the skip is rounded up to the end of a round, W k - 1 (the JSON's ``skip``).
+``cores`` is the machine's busy CPU time over the windows (from /proc/stat) divided by their wall
+time: what the loader costs in CPU, everything on the machine included.
 
 Images come from ``DATA<dir>/train`` where ``--dir SIZE=DIR`` names a pre-resized copy (imagenet18
 reads 128 px from ``-sz/160`` and 224 px from ``-sz/320``; ``--source full`` reads DATA itself at every
@@ -89,6 +93,11 @@ def measure(loader: str, data: str, train_dir: str, size: int, batch_size: int, 
         chosen.notes[:] = [f"loader: torchvision, the float path: normalised float32 batches from {workers} workers"]
     train = build(spec)
     index_s = time.perf_counter() - t0
+    if chosen.name == "torchvision" and workers > 1:
+        # worker w makes batches w, w + W, ...: batches 0..W-1 arrive at once, W..2W-1 one batch's time
+        # later, ... A window opened at batch `skip` of a round counts the round's later batches, made
+        # before it opened; opened at a round's last batch, it counts only what it waited for
+        skip = -(-(skip + 1) // workers) * workers - 1
     windows, starts, cores, out = [], [], [], {}
     t_begin = time.perf_counter()
     epoch = 0
@@ -119,12 +128,13 @@ def measure(loader: str, data: str, train_dir: str, size: int, batch_size: int, 
     finally:
         train.close()
     if not windows:
-        raise RuntimeError(f"{data}{train_dir}: an epoch has no more than --skip {skip} batches of {batch_size}; "
+        raise RuntimeError(f"{data}{train_dir}: an epoch has no more than {skip} batches of {batch_size} to skip "
+                           f"(--skip, rounded up to whole rounds of {workers} workers for torchvision); "
                            "generate a bigger tree or lower --skip")
     return {"loader": loader, "size": size, "train_dir": train_dir, "img_s": statistics.median(windows),
             "img_s_windows": windows, "cores": statistics.median(cores) if cores else None,
             "first_start_s": starts[0], "restart_s": statistics.median(starts[1:]) if len(starts) > 1 else None,
-            "index_s": index_s, "epochs": epoch, "batches_per_epoch": len(train), "backend": chosen.notes} | out
+            "index_s": index_s, "skip": skip, "epochs": epoch, "batches_per_epoch": len(train), "backend": chosen.notes} | out
 
 
 def _train_dir(size: int, args: argparse.Namespace) -> str:
@@ -201,7 +211,7 @@ def end_to_end(loader: str, data: str, dirs: dict[int, str], args: argparse.Name
     rows = []
     for k, s in enumerate(sizes):
         mine = tables[k * e:(k + 1) * e]
-        steady = mine[1:] or mine
+        steady = mine[1:]  # the first epoch is the warm-up (compile, autotune, loader start): never img/s
         train_s = sum(t.get(st, 0.0) for t in steady for st in TRAIN_STAGES)
         wait_s = sum(t.get("data wait", 0.0) for t in steady)
         rows.append({"loader": loader, "size": s, "train_dir": dirs[s], "batch_size": batch[s], "epochs": len(mine),
@@ -346,7 +356,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="DataLoader workers = DALI threads (default: every core)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch")
     p.add_argument("--seconds", type=_positive_seconds, default=20.0, help="measuring time per loader and size")
-    p.add_argument("--skip", type=nonnegative_int, default=3, help="batches at the start of each epoch left out of its window")
+    p.add_argument("--skip", type=nonnegative_int, default=3, help="batches at the start of each epoch left out of its "
+                   "window (torchvision: rounded up to a multiple of --workers, less 1)")
     p.add_argument("--source", choices=("imagenet18", "full"), default="imagenet18",
                    help="imagenet18: 128 px from DATA-sz/160, 224 px from DATA-sz/320; full: DATA at every size")
     p.add_argument("--dir", type=_per_size(str, "128=-sz/160"), action="append", metavar="SIZE=DIR",

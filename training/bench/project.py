@@ -4,9 +4,11 @@ Pure Python (no torch import), so a user sees "64 GPUs of this kind: ~X min" bef
 For each epoch e of the schedule on G GPUs at scaling efficiency E (0 < E <= 1):
 
   train_s(e) = images_per_epoch(e) / (img_s(size(e)) * G * E),  images_per_epoch = iters(e) * bs(e) * G
-  eval_s(e)  = ceil(val_images / G) / eval_img_s(size(e)),       on the epochs the loop evaluates
+  eval_s(e)  = busiest_rank_val_images / eval_img_s(size(e)),     on the epochs the loop evaluates
 
-plus, once per data phase, the measured warm-up overhead at its size (compile, cuDNN autotuning),
+(the busiest rank: ranks get whole validation batches, so it may hold more than val_images / G), plus
+the measured warm-up overhead at its size (compile, cuDNN autotuning) once per (batch, size) shape first
+trained in a phase (static compiled graphs; an epoch's partial last batch is a shape too),
 plus, with ``--checkpoint-s S``, S seconds per epoch: the step's measured wait on checkpointing (the
 ``checkpoint wait`` row of ``train.py --profile``; the write itself runs in the background).
 img_s is one GPU's training img/s from ``bench throughput --json`` (its ``ours`` path unless told

@@ -263,8 +263,8 @@ class CifarTrainLoader:
             u = torch.rand(n, 2, generator=g, device=self.device) * 2 - 1
             self.scale = (1 + self.contrast * u[:, 1]).to(self.dtype)
             self.shift = (self.brightness * u[:, 0]).to(self.dtype) * self.scale  # (x + b) * c = x * c + b * c
-        if self.epoch_augment:  # labels too: a training step then starts with two views, no kernel
-            self.epoch_images, self.epoch_labels = self.augment(self.perm), self.labels[self.perm]
+        if self.epoch_augment:  # start_run's set_epoch(0), then the loop's: made once, when first iterated
+            self.epoch_images = self.epoch_labels = None  # made when iterated
 
     def set_batch_size(self, batch_size: int) -> None:
         self.batch_size = batch_size
@@ -312,8 +312,8 @@ class CifarTrainLoader:
         for i in range(len(self)):
             batch = slice(i * b, (i + 1) * b)
             if self.epoch_augment:
-                if self.epoch_images is None:
-                    self.epoch_images = self.augment(self.perm)
+                if self.epoch_images is None:  # labels too: a training step then starts with two views, no kernel
+                    self.epoch_images, self.epoch_labels = self.augment(self.perm), self.labels[self.perm]
                 yield self.epoch_images[batch], self.epoch_labels[batch]
             else:
                 idx = self.perm[batch]
