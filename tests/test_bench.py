@@ -131,7 +131,7 @@ def test_run_prints_one_table_per_epoch_with_evaluation_and_checkpoint(tmp_path,
     assert saved == [1, 2] and len(tables) == 2
     for block in tables:
         stages = [line.split()[0] for line in block.splitlines()[1:] if line.startswith("  ")]
-        assert stages == ["data", "forward", "backward", "optimizer", "evaluation", "checkpoint", "total"]
+        assert stages == ["data", "forward", "backward", "optimizer", "logging", "evaluation", "checkpoint", "total"]
 
 
 def test_profile_trace_writes_a_tensorboard_trace(tmp_path):
@@ -285,22 +285,39 @@ def test_pipeline_window_of_worker_processes_counts_only_what_it_waited_for(monk
     assert r["img_s"] == pytest.approx(W * BS / C, rel=0.1), r["img_s_windows"]
 
 
-def test_end_to_end_gives_no_img_s_from_a_warm_up_epoch(monkeypatch, tmp_path):
-    """--e2e-epochs 1: each size's only epoch is its warm-up (compile, autotune): no steady rate."""
+def _end_to_end(monkeypatch, tmp_path, epochs: int, totals: dict) -> tuple[list[dict], list[str]]:
+    """end_to_end's rows for sizes 128 and 224 when every epoch's stage table holds ``totals``, and its command."""
     import subprocess as sp
 
     from training.bench import pipeline
-    timer = loop.StageTimer(False, torch.device("cpu"))
-    timer.totals.update({"data wait": 1.0, "forward": 30.0, "backward": 2.0, "optimizer": 1.0})
+    timer = loop.StageTimer(False, torch.device("cpu"), sync=False)
+    timer.totals.update(totals)
+    tables = "\n".join(timer.table(e) for e in range(2 * epochs))
+    cmds = []
     monkeypatch.setattr(pipeline, "_count", lambda *a: 100)
     monkeypatch.setattr(pipeline.subprocess, "run",
-                        lambda *a, **k: sp.CompletedProcess(a, 0, "", timer.table(0) + "\n" + timer.table(1)))
-    args = bench.build_parser().parse_args(["pipeline", str(tmp_path), "--sizes", "128", "224", "--e2e-epochs", "1",
-                                            "--device", "cpu"])
+                        lambda cmd, **k: cmds.append(cmd) or sp.CompletedProcess(cmd, 0, "", tables))
+    args = bench.build_parser().parse_args(["pipeline", str(tmp_path), "--sizes", "128", "224", "--e2e-epochs",
+                                            str(epochs), "--device", "cpu"])
     args.e2e_batch = {}
-    rows = pipeline.end_to_end("synthetic", str(tmp_path), {128: "", 224: ""}, args)
+    return pipeline.end_to_end("synthetic", str(tmp_path), {128: "", 224: ""}, args), cmds[0]
+
+
+def test_end_to_end_gives_no_img_s_from_a_warm_up_epoch(monkeypatch, tmp_path):
+    """--e2e-epochs 1: each size's only epoch is its warm-up (compile, autotune): no steady rate."""
+    rows, _ = _end_to_end(monkeypatch, tmp_path, 1, {"data wait": 1.0, "forward": 30.0, "backward": 2.0,
+                                                     "optimizer": 1.0})
     assert [(r["epochs"], r["img_s"], r["data_wait_share"]) for r in rows] == [(1, None, None)] * 2
     assert [r["warmup_epoch_s"] for r in rows] == [34.0, 34.0]
+
+
+def test_end_to_end_times_the_trainer_unsynced(monkeypatch, tmp_path):
+    """Host times as in training (a synced profile serialises the host's loader work with the device's),
+    the device's queued work landing in the logging stage's sync: img/s over all training stages."""
+    rows, cmd = _end_to_end(monkeypatch, tmp_path, 2, {"data wait": 1.0, "forward": 0.5, "backward": 0.25,
+                                                       "optimizer": 0.25, "logging": 3.0, "evaluation": 9.0})
+    assert "--profile" in cmd and "train.profile_sync=false" in cmd
+    assert [(r["img_s"], r["data_wait_share"]) for r in rows] == [(20.0, 0.2), (20.0, 0.2)]  # 100 images / 5 s
 
 
 def test_float_path_yields_our_batches_from_float_workers(jpeg_tree):
@@ -366,11 +383,12 @@ def test_bench_bad_arguments_before_any_work(tmp_path, capsys):
 def test_pipeline_reads_the_trainers_stage_tables():
     from training.bench.pipeline import TRAIN_STAGES, _stage_tables
     timer = loop.StageTimer(False, torch.device("cpu"))
-    timer.totals.update({"data wait": 0.5, "forward": 1.0, "backward": 2.0, "optimizer": 0.5, "evaluation": 1.0})
+    timer.totals.update({"data wait": 0.5, "forward": 1.0, "backward": 2.0, "optimizer": 0.5, "logging": 0.25,
+                         "evaluation": 1.0})
     text = "noise\n" + timer.table(0, {"checkpoint write": 3.0}) + "\nepoch 1 ...\n" + timer.table(1)
     tables = _stage_tables(text)
     assert tables == [dict(timer.totals)] * 2
-    assert sum(tables[0][k] for k in TRAIN_STAGES) == 4.0
+    assert sum(tables[0][k] for k in TRAIN_STAGES) == 4.25
 
 
 def test_pipeline_bad_arguments_one_line_exit_2(capsys):

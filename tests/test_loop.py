@@ -29,7 +29,7 @@ class SlowFirstCall(nn.Linear):
         return super().forward(x)
 
 
-def run(tmp_path, report: bool) -> None:
+def run(tmp_path, report: bool, **ctx_args) -> None:
     # epochs 0-1 at batch 4, epoch 2 at batch 2: two training shapes
     schedule = parse_schedule([{"ep": 0, "sz": 8, "bs": 4}, {"ep": 2, "sz": 8, "bs": 2}, {"ep": [0, 3], "lr": 0.1}])
     loaders = {4: (Batches(3, 4), Batches(1, 4)), 2: (Batches(6, 2), Batches(1, 2))}
@@ -42,7 +42,7 @@ def run(tmp_path, report: bool) -> None:
     state = loop.TrainState(model, model, torch.optim.SGD(model.parameters(), lr=0.1), None, schedule)
     logger = RunLogger(tmp_path / f"run{report}", True)
     ctx = loop.RunContext(dist=DistInfo(0, 1, 0, torch.device("cpu")), logger=logger, num_train=12,
-                          report_first_steps=report)
+                          report_first_steps=report, **ctx_args)
     loop.run(state, Source(), loop.Hooks(loss_fn=nn.CrossEntropyLoss()), ctx)
     logger.close()
 
@@ -81,3 +81,17 @@ def trained_weight(tmp_path, rank: int) -> torch.Tensor:
 def test_each_rank_draws_its_own_dropout_masks_and_draws_them_again_on_a_rerun(tmp_path):
     assert torch.equal(trained_weight(tmp_path, 1), trained_weight(tmp_path, 1))  # a resume redraws them
     assert not torch.equal(trained_weight(tmp_path, 0), trained_weight(tmp_path, 1))
+
+
+def test_an_unsynced_profile_lets_the_host_run_ahead(tmp_path, capsys, monkeypatch):
+    """train.profile_sync=false (bench pipeline --end-to-end): no device sync at the stage boundaries, so
+    the host overlaps its loader work with the device's as in training; the synced profile syncs at each."""
+    syncs = []
+    monkeypatch.setattr(loop, "_sync", lambda device: syncs.append(device))
+    run(tmp_path / "unsynced", False, profile=True, profile_sync=False)
+    err = capsys.readouterr().err
+    assert syncs == [] and err.count("stage        seconds   share  (host times, train.profile_sync=false)") == 3
+    run(tmp_path / "synced", False, profile=True)
+    err = capsys.readouterr().err
+    assert "(host times" not in err and "logging" in err
+    assert len(syncs) >= 4 * 12  # data wait, forward, backward, optimizer of each of the 12 steps

@@ -83,6 +83,10 @@ class TrainConfig:
     dist_timeout_s: int = 1800  # collective timeout before a hung rank fails the group, seconds
     print_freq: int = 50  # steps between progress lines (and host syncs for the loss)
     profile: bool = False  # per-stage time table each epoch
+    # with profile: a device sync at each stage boundary, so each stage holds its own GPU time; false: host
+    # times, the device synced only at progress lines (print_freq, the epoch's last step) as in training, so
+    # the host runs ahead and the epoch's time is an unprofiled one's; 'data wait' is then the host's
+    profile_sync: bool = True
     profile_trace: str = ""  # dir: torch.profiler trace of training steps 5-8, for TensorBoard (imagenet recipe); '' off
     max_epochs: int = 0  # >0: train at most this many more epochs in this invocation, then stop; 0: to the end
 

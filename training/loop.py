@@ -74,6 +74,7 @@ class RunContext:
     nonfinite: str = "stop"  # stop | skip
     print_freq: int = 50
     profile: bool = False
+    profile_sync: bool = True  # StageTimer's sync
     # time the first step of each training shape (batch, size) and log it once: with torch.compile
     # that step is the graph's compile, which otherwise hides in the first progress line's img/s
     report_first_steps: bool = False
@@ -84,19 +85,23 @@ class PhaseSource(Protocol):
 
 
 class StageTimer:
-    """Per-stage wall time (data wait, forward, backward, optimizer, ...). Synchronises the device
-    at each boundary so GPU time lands in the right stage; a no-op unless profiling."""
+    """Per-stage wall time (data wait, forward, backward, optimizer, ...); a no-op unless profiling.
+    With ``sync`` it synchronises the device at each boundary so GPU time lands in the right stage;
+    without, the stages are host times and the host runs ahead of the device as in training (the
+    device work lands where the host next waits for it: a progress line's loss)."""
 
-    def __init__(self, enabled: bool, device: torch.device):
+    def __init__(self, enabled: bool, device: torch.device, sync: bool = True):
         self.enabled = enabled
         self.device = device
+        self.sync = sync
         self.totals: dict[str, float] = defaultdict(float)
         self._t = time.perf_counter()
 
     def mark(self, stage: str) -> None:
         if not self.enabled:
             return
-        _sync(self.device)
+        if self.sync:
+            _sync(self.device)
         now = time.perf_counter()
         self.totals[stage] += now - self._t
         self._t = now
@@ -105,7 +110,7 @@ class StageTimer:
         """The stages, their total, then ``background`` work that overlapped them (not in the total)."""
         total = sum(self.totals.values())
         share = total or 1.0
-        rows = [f"profile epoch {epoch}: stage        seconds   share"]
+        rows = [f"profile epoch {epoch}: stage        seconds   share" + ("" if self.sync else "  (host times, train.profile_sync=false)")]
         rows += [f"  {k:<22}{v:>9.3f} {100 * v / share:6.1f}%" for k, v in self.totals.items()]
         rows.append(f"  {'total':<22}{total:>9.3f} {100 * total / share:6.1f}%")
         rows += [f"  {k:<22}{v:>9.3f}  (in the background, not in the total)"
@@ -250,6 +255,7 @@ def train_epoch(state: TrainState, loader: Loader, hooks: Hooks, ctx: RunContext
             t_log, images_since_log = now, 0
             mean_loss = loss.item() / (batch if hooks.loss_is_sum else 1)
             _log_train(state, ctx, logits, labels, mean_loss, lr, ips, epoch, i, iters)
+            timer.mark("logging")  # the loss check's sync: unsynced, the device's queued steps land here
     timer.mark("data wait")  # the fetch that ended the loop
     _check_finite(losses, epoch)
 
@@ -321,7 +327,7 @@ def run(state: TrainState, loaders: PhaseSource, hooks: Hooks, ctx: RunContext) 
     if ctx.max_epochs:
         end = min(end, state.epoch + ctx.max_epochs)
     for epoch in range(state.epoch, end):
-        timer = StageTimer(ctx.profile, ctx.dist.device)  # one table per epoch, evaluation and checkpoint included
+        timer = StageTimer(ctx.profile, ctx.dist.device, ctx.profile_sync)  # one table per epoch, evaluation and checkpoint included
         # Reseed per epoch (not once per run) so a run resumed at this epoch draws the same numbers;
         # per rank, so DDP ranks draw different dropout / stochastic-depth masks (rank 0's seed as before)
         torch.manual_seed(ctx.seed * 1_000_003 + epoch + ctx.dist.rank * 7_919_113)

@@ -22,11 +22,16 @@ reads 128 px from ``-sz/160`` and 224 px from ``-sz/320``; ``--source full`` rea
 size). When DATA holds no train/ split, a tree of ``--generate`` ImageNet-like JPEGs and the copies the
 sizes need are generated first, on every core.
 
-``--end-to-end [LOADER ...]``: the trainer itself (``train.py --profile``, static compiled step and bf16
-on CUDA), one run per loader whose schedule has ``--e2e-epochs`` epochs at each size in turn. The first
-epoch of a size is its warm-up (compilation, autotuning, the loader's start); the others give img/s
-(images over the data-wait + forward + backward + optimizer stages; evaluation and checkpoints are
-left out) and the share of that time spent waiting for data. ``synthetic`` gives the step's own rate.
+``--end-to-end [LOADER ...]``: the trainer itself (``train.py --profile train.profile_sync=false``, static
+compiled step and bf16 on CUDA), one run per loader whose schedule has ``--e2e-epochs`` epochs at each
+size in turn. The first epoch of a size is its warm-up (compilation, autotuning, the loader's start);
+the others give img/s (images over the training stages' time; evaluation and checkpoints are left out)
+and the share of that time the host spent waiting for batches. The stages are host times: the device
+is synced only where training syncs it (the epoch's last step), so the host runs ahead and overlaps
+its own loader work (DALI's source callback, torchvision's normalisation) with the device's, as in
+training; a synced profile would serialise them and understate img/s. The host's data wait overlaps
+device work too, so the img/s against ``synthetic`` (the step's own rate, same command) is the measure
+of a data-bound step; the wait share says where the host's time went.
 """
 from __future__ import annotations
 
@@ -52,7 +57,7 @@ IMAGENET18_DIRS = {128: "-sz/160", 224: "-sz/320"}  # imagenet18's pre-resized c
 COPY_SIDE = {"-sz/160": 160, "-sz/320": 320, "-sz/352": 352}
 E2E_BATCH = {128: 512, 224: 256, 288: 128}  # per-GPU batch of the end-to-end runs (imagenet18 1x8-like)
 E2E_LOADERS = ("torchvision", "dali", "dali:whole", "auto", "synthetic")  # torchvision:float is a bench row only
-TRAIN_STAGES = ("data wait", "forward", "backward", "optimizer")  # of train.py --profile; not eval/checkpoint
+TRAIN_STAGES = ("data wait", "forward", "backward", "optimizer", "logging")  # train.py --profile's; not eval/checkpoint
 
 
 def _busy_jiffies() -> tuple[int, int] | None:
@@ -184,8 +189,9 @@ def _refuse(message: str) -> None:
 
 
 def end_to_end(loader: str, data: str, dirs: dict[int, str], args: argparse.Namespace) -> list[dict]:
-    """train.py --profile over every size, args.e2e_epochs epochs each, in one run (as a schedule's
-    phases); the first epoch of each size is its warm-up. One row per size, from the stage tables."""
+    """train.py --profile (unsynced) over every size, args.e2e_epochs epochs each, in one run (as a
+    schedule's phases); the first epoch of each size is its warm-up. One row per size, from the stage
+    tables."""
     import torch
     on_gpu = torch.cuda.is_available() and args.device != "cpu"
     e, sizes = args.e2e_epochs, list(dirs)
@@ -195,6 +201,7 @@ def end_to_end(loader: str, data: str, dirs: dict[int, str], args: argparse.Name
     phases.append({"ep": [0, e * len(sizes)], "lr": 0.1})
     with tempfile.TemporaryDirectory() as logdir:
         cmd = [sys.executable, "training/train.py", data, "--phases", json.dumps(phases), "--profile",
+               "train.profile_sync=false",
                "--loader", loader.partition(":")[0], "--workers", str(args.workers), "--logdir", logdir,
                f"data.dali_fused_crop={str(loader != 'dali:whole').lower()}", f"data.dali_hw_load={args.dali_hw_load}",
                f"data.synthetic_images={images[sizes[0]]}",

@@ -350,6 +350,7 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
                           short_epoch_steps=cfg.train.short_epoch_steps if cfg.train.short_epoch else 0,
                           max_epochs=cfg.train.max_epochs, nonfinite=cfg.train.nonfinite,
                           print_freq=cfg.train.print_freq, profile=cfg.train.profile,
+                          profile_sync=cfg.train.profile_sync,
                           report_first_steps=cfg.train.compile and info.device.type == "cuda")
     try:
         if cfg.train.evaluate:
