@@ -181,7 +181,7 @@ MUTANTS = [
            'sgd_group(whiten_bias, cfg.bias_lr_scale, "whiten_bias")',
            ("tests/test_cifar_recipe.py::test_param_groups_bias_lr_and_decoupled_weight_decay",)),
     Mutant("resume_keeps_abandoned_checkpoints", "training/recipes/imagenet.py",
-           "if writes and ckpt and (moved := checkpoint.set_aside_after(", "if False and (moved := checkpoint.set_aside_after(",
+           "if writes and (ckpt or resume) and (moved := checkpoint.set_aside_after(", "if False and (moved := checkpoint.set_aside_after(",
            (NEWCOMER + "test_resuming_an_older_checkpoint_sets_the_later_ones_aside",)),
     Mutant("requeue_without_checkpoint_keeps_the_log", "training/recipes/imagenet.py",
            "(0 if attempt.restarted or resume else None)", "(0 if attempt.restarted else None)",
