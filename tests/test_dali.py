@@ -144,6 +144,17 @@ def test_image_failing_only_at_decode_is_named(jpeg_tree, split):
     loader.close()
 
 
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_image_failing_to_decode_in_the_first_batch_is_named(jpeg_tree, split):
+    """DALI's iterator decodes a pass's first batch as it is built (each phase's first pass, every
+    validation loader's): an image failing there was a 15-line RuntimeError (exit 1, not 2), and the
+    next pass an AttributeError on the half-built pipeline. One batch holds every image here."""
+    loader = assert_dali_names_an_undecodable_jpeg(spec(jpeg_tree, phase=phase(bs=32)), jpeg_tree, split)
+    with pytest.raises(DataError, match=r"huff\.JPEG"):
+        list(loader)
+    loader.close()
+
+
 def test_phase_changes_release_pipelines(jpeg_tree):
     phases = tuple(phase(e, 32 + 16 * (e % 2), 4, rect=e % 2 == 1) for e in range(7))
     loaders = PhaseLoaders(get_backend("dali"), spec(jpeg_tree), phases)

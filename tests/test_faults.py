@@ -280,6 +280,16 @@ def _corrupt_image(tmp_path):
     return data, "unreadable image {data}/train/n00000001/img_0001.JPEG: "
 
 
+def _corrupt_image_in_a_later_phase_copy(tmp_path):
+    """Found when the epoch-1 phase's loaders were built: a logdir with a trained epoch was left
+    (imagenet18's -sz copies give way to DATA at epoch 14), though the index reads every header first."""
+    tree(tmp_path)
+    copy = make_jpeg_tree(tmp_path / "data-c", classes=2, train_per_class=2, val_per_class=1)
+    bad = copy / "validation" / "n00000001" / "img_0000.JPEG"
+    bad.write_bytes(bad.read_bytes()[:300])
+    return tmp_path / "data", "unreadable image {data}-c/validation/n00000001/img_0000.JPEG: "
+
+
 @pytest.mark.parametrize("make,extra", [
     (_empty_dir, []),
     (_no_class_folders, []),
@@ -288,6 +298,7 @@ def _corrupt_image(tmp_path):
     (_phase_copy_classes_differ, ["--phases", PHASE_COPY]),
     (_fewer_outputs_than_classes, ["model.num_classes=1"]),
     (_corrupt_image, ["data.bad_images=error"]),
+    (_corrupt_image_in_a_later_phase_copy, ["--phases", PHASE_COPY, "data.bad_images=error"]),
 ])
 def test_bad_data_one_line_exit_2_no_partial_output(tmp_path, capsys, make, extra):
     data, message = make(tmp_path)

@@ -97,12 +97,15 @@ class DaliLoader:
             return
         self._batches = self._pass_batches()
         self._ahead = {}  # batch -> its reading; the previous pass's are stale
-        if self._pipe is None or self._pipe_batch != self.batch_size:
-            self._build()
-        else:
-            self._iter.reset()
         done = False
         try:
+            try:  # a new iterator decodes the pass's first batch already: its errors are named too
+                if self._pipe is None or self._pipe_batch != self.batch_size:
+                    self._build()
+                else:
+                    self._iter.reset()
+            except RuntimeError as e:
+                raise self._decode_error(e, 0) from None
             step = 0
             while True:
                 try:

@@ -13,7 +13,8 @@ import os
 import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from PIL import Image
 
 from training import files
 from training.data import DataError, LoaderSpec
+from training.phases import DataPhase
 
 # Formats both backends decode (DALI has no GIF); MPO is how PIL names multi-picture camera JPEGs.
 DECODABLE = {"JPEG", "MPO", "PNG", "BMP", "TIFF", "PPM", "WEBP", "JPEG2000"}
@@ -217,6 +219,22 @@ def val_index(spec: LoaderSpec) -> TreeIndex:
     classes = find_classes(spec.val_dir)
     check_same_classes(spec.train_dir, train_classes, spec.val_dir, classes)
     return index_tree(spec.val_dir, classes, spec.bad_images, spec.rank == 0)
+
+
+def index_later_phases(spec: LoaderSpec, phases: Sequence[DataPhase]) -> None:
+    """Read now the image headers of the data copies that phases after ``spec.phase`` read
+    (DATA-sz/352, DATA, ...): with data.bad_images=error a corrupt image there, or a copy with no
+    readable image, stops the run before anything is written, not at the epoch its phase starts.
+    The index is cached, so the phase's loaders read it back then; quiet, as they name what they skip."""
+    seen = {spec.train_dir, spec.val_dir}  # spec's own loaders are built: indexed already
+    for ph in phases:
+        if ph.keep_dl or ph.start <= spec.phase.start:
+            continue
+        later = replace(spec, phase=ph)
+        for d in (later.train_dir, later.val_dir):
+            if d not in seen:
+                seen.add(d)
+                index_tree(d, find_classes(d), spec.bad_images, verbose=False)
 
 
 def shard_indices(n: int, seed: int, epoch: int, rank: int, world_size: int) -> list[int]:

@@ -21,7 +21,7 @@ import torch.nn as nn
 from training import checkpoint, dist, loop
 from training.config import Config, ConfigError, dump, to_dict
 from training.data import DataError, LoaderSpec, PhaseLoaders, get_backend, split_dir
-from training.data.tree import check_same_classes, find_classes
+from training.data.tree import check_same_classes, find_classes, index_later_phases
 from training.logs import RunLogger, check_logdir, check_logdir_writable, refuse_reuse
 from training.models import resnet
 from training.optim import sgd
@@ -267,6 +267,9 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
             return 0
     loaders = build_loaders(cfg, schedule, info)
     train_loader, _ = loaders.for_epoch(min(start_epoch, schedule.num_epochs - 1))
+    if loaders.backend.name != "synthetic" and not cfg.train.evaluate:
+        # every later phase's data copy too, before anything is written (docs/OPERATIONS.md, exit 2)
+        index_later_phases(dataclasses.replace(loaders.base, phase=loaders.active), schedule.data_phases)
     num_classes = cfg.model.num_classes or len(train_loader.classes)
     if num_classes < len(train_loader.classes):
         raise ConfigError(f"model.num_classes={num_classes} is fewer than the {len(train_loader.classes)} class "
