@@ -115,6 +115,32 @@ def test_param_groups_bias_lr_and_decoupled_weight_decay():
     assert muon[0]["muon"] and muon[0]["lr_scale"] == 0.24 and len(muon[0]["params"]) == 6
 
 
+def _run_lrs(files: list[str]) -> list[float]:
+    """The lr multiplier of every step of a run of ``files`` (50,000 images), as the loop sets it."""
+    cfg = C.build([str(REPO / "configs" / f) for f in files], [])
+    sched = R.check_config(cfg)
+    lrs = []
+    for e in range(sched.num_epochs):
+        full = sched.batches_per_epoch(e, 50_000, 1, True)
+        lrs += [sched.lr(e, i, full) for i in range(R.steps_in_epoch(sched, e, 50_000, True))]
+    return lrs
+
+
+def test_the_lr_of_each_step_is_airbenchs():
+    """airbench sets step s's lr to f(s) (airbench94_muon: 1 - s / total; airbench94: LambdaLR's
+    f(s)), so its first step trains at the ramp's start and its last step of a ramp to 0 still
+    trains; imagenet18's arithmetic (f(s + 1)) gave the last Muon step lr 0, a step that did nothing."""
+    muon = _run_lrs(["cifar10.yaml", "cifar10_muon.yaml"])
+    assert len(muon) == 200 and muon == pytest.approx([1 - s / 200 for s in range(200)], abs=1e-12)
+    sgd = _run_lrs(["cifar10.yaml"])
+    total = 476  # airbench94: ceil(48 steps x 9.9 epochs), warm-up int(0.23 x 476) = 109 steps
+    ab = [0.2 + 0.8 * s / 109 if s < 109 else 1.0 - 0.93 * (s - 109) / (total - 109) for s in range(total)]
+    assert sgd[0] == pytest.approx(0.2) and max(abs(x - y) for x, y in zip(sgd, ab)) < 0.003
+    assert _run_lrs(["cifar10_cpu.yaml"])[-1] > 0  # its ramp to 0 too
+    # the imagenet recipe keeps imagenet18's arithmetic
+    assert not parse_schedule([{"ep": 0, "sz": 32, "bs": 10}, {"ep": [0, 1], "lr": [1.0, 0.0]}]).step_start
+
+
 def test_step_hooks_lookahead_and_whiten_bias_freeze():
     sched = parse_schedule([{"ep": 0, "sz": 32, "bs": 10}, {"ep": [0, 2], "lr": [1.0, 0.0]}])
     cfg = C.CifarConfig(lookahead_start_epoch=0, lookahead_every=2, whiten_bias_epochs=1)

@@ -78,6 +78,9 @@ class Schedule:
     data_phases: tuple[DataPhase, ...]
     lr_phases: tuple[LrPhase, ...]
     raw: tuple[dict, ...]  # the validated input dicts (tuples as lists), saved with checkpoints
+    # False: imagenet18's lr (iteration i gets the ramp's value after i + 1 steps); True: airbench's
+    # (LambdaLR: step s of the run gets the value at s, so a ramp to 0 ends on its last step, not at 0)
+    step_start: bool = False
 
     @property
     def total_epochs(self) -> float:
@@ -96,7 +99,10 @@ class Schedule:
         return self.data_phases.index(self.data_phase(epoch))
 
     def lr(self, epoch: int, iteration: int, iters_per_epoch: int) -> float:
-        """lr for 0-based ``iteration`` of ``epoch`` (imagenet18's Scheduler: batch_num = iteration+1)."""
+        """lr for 0-based ``iteration`` of ``epoch`` (imagenet18's Scheduler: batch_num = iteration+1;
+        with ``step_start``, airbench's: the ramps' value at the step's start)."""
+        if self.step_start:
+            return lr_at_step_start(self.lr_phases, epoch, iteration, iters_per_epoch)
         return lr_at(self.lr_phases, epoch, iteration + 1, iters_per_epoch)
 
     def batches_per_epoch(self, epoch: int, num_images: int, world_size: int = 1, drop_last: bool = False) -> int:
@@ -191,6 +197,24 @@ def lr_at(phases: Sequence[LrPhase], epoch: int, batch_num: int, batch_tot: int)
         return ph.lr_end
     step_size = (ph.lr_end - ph.lr_start) / step_tot
     return ph.lr_start + step_curr * step_size
+
+
+def lr_at_step_start(phases: Sequence[LrPhase], epoch: int, iteration: int, batch_tot: int) -> float:
+    """The lr of 0-based ``iteration`` of ``epoch`` as airbench sets it: the phase ramps evaluated at
+    the step's start, position = epoch + iteration / batch_tot (airbench94_muon: 1 - s / total for
+    step s; airbench94: LambdaLR's f(s)). The first step gets a ramp's start value, and the last
+    step of a ramp to 0 a small lr, where ``lr_at`` gives the first step one increment already and
+    the last step lr 0 (a step that trains nothing)."""
+    position = epoch + iteration / batch_tot
+    ph = _last_started(phases, position)
+    if ph.end is None:
+        return ph.lr_start
+    if ph.epoch_step:
+        position = float(epoch)
+    span = ph.end - ph.start
+    if position >= ph.end or span <= 0:  # past the ramp's end (a gap): hold its end value
+        return ph.lr_end
+    return ph.lr_start + (position - ph.start) / span * (ph.lr_end - ph.lr_start)
 
 
 # ---------------------------------------------------------------------------------------- parsing
@@ -294,8 +318,9 @@ def _to_lists(value: Any) -> Any:
     return value
 
 
-def parse_schedule(source: str | Sequence[dict]) -> Schedule:
-    """Parse and validate; raises PhaseError with a one-line message on the first problem."""
+def parse_schedule(source: str | Sequence[dict], step_start: bool = False) -> Schedule:
+    """Parse and validate; raises PhaseError with a one-line message on the first problem.
+    ``step_start``: airbench's lr arithmetic (the cifar recipe's; ``Schedule.step_start``)."""
     raw = load_phases(source)
     data: list[DataPhase] = []
     lrs: list[LrPhase] = []
@@ -329,7 +354,7 @@ def parse_schedule(source: str | Sequence[dict]) -> Schedule:
     if lrs[-1].end is None:
         raise PhaseError(f"phase {raw.index(next(p for p in reversed(raw) if 'lr' in p))}: key 'ep': "
                          "the last lr phase needs an end epoch [start, end]: it sets the run's length")
-    return Schedule(tuple(data), tuple(lrs), tuple(raw))
+    return Schedule(tuple(data), tuple(lrs), tuple(raw), step_start)
 
 
 def _reporter(i: int):

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             raise C.ConfigError("--rejoin qualifies --check only")
         if args.check:
             return check(cfg, own_disk=not args.rejoin)
-        schedule = parse_schedule(cfg.phases)
+        schedule = parse_schedule(cfg.phases, step_start=cfg.recipe == "cifar")  # the cifar recipe's lr arithmetic
         if args.dry_run:
             cifar = cfg.recipe == "cifar"
             val_batch = cfg.cifar.eval_batch_size if cifar else cfg.data.val_batch_size

@@ -317,7 +317,8 @@ def check_config(cfg: Config) -> Schedule:
         raise ConfigError("train.profile_trace (--profile-trace) is the imagenet recipe's; a cifar run's trace: "
                           "python -m training.bench cifar --data DIR --config FILE --trace OUTDIR")
     c = cfg.cifar
-    schedule = parse_schedule(cfg.phases)
+    # airbench's lr arithmetic: step s trains at the ramps' value at s (LambdaLR; 1 - s / total)
+    schedule = parse_schedule(cfg.phases, step_start=True)
     cmodel.build(c, 10)  # the model's settings (widths, act, pool, whiten_kernel): a small CPU net, ms
     for phase in schedule.raw:
         for key in ("trndir", "valdir", "min_scale", "rect_val"):
