@@ -17,6 +17,7 @@ import torch
 
 from conftest import REPO
 from training import bench, resize, train
+from training import config as C
 
 TINY = str(REPO / "configs" / "tiny_cpu.yaml")
 CIFAR = str(REPO / "configs" / "cifar10_cpu.yaml")
@@ -115,6 +116,24 @@ TRAIN_CASES = [
     (["--config", CIFAR, "cifar.weight_decay=-0.1", "--check"], "cifar.weight_decay must be >= 0, got -0.1"),
     (["--config", CIFAR, "data.workers=3", "--check"], "data.workers is not used by the cifar recipe"),
     (["--config", CIFAR, "cifar.cutout=17", "--check"], "cifar.cutout must be at most each phase's sz (16 px at epoch 0)"),
+    (["--config", CIFAR, "cifar.bn_eps=0", "--check"], "cifar.bn_eps must be > 0, got 0.0"),
+    (["--config", CIFAR, "cifar.muon_momentum=1.5", "--check"], "cifar.muon_momentum must be in [0, 1)"),
+    (["--config", CIFAR, "cifar.lookahead_pow=-1", "--check"], "cifar.lookahead_pow must be >= 0, got -1.0"),
+    # accepted and ignored: a keep_dl given as text was true whatever it said; a key given twice kept the last
+    (["--phases", "[{'ep':0,'sz':32,'bs':8},{'ep':1,'sz':32,'bs':16,'keep_dl':'false'},{'ep':(0,2),'lr':0.1}]",
+      "--dry-run"], "phase 1: key 'keep_dl': expected true or false, got 'false'"),
+    (["--phases", "[{'ep':0,'sz':32,'bs':8},{'ep':1,'bs':16,'keep_dl':1},{'ep':(0,2),'lr':0.1}]", "--dry-run"],
+     "phase 1: key 'keep_dl': expected true or false, got 1"),
+    (["--phases", "[{'ep':0,'sz':32,'bs':8},{'ep':(0,2),'lr':0.1,'lr':0.5}]", "--dry-run"],
+     "phases: line 1, column 47: duplicate key 'lr'"),
+    (["--phases", "- {ep: 0, sz: 32, bs: 8}\n- {ep: [0, 2], lr: 0.1, lr: 0.5}\n", "--dry-run"],
+     "line 2, column 25: duplicate key 'lr'"),
+    # the imagenet recipe reads no cifar.* key: --runs 5, or a cifar config under an imagenet one, did nothing
+    (["--config", TINY, "--runs", "5", "--check"], "cifar.runs is not used by the imagenet recipe"),
+    (["--config", CIFAR, "--config", TINY, "--check"], "is not used by the imagenet recipe"),
+    (["--config", TINY, "--runs", "0"], "--runs: config key 'cifar.runs': must be >= 1, got 0"),
+    # a misspelt key was taken for DATA
+    (["--config", TINY, "train.print-freq=3"], "unknown config key 'train.print-freq'"),
 ]
 
 
@@ -218,11 +237,31 @@ def test_phases_file_bounds(workdir, capsys, name, text, message):
     ("phases:\n" + "- " * 5000 + "1\n", "config file {path}: line 2, column 31: nested more than 16 levels deep"),
     ("phases: " + DEEP_LIST, "config file {path}: nested more than 16 levels deep"),
     ("a: &x [1]\nb: *x\n", "config file {path}: line 2, column 4: YAML aliases (*x) are not accepted"),
-], ids=["block", "flow", "alias"])
+    # PyYAML keeps the last silently: the first section's seed was dropped
+    ("train:\n  seed: 1\ntrain:\n  print_freq: 7\n", "config file {path}: not valid YAML: line 3, column 1: "
+     "duplicate key 'train'"),
+], ids=["block", "flow", "alias", "duplicate"])
 def test_config_file_bounds(workdir, capsys, text, message):
     path = write(workdir, "c.yaml", text)
     rc = call(train.main, ["--config", path, "--dry-run"])
     assert_refused(rc, capsys.readouterr().err, message.format(path=path), workdir, ("c.yaml",))
+
+
+@pytest.mark.parametrize("argv", [
+    ["--config", str(REPO / "configs" / name)] for name in
+    ("tiny_cpu.yaml", "cifar10.yaml", "cifar10_cpu.yaml", "cifar10_ci.yaml", "imagenet18/1x8.yaml", "imagenet18/4x8.yaml",
+     "imagenet18/8x8.yaml", "imagenet18/16x8.yaml")] + [
+    # strings YAML 1.1 writes plain that our YAML 1.2 numbers read back as numbers
+    ["--config", TINY, "/data/1e3", "--logdir", "0o17", "--resume", "1.5e5", "--arch", "-.5"],
+    ["--phases", "[{'ep':0,'sz':32,'bs':8,'trndir':'1e5'},{'ep':(0,2.5),'lr':(0.30000000000000004,5e-324)}]"],
+], ids=["tiny_cpu", "cifar10", "cifar10_cpu", "cifar10_ci", "1x8", "4x8", "8x8", "16x8", "number-like-strings",
+        "phases-floats"])
+def test_the_resolved_config_loads_back_as_itself(workdir, argv):
+    """LOGDIR/config.yaml (and --print-config's output) given back as --config: every value and type."""
+    cfg = train.resolve(argv)[1]
+    for name, text in (("config.yaml", C.dump(cfg)), ("printed.yaml", C.annotated(cfg))):
+        again = train.resolve(["--config", write(workdir, name, text)])[1]
+        assert repr(C.to_dict(again)) == repr(C.to_dict(cfg)), name
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")

@@ -29,16 +29,41 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2's int and float forms (decimal without a leading 0, 0x and 0o; a
     float has a point or an exponent, or is .inf / .nan); booleans and the rest as SafeLoader."""
 
+    def construct_mapping(self, node, deep=False):
+        """A key given twice in one mapping is an error (PyYAML keeps the last one silently: a
+        section repeated in a config file dropped every key of the first)."""
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)
+            seen = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    key = self.construct_object(key_node)
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
+                                                                key_node.start_mark)
+                    seen.add(key)
+        return super().construct_mapping(node, deep)
 
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that also quotes a string _Loader reads as a number ('1e3', '0o17', '1.5e5': plain
+    strings to YAML 1.1), so what ``dump_yaml`` writes loads back as the same value."""
+
+
+_INT_RX = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+|0o[0-7_]+)$")
+_FLOAT_RX = re.compile(rf"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:{_EXPONENT})?|\.[0-9][0-9_]*(?:{_EXPONENT})?"
+                       rf"|[0-9][0-9_]*{_EXPONENT})|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver(  # before the float's: "5" is an int
-    _INT, re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+|0o[0-7_]+)$"), list("-+0123456789"))
-_Loader.add_implicit_resolver(
-    _FLOAT, re.compile(rf"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:{_EXPONENT})?|\.[0-9][0-9_]*(?:{_EXPONENT})?"
-                       rf"|[0-9][0-9_]*{_EXPONENT})|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."))
+for _cls in (_Loader, _Dumper):  # the Dumper keeps YAML 1.1's too: its output reads the same to 1.1 readers
+    _cls.add_implicit_resolver(_INT, _INT_RX, list("-+0123456789"))  # before the float's: "5" is an int
+    _cls.add_implicit_resolver(_FLOAT, _FLOAT_RX, list("-+0123456789."))
+
+
+def dump_yaml(data: Any, **options: Any) -> str:
+    """``yaml.safe_dump`` whose strings load back as strings with ``load_yaml``."""
+    return yaml.dump(data, Dumper=_Dumper, **options)
 
 
 class TextError(ValueError):

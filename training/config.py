@@ -17,8 +17,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from training import bounded
 
 MAX_FILE_CHARS = 1 << 20  # a config file; the shipped ones are ~2 KB
@@ -109,7 +107,7 @@ class CifarConfig:
     whiten_kernel: int = 2  # whitening patch side, px (24 output channels at 2)
     whiten_eps: float = 5e-4  # added to patch-covariance eigenvalues, in (normalised pixel)^2
     whiten_samples: int = 5000  # training images the patch covariance is estimated from
-    whiten_bias_epochs: float = 3  # epochs the whitening bias trains before it is frozen (0: never)
+    whiten_bias_epochs: float = 3.0  # epochs the whitening bias trains before it is frozen (0: never)
     dirac: bool = True  # identity init of the first in_channels filters of each 3x3 conv
     bn_frozen_weight: bool = True  # BatchNorm scale fixed at 1 (only the bias trains)
     bn_momentum: float = 0.6  # weight of the old running stats per step (PyTorch's momentum = 1 - this)
@@ -132,7 +130,7 @@ class CifarConfig:
     muon_ns_steps: int = 3  # Newton-Schulz iterations
     muon_batched: bool = False  # one zero-padded batched Newton-Schulz iteration for all layers (Hiverge)
     lookahead: bool = True  # airbench94's lookahead-EMA of the weights
-    lookahead_start_epoch: float = 3  # first epoch of the EMA
+    lookahead_start_epoch: float = 3.0  # first epoch of the EMA
     lookahead_every: int = 5  # steps between EMA updates (each also copies the EMA into the weights)
     lookahead_decay: float = 0.95  # per-step EMA decay, raised to the number of steps between updates
     lookahead_pow: float = 3.0  # decay x (step / total steps) ** pow: weak early, strong at the end
@@ -193,6 +191,7 @@ RANGES = {
     "train.dist_timeout_s": (1, 7 * 24 * 3600),
     "train.print_freq": (1, None),
     "train.max_epochs": (0, None),
+    "cifar.runs": (1, None),  # here too, so that --runs 0 is refused naming the flag
     "optim.momentum": (0, 1),
     "optim.weight_decay": (0, None),
     "optim.label_smoothing": (0, 1),
@@ -316,7 +315,7 @@ def build(files: list[str], overrides: list[tuple[list[str], Any]]) -> Config:
 
 
 def dump(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return bounded.dump_yaml(to_dict(cfg), sort_keys=False)
 
 
 def sections() -> dict[str, type]:
@@ -359,7 +358,7 @@ def _line_comments(cls: type) -> dict[str, str]:
 
 def yaml_text(value: Any) -> str:
     """A value as one line of YAML ('' for an empty string, [64, 256] for a list)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"), sort_keys=False)
+    text = bounded.dump_yaml(value, default_flow_style=True, width=float("inf"), sort_keys=False)
     return text.removesuffix("\n...\n").strip()
 
 

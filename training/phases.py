@@ -261,9 +261,12 @@ def _parse_text(text: str) -> Any:
         raise PhaseError(f"phases: {e}") from None
     code = text.strip()
     try:
-        return ast.literal_eval(code)
+        data = ast.literal_eval(code)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as e:
         python_error = e if isinstance(e, SyntaxError) else None
+    else:
+        _refuse_duplicate_keys(code)
+        return data
     if python_error is None:  # Python but not a literal: a call or attribute is code, refuse it outright
         try:
             tree = ast.parse(code, mode="eval")
@@ -285,6 +288,20 @@ def _parse_text(text: str) -> Any:
     if python_error is not None and _misread(data):
         raise _not_parsed(_python_where(python_error, code))
     return data
+
+
+def _refuse_duplicate_keys(code: str) -> None:
+    """A key given twice in one dict of a Python literal: Python keeps the last one silently, a
+    schedule must not ({'lr': 0.1, 'lr': 0.5} trained at 0.5). (YAML's are refused by bounded.)"""
+    for node in ast.walk(ast.parse(code, mode="eval")):
+        if isinstance(node, ast.Dict):
+            seen: set = set()
+            for key in node.keys:
+                if isinstance(key, ast.Constant):
+                    if key.value in seen:
+                        raise PhaseError(f"phases: line {key.lineno}, column {key.col_offset + 1}: "
+                                         f"duplicate key {key.value!r}")
+                    seen.add(key.value)
 
 
 def _not_parsed(where: str) -> PhaseError:
@@ -397,7 +414,10 @@ def _data_phase(p: dict, start: float, prev: list[DataPhase], err) -> DataPhase:
     bs = p["bs"]
     if not isinstance(bs, int) or isinstance(bs, bool) or not 0 < bs <= MAX_BATCH:
         raise err("bs", f"expected a positive integer <= {MAX_BATCH}, got {bs!r}")
-    if p.get("keep_dl", False):
+    keep_dl = p.get("keep_dl", False)
+    if not isinstance(keep_dl, bool):  # before it is used: 'false' (a string) or 1 read as true
+        raise err("keep_dl", f"expected true or false, got {keep_dl!r}")
+    if keep_dl:
         if not prev:
             raise err("keep_dl", "the first data phase has no loader to keep")
         # imagenet18's own schedules repeat the unchanged 'sz' in keep_dl phases: accept that

@@ -32,7 +32,7 @@ from training import config as C  # noqa: E402
 from training.cli import ArgParser, output_problem, positive_int  # noqa: E402
 from training.phases import PhaseError, Schedule, load_phases, parse_schedule  # noqa: E402
 
-OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.-]*=")  # '-': train.print-freq=3 is a misspelt key, not DATA
 
 # flag -> (config path, value) for flags that set a fixed value
 SWITCHES = {

@@ -349,8 +349,14 @@ def check_config(cfg: Config) -> Schedule:
         raise ConfigError(f"cifar.tta_level must be 0, 1 or 2, got {c.tta_level}")
     if not 0 <= c.tta_fraction <= 1:
         raise ConfigError(f"cifar.tta_fraction must be in [0, 1], got {c.tta_fraction}")
-    if not 0 <= c.momentum < 1 or not 0 <= c.bn_momentum < 1 or not 0 <= c.lookahead_decay <= 1:
-        raise ConfigError("cifar.momentum and cifar.bn_momentum must be in [0, 1), cifar.lookahead_decay in [0, 1]")
+    if (not 0 <= c.momentum < 1 or not 0 <= c.bn_momentum < 1 or not 0 <= c.muon_momentum < 1
+            or not 0 <= c.lookahead_decay <= 1):
+        raise ConfigError("cifar.momentum, cifar.bn_momentum and cifar.muon_momentum must be in [0, 1), "
+                          "cifar.lookahead_decay in [0, 1]")
+    if c.lookahead_pow < 0:  # (step / total) ** pow > 1 early in the run: an EMA weight above 1, extrapolating
+        raise ConfigError(f"cifar.lookahead_pow must be >= 0, got {c.lookahead_pow}")
+    if c.bn_eps <= 0:  # a channel of zero variance (a dead ReLU) would normalise to 0/0
+        raise ConfigError(f"cifar.bn_eps must be > 0, got {c.bn_eps}")
     if not 0 <= c.label_smoothing <= 1:
         raise ConfigError(f"cifar.label_smoothing must be in [0, 1], got {c.label_smoothing}")
     if c.whiten_eps <= 0:  # a patch covariance has eigenvalues near 0: the whitening would divide by ~0
