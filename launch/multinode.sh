@@ -52,6 +52,10 @@ fi
 warn_unless_8 "$CONFIG" "$NPROC_PER_NODE"
 network_env
 
+if [ -n "${NODE_RANK:-}" ] && [ -n "${RDZV_ENDPOINT:-}" ]; then
+  echo "error: NODE_RANK=$NODE_RANK (static rendezvous) and RDZV_ENDPOINT=$RDZV_ENDPOINT (c10d) are both set: unset one" >&2
+  exit 2
+fi
 cmd=("$PYTHON" -m torch.distributed.run "--nnodes=$NNODES" "--nproc_per_node=$NPROC_PER_NODE"
      "--max-restarts=$MAX_RESTARTS")
 if [ -n "${NODE_RANK:-}" ]; then

@@ -95,7 +95,20 @@ def test_slurm_requeued_job_resumes():
     assert shlex.split(r.stdout.strip().splitlines()[-1])[-2:] == ["--resume", "auto"], r.stdout
 
 
+def test_slurm_ignores_a_node_rank_left_in_the_environment():
+    """sbatch passes the submitting shell's environment to every node: a NODE_RANK (and MASTER_ADDR)
+    left there from a static-rendezvous run made multinode.sh run `--node-rank=0 --master-addr=OLD` on
+    every node, RDZV_ENDPOINT ignored: every node the same rank, a rendezvous that never completes."""
+    r = launch("launch/slurm.sbatch", "/data", SLURM_NNODES="8", SLURM_JOB_ID="9", HEAD_NODE="h",
+               NODE_RANK="0", MASTER_ADDR="old-head", MASTER_PORT="1234")
+    assert r.returncode == 0, r.stderr
+    torchrun = shlex.split(r.stdout.strip().splitlines()[-1])
+    assert "--rdzv-endpoint=h:29400" in torchrun and not any(a.startswith(("--node-rank", "--master")) for a in torchrun)
+
+
 @pytest.mark.parametrize("script,env,message", [
+    ("launch/multinode.sh", {"NNODES": "8", "NODE_RANK": "1", "MASTER_ADDR": "n0", "RDZV_ENDPOINT": "n0:29400",
+                             "DATA": "x"}, "NODE_RANK=1 (static rendezvous) and RDZV_ENDPOINT=n0:29400 (c10d) are both set"),
     ("launch/local.sh", {}, "usage:"),
     ("launch/multinode.sh", {"NNODES": "8"}, "usage:"),
     ("launch/local.sh", {"NPROC": "two", "DATA": "x"}, "NPROC=two: expected a positive integer"),

@@ -165,3 +165,18 @@ def test_a_restart_every_agent_counts_0_resumes_and_an_explicit_resume_path_stil
     assert train.main([*one_epoch, "--resume", str(logdir / "checkpoints" / "epoch_0001.pt"), "-e"]) == 0
     assert '"epoch": 1' in capsys.readouterr().out
 
+
+
+def test_a_rank_whose_machine_has_too_few_gpus_says_so(data, tmp_path, capsys, monkeypatch, not_under_torchrun):
+    """NPROC_PER_NODE=8 (multinode.sh's default) on a machine with 2 GPUs: local ranks 2..7 cannot
+    start, and none of them is rank 0, the only rank that said a ConfigError: the job failed with exit
+    status 2 and no word of why. A device problem is the machine's: each rank that has it says it."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for k, v in {"RANK": "11", "WORLD_SIZE": "16", "LOCAL_RANK": "3"}.items():
+        monkeypatch.setenv(k, v)
+    rc = train.main([str(data), *TINY, "train.device=auto", f"train.logdir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (rc, err) == (2, ["error: rank 11: local rank 3 has no GPU: 2 visible (start at most that many "
+                             "processes per machine: NPROC, --nproc_per_node)"])
+    assert not (tmp_path / "run").exists()

@@ -38,14 +38,21 @@ class DistInfo:
         return self.world_size > 1
 
 
+class DeviceError(ConfigError):
+    """A device this process cannot use. It depends on the machine and the local rank, not on the
+    command line alone (local rank 0 of an 8-process machine with 4 GPUs is fine, 4..7 are not), so
+    every rank that hits it says it (train.run), not rank 0 alone."""
+    per_rank = True
+
+
 def pick_device(requested: str, local_rank: int = 0) -> torch.device:
     """auto: this rank's GPU when CUDA is present, else the CPU."""
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is visible (train.device=auto or cpu runs on the CPU)")
+        raise DeviceError("--device cuda: no CUDA device is visible (train.device=auto or cpu runs on the CPU)")
     if local_rank >= torch.cuda.device_count():
-        raise ConfigError(f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible "
+        raise DeviceError(f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible "
                           "(start at most that many processes per machine: NPROC, --nproc_per_node)")
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)

@@ -243,13 +243,18 @@ def run(cfg: C.Config) -> int:
     try:
         return recipe_module(cfg).main(cfg)
     except C.ConfigError as e:  # a function of the command line, the same on every rank: said once
-        if os.environ.get("RANK", "0") == "0":
+        if getattr(e, "per_rank", False):  # but a machine's devices (dist.DeviceError): by each rank that hits it
+            print(f"error: {_rank_prefix()}{e}", file=sys.stderr)
+        elif os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr)
         return 2
     except (DataError, CheckpointError, PhaseError) as e:
-        rank = f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-        print(f"error: {rank}{e}", file=sys.stderr)  # may differ per rank (its shard, its disk)
+        print(f"error: {_rank_prefix()}{e}", file=sys.stderr)  # may differ per rank (its shard, its disk)
         return 2
+
+
+def _rank_prefix() -> str:
+    return f"rank {os.environ['RANK']}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
 
 
 if __name__ == "__main__":
