@@ -24,7 +24,6 @@ from training import dist, loop, resize, train
 from training.bench import main as bench_main
 from training.phases import DEFAULT_MIN_SCALE, DataPhase, parse_schedule
 from training.profiling import TraceWindow
-from training.recipes import cifar as cifar_recipe
 
 TINY = ["--config", str(REPO / "configs" / "tiny_cpu.yaml"), "data.workers=0", "train.print_freq=1",
         "train.short_epoch=true", "train.short_epoch_steps=1"]
@@ -247,8 +246,8 @@ def test_dry_run_of_a_cifar_config_plans_cifars_images(capsys):
     # the GPU config too, whose last epoch is cut short: the steps the recipe runs, and their lr
     assert train.main(["--config", str(REPO / "configs" / "cifar10.yaml"), "--dry-run"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    schedule = parse_schedule(C.load_yaml(str(REPO / "configs" / "cifar10.yaml"))["phases"])
-    assert [r["iters"] for r in rows] == [cifar_recipe.steps_in_epoch(schedule, e, 50_000, True) for e in range(10)]
+    schedule = parse_schedule(C.load_yaml(str(REPO / "configs" / "cifar10.yaml"))["phases"], step_start=True)
+    assert [r["iters"] for r in rows] == [schedule.iters_per_epoch(e, 50_000, 1, True) for e in range(10)]
     assert rows[-1]["lr_last"] == schedule.lr(9, rows[-1]["iters"] - 1, 50_000 // 1024)
 
 

@@ -194,10 +194,9 @@ def train_epoch(state: TrainState, loader: Loader, hooks: Hooks, ctx: RunContext
     ``shapes_seen``: the training shapes whose first step was timed already (ctx.report_first_steps)."""
     sched, opt, device = state.schedule, state.optimizer, ctx.dist.device
     full_iters = len(loader)
-    # the schedule's steps, at most what the loader yields (the cifar loader drops a partial batch), counted
-    # from this epoch's own images: a phase may train on another copy of the data (trndir) holding more or
-    # fewer of them, and a run resumed in that phase counts them too
-    iters = min(sched.iters_per_epoch(epoch, loader.num_images, ctx.dist.world_size), full_iters)
+    # the schedule's share of what this epoch's loader yields: a phase may train on another copy of the
+    # data (trndir) holding more or fewer images, and the cifar loader drops a partial batch
+    iters = sched.share_of_epoch(epoch, full_iters)
     if ctx.short_epoch_steps:
         iters = min(iters, ctx.short_epoch_steps)
     state.model.train()

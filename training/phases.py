@@ -111,12 +111,15 @@ class Schedule:
         per_rank, bs = math.ceil(num_images / world_size), self.data_phase(epoch).batch_size
         return per_rank // bs if drop_last else math.ceil(per_rank / bs)
 
-    def iters_per_epoch(self, epoch: int, num_images: int, world_size: int = 1) -> int:
-        """Steps in ``epoch``: all its batches (``batches_per_epoch``); a fractional final epoch
-        runs only its share of them."""
-        full = self.batches_per_epoch(epoch, num_images, world_size)
+    def iters_per_epoch(self, epoch: int, num_images: int, world_size: int = 1, drop_last: bool = False) -> int:
+        """Steps in ``epoch``: ``share_of_epoch`` of the batches the loader yields (``batches_per_epoch``)."""
+        return self.share_of_epoch(epoch, self.batches_per_epoch(epoch, num_images, world_size, drop_last))
+
+    def share_of_epoch(self, epoch: int, batches: int) -> int:
+        """Steps in ``epoch`` of a loader yielding ``batches``: all of them; a fractional final epoch
+        runs its share, rounded up (airbench94: 9.9 epochs of 48 batches, ceil(475.2) = 476 steps)."""
         remaining = self.total_epochs - epoch
-        return full if remaining >= 1 else max(1, math.ceil(remaining * full))
+        return batches if remaining >= 1 else max(1, math.ceil(remaining * batches))
 
     def batch_shapes(self, num_images: int, world_size: int = 1) -> list[tuple[int, int]]:
         """Distinct (per-rank batch, image size) pairs of the training batches, in order of first
@@ -151,7 +154,7 @@ class Schedule:
                 raise PhaseError(f"epoch {epoch}: batch size {ph.batch_size} is more than the "
                                  f"{math.ceil(num_images / world_size)} images per process, and a partial batch "
                                  "is dropped: no step would run")
-            iters = min(self.iters_per_epoch(epoch, num_images, world_size), full)
+            iters = self.share_of_epoch(epoch, full)
             built = loader_phase(self.data_phases, epoch)
             rows.append(EpochPlan(
                 epoch=epoch, size=ph.size, batch_size=ph.batch_size,

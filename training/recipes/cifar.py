@@ -163,12 +163,6 @@ def loss_fn(label_smoothing: float) -> Callable[[torch.Tensor, torch.Tensor], to
     return fn
 
 
-def steps_in_epoch(schedule: Schedule, epoch: int, num_images: int, drop_last: bool) -> int:
-    """Steps the loop runs in ``epoch``: the schedule's count (a fractional last epoch runs its
-    share), capped by what the loader yields."""
-    return min(schedule.iters_per_epoch(epoch, num_images), schedule.batches_per_epoch(epoch, num_images, 1, drop_last))
-
-
 class StepHooks:
     """after_step: airbench94's lookahead-EMA and the whitening-bias freeze. Each lookahead update
     moves an EMA of the weights (and BN statistics) towards the weights and copies it back into
@@ -178,7 +172,7 @@ class StepHooks:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
                  num_images: int, drop_last: bool, cfg, short_epoch_steps: int = 0):
         self.optimizer, self.schedule, self.cfg = optimizer, schedule, cfg
-        self.steps = [steps_in_epoch(schedule, e, num_images, drop_last) for e in range(schedule.num_epochs)]
+        self.steps = [schedule.iters_per_epoch(e, num_images, 1, drop_last) for e in range(schedule.num_epochs)]
         if short_epoch_steps:
             self.steps = [min(s, short_epoch_steps) for s in self.steps]
         self.full = [schedule.batches_per_epoch(e, num_images, 1, drop_last) for e in range(schedule.num_epochs)]
