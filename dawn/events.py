@@ -18,7 +18,9 @@ PATH is one event file, or a run directory whose ``events.out.tfevents.*`` files
   in ``Run.skipped``; an empty file given as PATH, or a directory of only empty files, is an error.
 
 Scalars may be ``simple_value`` (torch's SummaryWriter) or one-element tensors (TF2-style writers,
-whose plugin metadata appears only on a tag's first value); text summaries are string tensors.
+whose plugin metadata appears only on a tag's first value); text summaries are string tensors. A
+tensor numpy cannot hold (bfloat16, variant) is skipped when no plugin claims it as a scalar or text;
+one that is claimed, or whose content does not fit its dtype, is an error naming its file, tag and step.
 """
 from __future__ import annotations
 
@@ -200,9 +202,18 @@ def _record(value, plugin: str | None, step: int, wall_time: float,
         return Scalar(step, wall_time, float(value.simple_value), file)
     if kind != "tensor" or plugin not in (None, "scalars", "text"):
         return None  # images, histograms, audio, graphs: not needed here
+    from tensorboard.compat.proto.types_pb2 import DataType
     from tensorboard.util.tensor_util import make_ndarray
 
-    array = make_ndarray(value.tensor)
+    try:
+        array = make_ndarray(value.tensor)
+    except (TypeError, KeyError, ValueError) as e:
+        # a dtype numpy has no type for (bfloat16, variant, resource: TypeError, KeyError), or content
+        # that does not fit its dtype and shape (ValueError); tensorboard's traceback names no file
+        if plugin is None and not isinstance(e, ValueError):
+            return None  # another writer's tensor of a kind this reader has no use for
+        dtype = DataType.Name(value.tensor.dtype) if value.tensor.dtype in DataType.values() else value.tensor.dtype
+        raise EventsError(f"{file}: {value.tag} at step {step}: unreadable {dtype} tensor") from None
     if array.dtype.kind in "SUO":
         if plugin == "scalars":
             return None

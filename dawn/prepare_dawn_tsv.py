@@ -296,15 +296,21 @@ def main(argv: list[str] | None = None) -> int:
     except (EventsError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    if args.out is None:
-        sys.stdout.write(text)
-    else:
-        try:
-            write_atomic(text, args.out)
-        except OSError as e:
-            print(f"{prog}: error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
-            return 2
-    print(summary_line(rows, args.target_top5), file=sys.stderr)
+    try:
+        if args.out is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        else:
+            try:
+                write_atomic(text, args.out)
+            except OSError as e:
+                print(f"{prog}: error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
+                return 2
+        print(summary_line(rows, args.target_top5), file=sys.stderr)
+    except BrokenPipeError:  # the reader stopped early (`| head`, `2>&1 | head`): what it read was written
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):  # nothing left unflushed for the interpreter's exit to fail on
+            os.dup2(devnull, fd)
     return 0
 
 

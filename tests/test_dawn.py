@@ -297,6 +297,39 @@ def test_tensor_scalars_and_run_metadata_text(tmp_path):
                                              "hours": 0.2, "evalTimeExcluded": False}
 
 
+@pytest.mark.parametrize("dtype, fields, plugin, message", [
+    # no numpy type: another writer's tensor is skipped; one that says it is a scalar is an error
+    ("DT_BFLOAT16", {"half_val": [16256]}, None, None),
+    ("DT_VARIANT", {}, None, None),
+    ("DT_BFLOAT16", {"half_val": [16256]}, "scalars", "x at step 5: unreadable DT_BFLOAT16 tensor"),
+    # content that does not fit its dtype: corrupt, whoever wrote it
+    ("DT_FLOAT", {"tensor_content": b"\0\0"}, None, "x at step 5: unreadable DT_FLOAT tensor"),
+], ids=["bf16-skipped", "variant-skipped", "bf16-scalar", "torn-content"])
+def test_a_tensor_that_cannot_be_read_is_skipped_or_one_line(tmp_path, dtype, fields, plugin, message):
+    from tensorboard.compat.proto import types_pb2
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from torch.utils.tensorboard import SummaryWriter
+
+    events = write_run(tmp_path, [(100, 1360, 10.0, 20.0, 1.0, 0)])
+    w = SummaryWriter(str(tmp_path))
+    v = Summary.Value(tag="x", tensor=TensorProto(dtype=types_pb2.DataType.Value(dtype), **fields))
+    if plugin:
+        v.metadata.CopyFrom(SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=plugin)))
+    w.file_writer.add_summary(Summary(value=[v]), 5, 2000.0)
+    w.close()
+    (extra,) = set(tmp_path.glob("events.out.tfevents.*")) - {events}
+    r = export("--events_path", str(tmp_path))
+    if message is None:  # was a traceback (TypeError, KeyError from tensorboard's make_ndarray)
+        assert r.returncode == 0, r.stderr
+        assert tsv_rows(r.stdout) == [["0", "0.10000", "10.000", "20.000"]]
+        assert "x" not in load_run(tmp_path).scalars
+    else:
+        assert r.returncode == 2 and r.stdout == ""
+        (line,) = r.stderr.strip().splitlines()
+        assert line == f"prepare_dawn_tsv.py: error: {extra}: {message}"
+
+
 def test_epoch_column_is_the_logged_epoch_not_the_row_index(tmp_path):
     # Evaluations every 5 epochs, then a final one after epoch 17 (a CIFAR run evaluates only then):
     # the row index (0, 1, 2) is never the epoch.
@@ -348,6 +381,19 @@ def test_out_is_written_whole_and_kept_on_error(tmp_path):
     assert export("--events_path", str(tmp_path / "missing"), "--out", str(out)).returncode == 2
     assert len(tsv_rows(out.read_text())) == 2  # the previous output is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dawn.tsv", "run"]  # no temp files left
+
+
+@pytest.mark.parametrize("fds", ["1", "1, 2"], ids=["stdout", "stdout-and-stderr"])
+def test_a_reader_that_stops_early_ends_the_export_quietly(fds):
+    # `prepare_dawn_tsv.py ... | head -1` (and `2>&1 | head -1`) whose reader is gone before the export
+    # writes: was a BrokenPipeError traceback, exit 1. The exporter runs with those fds on a pipe whose
+    # read end is closed.
+    code = (f"import os, runpy, sys; r, w = os.pipe(); os.close(r)\n"
+            f"for fd in ({fds},): os.dup2(w, fd)\n"
+            f"sys.argv = [{EXPORTER!r}, '--events_path', {str(FIXTURE_EVENTS)!r}]\n"
+            f"runpy.run_path({EXPORTER!r}, run_name='__main__')\n")
+    r = run_bounded([sys.executable, "-c", code], cwd=REPO, timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
 
 
 # ------------------------------------------------------------------------------------ errors

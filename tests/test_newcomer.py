@@ -234,6 +234,16 @@ def test_a_run_resumed_into_a_new_logdir_exports_with_the_original_clock(data, t
     rows = eval_rows(load_run(new))
     assert [r.epoch for r in rows] == [1] and rows[0].hours > eval_rows(load_run(old))[0].hours
     assert (new / "train.log").read_text().startswith("~~epoch")
+    # its JSON entry too: the run's metadata (torch, arch, the whole schedule), not "unknown" and a
+    # schedule rebuilt from this logdir's sizes alone (the resumed phase's size "from epoch 0")
+    from dawn.prepare_dawn_tsv import dawn_entry
+    entry = dawn_entry(load_run(new), rows, 93.0, False)
+    assert entry["model"] == "resnet18" and entry["framework"] == f"PyTorch {torch.__version__}"
+    assert entry["misc"]["schedule"]["source"] == "run metadata phases"
+    assert json.loads((new / "metadata.json").read_text())["arch"] == "resnet18"
+    # a resume into the run's own logdir logs it once, with the run's start
+    assert train.main([str(data), *TINY, f"train.logdir={old}", "--resume", "auto"]) == 0
+    assert len(load_run(old).texts["run/metadata/text_summary"]) == 1
 
 
 # ---------------------------------------------------------- 3. plans with the recipe's data set

@@ -72,6 +72,7 @@ class RunLogger:
         self.logdir = Path(logdir)
         self.writer = None
         self.start_time = start_time if start_time is not None else (started or time.time())
+        self.new_events = False  # this logger wrote the `first` event: the logdir's events begin here
         if not enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
@@ -81,6 +82,7 @@ class RunLogger:
         self.writer = SummaryWriter(str(self.logdir), purge_step=purge_step)
         self._human = open(self.logdir / "train.log", "a", encoding="utf-8")
         if start_time is None or new_dir:
+            self.new_events = True
             self.writer.add_scalar("first", self.start_time, 0, walltime=self.start_time)
             self.human("~~epoch\thours\ttop1\ttop5")
 

@@ -351,7 +351,7 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
                        started=launched, purge_step=purge)
     if writes:
         (Path(cfg.train.logdir) / "config.yaml").write_text(dump(cfg))
-        if not ckpt:
+        if not ckpt or logger.new_events:  # a run resumed into a new logdir: its events there need it too
             logger.metadata(run_metadata(cfg, info))
     ctx = loop.RunContext(dist=info, logger=logger, num_train=train_loader.num_images,
                           precision=cfg.train.precision, seed=cfg.train.seed,
