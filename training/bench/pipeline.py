@@ -17,9 +17,10 @@ round would count batches made before it opened (with W = 16, --skip 3 and 80 ba
 ``cores`` is the machine's busy CPU time over the windows (from /proc/stat) divided by their wall
 time: what the loader costs in CPU, everything on the machine included.
 
-Images come from ``DATA<dir>/train`` where ``--dir SIZE=DIR`` names a pre-resized copy (imagenet18
-reads 128 px from ``-sz/160`` and 224 px from ``-sz/320``; ``--source full`` reads DATA itself at every
-size). When DATA holds no train/ split, a tree of ``--generate`` ImageNet-like JPEGs and the copies the
+Images come from ``DATA<dir>/train`` where ``--dir SIZE=DIR`` names a pre-resized copy (by default
+128 px from ``-sz/160``, as imagenet18, and 224 px from ``-sz/320``, issue 11's plan: imagenet18's
+multi-machine schedules read 224 px from ``-sz/352``, its 1x8 from DATA, so ``--dir 224=-sz/352`` measures
+theirs; a copy that is missing is written first; ``--source full`` reads DATA itself at every size). When DATA holds no train/ split, a tree of ``--generate`` ImageNet-like JPEGs and the copies the
 sizes need are generated first, on every core.
 
 ``--end-to-end [LOADER ...]``: the trainer itself (``train.py --profile train.profile_sync=false``, static
@@ -53,7 +54,7 @@ from training.bench import write_json
 from training.cli import nonnegative_int, positive_int
 
 DEFAULT_TREE = ".cache/bench-imagenet"
-IMAGENET18_DIRS = {128: "-sz/160", 224: "-sz/320"}  # imagenet18's pre-resized copies per phase size
+IMAGENET18_DIRS = {128: "-sz/160", 224: "-sz/320"}  # pre-resized copies per phase size (issue 11's plan)
 COPY_SIDE = {"-sz/160": 160, "-sz/320": 320, "-sz/352": 352}
 E2E_BATCH = {128: 512, 224: 256, 288: 128}  # per-GPU batch of the end-to-end runs (imagenet18 1x8-like)
 E2E_LOADERS = ("torchvision", "dali", "dali:whole", "auto", "synthetic")  # torchvision:float is a bench row only
@@ -366,7 +367,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip", type=nonnegative_int, default=3, help="batches at the start of each epoch left out of its "
                    "window (torchvision: rounded up to a multiple of --workers, less 1)")
     p.add_argument("--source", choices=("imagenet18", "full"), default="imagenet18",
-                   help="imagenet18: 128 px from DATA-sz/160, 224 px from DATA-sz/320; full: DATA at every size")
+                   help="imagenet18: 128 px from DATA-sz/160, 224 px from DATA-sz/320 (imagenet18's schedules: "
+                        "-sz/352; --dir 224=-sz/352), written first where missing; full: DATA at every size")
     p.add_argument("--dir", type=_per_size(str, "128=-sz/160"), action="append", metavar="SIZE=DIR",
                    help="read SIZE px from DATA<DIR> (repeatable), e.g. 224=-sz/352")
     p.add_argument("--generate", type=positive_int, default=10_000, help="train images to generate when DATA is empty")
