@@ -208,6 +208,7 @@ def test_a_smaller_phase_size_scales_the_crops_down():
     whole = make_loader(images, translate=2, flip="alternate", seed=2, bs=8, channels_last=True,
                         dtype=torch.bfloat16, epoch_augment=True)
     whole.set_epoch(1)
+    assert next(iter(whole))[0].shape[-1] == 32  # the epoch's images made, at the images' side
     whole.set_size(20)  # after the epoch's images were made: made again at the new size
     loader.set_size(20)
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(whole, loader))
