@@ -207,6 +207,17 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def refuse_unread(cfg: Config, recipe: str, names: tuple[str, ...], hint: str, keep: tuple[str, ...] = ()) -> None:
+    """ConfigError for the first key of the sections ``names`` (but the ``keep`` keys, as 'data.dir') that
+    differs from its default: ``recipe`` does not read those sections, so the setting would be ignored."""
+    classes = sections()
+    for section in names:
+        default = classes[section]()
+        for key, value in to_dict(getattr(cfg, section)).items():
+            if f"{section}.{key}" not in keep and value != getattr(default, key):
+                raise ConfigError(f"{section}.{key} is not used by the {recipe} recipe ({hint})")
+
+
 def from_dict(data: dict, cls: type = Config, prefix: str = "") -> Any:
     """Build a dataclass from a (possibly partial) dict, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):

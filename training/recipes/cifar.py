@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from training import dist, hostmem, loop
-from training.config import Config, ConfigError, DataConfig, ModelConfig, OptimConfig, dump, to_dict
+from training.config import Config, ConfigError, dump, refuse_unread, to_dict
 from training.data import DataError
 from training.data import cifar as cdata
 from training.logs import RunLogger, check_logdir, check_logdir_writable, refuse_reuse
@@ -301,10 +301,7 @@ def make_evaluate(forward: nn.Module, raw: nn.Module, device: torch.device, prec
 def check_config(cfg: Config) -> Schedule:
     """Sections this recipe does not read must stay at their defaults: a setting there would
     otherwise be silently ignored."""
-    for section, default in (("optim", OptimConfig()), ("model", ModelConfig()), ("data", DataConfig())):
-        for key, value in to_dict(getattr(cfg, section)).items():
-            if key != "dir" and value != getattr(default, key):  # data.dir: the recipe's DATA
-                raise ConfigError(f"{section}.{key} is not used by the cifar recipe (its settings are cifar.*)")
+    refuse_unread(cfg, "cifar", ("optim", "model", "data"), "its settings are cifar.*", keep=("data.dir",))
     if cfg.train.resume or cfg.train.evaluate:
         raise ConfigError("train.resume / train.evaluate: the cifar recipe keeps no checkpoints (a run is seconds)")
     if cfg.train.profile_trace:

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from training import checkpoint, dist, loop
-from training.config import CifarConfig, Config, ConfigError, dump, to_dict
+from training.config import Config, ConfigError, dump, refuse_unread, to_dict
 from training.data import DataError, LoaderSpec, PhaseLoaders, get_backend, split_dir
 from training.data.tree import check_same_classes, find_classes, index_later_phases
 from training.logs import RunLogger, check_logdir, check_logdir_writable, refuse_reuse
@@ -151,10 +151,7 @@ def check_config(cfg: Config) -> Schedule:
     """What the command line alone can get wrong (no data, no devices needed): the schedule, the
     architecture's name, the checkpoint cadence. The cifar section, which this recipe does not
     read, must stay at its defaults (--runs 5 or a cifar config's settings were silently ignored)."""
-    for key, value in to_dict(cfg.cifar).items():
-        if value != getattr(CifarConfig(), key):
-            raise ConfigError(f"cifar.{key} is not used by the imagenet recipe (recipe: {cfg.recipe}; "
-                              "the cifar recipe is recipe: cifar)")
+    refuse_unread(cfg, "imagenet", ("cifar",), f"recipe: {cfg.recipe}; the cifar recipe is recipe: cifar")
     schedule = parse_schedule(cfg.phases)
     resnet.check_arch(cfg.model.arch)
     checkpoint.check_cadence(cfg.train.checkpoint_every, cfg.train.checkpoint_min_interval_s)
