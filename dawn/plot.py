@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -72,22 +71,31 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path, target_top5: float = 
     return out
 
 
-def plot_schedule(schedule: Schedule, path: str | Path, num_images: int = IMAGENET_TRAIN_IMAGES,
-                  world_size: int = 1) -> Path:
-    """Three stacked panels against epochs for a ``training.phases.Schedule``: the lr (sampled up
-    to LR_POINTS_PER_EPOCH times per epoch, ending on each epoch's last step), the training image
-    size and the per-process batch size. Iterations per epoch follow from num_images/world_size."""
-    from matplotlib.figure import Figure
-
-    plan = schedule.plan(num_images, world_size)
-    lr_x, lr_y = [], []
+def lr_points(schedule: Schedule, plan: list, num_images: int, world_size: int,
+              drop_last: bool) -> tuple[list[float], list[float]]:
+    """(epoch position, lr) of up to LR_POINTS_PER_EPOCH steps per epoch of ``plan`` and each epoch's
+    last step, as the training loop sets them."""
+    xs, ys = [], []
     for row in plan:
         # lr arithmetic is relative to a full epoch even when the last one is cut short (as plan())
-        full_iters = math.ceil(math.ceil(num_images / world_size) / row.batch_size)
+        full_iters = schedule.batches_per_epoch(row.epoch, num_images, world_size, drop_last)
         stride = max(1, row.iters // LR_POINTS_PER_EPOCH)
         for it in [*range(0, row.iters, stride), row.iters - 1]:
-            lr_x.append(row.epoch + it / full_iters)
-            lr_y.append(schedule.lr(row.epoch, it, full_iters))
+            xs.append(row.epoch + it / full_iters)
+            ys.append(schedule.lr(row.epoch, it, full_iters))
+    return xs, ys
+
+
+def plot_schedule(schedule: Schedule, path: str | Path, num_images: int = IMAGENET_TRAIN_IMAGES,
+                  world_size: int = 1, drop_last: bool = False) -> Path:
+    """Three stacked panels against epochs for a ``training.phases.Schedule``: the lr (sampled up
+    to LR_POINTS_PER_EPOCH times per epoch, ending on each epoch's last step), the training image
+    size and the per-process batch size. Iterations per epoch follow from num_images/world_size
+    (``drop_last``: the loader drops a partial batch, as the cifar recipe's)."""
+    from matplotlib.figure import Figure
+
+    plan = schedule.plan(num_images, world_size, drop_last)
+    lr_x, lr_y = lr_points(schedule, plan, num_images, world_size, drop_last)
     epochs = [row.epoch for row in plan] + [schedule.total_epochs]
 
     fig = Figure(figsize=(9, 8), layout="constrained")

@@ -16,7 +16,7 @@ fi
 gpu_driver() {
   command -v nvidia-smi >/dev/null 2>&1 && return 0
   local d
-  for d in /dev/nvidia0 /dev/kfd /dev/dxg; do [ -e "$d" ] && return 0; done  # NVIDIA, ROCm, WSL
+  for d in /dev/nvidiactl /dev/kfd /dev/dxg; do [ -e "$d" ] && return 0; done  # NVIDIA (any GPU), ROCm, WSL
   return 1
 }
 if gpu_driver && python3 -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then

@@ -127,7 +127,7 @@ TRAIN_CASES = [
     (["--phases", "[{'ep':0,'sz':32,'bs':8},{'ep':(0,2),'lr':0.1,'lr':0.5}]", "--dry-run"],
      "phases: line 1, column 47: duplicate key 'lr'"),
     (["--phases", "- {ep: 0, sz: 32, bs: 8}\n- {ep: [0, 2], lr: 0.1, lr: 0.5}\n", "--dry-run"],
-     "line 2, column 25: duplicate key 'lr'"),
+     "phases: line 2, column 25: duplicate key 'lr'"),
     # the imagenet recipe reads no cifar.* key: --runs 5, or a cifar config under an imagenet one, did nothing
     (["--config", TINY, "--runs", "5", "--check"], "cifar.runs is not used by the imagenet recipe"),
     (["--config", CIFAR, "--config", TINY, "--check"], "is not used by the imagenet recipe"),

@@ -242,7 +242,7 @@ def test_a_bad_command_line_is_said_once_before_torchrun(tmp_path, script, env, 
     assert r.stderr.strip().splitlines() == [said]
 
 
-NO_GPU_DRIVER = not any(os.path.exists(d) for d in ("/dev/nvidia0", "/dev/kfd", "/dev/dxg")) \
+NO_GPU_DRIVER = not any(os.path.exists(d) for d in ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")) \
     and subprocess.run(["bash", "-c", "command -v nvidia-smi"], capture_output=True).returncode != 0
 
 

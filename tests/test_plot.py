@@ -130,6 +130,18 @@ def test_plot_schedule(tmp_path, phases, world):
     assert_png(out)
 
 
+def test_plotted_lr_is_the_cifar_runs():
+    """A cifar schedule (its loader drops a partial batch, airbench's lr arithmetic): the plotted last
+    step is the run's 476th, at 9 + 43/48 epochs, with the lr the loop gives it."""
+    from dawn.plot import lr_points
+    from training.config import load_yaml
+    schedule = parse_schedule(load_yaml(str(REPO / "configs" / "cifar10.yaml"))["phases"], step_start=True)
+    plan = schedule.plan(50_000, 1, True)
+    xs, ys = lr_points(schedule, plan, 50_000, 1, True)
+    assert sum(row.iters for row in plan) == 476 and xs[-1] == 9 + 43 / 48
+    assert ys[0] == pytest.approx(0.2) and ys[-1] == schedule.lr(9, 43, 48)
+
+
 def test_train_cli_plot_schedule(tmp_path):
     out = tmp_path / "s.png"
     r = run_bounded([sys.executable, "training/train.py", "--config", "configs/imagenet18/8x8.yaml",

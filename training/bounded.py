@@ -39,10 +39,13 @@ class _Loader(yaml.SafeLoader):
                 if isinstance(key_node, yaml.ScalarNode):
                     key = self.construct_object(key_node)
                     if key in seen:
-                        raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
-                                                                key_node.start_mark)
+                        raise _DuplicateKey(None, None, f"duplicate key {key!r}", key_node.start_mark)
                     seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    pass
 
 
 class _Dumper(yaml.SafeDumper):
@@ -72,6 +75,10 @@ class TextError(ValueError):
 
 class LimitError(TextError):
     """Text longer or deeper than the bounds allow (refused before it is parsed)."""
+
+
+class DuplicateKeyError(TextError):
+    """Valid YAML whose mapping gives a key twice (PyYAML would keep the last silently)."""
 
 
 def read_text(path: str, max_chars: int) -> str:
@@ -140,6 +147,8 @@ def load_yaml(text: str, max_chars: int, max_depth: int = MAX_DEPTH) -> Any:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader: plain data only)
     except TextError:  # our own limits (a ValueError too)
         raise
+    except _DuplicateKey as e:
+        raise DuplicateKeyError(yaml_error(e)) from None
     except yaml.YAMLError as e:
         raise TextError(yaml_error(e)) from None
     except ValueError as e:  # an integer past Python's digit limit for int(str)

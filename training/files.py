@@ -16,7 +16,7 @@ def walk(top: str) -> Iterator[tuple[str, list[str]]]:
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         st = os.stat(dirpath)
         if (key := (st.st_dev, st.st_ino)) in seen:
-            raise ValueError(f"symlink loop: {dirpath} is the folder {seen[key]} again")
+            raise ValueError(f"symlink loop: {dirpath} is the folder {seen[key]} again (each folder is read once)")
         seen[key] = dirpath
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         yield dirpath, sorted(f for f in filenames if not f.startswith("."))

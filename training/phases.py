@@ -282,7 +282,7 @@ def _parse_text(text: str) -> Any:
                              "only literals are accepted and nothing is evaluated")
     try:
         data = bounded.load_yaml(text, MAX_CHARS)
-    except bounded.LimitError as e:
+    except (bounded.LimitError, bounded.DuplicateKeyError) as e:  # YAML, but not a schedule
         raise PhaseError(f"phases: {e}") from None
     except bounded.TextError as e:
         # imagenet18's literals start with '[': there Python's position says more than YAML's
@@ -437,9 +437,8 @@ def _data_phase(p: dict, start: float, prev: list[DataPhase], err) -> DataPhase:
     min_scale = p.get("min_scale", DEFAULT_MIN_SCALE)
     if not _number(min_scale) or not 0 < min_scale <= 1:
         raise err("min_scale", f"expected a number in (0, 1], got {min_scale!r}")
-    for key in ("rect_val", "keep_dl"):
-        if not isinstance(p.get(key, False), bool):
-            raise err(key, f"expected true or false, got {p[key]!r}")
+    if not isinstance(p.get("rect_val", False), bool):  # keep_dl's is checked above, before its use
+        raise err("rect_val", f"expected true or false, got {p['rect_val']!r}")
     trndir = p.get("trndir", "")
     valdir = p.get("valdir", trndir)
     for key, v in (("trndir", trndir), ("valdir", valdir)):

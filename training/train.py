@@ -162,18 +162,19 @@ def main(argv: list[str] | None = None) -> int:
             raise C.ConfigError("--rejoin qualifies --check only")
         if args.check:
             return check(cfg, own_disk=not args.rejoin)
-        schedule = parse_schedule(cfg.phases, step_start=cfg.recipe == "cifar")  # the cifar recipe's lr arithmetic
+        cifar = cfg.recipe == "cifar"
+        schedule = parse_schedule(cfg.phases, step_start=cifar)  # the cifar recipe's lr arithmetic
+        drop_last = cifar and cfg.cifar.drop_last
         if args.dry_run:
-            cifar = cfg.recipe == "cifar"
             val_batch = cfg.cifar.eval_batch_size if cifar else cfg.data.val_batch_size
-            plan = schedule.plan(train_images(args, cfg), args.world_size, cifar and cfg.cifar.drop_last, val_batch)
+            plan = schedule.plan(train_images(args, cfg), args.world_size, drop_last, val_batch)
             for row in plan:
                 print(json.dumps(row.__dict__))
             sys.stdout.flush()  # a closed pipe shows here, inside the handler below
             return 0
         if args.plot_schedule:
             return plot(schedule, path=args.plot_schedule, num_images=train_images(args, cfg),
-                        world_size=args.world_size)
+                        world_size=args.world_size, drop_last=drop_last)
         check_results(cfg)
         return run(cfg)
     except BrokenPipeError:  # the reader stopped early (`--dry-run | head`): what it read was written
@@ -196,13 +197,14 @@ def check_output_file(path: str, flag: str, make_parents: bool = True) -> None:
         raise C.ConfigError(f"{flag} {path}: {problem}")
 
 
-def plot(schedule: Schedule, path: str, num_images: int, world_size: int) -> int:
+def plot(schedule: Schedule, path: str, num_images: int, world_size: int, drop_last: bool = False) -> int:
     """--plot-schedule: the figure, or a one-line error and no file (a missing folder, an
     unknown format)."""
     from dawn.plot import plot_schedule
     check_output_file(path, "--plot-schedule", make_parents=False)
     try:
-        plot_schedule(schedule, path, num_images=num_images, world_size=world_size)  # written atomically
+        plot_schedule(schedule, path, num_images=num_images, world_size=world_size,  # written atomically
+                      drop_last=drop_last)
     except (OSError, ValueError) as e:
         raise C.ConfigError(f"--plot-schedule {path}: {getattr(e, 'strerror', None) or e}") from None
     return 0

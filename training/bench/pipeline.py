@@ -134,9 +134,11 @@ def measure(loader: str, data: str, train_dir: str, size: int, batch_size: int, 
     finally:
         train.close()
     if not windows:
-        raise RuntimeError(f"{data}{train_dir}: an epoch has no more than {skip} batches of {batch_size} to skip "
-                           f"(--skip, rounded up to whole rounds of {workers} workers for torchvision); "
-                           "generate a bigger tree or lower --skip")
+        fix = (f"generate a bigger tree or use fewer --workers (torchvision: --skip {skip} is --skip rounded up to "
+               f"the end of a round of its {workers} workers' batches)" if chosen.name == "torchvision" and workers > 1
+               else "generate a bigger tree or lower --skip")
+        raise RuntimeError(f"{data}{train_dir}: an epoch of {len(train)} batches of {batch_size} has none to time "
+                           f"after the first {skip + 1}: {fix}")
     return {"loader": loader, "size": size, "train_dir": train_dir, "img_s": statistics.median(windows),
             "img_s_windows": windows, "cores": statistics.median(cores) if cores else None,
             "first_start_s": starts[0], "restart_s": statistics.median(starts[1:]) if len(starts) > 1 else None,

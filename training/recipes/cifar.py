@@ -472,7 +472,8 @@ class Trainer:
                                   num_train=self.train.num_images, precision=self.precision, seed=seed,
                                   short_epoch_steps=ctx_short,
                                   max_epochs=cfg.train.max_epochs, nonfinite=cfg.train.nonfinite,
-                                  print_freq=cfg.train.print_freq, profile=cfg.train.profile)
+                                  print_freq=cfg.train.print_freq, profile=cfg.train.profile,
+                                  profile_sync=cfg.train.profile_sync)
             self.extra.clear()
             result = loop.run(state, self, hooks, ctx)
             if state.epoch < self.schedule.num_epochs or result is None:  # stopped early (max_epochs)
