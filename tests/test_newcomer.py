@@ -281,10 +281,10 @@ def test_plot_schedule_plans_the_recipes_images(monkeypatch, tmp_path):
     import dawn.plot
     seen = []
     monkeypatch.setattr(dawn.plot, "plot_schedule", lambda schedule, path, **kw: seen.append(kw))
-    for config, images in (("cifar10_cpu.yaml", 50_000), ("tiny_cpu.yaml", 1_281_167)):
+    for config, images, drop_last in (("cifar10_cpu.yaml", 50_000, True), ("tiny_cpu.yaml", 1_281_167, False)):
         assert train.main(["--config", str(REPO / "configs" / config), "--plot-schedule",
                            str(tmp_path / "s.png")]) == 0
-        assert seen.pop() == {"num_images": images, "world_size": 1}
+        assert seen.pop() == {"num_images": images, "world_size": 1, "drop_last": drop_last}
     assert train.main(["--config", str(REPO / "configs" / "tiny_cpu.yaml"), "--loader", "synthetic",
                        "--plot-schedule", str(tmp_path / "s.png")]) == 0
     assert seen.pop()["num_images"] == 1024  # data.synthetic_images
