@@ -246,7 +246,7 @@ MUTANTS = [
            ("tests/test_bench.py::test_pipeline_window_of_worker_processes_counts_only_what_it_waited_for",)),
     Mutant("end_to_end_rate_from_the_warm_up", "training/bench/pipeline.py", "steady = mine[1:]  #",
            "steady = mine[1:] or mine  #", ("tests/test_bench.py::test_end_to_end_gives_no_img_s_from_a_warm_up_epoch",)),
-    Mutant("epoch_augment_made_twice", "training/data/cifar.py", "self.epoch_images = self.epoch_labels = None  # made when iterated",
+    Mutant("epoch_augment_made_twice", "training/data/cifar.py", "self.epoch_images = self.epoch_labels = None  # made when iterated:",
            "self.epoch_images, self.epoch_labels = self.augment(self.perm), self.labels[self.perm]  #",
            ("tests/test_cifar_speed.py::test_epoch_augment_augments_each_epoch_once_in_a_timed_run",)),
     Mutant("unsynced_profile_syncs", "training/loop.py", "        if self.sync:", "        if True:",

@@ -263,8 +263,8 @@ class CifarTrainLoader:
             u = torch.rand(n, 2, generator=g, device=self.device) * 2 - 1
             self.scale = (1 + self.contrast * u[:, 1]).to(self.dtype)
             self.shift = (self.brightness * u[:, 0]).to(self.dtype) * self.scale  # (x + b) * c = x * c + b * c
-        if self.epoch_augment:  # start_run's set_epoch(0), then the loop's: made once, when first iterated
-            self.epoch_images = self.epoch_labels = None  # made when iterated
+        if self.epoch_augment:
+            self.epoch_images = self.epoch_labels = None  # made when iterated: once, though start_run sets epoch 0 too
 
     def set_batch_size(self, batch_size: int) -> None:
         self.batch_size = batch_size

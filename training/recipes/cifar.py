@@ -324,7 +324,7 @@ def check_config(cfg: Config) -> Schedule:
         if c.cutout > ph.size:  # a square larger than the image: every training image blanked, or nearly
             raise ConfigError(f"cifar.cutout must be at most each phase's sz ({ph.size} px at epoch {ph.start}), "
                               f"got {c.cutout}")
-    for key in ("runs", "eval_batch_size", "whiten_samples", "lookahead_every"):
+    for key in ("eval_batch_size", "whiten_samples", "lookahead_every"):  # cifar.runs: config.RANGES
         if getattr(c, key) < 1:
             raise ConfigError(f"cifar.{key} must be >= 1, got {getattr(c, key)}")
     # a negative lr or weight decay (gradient ascent, weights that grow) would train to chance silently
