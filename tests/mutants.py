@@ -415,6 +415,11 @@ MUTANTS = [
            ("tests/test_cifar_recipe.py::test_the_images_are_kept_in_the_dtype_the_first_conv_computes_in",)),
     Mutant("rejoining_machine_refused", "launch/multinode.sh", "REJOINING=1 train_args", "train_args",
            ("tests/test_launch.py::test_a_machine_rejoining_its_group_is_not_refused_for_its_own_run",)),
+    # the shape docs/DESIGN.md states
+    Mutant("schedule_imports_torch", "training/phases.py", "import math", "import math, torch",
+           ("tests/test_design.py::test_the_schedule_parsers_and_exporter_import_without_torch",)),
+    Mutant("loader_imports_a_model", "training/data/tree.py", "from training import files",
+           "from training import files, models", ("tests/test_design.py",)),
 ]
 
 
