@@ -420,6 +420,15 @@ MUTANTS = [
            ("tests/test_design.py::test_the_schedule_parsers_and_exporter_import_without_torch",)),
     Mutant("loader_imports_a_model", "training/data/tree.py", "from training import files",
            "from training import files, models", ("tests/test_design.py",)),
+    # one run per logdir, and one logdir for all nodes (2026-11-26)
+    Mutant("logdir_not_locked", "training/recipes/imagenet.py", "lock = lock_logdir(cfg.train.logdir)  # held",
+           "lock = None  # held", (FAULTS + "test_a_logdir_in_use_refuses_a_second_run_until_its_holder_dies",)),
+    Mutant("check_ignores_the_logdir_lock", "training/recipes/imagenet.py",
+           "        check_logdir_free(cfg.train.logdir)", "        pass",
+           (FAULTS + "test_a_logdir_in_use_refuses_a_second_run_until_its_holder_dies",)),
+    Mutant("unshared_logdir_starts_over", "training/recipes/imagenet.py",
+           "dist.check_logdir_shared(attempt, cfg.train.logdir)", "pass",
+           ("tests/test_multinode.py::test_a_rank_0_blind_to_the_runs_checkpoints_stops_the_group_rather_than_start_over",)),
 ]
 
 

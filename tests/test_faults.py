@@ -6,6 +6,7 @@ only in the first attempt of an elastic run."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -56,6 +57,57 @@ def test_a_refused_logdir_under_torchrun_is_one_line_and_blames_no_rank(data, tm
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: logdir {logdir} already holds a run"), r.stderr[-3000:]
     assert "dead or hung" not in r.stderr
+
+
+HOLD = ("import sys, time; from training.logs import lock_logdir\n"
+        "lock_logdir(sys.argv[1]); print('locked', flush=True); time.sleep(600)")
+PROBE = ("import sys; from training.config import ConfigError; from training.logs import check_logdir_free\n"
+         "try: check_logdir_free(sys.argv[1])\nexcept ConfigError as e: print(e)")
+
+
+def lock_probe(logdir: Path) -> str:
+    """What another process finds of ``logdir``'s lock: '' (free), or the error naming its holder."""
+    r = subprocess.run([sys.executable, "-c", PROBE, str(logdir)], cwd=REPO, capture_output=True, text=True,
+                       timeout=60, check=True)
+    return r.stdout.strip()
+
+
+def test_a_logdir_in_use_refuses_a_second_run_until_its_holder_dies(
+        data, tmp_path, capsys, monkeypatch, one_thread):
+    """Two jobs on one logdir (--resume auto included) would write into one run, each one's keep-last-K
+    deleting the other's checkpoints. A run holds the logdir's lock for its whole life; the kernel drops
+    it when the holder dies, however it dies (here SIGKILL), so a crash never blocks the next run."""
+    logdir = tmp_path / "run"
+    logdir.mkdir()
+    args = [str(data), *TINY, f"train.logdir={logdir}", "--resume", "auto", "train.max_epochs=1",
+            "train.short_epoch=true", "train.short_epoch_steps=1"]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(logdir)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        in_use = (f"error: logdir {logdir} is in use by another run (pid {holder.pid} on host {socket.gethostname()}): "
+                  "wait for it to end, or start this one with another --logdir")
+        assert train.main([*args, "--check"]) == 2  # what the launchers run before torchrun
+        assert capsys.readouterr().err.splitlines() == [in_use]
+        cifar = ["--config", str(REPO / "configs" / "cifar10_cpu.yaml"), f"train.logdir={logdir}", "--check"]
+        assert train.main(cifar) == 2
+        assert capsys.readouterr().err.splitlines() == [in_use]
+        assert train.main(args) == 2
+        assert [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")] == [in_use]
+        assert sorted(p.name for p in logdir.iterdir()) == ["run.lock"]  # nothing of the refused run
+    finally:
+        holder.kill()
+        holder.wait()
+    seen = []
+    run = loop.run
+
+    def probing_run(*a, **kw):
+        seen.append(lock_probe(logdir))
+        return run(*a, **kw)
+
+    monkeypatch.setattr(loop, "run", probing_run)
+    assert train.main(args) == 0
+    assert seen == [in_use[len("error: "):].replace(str(holder.pid), str(os.getpid()))]  # held while it trains
+    assert lock_probe(logdir) == "" and not (logdir / "run.lock").exists()  # free, and gone, once it is done
 
 
 def final_checkpoint(logdir: Path) -> dict:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ import torch
 
 from conftest import REPO, kill_tree, make_jpeg_tree
 from dawn.events import load_run
+from procs import run_bounded
+from training import config as C
 from training import dist, train
 
 ARGS = ["data.workers=0", "train.print_freq=1"]
@@ -127,7 +130,7 @@ def test_any_ranks_restart_count_makes_it_a_restart(tmp_path, monkeypatch, not_u
     monkeypatch.delenv("SLURM_RESTART_COUNT")
     # Rank 0's agent restarted its worker for the membership change only; rank 1's counted the failure.
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
-    monkeypatch.setattr(dist, "gather_objects", lambda mine: [mine, (1, "", [])])
+    monkeypatch.setattr(dist, "gather_objects", lambda mine: [mine, (1, "", [], ("host1", -1))])
     assert dist.group_attempt(dist.DistInfo(0, 2, 0, torch.device("cpu")), str(tmp_path)).restarted
 
 
@@ -165,6 +168,44 @@ def test_a_restart_every_agent_counts_0_resumes_and_an_explicit_resume_path_stil
     assert train.main([*one_epoch, "--resume", str(logdir / "checkpoints" / "epoch_0001.pt"), "-e"]) == 0
     assert '"epoch": 1' in capsys.readouterr().out
 
+
+
+def test_a_rank_0_blind_to_the_runs_checkpoints_stops_the_group_rather_than_start_over(data, tmp_path):
+    """A logdir on each machine's own disk, with c10d rendezvous: a restart may put rank 0 on a machine
+    without the run's checkpoints, and --resume auto (or the restart) would find none there and train
+    from epoch 0, throwing the run away. Two spawned ranks on "machines" a and b (their own working
+    directories, one relative logdir), gloo: b holds a checkpoint, rank 0 runs on a."""
+    machines = [tmp_path / "a", tmp_path / "b"]
+    (machines[1] / "run" / "checkpoints").mkdir(parents=True)
+    (machines[1] / "run" / "checkpoints" / "epoch_0001.pt").write_bytes(b"")  # only its name is read
+    clean = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    env = {**clean, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    cmd = [sys.executable, str(REPO / "training" / "train.py"), str(data), *TINY, "train.logdir=run",
+           "--resume", "auto", "train.max_epochs=1", "train.short_epoch=true", "train.short_epoch_steps=1"]
+    for m in machines:
+        m.mkdir(exist_ok=True)
+    with ThreadPoolExecutor(2) as pool:
+        ranks = list(pool.map(lambda r: run_bounded(cmd, cwd=machines[r], timeout=120, env={**env, "RANK": str(r)}),
+                              range(2)))
+    assert [r.returncode for r in ranks] == [2, 2], "\n".join(r.stderr[-3000:] for r in ranks)
+    host = socket.gethostname()
+    assert [ln for r in ranks for ln in r.stderr.splitlines() if ln.startswith("error:")] == [
+        f"error: logdir run differs between nodes: rank 0 (host {host}) sees no checkpoint, rank 1 (host {host}) "
+        "sees epoch_0001.pt; the logdir must be on a filesystem shared by all nodes (or use fixed node ranks, "
+        "NODE_RANK), else this run would start over or roll back"]
+    assert list(machines[0].iterdir()) == []  # nothing written on rank 0's machine
+
+
+def test_only_a_rank_seeing_newer_checkpoints_than_rank_0_stops_the_group():
+    def seen(*epochs: int) -> dist.Attempt:  # each rank's newest checkpoint (-1: none), by rank
+        return dist.Attempt(True, ("",) * len(epochs), seen=tuple((f"h{e}", e) for e in epochs))
+
+    # one disk for all; rank 0's disk alone (fixed node ranks); others holding older leftovers
+    for ok in [(-1,), (3, 3, 3), (3, -1, -1), (5, 3, -1)]:
+        dist.check_logdir_shared(seen(*ok), "run")
+    with pytest.raises(C.ConfigError, match=r"rank 0 \(host h3\) sees epoch_0003.pt, rank 2 \(host h7\) sees epoch_0007"):
+        dist.check_logdir_shared(seen(3, -1, 7, 5), "run")
 
 
 def test_a_rank_whose_machine_has_too_few_gpus_says_so(data, tmp_path, capsys, monkeypatch, not_under_torchrun):

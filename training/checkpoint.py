@@ -79,11 +79,16 @@ def list_checkpoints(logdir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def epoch_of(path: Path) -> int:
+    """The epochs done in the checkpoint ``path`` (epoch_0012.pt: 12)."""
+    return int(_NAME.match(path.name).group(1))
+
+
 def set_aside_after(logdir: str | os.PathLike, epoch: int) -> list[Path]:
     """Move the run's checkpoints of epochs after ``epoch`` into ``checkpoints/superseded/``: a run
     resumed from an older checkpoint abandons them, so a restart must not resume from them, nor
     keep-last-K count them (it would delete the new ones). Moved, not deleted: they are the user's."""
-    later = [p for p in list_checkpoints(logdir) if int(_NAME.match(p.name).group(1)) > epoch]
+    later = [p for p in list_checkpoints(logdir) if epoch_of(p) > epoch]
     if not later:
         return []
     aside = checkpoint_dir(logdir) / "superseded"

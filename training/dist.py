@@ -12,13 +12,14 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.distributed as dist
 
+from training import checkpoint
 from training.config import ConfigError
 
 
@@ -142,6 +143,8 @@ class Attempt:
     restarted: bool  # an elastic restart of a run of this torchrun job: resume it, do not start over
     agents: tuple[str, ...]  # each rank's torchrun agent (agent_id), by rank
     own_run: bool = False  # an agent of the attempt recorded in the logdir runs a rank now: the run there is this job's
+    # each rank's host and the epoch of the newest checkpoint it sees in the logdir (-1: none), by rank
+    seen: tuple[tuple[str, int], ...] = field(default=(), compare=False)
 
 
 def restart_count() -> int:
@@ -174,13 +177,33 @@ def group_attempt(info: DistInfo, logdir: str) -> Attempt:
     only restarts its workers because the membership changed does not, and the agent of a machine
     started anew begins at 0. So it is a restart when any rank's count is above 0, or when an agent
     of the attempt recorded in the logdir (record_attempt) runs a rank now, which also holds when
-    every agent reports 0. A new job has only new agents: a fresh run, unless told --resume."""
+    every agent reports 0. A new job has only new agents: a fresh run, unless told --resume.
+    Each rank also says which checkpoints it sees (check_logdir_shared): one listing, no extra collective."""
     recorded = _recorded_agents(logdir) if info.is_main else []
-    everyone = gather_objects((restart_count(), agent_id(), recorded))
-    agents = tuple(agent for _, agent, _ in everyone)
+    try:
+        newest = checkpoint.epoch_of(checkpoint.list_checkpoints(logdir)[-1])
+    except (IndexError, OSError):
+        newest = -1
+    everyone = gather_objects((restart_count(), agent_id(), recorded, (socket.gethostname(), newest)))
+    agents = tuple(agent for _, agent, _, _ in everyone)
     earlier = set(everyone[0][2]) - {""}
     own = bool(earlier & set(agents))
-    return Attempt(max(count for count, _, _ in everyone) > 0 or own, agents, own)
+    return Attempt(max(count for count, *_ in everyone) > 0 or own, agents, own, tuple(s for *_, s in everyone))
+
+
+def check_logdir_shared(attempt: Attempt, logdir: str) -> None:
+    """ConfigError (the same on every rank) when a rank sees a newer checkpoint in ``logdir`` than rank 0,
+    the rank that resumes from it: the logdir is not one filesystem all nodes share (a c10d restart put
+    rank 0 on a machine without the run's checkpoints), and resuming would start the run over or roll
+    it back, throwing away what the newer checkpoint holds."""
+    host0, epoch0 = attempt.seen[0]
+    rank, (host, epoch) = max(enumerate(attempt.seen), key=lambda r: r[1][1])
+    if epoch > epoch0:
+        name = checkpoint.path_for(logdir, epoch).name
+        mine = f"sees {checkpoint.path_for(logdir, epoch0).name}" if epoch0 >= 0 else "sees no checkpoint"
+        raise ConfigError(f"logdir {logdir} differs between nodes: rank 0 (host {host0}) {mine}, rank {rank} "
+                          f"(host {host}) sees {name}; the logdir must be on a filesystem shared by all nodes "
+                          "(or use fixed node ranks, NODE_RANK), else this run would start over or roll back")
 
 
 def record_attempt(logdir: str, attempt: Attempt) -> None:

@@ -5,8 +5,11 @@ TensorBoard plots line up across batch-size changes. Other ranks get a logger th
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -58,6 +61,98 @@ def refuse_reuse(logdir: str, resumable: bool = True) -> None:
         ways = ("continue it with --resume auto, or start a new run with --logdir NEW_DIR" if resumable else
                 "start a new run with --logdir NEW_DIR (this recipe keeps no checkpoints to resume)")
         raise ConfigError(f"logdir {logdir} already holds a run ({shown}): {ways}")
+
+
+LOCK_FILE = "run.lock"  # in the logdir: held by the process that writes the run (rank 0)
+
+
+class LogdirLock:
+    """The exclusive lock ``lock_logdir`` took: held until ``release`` or the process's end."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self._fd = path, fd
+
+    def release(self) -> None:
+        """Delete the lock file, then drop the lock: a logdir at rest holds no lock file (and one this
+        run created can go again). Deleted while still held, so it is never another run's file."""
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+
+def lock_logdir(logdir: str) -> LogdirLock | None:
+    """Lock ``logdir`` for this process's run, so no second run writes into it (checkpoints, events,
+    keep-last-K pruning of the other's files). ConfigError naming the holder when another process holds
+    it; None, with a warning, where the filesystem cannot lock (the run goes on unguarded).
+
+    lockf (a POSIX record lock), not flock: the kernel drops it when the process ends, however it ends,
+    so a crash leaves no stale lock and a restarted group's rank 0, on any machine, finds it free; it
+    belongs to this process alone, so forked loader workers that outlive a killed rank 0 for a while do
+    not keep the restart out (a flock would be theirs too); and it is the lock NFS implements (Linux
+    emulates flock with it there). Closing any descriptor of the file in this process drops it: only
+    this object opens it."""
+    path = Path(logdir) / LOCK_FILE
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            return _unlocked(logdir, e)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            held = e.errno in (errno.EACCES, errno.EAGAIN)
+            holder = _holder(fd) if held else ""
+            os.close(fd)
+            if held:
+                raise _in_use(logdir, holder) from None
+            return _unlocked(logdir, e)
+        try:  # the holder deleted this file as it let go (release): lock the one now there
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, (json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n").encode())
+    os.fsync(fd)  # another NFS client reads it to name the holder
+    return LogdirLock(path, fd)
+
+
+def check_logdir_free(logdir: str) -> None:
+    """ConfigError if a live process holds ``logdir``'s lock (train.py --check); creates nothing.
+    Not in a process that holds it itself: closing the probe would drop its lock (lock_logdir)."""
+    try:
+        fd = os.open(Path(logdir) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return  # no lock file (or none readable): no run holds it
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # conflicts only with a holder's exclusive lock
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EAGAIN):
+            raise _in_use(logdir, _holder(fd)) from None
+    finally:
+        os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    try:
+        who = json.loads(os.pread(fd, 4096, 0))
+        return f"pid {int(who['pid'])} on host {who['host']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""  # not written yet, or not ours
+
+
+def _in_use(logdir: str, holder: str) -> ConfigError:
+    return ConfigError(f"logdir {logdir} is in use by another run{f' ({holder})' if holder else ''}: wait for it "
+                       "to end, or start this one with another --logdir")
+
+
+def _unlocked(logdir: str, e: OSError) -> None:
+    print(f"warning: cannot lock logdir {logdir} ({e.strerror or e}); a second run on it would not be "
+          "kept out", file=sys.stderr)
+    return None
 
 
 class RunLogger:

@@ -33,7 +33,7 @@ from training import dist, hostmem, loop
 from training.config import Config, ConfigError, dump, refuse_unread, to_dict
 from training.data import DataError
 from training.data import cifar as cdata
-from training.logs import RunLogger, check_logdir, check_logdir_writable, refuse_reuse
+from training.logs import RunLogger, check_logdir, check_logdir_free, check_logdir_writable, lock_logdir, refuse_reuse
 from training.models import cifar as cmodel
 from training.phases import Schedule, parse_schedule
 
@@ -530,6 +530,7 @@ def check_start(cfg: Config, schedule: Schedule, own_disk: bool = True) -> None:
     may be missing on purpose: the run downloads into it. ``own_disk`` is for the imagenet recipe's
     launchers: a cifar run is one process on this machine.)"""
     check_logdir_writable(cfg.train.logdir)
+    check_logdir_free(cfg.train.logdir)
     refuse_reuse(cfg.train.logdir, resumable=False)
 
 
@@ -547,14 +548,18 @@ def main(cfg: Config) -> int:
         data_dir = cdata.ensure_data(cfg.data.dir or DEFAULT_DATA_DIR, c.dataset, download=c.download)
         refuse_reuse(cfg.train.logdir, resumable=False)
         trainer = Trainer(cfg, schedule, device, data_dir)  # data read first: bad data leaves no logdir
+        lock = None
         try:
             check_logdir(cfg.train.logdir)
+            lock = lock_logdir(cfg.train.logdir)  # held until the runs end: one run writes the logdir
             (Path(cfg.train.logdir) / "config.yaml").write_text(dump(cfg))
             return _runs(cfg, trainer, device)
         except loop.NonFiniteLoss as e:  # a training failure, said in one line as the imagenet recipe does
             print(f"error: {e}", file=sys.stderr)
             return 1
         finally:
+            if lock is not None:
+                lock.release()
             trainer.close()
     finally:
         dist.teardown()

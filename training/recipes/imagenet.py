@@ -22,7 +22,8 @@ from training import checkpoint, dist, loop
 from training.config import Config, ConfigError, dump, refuse_unread, to_dict
 from training.data import DataError, LoaderSpec, PhaseLoaders, get_backend, split_dir
 from training.data.tree import check_same_classes, find_classes, index_later_phases
-from training.logs import RunLogger, check_logdir, check_logdir_writable, refuse_reuse
+from training.logs import (LogdirLock, RunLogger, check_logdir, check_logdir_free, check_logdir_writable,
+                          lock_logdir, refuse_reuse)
 from training.models import resnet
 from training.optim import sgd
 from training.phases import Schedule, parse_schedule
@@ -172,6 +173,8 @@ def check_start(cfg: Config, schedule: Schedule, own_disk: bool = True) -> None:
         raise checkpoint.CheckpointError(f"checkpoint {resume}: " + ("not a file" if os.path.exists(resume)
                                                                      else "no such file"))
     check_logdir_writable(cfg.train.logdir)
+    if not cfg.train.evaluate:  # evaluating takes no lock: it writes nothing
+        check_logdir_free(cfg.train.logdir)
     if not resume:  # (--evaluate needs --resume)
         refuse_reuse(cfg.train.logdir)
 
@@ -187,14 +190,18 @@ def main(cfg: Config) -> int:
     if info.is_main and (warning := loop.precision_warning(info.device, cfg.train.precision)):
         print(warning, file=sys.stderr)
     created: list[Path] = []
+    lock: LogdirLock | None = None
     progress: dict = {}  # _train puts its TrainState here, for the failure message
     try:
         attempt = dist.group_attempt(info, cfg.train.logdir)  # a collective: every rank, once
+        if cfg.train.resume == "auto" or attempt.restarted:  # the same on every rank
+            dist.check_logdir_shared(attempt, cfg.train.logdir)
         refused = None
         if info.is_main and not cfg.train.evaluate:  # evaluating writes nothing
             try:
                 check_fresh(cfg, attempt)
                 created = check_logdir(cfg.train.logdir)
+                lock = lock_logdir(cfg.train.logdir)  # held until the run ends: one run writes the logdir
             except ConfigError as e:
                 refused = str(e)
         # every rank stops on rank 0's refusal, rather than wait for it in a collective and be blamed
@@ -202,6 +209,8 @@ def main(cfg: Config) -> int:
             raise ConfigError(refused)
         return _train(cfg, schedule, info, progress, attempt, launched)
     except Exception as e:
+        if lock is not None:
+            lock.release()  # first: a logdir this run created goes, lock file and all
         for d in created:  # deepest first; only while still empty: bad input leaves no partial output
             try:
                 d.rmdir()
@@ -218,6 +227,8 @@ def main(cfg: Config) -> int:
             return 1
         raise
     finally:
+        if lock is not None:
+            lock.release()
         dist.teardown()
 
 
