@@ -11,8 +11,10 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DistributedSampler
+from torchvision.datasets import ImageFolder
 
 from conftest import make_jpeg_tree
+from training.bench.jpegtree import textured
 from training.data import DataError, PhaseLoaders, get_backend
 from training.data import imagefolder, tree
 from training.data.rectval import val_geometry
@@ -156,6 +158,37 @@ def test_drafted_jpeg_decode_crops_the_exact_window(tmp_path):
     diffs = [(unnormalise(x)[0, :2] - torch.from_numpy(np.asarray(want, np.float32)).permute(2, 0, 1)[:2]).abs()
              .mean().item() for x, want in pairs]
     assert max(diffs) < 0.6, diffs  # the drafted size as the scale: up to 1.7 here
+
+
+@pytest.mark.parametrize("rect", [False, True])
+def test_validation_decodes_in_full_as_dali_and_imagenet18_do(tmp_path, rect):
+    """Validation pixels are the full decode's, resized and cropped (exactly, on a textured JPEG a 1/2
+    to 1/8 draft would change by ~2/255 per pixel), so a reported accuracy does not depend on the loader."""
+    for split in ("train", "validation"):
+        (tmp_path / split / "n0").mkdir(parents=True)
+        textured(np.random.default_rng(0), 640, 480).save(tmp_path / split / "n0" / "t.JPEG", quality=90)
+    with Image.open(tmp_path / "validation" / "n0" / "t.JPEG") as im:
+        full = im.convert("RGB")
+    loader = imagefolder.val_loader(spec(tmp_path, phase=phase(size=64, bs=1, rect=rect)))
+    (x, _), = list(loader)
+    geo = val_geometry(640, 480, 64, tuple(x.shape[2:]))
+    top, left = geo.anchor_yx
+    want = full.resize(geo.resize_hw[::-1], Image.BILINEAR).crop((left, top, left + x.shape[3], top + x.shape[2]))
+    got = unnormalise(x)[0].round().permute(1, 2, 0).numpy()
+    assert np.array_equal(got, np.asarray(want, np.float32))
+
+
+def test_index_order_is_imagefolders_in_nested_folders(tmp_path):
+    """Index i is torchvision ImageFolder's sample i, so shard_indices deals the images
+    DistributedSampler over ImageFolder (imagenet18) would: folders in sorted-path order, where a
+    depth-first walk would put c0/a/sub/ before c0/a-b/ ('-' sorts before '/')."""
+    for rel in ("c0/z.jpg", "c0/a/x.jpg", "c0/a/sub/y.jpg", "c0/a-b/w.jpg", "c0/a.b/v.jpg", "c0/A/u.jpg",
+                "c0/a b/t.jpg", "c1/b/s.jpg", "c1/b/c/r.jpg", "c1/b+/q.jpg", "c1/p.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / rel)
+    rel, labels = tree._list_files(str(tmp_path), tree.find_classes(str(tmp_path)))
+    want = ImageFolder(str(tmp_path)).samples
+    assert [(str(tmp_path / p), label) for p, label in zip(rel, labels)] == want
 
 
 def test_bad_images_skipped_named_counted(jpeg_tree, capsys):

@@ -95,3 +95,16 @@ def test_an_unsynced_profile_lets_the_host_run_ahead(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert "(host times" not in err and "logging" in err
     assert len(syncs) >= 4 * 12  # data wait, forward, backward, optimizer of each of the 12 steps
+
+
+def test_eta_counts_the_steps_the_drop_last_loader_yields():
+    """airbench94's schedule (bs 1024, 9.9 epochs of 50,000 images): the cifar loader drops the
+    partial batch, so 9 * 48 + ceil(0.9 * 48) = 476 steps are left at the start, not the 486 of
+    49-step epochs; a loader keeping it (imagenet's) runs 486."""
+    schedule = parse_schedule([{"ep": 0, "sz": 32, "bs": 1024}, {"ep": [0, 9.9], "lr": 0.1}], step_start=True)
+    state = loop.TrainState(nn.Linear(1, 1), nn.Linear(1, 1), None, None, schedule)
+    for drop_last, steps in ((True, 476), (False, 486)):
+        ctx = loop.RunContext(dist=DistInfo(0, 1, 0, torch.device("cpu")), logger=None, num_train=50_000,
+                              drop_last=drop_last)
+        assert loop._images_left(state, ctx, 0, 0) == steps * 1024
+        assert loop._images_left(state, ctx, 9, 40) == (steps - 9 * (48 if drop_last else 49) - 40) * 1024

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -110,6 +111,41 @@ def test_a_replaced_unreadable_file_is_read_again_from_a_cached_index(tmp_path, 
     again = tree.index_tree(split, ["a"], verbose=False)
     assert not again.skipped and again.sizes == SIZES and calls == [str(path)]
     assert tree.index_tree(split, ["a"], verbose=False).sizes == SIZES and calls == [str(path)]  # cached as good
+
+
+def test_a_file_replaced_in_place_is_read_again_from_a_cached_index(tmp_path, monkeypatch):
+    """Same names, other pixels: the cache is keyed on the file list, so only each file's (size,
+    mtime_ns) tells. A stale size would give rect_val (and DALI's crops) the old aspect ratio."""
+    root = _tree(tmp_path / "data")
+    split = str(root / "validation")
+    assert tree.index_tree(split, ["a"]).sizes == SIZES
+    calls = []
+    real_probe = tree.probe_image
+    monkeypatch.setattr(tree, "probe_image", lambda p: calls.append(p) or real_probe(p))
+    wide, square = root / "validation" / "a" / "img2.JPEG", root / "validation" / "a" / "img1.JPEG"
+    Image.new("RGB", (240, 80), (200, 30, 30)).save(wide)  # overwritten in place: 0.5 -> 3.0
+    assert tree.index_tree(split, ["a"]).sizes == [*SIZES[:2], (240, 80), *SIZES[3:]]
+    assert calls == [str(wide)]
+    st = square.stat()
+    os.utime(square, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # same bytes, new mtime: read again
+    assert tree.index_tree(split, ["a"]).sizes[2] == (240, 80) and calls == [str(wide), str(square)]
+    tree.index_tree(split, ["a"])
+    assert calls == [str(wide), str(square)]  # the new stats are cached
+
+
+def test_a_bad_file_is_read_again_even_with_its_stat_unchanged(tmp_path):
+    """A file that failed for a reason its stat does not show (a read error, or a fix that kept size
+    and mtime) is not kept bad forever: the few cached bad files are probed at every index."""
+    root = _tree(tmp_path / "data")
+    split = str(root / "validation")
+    path = root / "validation" / "a" / "img0.JPEG"
+    good = path.read_bytes()
+    path.write_bytes(bytes(len(good)))  # same length, no image
+    assert str(path) in tree.index_tree(split, ["a"], verbose=False).skipped
+    st = path.stat()
+    path.write_bytes(good)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert not tree.index_tree(split, ["a"], verbose=False).skipped
 
 
 def test_read_only_data_falls_back_or_skips_caching(tmp_path, monkeypatch):

@@ -9,9 +9,10 @@ from typing import Iterator
 
 
 def walk(top: str) -> Iterator[tuple[str, list[str]]]:
-    """(folder, its non-hidden file names, sorted) for ``top`` and every folder under it, in sorted
-    order, symlinks followed. A folder reached twice (a link back into the tree, which os.walk would
-    follow ~40 levels deep, listing every file as often) raises ValueError naming both paths."""
+    """(folder, its non-hidden file names, sorted) for ``top`` and every folder under it, depth first
+    with siblings sorted (ImageFolder's order is this sorted by folder path), symlinks followed. A
+    folder reached twice (a link back into the tree, which os.walk would follow ~40 levels deep,
+    listing every file as often) raises ValueError naming both paths."""
     seen: dict[tuple[int, int], str] = {}
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         st = os.stat(dirpath)

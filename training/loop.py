@@ -67,6 +67,7 @@ class RunContext:
     dist: dist.DistInfo
     logger: RunLogger
     num_train: int  # training images, all ranks together (for iterations per epoch)
+    drop_last: bool = False  # the training loader drops a partial last batch (the cifar recipe's)
     precision: str = "fp32"  # fp32 | fp16 | bf16
     seed: int = 0
     short_epoch_steps: int = 0  # >0: cap steps per epoch (smoke tests)
@@ -299,7 +300,7 @@ def _images_left(state: TrainState, ctx: RunContext, epoch: int, done: int) -> i
     sched, world = state.schedule, ctx.dist.world_size
     left = 0
     for e in range(epoch, sched.num_epochs):
-        iters = sched.iters_per_epoch(e, ctx.num_train, world)
+        iters = sched.iters_per_epoch(e, ctx.num_train, world, ctx.drop_last)  # the steps the loader yields
         if ctx.short_epoch_steps:
             iters = min(iters, ctx.short_epoch_steps)
         left += (iters - (done if e == epoch else 0)) * sched.data_phase(e).batch_size * world

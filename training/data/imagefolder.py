@@ -111,8 +111,11 @@ class _Samples(Dataset):
 
     def _val(self, im: Image.Image, h: int, w: int) -> Image.Image:
         geo = val_geometry(*im.size, self.size, (h, w))
-        whole = _draft(im, (geo.resize_hw[1], geo.resize_hw[0]))  # never below the target
-        img = _rgb(im).resize((geo.resize_hw[1], geo.resize_hw[0]), Image.BILINEAR, box=whole)
+        # Decoded in full, not drafted as in _train: imagenet18 and torchvision's reference validate on
+        # full decodes, as DALI does, so a reported accuracy does not depend on the loader (a draft moved
+        # each image by ~1.2-4/255). It costs 1.35-1.7x the drafted image's time, only on images a draft
+        # would shrink, and validation is ~4% of an ImageNet epoch's images (docs/BENCHMARKS.md).
+        img = _rgb(im).resize((geo.resize_hw[1], geo.resize_hw[0]), Image.BILINEAR)
         top, left = geo.anchor_yx
         return img.crop((left, top, left + w, top + h))  # PIL fills outside the image with black
 

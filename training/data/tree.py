@@ -3,7 +3,8 @@
 Class discovery (labels in sorted class order, like torchvision's ImageFolder), the file index,
 bad-image detection at index time, and the per-epoch shard of a rank. Bad images are found by
 reading each file's header and tail once, then cached beside the data (numpy, never pickle), so
-every rank drops the same files before sharding and batch counts stay equal across ranks.
+every rank drops the same files before sharding and batch counts stay equal across ranks. The cache
+holds each file's (size, mtime_ns): a file replaced in place since is read again, not served stale.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from training.phases import DataPhase
 
 # Formats both backends decode (DALI has no GIF); MPO is how PIL names multi-picture camera JPEGs.
 DECODABLE = {"JPEG", "MPO", "PNG", "BMP", "TIFF", "PPM", "WEBP", "JPEG2000"}
-INDEX_VERSION = 2  # 2: a JPEG or PNG with bytes after its end marker is kept if it decodes
+INDEX_VERSION = 3  # 2: a JPEG or PNG with bytes after its end marker is kept if it decodes; 3: file stats
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+STAT_CHUNK = 4096  # files per stat task: few tasks, so the pool costs little on a local disk
 
 
 def log(msg: str) -> None:
@@ -77,7 +79,10 @@ def _list_files(split_dir: str, classes: list[str]) -> tuple[list[str], list[int
     for label, name in enumerate(classes):
         found = []
         try:
-            for dirpath, filenames in files.walk(os.path.join(split_dir, name)):
+            # folders sorted by whole path, as ImageFolder's sorted(os.walk()): the walk goes depth
+            # first, which puts a/b/ before a-c/ ('-' < '/'), and index i must be ImageFolder's
+            # sample i for shard_indices to deal DistributedSampler's (imagenet18's) order
+            for dirpath, filenames in sorted(files.walk(os.path.join(split_dir, name))):
                 rel_dir = os.path.relpath(dirpath, split_dir)
                 found += [os.path.join(rel_dir, f) for f in filenames]
         except ValueError as e:  # a symlink loop
@@ -133,26 +138,53 @@ def _cache_files(split_dir: str) -> list[str]:
             os.path.join(home, "training-data-index", f"{key}.npz")]
 
 
-def _load_cache(files: list[str], digest: str, n: int) -> tuple[np.ndarray, dict[int, str]] | None:
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(min(32, 4 * (os.cpu_count() or 1)))  # I/O-bound: a network file system's latency
+
+
+def _probe(split_dir: str, rel: Sequence[str]) -> list[tuple[int, int] | str]:
+    with _pool() as pool:
+        return list(pool.map(probe_image, (os.path.join(split_dir, p) for p in rel)))
+
+
+def file_stats(split_dir: str, rel: Sequence[str]) -> np.ndarray:
+    """(size, mtime_ns) of each file, int64 (n, 2); (-1, -1) for one gone since the listing. The walk
+    lists names only (os.walk reads no inode), so this is one stat per file: threads, because on a
+    network file system each may be a round trip."""
+    def chunk(start: int) -> list[tuple[int, int]]:
+        out = []
+        for p in rel[start:start + STAT_CHUNK]:
+            try:
+                st = os.stat(os.path.join(split_dir, p))
+                out.append((st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append((-1, -1))
+        return out
+    with _pool() as pool:
+        rows = [r for part in pool.map(chunk, range(0, len(rel), STAT_CHUNK)) for r in part]
+    return np.array(rows, dtype=np.int64).reshape(-1, 2)
+
+
+def _load_cache(files: list[str], digest: str, n: int) -> tuple[np.ndarray, dict[int, str], np.ndarray] | None:
     for path in files:
         try:
             with np.load(path, allow_pickle=False) as z:  # never pickle: the cache may be shared
-                if int(z["version"]) != INDEX_VERSION or str(z["digest"]) != digest or len(z["wh"]) != n:
+                if int(z["version"]) != INDEX_VERSION or str(z["digest"]) != digest or z["stat"].shape != (n, 2):
                     continue
-                return z["wh"], {int(i): str(w) for i, w in zip(z["bad_idx"], z["bad_why"])}
+                return z["wh"], {int(i): str(w) for i, w in zip(z["bad_idx"], z["bad_why"])}, z["stat"]
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             continue
     return None
 
 
-def _save_cache(files: list[str], digest: str, wh: np.ndarray, bad: dict[int, str]) -> None:
+def _save_cache(files: list[str], digest: str, wh: np.ndarray, bad: dict[int, str], stat: np.ndarray) -> None:
     """Atomic (temp + rename, so concurrent ranks never read half a file); never fails."""
     for path in files:
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(tmp, "wb") as f:
-                np.savez(f, version=np.array(INDEX_VERSION), digest=np.array(digest), wh=wh,
+                np.savez(f, version=np.array(INDEX_VERSION), digest=np.array(digest), wh=wh, stat=stat,
                          bad_idx=np.array(sorted(bad), dtype=np.int64),
                          bad_why=np.array([bad[i] for i in sorted(bad)], dtype=str))
             os.replace(tmp, path)
@@ -165,29 +197,35 @@ def _save_cache(files: list[str], digest: str, wh: np.ndarray, bad: dict[int, st
 
 
 def index_tree(split_dir: str, classes: list[str], bad_images: str = "skip", verbose: bool = True) -> TreeIndex:
-    """Index a split: list files, probe each header once (cached, keyed by the file list), then
-    stop on the first bad image ('error') or drop every bad one with a warning line ('skip')."""
+    """Index a split: list files, probe each header once (cached, keyed by the file list; a file whose
+    size or mtime changed is probed again), then stop on the first bad image ('error') or drop every
+    bad one with a warning line ('skip')."""
     rel, labels = _list_files(split_dir, classes)
     digest = hashlib.sha1(b"\n".join(os.fsencode(p) for p in rel)).hexdigest()
+    stat = file_stats(split_dir, rel)
     files = _cache_files(split_dir)
     cached = _load_cache(files, digest, len(rel))
     if cached is None:
-        with ThreadPoolExecutor(min(32, 4 * (os.cpu_count() or 1))) as pool:
-            probes = list(pool.map(probe_image, (os.path.join(split_dir, p) for p in rel), chunksize=64))
+        probes = _probe(split_dir, rel)
         wh = np.array([p if isinstance(p, tuple) else (0, 0) for p in probes], dtype=np.int32).reshape(-1, 2)
         bad = {i: p for i, p in enumerate(probes) if isinstance(p, str)}
-        _save_cache(files, digest, wh, bad)
+        _save_cache(files, digest, wh, bad, stat)
     else:
-        wh, bad = cached
-        # A file named unreadable may have been replaced since (the warning invites it): the few
-        # bad ones are probed again; a replaced good file keeps its cached size (stat every file?
-        # too slow on a network file system for 1.28M files).
-        fixed = {i: probe for i in bad if isinstance(probe := probe_image(os.path.join(split_dir, rel[i])), tuple)}
-        for i, size in fixed.items():
-            wh[i] = size
-            del bad[i]
-        if fixed:
-            _save_cache(files, digest, wh, bad)
+        wh, bad, cached_stat = cached
+        # A file replaced in place (same name, new size or mtime) may have another size, which
+        # rect_val and DALI's crops read from here: probe it again. So are the files named
+        # unreadable (the warning invites replacing them), even with an unchanged stat.
+        changed = np.flatnonzero((cached_stat != stat).any(axis=1)).tolist()
+        again = sorted(set(changed) | set(bad))
+        fixed = False
+        for i, probe in zip(again, _probe(split_dir, [rel[i] for i in again])):
+            if isinstance(probe, tuple):
+                fixed |= bad.pop(i, None) is not None
+                wh[i] = probe
+            else:
+                bad[i], wh[i] = probe, (0, 0)
+        if changed or fixed:
+            _save_cache(files, digest, wh, bad, stat)
     if bad and bad_images == "error":
         i = min(bad)
         raise DataError(f"unreadable image {os.path.join(split_dir, rel[i])}: {bad[i]} "

@@ -469,7 +469,8 @@ class Trainer:
                                                     c.drop_last, c, ctx_short),
                                evaluate=self.evaluate, eval_every=c.eval_every, loss_is_sum=True)
             ctx = loop.RunContext(dist=dist.DistInfo(0, 1, 0, self.device), logger=logger,
-                                  num_train=self.train.num_images, precision=self.precision, seed=seed,
+                                  num_train=self.train.num_images, drop_last=c.drop_last,
+                                  precision=self.precision, seed=seed,
                                   short_epoch_steps=ctx_short,
                                   max_epochs=cfg.train.max_epochs, nonfinite=cfg.train.nonfinite,
                                   print_freq=cfg.train.print_freq, profile=cfg.train.profile,
