@@ -193,7 +193,7 @@ def _schedule_summary(run: Run, meta: dict, rows: list[EvalRow]) -> dict | str:
         from training.phases import PhaseError, parse_schedule
 
         try:
-            sched = parse_schedule(meta["phases"])
+            sched = parse_schedule(meta["phases"], trained=True)  # as the run trained it
         except PhaseError as e:
             raise EventsError(f"{run.path}: run metadata phases: {e}") from None
         return {

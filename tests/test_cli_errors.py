@@ -264,6 +264,41 @@ def test_the_resolved_config_loads_back_as_itself(workdir, argv):
         assert repr(C.to_dict(again)) == repr(C.to_dict(cfg)), name
 
 
+def test_a_text_override_is_taken_whole_and_numbers_still_read(workdir):
+    """A text setting takes its value as typed, as its --flag does: YAML read 'runs/exp #3' as
+    'runs/exp' and a comment, and '2024' as a number (refused as 'expected str')."""
+    cfg = train.resolve(["--config", TINY, "train.logdir=runs/exp #3", "data.dir=/data/#1", "train.resume=2024",
+                         "train.seed=5", "optim.weight_decay=1e-3", "optim.momentum=0.1", "train.compile=true",
+                         "train.print_freq=1_000"])[1]
+    assert (cfg.train.logdir, cfg.data.dir, cfg.train.resume) == ("runs/exp #3", "/data/#1", "2024")
+    got = (cfg.train.seed, cfg.optim.weight_decay, cfg.optim.momentum, cfg.train.compile, cfg.train.print_freq)
+    assert repr(got) == repr((5, 1e-3, 0.1, True, 1000))
+
+
+def test_numbers_read_as_python_reads_them_and_a_stray_underscore_stays_text():
+    """YAML 1.1 took any underscores in a number (1__0 was 10); Python's only between digits."""
+    values = ("1e-3", "0.1", "-5", "true", "false", "1_000", "1_000.5", "0x10", "0o7")
+    assert repr([C.parse_value(v) for v in values]) == repr([1e-3, 0.1, -5, True, False, 1000, 1000.5, 16, 7])
+    for typo in ("1__0", "1_", "1_.5", "0x__1"):
+        assert C.parse_value(typo) == typo  # text, which a numeric setting refuses by name
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train.seed=1__0"], "config key 'train.seed': expected int, got '1__0'"),
+    (["--seed", "1__0"], "--seed: config key 'train.seed': expected int, got '1__0'"),
+    (["optim.momentum=0.9_"], "config key 'optim.momentum': expected float, got '0.9_'"),
+    (["--phases", "- {ep: 0, sz: 32, bs: 1__6}\n- {ep: [0, 2], lr: 0.1}\n"],
+     "phase 0: key 'bs': expected a positive integer <= 65536, got '1__6'"),
+    # a comment YAML would drop from a number, a bool or a list
+    (["train.seed=5 #3"], "train.seed: '5 #3': YAML would read '#3' as a comment and drop it"),
+    (["--seed", "#5"], "--seed: '#5': YAML would read '#5' as a comment and drop it"),
+    (["train.compile=true # on GPUs"], "train.compile: 'true # on GPUs': YAML would read '# on GPUs' as a comment"),
+], ids=["1__0", "flag-1__0", "0.9_", "phases-1__6", "comment", "flag-comment", "bool-comment"])
+def test_a_value_yaml_would_read_otherwise_is_refused(workdir, capsys, argv, message):
+    rc = call(train.main, ["--config", TINY, *argv, "--dry-run"])
+    assert_refused(rc, capsys.readouterr().err, message, workdir)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_device_cuda_without_a_gpu(workdir, capsys):
     rc = call(train.main, ["--config", TINY, "--loader", "synthetic", "--device", "cuda"])

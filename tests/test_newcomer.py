@@ -131,6 +131,54 @@ def test_resume_with_other_phases_warns_and_config_yaml_keeps_the_schedule_that_
     assert torch.load(logdir / "checkpoints" / "epoch_0002.pt", weights_only=True)["config"]["phases"] == trained
 
 
+def test_resume_checks_the_data_of_the_phases_it_trains(tmp_path, capsys):
+    """A resumed run trains its checkpoint's phases: the data check before it (and --check's) reads
+    their dirs, not those of the phases given, which it ignores."""
+    data = make_jpeg_tree(tmp_path / "d", classes=2, train_per_class=4, val_per_class=2)
+    copy = shutil.copytree(data, tmp_path / "d-copy")  # DATA-copy, read from epoch 1
+    logdir = tmp_path / "run"
+    first = "[{'ep':0,'sz':32,'bs':8},{'ep':1,'sz':32,'bs':8,'trndir':'-copy'},{'ep':(0,3),'lr':0.02}]"
+    assert train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1", "--phases", first]) == 0
+    resume = [str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1", "--resume", "auto", "--phases"]
+    plain = "[{'ep':0,'sz':32,'bs':8},{'ep':(0,3),'lr':0.02}]"  # its data is all there
+    copy.rename(tmp_path / "away")
+    before = snapshot(logdir)
+    capsys.readouterr()
+    refusal = f"error: data dir {copy}/train does not exist (phase at epoch 1)"
+    assert train.main([*resume, plain, "--check"]) == 2
+    assert one_error_line(capsys.readouterr().err) == refusal
+    assert train.main([*resume, plain]) == 2  # once the checkpoint is read: the line saying which one, then this
+    assert capsys.readouterr().err.splitlines() == [f"resuming from {logdir}/checkpoints/epoch_0001.pt", refusal]
+    (tmp_path / "away").rename(copy)
+    for split in ("train", "validation"):  # a copy whose classes would relabel the images
+        (copy / split / "n00000001").rename(copy / split / "n00000009")
+    assert train.main([*resume, plain]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: class folders differ between {data}/train (2) and {copy}/train (2): 1 only in the first "
+        "phase's train (first n00000001)")
+    assert snapshot(logdir) == before
+    for split in ("train", "validation"):
+        (copy / split / "n00000009").rename(copy / split / "n00000001")
+    elsewhere = "[{'ep':0,'sz':32,'bs':8,'trndir':'-nowhere'},{'ep':(0,3),'lr':0.02}]"  # ignored: no such data
+    assert train.main([*resume, elsewhere, "--check"]) == 0
+    assert train.main([*resume, elsewhere]) == 0
+    assert "the run goes on with the checkpoint's schedule" in capsys.readouterr().err
+    assert (logdir / "checkpoints" / "epoch_0002.pt").exists()
+
+
+def test_a_checkpoints_schedule_is_resumed_as_it_was_written(data, finished, tmp_path, capsys):
+    """A data phase past the end is refused in a new schedule, not in one a run already trains."""
+    logdir = copy_of(finished, tmp_path)
+    path = logdir / "checkpoints" / "epoch_0001.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["phases"].append({"ep": 5, "sz": 32, "bs": 8})  # as written before the refusal
+    torch.save(ckpt, path)
+    argv = [str(data), *TINY, f"train.logdir={logdir}", "--resume", "auto", "--phases", ONE_EPOCH]
+    assert train.main([*argv, "--check"]) == 0
+    assert train.main(argv) == 0
+    assert "the run is already complete (1 of 1 epochs)" in capsys.readouterr().err
+
+
 def test_resume_with_other_settings_names_them(data, tmp_path, capsys):
     logdir = tmp_path / "run"
     assert train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1"]) == 0

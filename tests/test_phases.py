@@ -174,6 +174,28 @@ def test_dry_run_cli_prints_one_json_object_per_epoch():
                              "rect_val": True, "train_dir": "", "val_dir": ""}
 
 
+@pytest.mark.parametrize("text,message", [
+    ("[{'ep':0,'sz':32,'bs':8},{'ep':(0,3),'lr':0.1},{'ep':3,'sz':64,'bs':8}]",
+     "phase 2: key 'ep': the data phase at epoch 3 never runs: the last epoch is 2 (the lr phases end at 3)"),
+    ("[{'ep':0,'sz':32,'bs':8},{'ep':(0,3),'lr':0.1},{'ep':40,'bs':16,'keep_dl':True}]",
+     "phase 2: key 'ep': the data phase at epoch 40 never runs: the last epoch is 2"),
+    ("[{'ep':0,'sz':32,'bs':8},{'ep':(0,2.5),'lr':0.1},{'ep':3,'sz':64,'bs':8}]",
+     "phase 2: key 'ep': the data phase at epoch 3 never runs: the last epoch is 2 (the lr phases end at 2.5)"),
+])
+def test_a_data_phase_at_or_past_the_schedules_end_is_refused(text, message):
+    """The lr phases' last end sets the run's length: a data phase starting there or later never runs."""
+    with pytest.raises(PhaseError) as e:
+        parse_schedule(text)
+    assert str(e.value) == message or str(e.value).startswith(message), str(e.value)
+    assert parse_schedule(text, trained=True).num_epochs == 3  # a checkpoint's or a run's record: let be
+
+
+def test_a_data_phase_in_the_last_epoch_runs():
+    for end in (3, 2.5):  # the last epoch whole, or partial
+        s = parse_schedule([{"ep": 0, "sz": 32, "bs": 8}, {"ep": [0, end], "lr": 0.1}, {"ep": 2, "sz": 64, "bs": 8}])
+        assert [row.size for row in s.plan(100)] == [32, 32, 64]
+
+
 def test_dry_run_bad_phases_exit_2_one_line():
     r = run_bounded([sys.executable, "training/train.py", "--phases", "[{'ep':0,'bs':2}]", "--dry-run"],
                     cwd=REPO, timeout=120)

@@ -53,9 +53,12 @@ class _Dumper(yaml.SafeDumper):
     strings to YAML 1.1), so what ``dump_yaml`` writes loads back as the same value."""
 
 
-_INT_RX = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+|0o[0-7_]+)$")
-_FLOAT_RX = re.compile(rf"^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:{_EXPONENT})?|\.[0-9][0-9_]*(?:{_EXPONENT})?"
-                       rf"|[0-9][0-9_]*{_EXPONENT})|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+# digits after the first: an underscore only between two digits, as Python's 1_000; YAML 1.1 took
+# any (1__0 was 10, 1_ was 1), so a doubled or stray one typed by mistake stays text and is refused
+_MORE = r"(?:_?[0-9])*"
+_INT_RX = re.compile(rf"^(?:[-+]?(?:0|[1-9]{_MORE})|0x(?:_?[0-9a-fA-F])+|0o(?:_?[0-7])+)$")
+_FLOAT_RX = re.compile(rf"^(?:[-+]?(?:[0-9]{_MORE}\.(?:[0-9]{_MORE})?(?:{_EXPONENT})?|\.[0-9]{_MORE}(?:{_EXPONENT})?"
+                       rf"|[0-9]{_MORE}{_EXPONENT})|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
@@ -153,6 +156,19 @@ def load_yaml(text: str, max_chars: int, max_depth: int = MAX_DEPTH) -> Any:
         raise TextError(yaml_error(e)) from None
     except ValueError as e:  # an integer past Python's digit limit for int(str)
         raise TextError(str(e).split(";")[0]) from None
+
+
+def comment_at(text: str) -> int | None:
+    """Where in YAML ``text`` a comment starts (a '#' at the start or after a blank, outside any
+    scalar: ``5 #3`` is 5), or None. For text that ``load_yaml`` has read."""
+    hashes = iter(i for i, ch in enumerate(text) if ch == "#")
+    at = next(hashes, None)
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):  # in order; a scalar's token holds its '#'s
+        if at is not None and at < token.start_mark.index:
+            return at
+        while at is not None and at < token.end_mark.index:
+            at = next(hashes, None)
+    return at
 
 
 def yaml_error(e: yaml.YAMLError) -> str:

@@ -286,19 +286,36 @@ def load_yaml(path: str) -> dict:
 
 
 def parse_value(raw: str, name: str = "value") -> Any:
-    """A command-line value read as YAML ('5e-5' -> 5e-05, 'true' -> True); unparsable stays text."""
+    """A command-line value read as YAML ('5e-5' -> 5e-05, 'true' -> True); unparsable stays text.
+    A YAML comment in it is refused: YAML would drop it silently ('5 #3' -> 5)."""
     try:
-        return bounded.load_yaml(raw, MAX_FILE_CHARS) if raw.strip() else ""
+        value = bounded.load_yaml(raw, MAX_FILE_CHARS) if raw.strip() else ""
     except bounded.LimitError as e:
         raise ConfigError(f"{name}: {e}") from None
     except bounded.TextError:
         return raw
+    if (at := bounded.comment_at(raw)) is not None:
+        raise ConfigError(f"{name}: {raw!r}: YAML would read {raw[at:]!r} as a comment and drop it; "
+                          "remove it, or quote text that holds a '#'")
+    return value
+
+
+def is_text(path: list[str]) -> bool:
+    """Whether the dotted config key holds text ('train.logdir', 'recipe'); False for an unknown key."""
+    obj: Any = Config()
+    for part in path:
+        if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
+            return False
+        obj = getattr(obj, part)
+    return isinstance(obj, str)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """'optim.weight_decay=5e-5' -> (['optim', 'weight_decay'], 5e-05)."""
+    """'optim.weight_decay=5e-5' -> (['optim', 'weight_decay'], 5e-05). A text setting takes the value
+    as typed, as its --flag does: as YAML 'train.logdir=runs/exp #3' lost ' #3' (a comment)."""
     key, _, raw = text.partition("=")
-    return key.strip().split("."), parse_value(raw, key.strip())
+    path = key.strip().split(".")
+    return path, raw if is_text(path) else parse_value(raw, key.strip())
 
 
 def merge(data: dict, path: list[str], value: Any) -> dict:

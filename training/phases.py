@@ -338,9 +338,11 @@ def _to_lists(value: Any) -> Any:
     return value
 
 
-def parse_schedule(source: str | Sequence[dict], step_start: bool = False) -> Schedule:
+def parse_schedule(source: str | Sequence[dict], step_start: bool = False, trained: bool = False) -> Schedule:
     """Parse and validate; raises PhaseError with a one-line message on the first problem.
-    ``step_start``: airbench's lr arithmetic (the cifar recipe's; ``Schedule.step_start``)."""
+    ``step_start``: airbench's lr arithmetic (the cifar recipe's; ``Schedule.step_start``).
+    ``trained``: a schedule a run already trains (a checkpoint's, a run's metadata), so a data phase
+    that never runs, refused in a new schedule, is let be: the run goes on as it began."""
     raw = load_phases(source)
     data: list[DataPhase] = []
     lrs: list[LrPhase] = []
@@ -374,7 +376,13 @@ def parse_schedule(source: str | Sequence[dict], step_start: bool = False) -> Sc
     if lrs[-1].end is None:
         raise PhaseError(f"phase {raw.index(next(p for p in reversed(raw) if 'lr' in p))}: key 'ep': "
                          "the last lr phase needs an end epoch [start, end]: it sets the run's length")
-    return Schedule(tuple(data), tuple(lrs), tuple(raw), step_start)
+    schedule = Schedule(tuple(data), tuple(lrs), tuple(raw), step_start)
+    # the lr phases set the run's length; a data phase starting at or after its end never runs (a typo)
+    for i, ph in zip((i for i, p in enumerate(raw) if "bs" in p), data):
+        if ph.start >= schedule.total_epochs and not trained:
+            raise PhaseError(f"phase {i}: key 'ep': the data phase at epoch {ph.start} never runs: the last epoch "
+                             f"is {schedule.num_epochs - 1} (the lr phases end at {schedule.total_epochs:g})")
+    return schedule
 
 
 def _reporter(i: int):

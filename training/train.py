@@ -12,11 +12,11 @@
   # every config key with its value and meaning, as this command line resolves it:
   python training/train.py --config configs/tiny_cpu.yaml --print-config
 
-Positional arguments are DATA or ``section.key=value`` overrides (YAML values), applied after the
-config files and flags. The defaults --help shows are the built-in ones; a --config file overrides
-them. A fresh run needs a logdir of its own: one holding a run is refused (continue that run with
---resume auto), and one a running job holds is refused to any other. Bad input exits with status 2 and
-a one-line error.
+Positional arguments are DATA or ``section.key=value`` overrides (YAML values; a text setting's as
+typed, '#' and all), applied after the config files and flags. The defaults --help shows are the
+built-in ones; a --config file overrides them. A fresh run needs a logdir of its own: one holding a
+run is refused (continue that run with --resume auto), and one a running job holds is refused to any
+other. Bad input exits with status 2 and a one-line error.
 """
 from __future__ import annotations
 

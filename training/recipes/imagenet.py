@@ -162,16 +162,19 @@ def check_config(cfg: Config) -> Schedule:
 def check_start(cfg: Config, schedule: Schedule, own_disk: bool = True) -> None:
     """What ``train.py --check`` reads on disk, as this command started now would (cheap: folder
     listings, no image): every phase's data dirs when DATA is given (a config alone can be checked
-    without data); with ``own_disk`` (not a machine rejoining its group: --rejoin) an explicit
-    --resume PATH, and a writable logdir that, without --resume, is free for a new run."""
-    if cfg.data.dir:
-        check_data_root(cfg.data.dir, schedule, cfg.data.loader)
-    if not own_disk:
-        return
+    without data), the checkpoint's phases when resuming; with ``own_disk`` (not a machine rejoining
+    its group: --rejoin) an explicit --resume PATH, and a writable logdir that, without --resume, is
+    free for a new run."""
     resume = cfg.train.resume
-    if resume not in ("", "auto") and not os.path.isfile(resume):
+    if own_disk and resume not in ("", "auto") and not os.path.isfile(resume):
         raise checkpoint.CheckpointError(f"checkpoint {resume}: " + ("not a file" if os.path.exists(resume)
                                                                      else "no such file"))
+    if cfg.data.dir:
+        # resuming, the checkpoint's phases train (_train); --rejoin: it need not be on this machine
+        trains = saved_schedule(resume, cfg.train.logdir) if own_disk and resume else None
+        check_data_root(cfg.data.dir, trains or schedule, cfg.data.loader)
+    if not own_disk:
+        return
     check_logdir_writable(cfg.train.logdir)
     if not cfg.train.evaluate:  # evaluating takes no lock: it writes nothing
         check_logdir_free(cfg.train.logdir)
@@ -179,12 +182,26 @@ def check_start(cfg: Config, schedule: Schedule, own_disk: bool = True) -> None:
         refuse_reuse(cfg.train.logdir)
 
 
+def saved_schedule(resume: str, logdir: str) -> Schedule | None:
+    """The schedule a run resumed from ``resume`` (a path, or 'auto': the logdir's newest checkpoint
+    that reads) goes on with: its checkpoint's, read without its tensors. None: nothing to resume."""
+    paths = reversed(checkpoint.list_checkpoints(logdir)) if resume == "auto" else [resume]
+    for path in paths:
+        try:
+            return parse_schedule(checkpoint.load(path, tensors=False)["config"]["phases"], trained=True)
+        except checkpoint.CheckpointError:
+            if resume != "auto":  # the run would refuse it too
+                raise
+    return None
+
+
 def main(cfg: Config) -> int:
     # A fresh run's clock (the `first` event, DAWNBench hours) starts here, before the data is indexed
     # and the model built, as imagenet18's did (it logged `first` before any of its set-up).
     launched = time.time()
     schedule = check_config(cfg)  # before anything is printed, indexed or created
-    check_data_root(cfg.data.dir, schedule, cfg.data.loader)
+    if not cfg.train.resume:  # resuming, the checkpoint's phases train: _train checks theirs
+        check_data_root(cfg.data.dir, schedule, cfg.data.loader)
     info = dist.setup(cfg.train.device, cfg.train.dist_timeout_s)
     cfg.train.precision = loop.resolve_precision(info.device, cfg.train.precision)  # config.yaml says what ran
     if info.is_main and (warning := loop.precision_warning(info.device, cfg.train.precision)):
@@ -271,13 +288,15 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
             notes.append(f"warning: the checkpoint was written by {ckpt['world_size']} processes, this run has "
                          f"{info.world_size}: the schedule's batch sizes are per process, so the global batch "
                          "and the steps per epoch change (resume with the same world size for the same run)")
-        schedule = parse_schedule(saved)
+        schedule = parse_schedule(saved, trained=True)
         cfg = dataclasses.replace(cfg, phases=saved)
         if start_epoch >= schedule.num_epochs and not cfg.train.evaluate:
             if info.is_main:
                 print(f"{cfg.train.logdir}: the run is already complete ({start_epoch} of {schedule.num_epochs} "
                       "epochs); nothing to do", file=sys.stderr)
             return 0
+    if cfg.train.resume:  # main left it to here: the phases that train are known now
+        check_data_root(cfg.data.dir, schedule, cfg.data.loader)
     loaders = build_loaders(cfg, schedule, info)
     train_loader, _ = loaders.for_epoch(min(start_epoch, schedule.num_epochs - 1))
     if loaders.backend.name != "synthetic" and not cfg.train.evaluate:
