@@ -293,7 +293,9 @@ def test_numbers_read_as_python_reads_them_and_a_stray_underscore_stays_text():
     (["train.seed=5 #3"], "train.seed: '5 #3': YAML would read '#3' as a comment and drop it"),
     (["--seed", "#5"], "--seed: '#5': YAML would read '#5' as a comment and drop it"),
     (["train.compile=true # on GPUs"], "train.compile: 'true # on GPUs': YAML would read '# on GPUs' as a comment"),
-], ids=["1__0", "flag-1__0", "0.9_", "phases-1__6", "comment", "flag-comment", "bool-comment"])
+    # YAML 1.1's booleans, said as what the user typed them as
+    (["train.seed=yes"], "config key 'train.seed': expected int, got True (YAML reads yes/no/on/off as true/false)"),
+], ids=["1__0", "flag-1__0", "0.9_", "phases-1__6", "comment", "flag-comment", "bool-comment", "yes"])
 def test_a_value_yaml_would_read_otherwise_is_refused(workdir, capsys, argv, message):
     rc = call(train.main, ["--config", TINY, *argv, "--dry-run"])
     assert_refused(rc, capsys.readouterr().err, message, workdir)

@@ -248,7 +248,8 @@ def _coerce(name: str, value: Any, hint: Any, current: Any) -> Any:
     }.get(origin if not isinstance(origin, types.UnionType) else None)
     if ok is None or not ok(value):
         want = getattr(origin, "__name__", str(hint))
-        raise ConfigError(f"config key {name!r}: expected {want}, got {value!r}")
+        why = " (YAML reads yes/no/on/off as true/false)" if isinstance(value, bool) else ""
+        raise ConfigError(f"config key {name!r}: expected {want}, got {value!r}{why}")
     if name in CHOICES and value not in CHOICES[name]:
         raise ConfigError(f"config key {name!r}: {value!r} is not one of {', '.join(CHOICES[name])}")
     if origin is float:
