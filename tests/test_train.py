@@ -16,7 +16,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from conftest import REPO, make_jpeg_tree
 from procs import run_bounded
-from training import checkpoint
+from training import checkpoint, dist
 from training import config as C
 from training import train as trainer
 from training.models import resnet
@@ -139,6 +139,31 @@ def test_two_process_evaluation_counts_each_image_once_with_known_accuracy(tmp_p
     assert result["top1"] == pytest.approx(100 / 3) and result["top5"] == pytest.approx(200 / 3)
     nll = -torch.log_softmax(bias.double(), 0)[:3]
     assert result["loss"] == pytest.approx(nll.mean().item(), rel=1e-6)
+
+
+def test_teardown_collects_a_dropped_ddp_wrapper_before_the_group_goes(monkeypatch):
+    """A DDP wrapper that only the cyclic collector can free (train.py's is, through the frames of the
+    torch._dynamo import its constructor starts) and that is freed after destroy_process_group holds the
+    group's last reference and destroys it with the GIL held: torch 2.11 deadlocked there when a gloo
+    thread still had a tensor to free (the two-process evaluation above hung at exit, now and then)."""
+    import gc
+    import weakref
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    gc.disable()  # an automatic collection could free the wrapper in time by chance
+    try:
+        cycle = [torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))]
+        cycle.append(cycle)
+        wrapper = weakref.ref(cycle[0])
+        del cycle
+        destroy, alive = torch.distributed.destroy_process_group, []
+        monkeypatch.setattr(torch.distributed, "destroy_process_group",
+                            lambda *a, **k: (alive.append(wrapper() is not None), destroy(*a, **k)))
+        dist.teardown()
+    finally:
+        gc.enable()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    assert alive == [False]
 
 
 def test_resume_matches_uninterrupted_run(data, tmp_path):

@@ -5,6 +5,7 @@ one-line report when a collective fails because a peer died or hung, and the fau
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import os
 import re
@@ -95,6 +96,12 @@ def _attempt_store(world_size: int, timeout: datetime.timedelta) -> dist.Store |
 
 def teardown() -> None:
     if dist.is_initialized():
+        # A dropped DDP wrapper may wait for the cyclic collector (the first of a process does: the frames
+        # of the torch._dynamo import its constructor starts hold it). Collected after the group is
+        # destroyed, its Reducer drops the group's last reference and destroys it with the GIL held, and
+        # torch 2.11 deadlocks there when a gloo thread still has a Python tensor to free (a two-rank
+        # evaluation hung at exit). Collected now, while the group is registered, it is not the last.
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -246,6 +246,7 @@ def main(cfg: Config) -> int:
     finally:
         if lock is not None:
             lock.release()
+        progress.clear()  # its TrainState holds the DDP wrapper, which teardown collects before the group goes
         dist.teardown()
 
 
