@@ -10,17 +10,20 @@
 #          carry [".gpudata/cifar10/p1"]                          timeout_s 120
 #   run 2: command "bash .gpudata/cifar10/p2/keep.sh && bash launch/bench_cifar.sh compare"
 #          carry [".gpudata/cifar10/p2", ".whl"]                  timeout_s 420   (~6 min)
+#          (rehearsed on the CPU under torch 2.11 / Python 3.12, 2026-11-26: on an H200 the warm-ups,
+#          9 compiles of 17-24 s and 3 more, take ~220 s of LIMIT's 330, so ~3 rounds; for speed rows
+#          that is enough (GPU run times vary ~3%), accuracy is the headline's N)
 #   then give_back, unless budget is left for (same warm machine, data and airbench still in /tmp):
 #   run 3: command "bash launch/bench_cifar.sh headline NAME"     (NAME: a row of compare's table)
 #          carry [".whl"]                                         timeout_s = LIMIT + 60
-#      or: command "bash launch/bench_cifar.sh trace NAME..."     (where the time goes: kernel tables)
-#          carry [".whl"]                                         timeout_s 150
+#      or: command "bash launch/bench_cifar.sh trace NAME [NAME]" (where the time goes: kernel tables)
+#          carry [".whl"]                                         timeout_s 200
 # keep.sh exits 3 when part 1 is gone (the machine went cold): start again from run 1.
 #
 #   bash launch/bench_cifar.sh compare          # airbench94 + every variant below, as many rounds as fit
 #   bash launch/bench_cifar.sh headline NAME    # airbench94 + default + NAME only, more rounds
-#   bash launch/bench_cifar.sh trace [NAME...]  # airbench94 + default + NAMEs, one round, and one more run
-#                                               # of each of ours under torch.profiler ($OUT/trace/; ~1 min)
+#   bash launch/bench_cifar.sh trace [NAME [NAME]]  # airbench94 + default + NAMEs, one round, and one more
+#                                          # run of each of ours under torch.profiler ($OUT/trace/; ~1 min)
 # Env: LIMIT (s the bench may take, default 330), DATA (default /tmp/cifar10), STAGED (the unpacked
 # parts, default /tmp/stage/cifar10/files), SITE (where airbench is installed, default /tmp/site),
 # BENCH_DRY_RUN=1 (print the bench command and exit).
@@ -71,6 +74,8 @@ extra=() variants=("default=")
 case "${1:-}" in
   compare) variants=("${VARIANTS[@]}"); runs=50 ;;
   trace)
+    # 3 + 2 per traced variant files come back from a device call, and it brings back 8 at most
+    [ $# -le 3 ] || { echo "trace: at most 2 NAMEs (a device call brings back 8 files)" >&2; exit 2; }
     extra=(--trace "$OUT/trace")
     for name in "${@:2}"; do add_named trace "$name"; done
     runs=1 ;;
@@ -78,7 +83,7 @@ case "${1:-}" in
     [ $# -eq 2 ] || { echo "usage: bash launch/bench_cifar.sh headline NAME" >&2; exit 2; }
     add_named headline "$2"
     runs=100 ;;
-  *) echo "usage: bash launch/bench_cifar.sh compare | headline NAME | trace [NAME...]" >&2; exit 2 ;;
+  *) echo "usage: bash launch/bench_cifar.sh compare | headline NAME | trace [NAME [NAME]]" >&2; exit 2 ;;
 esac
 cmd=(python3 -m training.bench cifar --data "$DATA" --config configs/cifar10.yaml --airbench
      --runs "$runs" --time-limit "$LIMIT" --json "$OUT/cifar_$1.json" "${extra[@]}" --variants "${variants[@]}")
@@ -93,7 +98,8 @@ export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 if ! python3 -c 'import airbench' 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-build-isolation --target "$SITE" .whl/airbench-0.1.8.tar.gz
 fi
+# the machine at the log's head, not in a file of its own: trace's 2 traced files per variant need the room
 { nvidia-smi -L || true; python3 -c 'import sys, torch; print(sys.version.split()[0], torch.__version__)'; } \
-  | tee "$OUT/env.txt"
+  | tee "$OUT/cifar_$1.log"
 # the bench stops starting rounds at LIMIT and rewrites its JSON after each one; timeout is the backstop
-timeout $((LIMIT + 30)) "${cmd[@]}" 2>&1 | tee "$OUT/cifar_$1.log"
+timeout $((LIMIT + 30)) "${cmd[@]}" 2>&1 | tee -a "$OUT/cifar_$1.log"

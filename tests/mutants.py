@@ -470,6 +470,15 @@ MUTANTS = [
     # torch 2.11 deadlocked at exit when a dropped DDP wrapper outlived its process group (gloo)
     Mutant("ddp_wrapper_outlives_the_group", "training/dist.py", "        gc.collect()", "        pass",
            (TRAIN + "test_teardown_collects_a_dropped_ddp_wrapper_before_the_group_goes",)),
+    # what a lent GPU's 600 s call and 8 returned files of 16 MiB allow
+    Mutant("pipeline_steps_past_the_budget", "launch/bench_pipeline.sh", '  if [ "$left" -lt 20 ]; then',
+           "  if false; then", ("tests/test_launch.py::test_gpu_pipeline_script_makes_the_tree_first_and_keeps_to_its_budget",)),
+    Mutant("pipeline_step_not_cut_to_the_budget", "launch/bench_pipeline.sh", '[ "$secs" -le "$left" ] ||', "true ||",
+           ("tests/test_launch.py::test_gpu_pipeline_script_makes_the_tree_first_and_keeps_to_its_budget",)),
+    Mutant("cifar_trace_any_number_of_names", "launch/bench_cifar.sh", "[ $# -le 3 ] ||", "true ||",
+           ("tests/test_bench_cifar.py::test_launch_script_trace_brings_back_at_most_8_files",)),
+    Mutant("trace_kept_whole", "training/bench/cifar.py", "    if size <= limit:", "    if True:",
+           ("tests/test_bench_cifar.py::test_a_trace_over_the_device_calls_file_limit_is_cut_to_its_start",)),
     # the shape docs/DESIGN.md states
     Mutant("schedule_imports_torch", "training/phases.py", "import math", "import math, torch",
            ("tests/test_design.py::test_the_schedule_parsers_and_exporter_import_without_torch",)),

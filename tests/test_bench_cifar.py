@@ -197,6 +197,54 @@ def test_launch_script_variants_are_valid_configs():
                                                            "graphs=cifar.compile_mode=reduce-overhead"]
 
 
+def test_a_trace_over_the_device_calls_file_limit_is_cut_to_its_start(tmp_path):
+    """A GPU eager run's chrome trace can pass the 16 MiB a device call brings back per file: it is cut
+    to its earliest events (metadata kept) to fit, and one that fits is left as it is."""
+    rng = np.random.default_rng(0)
+    events = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "python"}}]
+    events += [{"ph": "X", "name": f"aten::op{rng.integers(1000)}", "ts": float(t), "dur": 1.5, "pid": 1, "tid": 1,
+                "args": {"id": int(rng.integers(1 << 30))}} for t in range(20_000)]
+    path = tmp_path / "x_trace.json.gz"
+    path.write_bytes(gzip.compress(json.dumps({"traceEvents": events, "traceName": "x"}).encode()))
+    whole = path.read_bytes()
+    assert bc.fit_trace(path, limit=len(whole)) is None and path.read_bytes() == whole
+    kept = bc.fit_trace(path, limit=len(whole) // 3)
+    doc = json.loads(gzip.decompress(path.read_bytes()))
+    assert path.stat().st_size <= len(whole) // 3 and doc["traceName"] == "x" and 0.1 < kept < 1 / 3
+    ts = [e["ts"] for e in doc["traceEvents"] if e["ph"] == "X"]
+    assert doc["traceEvents"][0]["ph"] == "M" and ts == [float(t) for t in range(len(ts))] and 2000 < len(ts) < 7000
+
+
+def test_launch_script_trace_brings_back_at_most_8_files(tmp_path):
+    """A device call brings back 8 files from $OUT: trace's log, JSON and 2 files per traced variant
+    (default + 2 NAMEs) fill them exactly, and a third NAME is refused before any GPU time."""
+    fake = tmp_path / "bin" / "python3"  # stands in for the bench: writes what it would write
+    fake.parent.mkdir()
+    fake.write_text(f"""#!{sys.executable}
+import pathlib, sys
+a = sys.argv[1:]
+if a[:2] == ["-m", "training.bench"]:
+    t = pathlib.Path(a[a.index("--trace") + 1])
+    t.mkdir(parents=True, exist_ok=True)
+    for v in a[a.index("--variants") + 1:]:
+        for end in ("_profile.txt", "_trace.json.gz"):
+            (t / (v.partition("=")[0] + end)).write_text("x")
+    pathlib.Path(a[a.index("--json") + 1]).write_text("{{}}")
+""")
+    fake.chmod(0o755)
+    (tmp_path / "data" / "cifar-10-batches-py").mkdir(parents=True)
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "OUT": str(out), "DATA": str(tmp_path / "data")}
+    r = subprocess.run(["bash", "launch/bench_cifar.sh", "trace", "eager", "graphs"], cwd=REPO, capture_output=True,
+                       text=True, timeout=30, env=env)
+    assert r.returncode == 0, r.stderr
+    files = sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file())
+    assert len(files) == 8 and "cifar_trace.log" in files and "trace/graphs_trace.json.gz" in files, files
+    r = subprocess.run(["bash", "launch/bench_cifar.sh", "trace", "eager", "graphs", "pool"], cwd=REPO,
+                       capture_output=True, text=True, timeout=30, env={**env, "OUT": str(tmp_path / "out2")})
+    assert r.returncode == 2 and "at most 2 NAMEs" in r.stderr and not (tmp_path / "out2").exists()
+
+
 def test_a_failing_row_is_reported_and_the_others_go_on(data, tmp_path, monkeypatch, capsys):
     def warmup94():
         assert os.path.isfile("cifar10/train.pt")

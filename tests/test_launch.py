@@ -134,14 +134,42 @@ def test_gpu_pipeline_script_commands_parse():
     r = run_bounded(["bash", "launch/bench_pipeline.sh"], cwd=REPO, timeout=30, env={**os.environ, "BENCH_DRY_RUN": "1"})
     assert r.returncode == 0, r.stderr
     steps = [shlex.split(line) for line in r.stdout.strip().splitlines()]
-    assert len(steps) == 7
+    assert len(steps) == 8
     for argv in steps:
         assert argv[:2] == ["timeout", argv[1]] and int(argv[1]) > 0
         if argv[2:5] == ["python3", "-m", "training.bench"]:
             args = build_parser().parse_args(argv[5:])  # argparse exits 2 on a bad flag or choice
-            assert args.command == "pipeline" and args.json.startswith("runs/bench-pipeline/")
+            tree_only = args.loader == [] and args.e2e_loader is None  # the tree step: generates, measures nothing
+            assert args.command == "pipeline" and (tree_only or args.json.startswith("runs/bench-pipeline/"))
         else:
             assert argv[2:5] == ["python3", "-m", "pytest"] and (REPO / argv[-1]).is_file()
+
+
+def test_gpu_pipeline_script_makes_the_tree_first_and_keeps_to_its_budget(tmp_path):
+    """The tree is a step of its own before any bench step (its generation ate the loaders' timeout),
+    and no step runs past BUDGET (the device call's 600 s would cut the whole call instead)."""
+    fake = tmp_path / "bin" / "python3"  # records each command; nvidia-smi is absent or harmless
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "$*" >> "$CALLS"\n')
+    fake.chmod(0o755)
+
+    def steps(budget: str) -> tuple[int, list[str]]:
+        out = tmp_path / f"out{budget}"
+        env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
+               "OUT": str(out), "STEPS": "full,e2e", "BUDGET": budget}
+        r = run_bounded(["bash", "launch/bench_pipeline.sh"], cwd=REPO, timeout=30, env=env)
+        return r.returncode, [ln for ln in (out / "log.txt").read_text().splitlines() if ln.startswith("== ")]
+
+    rc, said = steps("100")
+    ran = [shlex.split(ln[3:]) for ln in said if ln.startswith("== timeout")]
+    assert rc == 0 and len(ran) == 3
+    # the stand-in python3 returns at once, so ~100 s are left at every step
+    assert ran[0][-1] == "--loader" and "--json" not in ran[0] and 90 < int(ran[0][1]) <= 100  # the tree: 180, cut
+    assert "--source" in ran[1] and ran[1][1] == "90"  # its own timeout fits what is left
+    assert "--end-to-end" in ran[2] and 90 < int(ran[2][1]) <= 100  # 330, cut
+    rc, said = steps("10")
+    assert rc == 1 and said == ["== skipped tree: BUDGET (10 s) spent", "== skipped full: BUDGET (10 s) spent",
+                                "== skipped e2e: BUDGET (10 s) spent"]
 
 
 def _tree(root):

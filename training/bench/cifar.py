@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import importlib
 import io
 import json
@@ -63,6 +64,7 @@ from training.recipes import cifar as recipe
 DEFAULT_CONFIG = "configs/cifar10.yaml"
 AIRBENCH = "airbench94"  # the table's name for PyPI airbench's train94
 NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+TRACE_BYTES = 15 * 2**20  # a lent GPU's call brings back files of 16 MiB at most (airbench94's whole run: 15.1 MB)
 
 
 @dataclass
@@ -263,11 +265,36 @@ def trace_run(trainer: recipe.Trainer, seed: int, out: Path, name: str, say) -> 
     (out / f"{name}_profile.txt").write_text(
         ops.table(sort_by=device_attr if cuda else "self_cpu_time_total", row_limit=40) + "\n")
     prof.export_chrome_trace(str(out / f"{name}_trace.json.gz"))  # gzipped by torch for a .gz path
+    kept = fit_trace(out / f"{name}_trace.json.gz")
     line = f"{name}: traced run {result.train_seconds:.3f} s with the profiler on"
+    if kept is not None:
+        line += f" (chrome trace: its first {100 * kept:.0f}% in time, to fit {TRACE_BYTES >> 20} MiB)"
     if cuda:  # kernels are the device-side events; the ops that launched them carry the same time again
         busy = sum(getattr(e, device_attr) for e in ops if e.device_type != torch.autograd.DeviceType.CPU) / 1e6
         line += f", device busy {busy:.3f} s"
     say(f"{line} ({out / name}_profile.txt)")
+
+
+def fit_trace(path: Path, limit: int = TRACE_BYTES) -> float | None:
+    """Cut the gzipped chrome trace at ``path`` to its earliest events until it fits ``limit`` bytes
+    (an eager run's can be: ~17 KB a step of host events alone, on the CPU, x 485 steps, plus kernels);
+    the share of its time span kept, or None where it fit whole. NAME_profile.txt covers the whole run."""
+    size = path.stat().st_size
+    if size <= limit:
+        return None
+    doc = json.loads(gzip.decompress(path.read_bytes()))
+    events = doc["traceEvents"]
+    times = [e["ts"] for e in events if e.get("ph") != "M" and isinstance(e.get("ts"), (int, float))]
+    t0, t1 = min(times), max(times)
+    kept, data = 0.95 * limit / size, b""
+    while not data or (len(data) > limit and kept > 1e-3):
+        kept *= 0.8 if data else 1
+        cut = t0 + (t1 - t0) * kept
+        doc["traceEvents"] = [e for e in events if e.get("ph") == "M" or not isinstance(e.get("ts"), (int, float))
+                              or e["ts"] <= cut]
+        data = gzip.compress(json.dumps(doc).encode())
+    path.write_bytes(data)
+    return kept
 
 
 def raise_recompile_limit(compiled_models: int) -> None:
