@@ -74,7 +74,7 @@ extra=() variants=("default=")
 case "${1:-}" in
   compare) variants=("${VARIANTS[@]}"); runs=50 ;;
   trace)
-    # 3 + 2 per traced variant files come back from a device call, and it brings back 8 at most
+    # the JSON, the log and 2 per traced run (default + NAMEs) come back from a device call: 8 at most
     [ $# -le 3 ] || { echo "trace: at most 2 NAMEs (a device call brings back 8 files)" >&2; exit 2; }
     extra=(--trace "$OUT/trace")
     for name in "${@:2}"; do add_named trace "$name"; done

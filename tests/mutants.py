@@ -366,8 +366,8 @@ MUTANTS = [
     Mutant("check_skips_the_logdir", "training/recipes/imagenet.py", "    if not resume:  # (",
            "    if False:  # (", (CLI + "test_check_refuses_a_logdir_holding_a_run_unless_resuming",)),
     # values as typed: a text override whole, a YAML comment or a stray underscore refused, not dropped
-    Mutant("text_override_read_as_yaml", "training/config.py", "return path, raw if is_text(path) else parse_value(",
-           "return path, parse_value(", (CLI + "test_a_text_override_is_taken_whole_and_numbers_still_read",)),
+    Mutant("text_override_read_as_yaml", "training/config.py", "    if not is_text(path):",
+           "    if True:", (CLI + "test_a_text_override_is_taken_whole_and_numbers_still_read",)),
     Mutant("override_comment_dropped", "training/config.py", "    if (at := bounded.comment_at(raw)) is not None:",
            "    if (at := None) is not None:", (CLI + "test_a_value_yaml_would_read_otherwise_is_refused",)),
     Mutant("yaml_1_1_underscores", "training/bounded.py", '_MORE = r"(?:_?[0-9])*"', '_MORE = r"[0-9_]*"',
@@ -479,6 +479,15 @@ MUTANTS = [
            ("tests/test_bench_cifar.py::test_launch_script_trace_brings_back_at_most_8_files",)),
     Mutant("trace_kept_whole", "training/bench/cifar.py", "    if size <= limit:", "    if True:",
            ("tests/test_bench_cifar.py::test_a_trace_over_the_device_calls_file_limit_is_cut_to_its_start",)),
+    # the final review's findings (2026-11-26)
+    Mutant("unlockable_logdir_keeps_its_lock_file", "training/logs.py", "                path.unlink(missing_ok=True)",
+           "                pass", (FAULTS + "test_a_filesystem_that_cannot_lock_warns_and_leaves_no_lock_file",)),
+    Mutant("stale_nfs_lock_file_runs_unguarded", "training/logs.py", "if e.errno == errno.ESTALE:", "if False:",
+           (FAULTS + "test_a_lock_file_gone_stale_on_nfs_is_locked_anew",)),
+    Mutant("text_override_keeps_its_quotes", "training/config.py", "raw = raw.strip()", "pass",
+           (CLI + "test_a_text_override_is_taken_whole_and_numbers_still_read",)),
+    Mutant("user_cache_shared_by_hosts", "training/data/tree.py", 'f"{socket.gethostname()}:{split_dir}"', "split_dir",
+           ("tests/test_rectval.py::test_the_user_cache_is_one_per_host_and_the_one_beside_the_data_is_shared",)),
     # the shape docs/DESIGN.md states
     Mutant("schedule_imports_torch", "training/phases.py", "import math", "import math, torch",
            ("tests/test_design.py::test_the_schedule_parsers_and_exporter_import_without_torch",)),
@@ -493,6 +502,13 @@ MUTANTS = [
     Mutant("unshared_logdir_starts_over", "training/recipes/imagenet.py",
            "dist.check_logdir_shared(attempt, cfg.train.logdir)", "pass",
            ("tests/test_multinode.py::test_a_rank_0_blind_to_the_runs_checkpoints_stops_the_group_rather_than_start_over",)),
+    Mutant("resume_refuses_the_config_it_began_with", "training/recipes/imagenet.py",
+           "parse_schedule(cfg.phases, trained=bool(cfg.train.resume))", "parse_schedule(cfg.phases)",
+           ("tests/test_newcomer.py::test_a_run_is_resumed_with_the_config_it_began_with",)),
+    Mutant("fresh_job_told_to_resume_a_live_run", "training/recipes/imagenet.py",
+           "                lock = lock_logdir(cfg.train.logdir)  # held until",  # refused before it locks
+           "                check_fresh(cfg, attempt); lock = lock_logdir(cfg.train.logdir)  # held until",
+           (FAULTS + "test_a_logdir_in_use_refuses_a_second_run_until_its_holder_dies",)),
 ]
 
 

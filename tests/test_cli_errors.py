@@ -271,6 +271,10 @@ def test_a_text_override_is_taken_whole_and_numbers_still_read(workdir):
                          "train.seed=5", "optim.weight_decay=1e-3", "optim.momentum=0.1", "train.compile=true",
                          "train.print_freq=1_000"])[1]
     assert (cfg.train.logdir, cfg.data.dir, cfg.train.resume) == ("runs/exp #3", "/data/#1", "2024")
+    # blanks around it and a YAML string's quotes are not part of the text (an argv list no shell unquoted)
+    quoted = train.resolve(["--config", TINY, 'train.logdir= "runs/a b" ', "data.dir=' /data/x'",
+                            "train.resume='it''s'"])[1]
+    assert (quoted.train.logdir, quoted.data.dir, quoted.train.resume) == ("runs/a b", " /data/x", "it's")
     got = (cfg.train.seed, cfg.optim.weight_decay, cfg.optim.momentum, cfg.train.compile, cfg.train.print_freq)
     assert repr(got) == repr((5, 1e-3, 0.1, True, 1000))
 

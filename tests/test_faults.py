@@ -5,6 +5,8 @@ The kill and the hang use the fault drill of docs/OPERATIONS.md (FASTIMAGENET_FA
 only in the first attempt of an elastic run."""
 from __future__ import annotations
 
+import errno
+import json
 import os
 import socket
 import subprocess
@@ -21,7 +23,8 @@ from conftest import REPO, make_jpeg_tree
 from dawn.events import load_run
 from dawn.prepare_dawn_tsv import eval_rows
 from procs import run_bounded
-from training import dist, loop, train
+from training import config as C
+from training import dist, logs, loop, train
 from training.logs import RunLogger
 from training.phases import parse_schedule
 
@@ -94,6 +97,11 @@ def test_a_logdir_in_use_refuses_a_second_run_until_its_holder_dies(
         assert train.main(args) == 2
         assert [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")] == [in_use]
         assert sorted(p.name for p in logdir.iterdir()) == ["run.lock"]  # nothing of the refused run
+        (logdir / "config.yaml").write_text("{}\n")  # what the holder has written: a fresh job is told it is in use,
+        fresh = [a for a in args if a not in ("--resume", "auto")]  # not to continue it with --resume auto
+        assert train.main(fresh) == 2
+        assert [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")] == [in_use]
+        (logdir / "config.yaml").unlink()
     finally:
         holder.kill()
         holder.wait()
@@ -108,6 +116,48 @@ def test_a_logdir_in_use_refuses_a_second_run_until_its_holder_dies(
     assert train.main(args) == 0
     assert seen == [in_use[len("error: "):].replace(str(holder.pid), str(os.getpid()))]  # held while it trains
     assert lock_probe(logdir) == "" and not (logdir / "run.lock").exists()  # free, and gone, once it is done
+
+
+def test_a_lock_file_that_cannot_be_written_is_a_config_error_and_leaves_nothing(tmp_path, monkeypatch):
+    """A full disk or quota while naming the holder: rank 0 sends every rank a ConfigError (an OSError
+    only it raised left the others waiting for its broadcast), and the lock file goes with the lock."""
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(logs.os, "fsync", full)
+    with pytest.raises(C.ConfigError, match=rf"logdir {tmp_path} is not writable \(No space left on device\)"):
+        logs.lock_logdir(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    logs.lock_logdir(str(tmp_path)).release()  # free: nothing held
+
+
+def _lockf_failing(errnos: list[int]):
+    """fcntl.lockf that raises OSError(errno) for each of ``errnos`` in turn, then locks."""
+    real = logs.fcntl.lockf
+
+    def lockf(fd, how):
+        if errnos:
+            code = errnos.pop(0)
+            raise OSError(code, os.strerror(code))
+        return real(fd, how)
+    return lockf
+
+
+def test_a_filesystem_that_cannot_lock_warns_and_leaves_no_lock_file(tmp_path, monkeypatch, capsys):
+    """NFS without lockd (ENOLCK): the run goes on unguarded, said once, and the empty file it made goes."""
+    monkeypatch.setattr(logs.fcntl, "lockf", _lockf_failing([errno.ENOLCK]))
+    assert logs.lock_logdir(str(tmp_path)) is None
+    assert f"warning: cannot lock logdir {tmp_path} (No locks available)" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_file_gone_stale_on_nfs_is_locked_anew(tmp_path, monkeypatch):
+    """ESTALE: the holder deleted the file between our open and lockf (its release); lock the new one."""
+    monkeypatch.setattr(logs.fcntl, "lockf", _lockf_failing([errno.ESTALE]))
+    lock = logs.lock_logdir(str(tmp_path))
+    assert lock is not None and json.loads((tmp_path / logs.LOCK_FILE).read_text())["pid"] == os.getpid()
+    lock.release()
 
 
 def final_checkpoint(logdir: Path) -> dict:

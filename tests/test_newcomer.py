@@ -179,6 +179,24 @@ def test_a_checkpoints_schedule_is_resumed_as_it_was_written(data, finished, tmp
     assert "the run is already complete (1 of 1 epochs)" in capsys.readouterr().err
 
 
+def test_a_run_is_resumed_with_the_config_it_began_with(data, finished, tmp_path, capsys):
+    """The config a run began with (before a data phase past the end was refused) still resumes it:
+    the checkpoint's phases train, and they are the config's; only a new run refuses them."""
+    logdir = copy_of(finished, tmp_path)
+    path = logdir / "checkpoints" / "epoch_0001.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"]["phases"].append({"ep": 5, "sz": 32, "bs": 8})
+    torch.save(ckpt, path)
+    began = str(ckpt["config"]["phases"])
+    argv = [str(data), *TINY, f"train.logdir={logdir}", "--phases", began]
+    for extra in (["--check"], [], ["--dry-run"]):
+        assert train.main([*argv, "--resume", "auto", *extra]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    fresh = [str(data), *TINY, f"train.logdir={tmp_path / 'new'}", "--phases", began, "--dry-run"]
+    assert train.main(fresh) == 2
+    assert "the data phase at epoch 5 never runs" in capsys.readouterr().err
+
+
 def test_resume_with_other_settings_names_them(data, tmp_path, capsys):
     logdir = tmp_path / "run"
     assert train.main([str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1"]) == 0

@@ -160,6 +160,19 @@ def test_read_only_data_falls_back_or_skips_caching(tmp_path, monkeypatch):
     assert tree.index_tree(str(root / "validation"), ["a"]).sizes == SIZES
 
 
+def test_the_user_cache_is_one_per_host_and_the_one_beside_the_data_is_shared(tmp_path, monkeypatch):
+    """A home shared by nodes that each hold their own copy of a read-only DATA (other mtimes): one
+    cache for all would have every node find every file changed at every start and write it back."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home"))
+    split = str(tmp_path / "data" / "train")
+    monkeypatch.setattr(tree.socket, "gethostname", lambda: "node1")
+    beside1, home1 = tree._cache_files(split)
+    monkeypatch.setattr(tree.socket, "gethostname", lambda: "node2")
+    beside2, home2 = tree._cache_files(split)
+    assert beside1 == beside2 == str(tmp_path / "data" / ".train-index.npz")
+    assert home1 != home2 and Path(home1).parent == Path(home2).parent == tmp_path / "home" / "training-data-index"
+
+
 @pytest.mark.parametrize("wh", [(300, 150), (150, 300), (200, 200), (257, 131), (131, 257), (64, 41), (41, 64)])
 @pytest.mark.parametrize("crop", [(64, 64), (64, 120), (120, 64), (64, 72), (64, 73), (70, 64)])
 def test_val_geometry_is_torchvisions_resize_and_center_crop(wh, crop):

@@ -313,10 +313,16 @@ def is_text(path: list[str]) -> bool:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'optim.weight_decay=5e-5' -> (['optim', 'weight_decay'], 5e-05). A text setting takes the value
-    as typed, as its --flag does: as YAML 'train.logdir=runs/exp #3' lost ' #3' (a comment)."""
+    as typed, as its --flag does (as YAML 'train.logdir=runs/exp #3' lost ' #3', a comment), but for
+    blanks around it and the quotes of a YAML string ('train.logdir="runs/x"' from a list of args
+    that no shell unquoted), which are not part of a path or a name."""
     key, _, raw = text.partition("=")
     path = key.strip().split(".")
-    return path, raw if is_text(path) else parse_value(raw, key.strip())
+    if not is_text(path):
+        return path, parse_value(raw, key.strip())
+    raw = raw.strip()
+    quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
+    return path, parse_value(raw, key.strip()) if quoted else raw
 
 
 def merge(data: dict, path: list[str], value: Any) -> dict:

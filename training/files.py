@@ -1,4 +1,4 @@
-"""Walking an image tree: each folder's non-hidden files in sorted order, as ImageFolder lists them.
+"""Walking an image tree: each folder's non-hidden files, sorted, and its subfolders depth first.
 
 Torch-free, so ``training.resize`` (and its pool workers) start without importing torch.
 """

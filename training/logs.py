@@ -104,9 +104,14 @@ def lock_logdir(logdir: str) -> LogdirLock | None:
         except OSError as e:
             held = e.errno in (errno.EACCES, errno.EAGAIN)
             holder = _holder(fd) if held else ""
+            empty = not held and os.fstat(fd).st_size == 0
             os.close(fd)
             if held:
                 raise _in_use(logdir, holder) from None
+            if e.errno == errno.ESTALE:  # NFS: the holder deleted it as it let go (release): try the new one
+                continue
+            if empty:  # made just now (a holder writes its name): a run that cannot lock leaves no lock file
+                path.unlink(missing_ok=True)
             return _unlocked(logdir, e)
         try:  # the holder deleted this file as it let go (release): lock the one now there
             if os.path.samestat(os.fstat(fd), os.stat(path)):
@@ -114,10 +119,15 @@ def lock_logdir(logdir: str) -> LogdirLock | None:
         except FileNotFoundError:
             pass
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, (json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n").encode())
-    os.fsync(fd)  # another NFS client reads it to name the holder
-    return LogdirLock(path, fd)
+    lock = LogdirLock(path, fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps({"pid": os.getpid(), "host": socket.gethostname()}) + "\n").encode())
+        os.fsync(fd)  # another NFS client reads it to name the holder
+    except OSError as e:  # a full disk or quota: as a ConfigError rank 0 sends it to every rank (an OSError hung them)
+        lock.release()
+        raise ConfigError(f"logdir {logdir} is not writable ({e.strerror or e})") from None
+    return lock
 
 
 def check_logdir_free(logdir: str) -> None:

@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             return check(cfg, own_disk=not args.rejoin)
         cifar = cfg.recipe == "cifar"
-        schedule = parse_schedule(cfg.phases, step_start=cifar)  # the cifar recipe's lr arithmetic
+        # step_start: the cifar recipe's lr arithmetic; resuming, the checkpoint's phases train (check_config)
+        schedule = parse_schedule(cfg.phases, step_start=cifar, trained=bool(cfg.train.resume))
         drop_last = cifar and cfg.cifar.drop_last
         if args.dry_run:
             val_batch = cfg.cifar.eval_batch_size if cifar else cfg.data.val_batch_size

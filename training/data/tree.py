@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import socket
 import sys
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -130,10 +131,11 @@ def probe_image(path: str) -> tuple[int, int] | str:
 
 def _cache_files(split_dir: str) -> list[str]:
     """Where the header index may live: beside the split (like imagenet18's sorted_idxar.p), else in
-    the user cache when DATA is read-only."""
+    the user cache when DATA is read-only, one per host: a home shared by nodes that each hold their own
+    copy of DATA (other mtimes) would otherwise have every node find every file changed, every start."""
     split_dir = os.path.abspath(split_dir)
     home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    key = hashlib.sha1(os.fsencode(split_dir)).hexdigest()[:20]
+    key = hashlib.sha1(os.fsencode(f"{socket.gethostname()}:{split_dir}")).hexdigest()[:20]
     return [os.path.join(os.path.dirname(split_dir), f".{os.path.basename(split_dir)}-index.npz"),
             os.path.join(home, "training-data-index", f"{key}.npz")]
 

@@ -153,7 +153,9 @@ def check_config(cfg: Config) -> Schedule:
     architecture's name, the checkpoint cadence. The cifar section, which this recipe does not
     read, must stay at its defaults (--runs 5 or a cifar config's settings were silently ignored)."""
     refuse_unread(cfg, "imagenet", ("cifar",), f"recipe: {cfg.recipe}; the cifar recipe is recipe: cifar")
-    schedule = parse_schedule(cfg.phases)
+    # resuming, the checkpoint's phases train, not these (a run begun before a data phase past the end
+    # was refused may be resumed with the config it began with): refused only in a new schedule
+    schedule = parse_schedule(cfg.phases, trained=bool(cfg.train.resume))
     resnet.check_arch(cfg.model.arch)
     checkpoint.check_cadence(cfg.train.checkpoint_every, cfg.train.checkpoint_min_interval_s)
     return schedule
@@ -216,9 +218,9 @@ def main(cfg: Config) -> int:
         refused = None
         if info.is_main and not cfg.train.evaluate:  # evaluating writes nothing
             try:
-                check_fresh(cfg, attempt)
                 created = check_logdir(cfg.train.logdir)
                 lock = lock_logdir(cfg.train.logdir)  # held until the run ends: one run writes the logdir
+                check_fresh(cfg, attempt)  # after the lock: a job on a running run's logdir hears it is in use
             except ConfigError as e:
                 refused = str(e)
         # every rank stops on rank 0's refusal, rather than wait for it in a collective and be blamed
