@@ -488,6 +488,9 @@ MUTANTS = [
            (CLI + "test_a_text_override_is_taken_whole_and_numbers_still_read",)),
     Mutant("user_cache_shared_by_hosts", "training/data/tree.py", 'f"{socket.gethostname()}:{split_dir}"', "split_dir",
            ("tests/test_rectval.py::test_the_user_cache_is_one_per_host_and_the_one_beside_the_data_is_shared",)),
+    Mutant("cifar_job_told_a_live_logdir_holds_a_run", "training/recipes/cifar.py",
+           "        check_logdir_free(cfg.train.logdir)  # first:", "        pass  # first:",
+           (FAULTS + "test_a_logdir_in_use_refuses_a_second_run_until_its_holder_dies",)),
     # the shape docs/DESIGN.md states
     Mutant("schedule_imports_torch", "training/phases.py", "import math", "import math, torch",
            ("tests/test_design.py::test_the_schedule_parsers_and_exporter_import_without_torch",)),

@@ -101,6 +101,8 @@ def test_a_logdir_in_use_refuses_a_second_run_until_its_holder_dies(
         fresh = [a for a in args if a not in ("--resume", "auto")]  # not to continue it with --resume auto
         assert train.main(fresh) == 2
         assert [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")] == [in_use]
+        assert train.main(cifar[:-1]) == 2  # the cifar recipe too, before it reads its data
+        assert [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")] == [in_use]
         (logdir / "config.yaml").unlink()
     finally:
         holder.kill()

@@ -546,6 +546,7 @@ def main(cfg: Config) -> int:
         cfg.train.precision = loop.resolve_precision(device, cfg.train.precision)  # config.yaml says what ran
         if warning := loop.precision_warning(device, cfg.train.precision):
             print(warning, file=sys.stderr)
+        check_logdir_free(cfg.train.logdir)  # first: a second job on a live run's logdir hears it is in use
         data_dir = cdata.ensure_data(cfg.data.dir or DEFAULT_DATA_DIR, c.dataset, download=c.download)
         refuse_reuse(cfg.train.logdir, resumable=False)
         trainer = Trainer(cfg, schedule, device, data_dir)  # data read first: bad data leaves no logdir
