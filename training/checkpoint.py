@@ -138,13 +138,15 @@ def load(path: str | os.PathLike, tensors: bool = True) -> dict:
     return ckpt
 
 
-def latest_good(logdir: str | os.PathLike) -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads; corrupt newer ones are skipped with a warning."""
+def latest_good(logdir: str | os.PathLike, tensors: bool = True, warn: bool = True) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads (``tensors``: as ``load``); corrupt newer ones are skipped,
+    with a warning unless not ``warn`` (train.py --check, which says one line or nothing)."""
     for path in reversed(list_checkpoints(logdir)):
         try:
-            return path, load(path)
+            return path, load(path, tensors)
         except CheckpointError as e:
-            print(f"warning: {e}; falling back to an older checkpoint", file=sys.stderr)
+            if warn:
+                print(f"warning: {e}; falling back to an older checkpoint", file=sys.stderr)
     return None
 
 

@@ -187,14 +187,12 @@ def check_start(cfg: Config, schedule: Schedule, own_disk: bool = True) -> None:
 def saved_schedule(resume: str, logdir: str) -> Schedule | None:
     """The schedule a run resumed from ``resume`` (a path, or 'auto': the logdir's newest checkpoint
     that reads) goes on with: its checkpoint's, read without its tensors. None: nothing to resume."""
-    paths = reversed(checkpoint.list_checkpoints(logdir)) if resume == "auto" else [resume]
-    for path in paths:
-        try:
-            return parse_schedule(checkpoint.load(path, tensors=False)["config"]["phases"], trained=True)
-        except checkpoint.CheckpointError:
-            if resume != "auto":  # the run would refuse it too
-                raise
-    return None
+    if resume == "auto":
+        found = checkpoint.latest_good(logdir, tensors=False, warn=False)
+        ckpt = found[1] if found else None
+    else:
+        ckpt = checkpoint.load(resume, tensors=False)  # the run would refuse it too
+    return parse_schedule(ckpt["config"]["phases"], trained=True) if ckpt else None
 
 
 def main(cfg: Config) -> int:
