@@ -512,6 +512,15 @@ MUTANTS = [
            "                lock = lock_logdir(cfg.train.logdir)  # held until",  # refused before it locks
            "                check_fresh(cfg, attempt); lock = lock_logdir(cfg.train.logdir)  # held until",
            (FAULTS + "test_a_logdir_in_use_refuses_a_second_run_until_its_holder_dies",)),
+    Mutant("eta_ignores_max_epochs", "training/loop.py", "train_epoch(state, train, hooks, ctx, epoch, timer, shapes_seen, end)",
+           "train_epoch(state, train, hooks, ctx, epoch, timer, shapes_seen)",
+           ("tests/test_loop.py::test_the_progress_line_eta_counts_to_max_epochs",)),
+    Mutant("eta_counts_a_partial_batch_as_full", "training/loop.py", "left += (min(iters * bs, per_rank) - skip) * world",
+           "left += (iters * bs - skip) * world",
+           ("tests/test_loop.py::test_eta_counts_the_steps_the_drop_last_loader_yields",)),
+    Mutant("exporter_refuses_the_phases_a_run_trained", "dawn/prepare_dawn_tsv.py",
+           'parse_schedule(meta["phases"], trained=True)', 'parse_schedule(meta["phases"])',
+           ("tests/test_dawn.py::test_a_run_whose_phases_predate_the_end_of_schedule_check_still_exports",)),
 ]
 
 

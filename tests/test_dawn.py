@@ -297,6 +297,23 @@ def test_tensor_scalars_and_run_metadata_text(tmp_path):
                                              "hours": 0.2, "evalTimeExcluded": False}
 
 
+def test_a_run_whose_phases_predate_the_end_of_schedule_check_still_exports(tmp_path):
+    """A run begun before phases refused a data phase at the schedule's end (it never trains) logged
+    such phases in its metadata: the exporter reads them as the run trained them, not as a new
+    command line, so the entry is written with the phases that did train."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    write_run(tmp_path, [(10, 1360.0, 60.0, 85.0, 3.0, 0), (20, 1720.0, 70.0, 93.5, 3.0, 1)])
+    phases = [{"ep": 0, "sz": 128, "bs": 256}, {"ep": [0, 2], "lr": [1.0, 0.1]}, {"ep": 2, "sz": 224, "bs": 128}]
+    w = SummaryWriter(str(tmp_path))
+    w.add_text("run/metadata", json.dumps({"phases": phases}), 0)
+    w.close()
+    r = export("--events_path", str(tmp_path), "--format", "json")
+    assert r.returncode == 0, r.stderr
+    sched = json.loads(r.stdout)["misc"]["schedule"]
+    assert sched["epochs"] == 2 and [(d["fromEpoch"], d["size"]) for d in sched["data"]] == [(0, 128), (2, 224)]
+
+
 @pytest.mark.parametrize("dtype, fields, plugin, message", [
     # no numpy type: another writer's tensor is skipped; one that says it is a scalar is an error
     ("DT_BFLOAT16", {"half_val": [16256]}, None, None),

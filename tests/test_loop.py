@@ -99,12 +99,41 @@ def test_an_unsynced_profile_lets_the_host_run_ahead(tmp_path, capsys, monkeypat
 
 def test_eta_counts_the_steps_the_drop_last_loader_yields():
     """airbench94's schedule (bs 1024, 9.9 epochs of 50,000 images): the cifar loader drops the
-    partial batch, so 9 * 48 + ceil(0.9 * 48) = 476 steps are left at the start, not the 486 of
-    49-step epochs; a loader keeping it (imagenet's) runs 486."""
+    partial batch, so 9 * 48 + ceil(0.9 * 48) = 476 steps of 1024 are left at the start, not the 486
+    of 49-step epochs; a loader keeping it (imagenet's) runs 9 whole epochs of 50,000 images (the
+    49th batch holds 848) and 45 of the last epoch's 49 batches (the 9.9th epoch ends mid-epoch)."""
     schedule = parse_schedule([{"ep": 0, "sz": 32, "bs": 1024}, {"ep": [0, 9.9], "lr": 0.1}], step_start=True)
     state = loop.TrainState(nn.Linear(1, 1), nn.Linear(1, 1), None, None, schedule)
-    for drop_last, steps in ((True, 476), (False, 486)):
+    for drop_last, start, after_40, after_all in ((True, 476 * 1024, (8 + 44) * 1024, 44 * 1024),
+                                                  (False, 9 * 50_000 + 45 * 1024, 50_000 - 40 * 1024 + 45 * 1024,
+                                                   45 * 1024)):
         ctx = loop.RunContext(dist=DistInfo(0, 1, 0, torch.device("cpu")), logger=None, num_train=50_000,
                               drop_last=drop_last)
-        assert loop._images_left(state, ctx, 0, 0) == steps * 1024
-        assert loop._images_left(state, ctx, 9, 40) == (steps - 9 * (48 if drop_last else 49) - 40) * 1024
+        assert loop._images_left(state, ctx, 0, 0) == start
+        assert loop._images_left(state, ctx, 8, 40) == after_40  # epoch 8, 40 steps done
+        assert loop._images_left(state, ctx, 8, 48 if drop_last else 49) == after_all  # its last step done
+
+
+def test_eta_ends_where_max_epochs_stops_the_invocation():
+    """--max-epochs 2 from epoch 3 of a 10-epoch schedule: the ETA counts epochs 3 and 4 only, the
+    second at its own phase's batch; across 2 ranks each takes ceil(1001 / 2) = 501 images an epoch."""
+    schedule = parse_schedule([{"ep": 0, "sz": 32, "bs": 100}, {"ep": 4, "sz": 32, "bs": 200},
+                               {"ep": [0, 10], "lr": 0.1}])
+    state = loop.TrainState(nn.Linear(1, 1), nn.Linear(1, 1), None, None, schedule)
+    ctx = loop.RunContext(dist=DistInfo(0, 2, 0, torch.device("cpu")), logger=None, num_train=1001)
+    assert loop._images_left(state, ctx, 3, 2, stop=5) == ((501 - 200) + 501) * 2
+    assert loop._images_left(state, ctx, 3, 2) == ((501 - 200) + 6 * 501) * 2
+    assert loop._images_left(state, ctx, 3, 2, stop=20) == ((501 - 200) + 6 * 501) * 2
+
+
+def test_the_progress_line_eta_counts_to_max_epochs(tmp_path, monkeypatch):
+    """loop.run hands its --max-epochs end to the ETA: after epoch 0's last step of a 3-epoch run
+    stopped after 1 epoch, nothing is left (24 images would be, to the schedule's end)."""
+    lefts = []
+    images_left = loop._images_left
+    monkeypatch.setattr(loop, "_images_left", lambda *a, **k: lefts.append(images_left(*a, **k)) or lefts[-1])
+    run(tmp_path / "stopped", False, max_epochs=1, print_freq=1)
+    assert lefts == [8, 4, 0]
+    lefts.clear()
+    run(tmp_path / "whole", False, print_freq=1)
+    assert lefts[:3] == [32, 28, 24]

@@ -7,6 +7,7 @@ logging steps, and the learning rate comes from the pure schedule, not from tens
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -190,9 +191,10 @@ def _step_finite(loss: torch.Tensor) -> bool:
 
 
 def train_epoch(state: TrainState, loader: Loader, hooks: Hooks, ctx: RunContext, epoch: int,
-                timer: StageTimer | None = None, shapes_seen: set | None = None) -> None:
+                timer: StageTimer | None = None, shapes_seen: set | None = None, stop: int | None = None) -> None:
     """One epoch's steps; stage times go to ``timer`` (run passes one and prints its table).
-    ``shapes_seen``: the training shapes whose first step was timed already (ctx.report_first_steps)."""
+    ``shapes_seen``: the training shapes whose first step was timed already (ctx.report_first_steps).
+    ``stop``: the epoch this invocation ends before (--max-epochs), for the ETA; the schedule's end if None."""
     sched, opt, device = state.schedule, state.optimizer, ctx.dist.device
     full_iters = len(loader)
     # the schedule's share of what this epoch's loader yields: a phase may train on another copy of the
@@ -254,7 +256,7 @@ def train_epoch(state: TrainState, loader: Loader, hooks: Hooks, ctx: RunContext
             ips = images_since_log / max(now - t_log, 1e-9)
             t_log, images_since_log = now, 0
             mean_loss = loss.item() / (batch if hooks.loss_is_sum else 1)
-            _log_train(state, ctx, logits, labels, mean_loss, lr, ips, epoch, i, iters)
+            _log_train(state, ctx, logits, labels, mean_loss, lr, ips, epoch, i, iters, stop)
             timer.mark("logging")  # the loss check's sync: unsynced, the device's queued steps land here
     timer.mark("data wait")  # the fetch that ended the loop
     _check_finite(losses, epoch)
@@ -280,7 +282,7 @@ def _check_finite(losses: torch.Tensor | None, epoch: int) -> None:
 
 
 def _log_train(state: TrainState, ctx: RunContext, logits, labels, loss: float, lr: float, ips: float,
-               epoch: int, i: int, iters: int) -> None:
+               epoch: int, i: int, iters: int, stop: int | None) -> None:
     """A logging step: the only place the step's results are read back to the host."""
     c1, c5 = topk_correct(logits.detach().float(), labels)
     n = labels.shape[0]
@@ -290,20 +292,26 @@ def _log_train(state: TrainState, ctx: RunContext, logits, labels, loss: float, 
     log.scalar("losses/train_5", 100 * c5.item() / n, step)
     log.scalar("times/1gpu_images_per_sec", ips, step)
     log.scalar("sizes/lr", lr, step)
-    left = _images_left(state, ctx, epoch, i + 1)
+    left = _images_left(state, ctx, epoch, i + 1, stop)
     eta = left / max(ips * ctx.dist.world_size, 1e-9)
     log.progress(f"epoch {epoch} [{i + 1}/{iters}] loss {loss:.4f} lr {lr:.5g} "
                  f"{ips:,.0f} img/s/rank  ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}")
 
 
-def _images_left(state: TrainState, ctx: RunContext, epoch: int, done: int) -> int:
+def _images_left(state: TrainState, ctx: RunContext, epoch: int, done: int, stop: int | None = None) -> int:
+    """Images all ranks still train in this invocation after ``done`` steps of ``epoch``: the steps
+    the loader yields up to ``stop`` (the schedule's end if None), the partial last batch counted
+    as the images it holds."""
     sched, world = state.schedule, ctx.dist.world_size
+    per_rank = math.ceil(ctx.num_train / world)
     left = 0
-    for e in range(epoch, sched.num_epochs):
+    for e in range(epoch, sched.num_epochs if stop is None else min(stop, sched.num_epochs)):
         iters = sched.iters_per_epoch(e, ctx.num_train, world, ctx.drop_last)  # the steps the loader yields
         if ctx.short_epoch_steps:
             iters = min(iters, ctx.short_epoch_steps)
-        left += (iters - (done if e == epoch else 0)) * sched.data_phase(e).batch_size * world
+        bs = sched.data_phase(e).batch_size
+        skip = min(done * bs, per_rank) if e == epoch else 0
+        left += (min(iters * bs, per_rank) - skip) * world
     return max(left, 0)
 
 
@@ -339,7 +347,7 @@ def run(state: TrainState, loaders: PhaseSource, hooks: Hooks, ctx: RunContext) 
             log.human(f"phase at epoch {epoch}: size {phase.size} batch {phase.batch_size} val_batch {val.batch_size}"
                       f"{_phase_extras(phase)}")
             last_phase = phase
-        train_epoch(state, train, hooks, ctx, epoch, timer, shapes_seen)
+        train_epoch(state, train, hooks, ctx, epoch, timer, shapes_seen, end)
         state.epoch = epoch + 1
         final = state.epoch == sched.num_epochs
         if final or (hooks.eval_every and state.epoch % hooks.eval_every == 0):
