@@ -521,6 +521,9 @@ MUTANTS = [
     Mutant("exporter_refuses_the_phases_a_run_trained", "dawn/prepare_dawn_tsv.py",
            'parse_schedule(meta["phases"], trained=True)', 'parse_schedule(meta["phases"])',
            ("tests/test_dawn.py::test_a_run_whose_phases_predate_the_end_of_schedule_check_still_exports",)),
+    Mutant("bench_loader_workers_spawned", "training/bench/pipeline.py",
+           "mp.set_start_method(start_method, force=True)", "pass",
+           ("tests/test_bench.py::test_pipeline_cli_measures_each_loader_in_whole_epoch_windows",)),
 ]
 
 

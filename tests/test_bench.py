@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import sys
 from pathlib import Path
@@ -236,6 +237,8 @@ def test_pipeline_cli_measures_each_loader_in_whole_epoch_windows(tmp_path, caps
                        "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert [(r["loader"], r["size"]) for r in doc["results"]] == [("torchvision", 32), ("dali", 32)]
+    # each row runs in a spawned process, but its loader's workers start as the trainer's would
+    assert [r["worker_start"] for r in doc["results"]] == [multiprocessing.get_start_method()] * 2
     for r in doc["results"]:
         assert r["batches_per_epoch"] == 6 and r["epochs"] >= 2 and len(r["img_s_windows"]) == r["epochs"]
         assert r["img_s"] > 0 and r["first_start_s"] > 0 and r["restart_s"] is not None

@@ -73,9 +73,15 @@ def _busy_jiffies() -> tuple[int, int] | None:
 
 
 def measure(loader: str, data: str, train_dir: str, size: int, batch_size: int, workers: int, seconds: float,
-            skip: int, device: str, hw_load: float = 0.65) -> dict:
-    """One (loader, size) in this process: whole epochs for ``seconds``, one timed window each."""
+            skip: int, device: str, hw_load: float = 0.65, start_method: str | None = None) -> dict:
+    """One (loader, size) in this process: whole epochs for ``seconds``, one timed window each.
+    ``start_method``: how worker processes start here; the bench's spawned child would otherwise
+    spawn them too (each importing torch: 2 s for 2 workers on a 2-core VM, 0.15 s forked), a first
+    start the trainer, which starts them as its platform does, never pays."""
     import torch
+
+    if start_method:
+        mp.set_start_method(start_method, force=True)
 
     from training.data import LoaderSpec, get_backend
     from training.phases import DataPhase
@@ -142,7 +148,7 @@ def measure(loader: str, data: str, train_dir: str, size: int, batch_size: int, 
     return {"loader": loader, "size": size, "train_dir": train_dir, "img_s": statistics.median(windows),
             "img_s_windows": windows, "cores": statistics.median(cores) if cores else None,
             "first_start_s": starts[0], "restart_s": statistics.median(starts[1:]) if len(starts) > 1 else None,
-            "index_s": index_s, "skip": skip, "epochs": epoch, "batches_per_epoch": len(train), "backend": chosen.notes} | out
+            "index_s": index_s, "worker_start": mp.get_start_method(), "skip": skip, "epochs": epoch, "batches_per_epoch": len(train), "backend": chosen.notes} | out
 
 
 def _train_dir(size: int, args: argparse.Namespace) -> str:
@@ -267,12 +273,13 @@ def run(args: argparse.Namespace) -> int:
     doc: dict = {"kind": "pipeline", "meta": _meta(args, device, data), "results": [], "end_to_end": []}
     results, e2e = doc["results"], doc["end_to_end"]
     ctx = mp.get_context("spawn")
+    workers_start = mp.get_start_method()  # the platform's, as train.py's loader workers start
     for size in args.sizes:
         for loader in args.loader:
             with ProcessPoolExecutor(1, mp_context=ctx) as pool:  # not daemonic: may fork workers
                 try:
                     r = pool.submit(measure, loader, str(data), dirs[size], size, args.batch_size, args.workers,
-                                    args.seconds, args.skip, device, args.dali_hw_load).result()
+                                    args.seconds, args.skip, device, args.dali_hw_load, workers_start).result()
                 except Exception as e:  # one loader failing (e.g. DALI on this driver) must not hide the rest
                     r = {"loader": loader, "size": size, "error": f"{type(e).__name__}: {e}".splitlines()[0]}
             results.append(r)
