@@ -524,6 +524,9 @@ MUTANTS = [
     Mutant("bench_loader_workers_spawned", "training/bench/pipeline.py",
            "mp.set_start_method(start_method, force=True)", "pass",
            ("tests/test_bench.py::test_pipeline_cli_measures_each_loader_in_whole_epoch_windows",)),
+    Mutant("auto_precision_ignores_cpu_flags", "training/loop.py",
+           "return bool(set(probes.values()) & cpu_flags())", "return False",
+           ("tests/test_cpu.py::test_auto_precision_reads_the_cpu_flags_where_torch_has_no_probe",)),
 ]
 
 

@@ -131,8 +131,27 @@ def native_bf16(device: torch.device) -> bool:
     AVX-512 BF16 or AMX (without them oneDNN emulates it, many times slower than fp32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, hence getattr
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    # torch's probes are private (hence getattr) and newer than torch 2.4, the floor: there the CPU's
+    # own flags say it (Linux), or auto would pick fp32, 1.5x slower on an AVX-512 BF16 VM (BENCHMARKS.md)
+    probes = {"_is_avx512_bf16_supported": "avx512_bf16", "_is_amx_tile_supported": "amx_tile"}
+    if all(hasattr(torch.cpu, probe) for probe in probes):
+        return any(getattr(torch.cpu, probe)() for probe in probes)
+    return bool(set(probes.values()) & cpu_flags())
+
+
+CPUINFO = "/proc/cpuinfo"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them; empty where there is no such file."""
+    try:
+        with open(CPUINFO, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
 
 
 def resolve_precision(device: torch.device, precision: str) -> str:
