@@ -30,6 +30,7 @@ import datetime as dt
 import json
 import math
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,10 +233,22 @@ def _value_at(series: list[Scalar], step: int) -> Scalar | None:
 
 
 def write_atomic(data: str | bytes, out: Path) -> None:
-    """Write via a temp file in the same directory and rename, so ``out`` is never half-written."""
+    """Write via a temp file in the same directory and rename, so ``out`` is never half-written. A
+    symlink's target is written, not the link replaced; what is no file to rename over (/dev/stdout,
+    a pipe, a device) is written straight: a rename would put a file in its place (as root, /dev/stdout)."""
+    data = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        regular = stat.S_ISREG(os.stat(out).st_mode)
+    except OSError:  # not there yet (or a dangling link): made by the rename
+        regular = True
+    if not regular:
+        with open(out, "wb") as f:
+            f.write(data)
+        return
+    out = Path(os.path.realpath(out))
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # same filesystem, so the rename is atomic
     try:
-        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        tmp.write_bytes(data)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ background writes, the checkpoint cadence, the exit's wait and SIGTERM."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import signal
 import subprocess
@@ -76,12 +77,20 @@ def test_stale_temp_file_of_a_killed_writer_is_removed(tmp_path):
     assert names(tmp_path) == ["epoch_0001.pt", "epoch_0002.pt"]
 
 
+class _FullDisk(io.FileIO):
+    """A file on a disk with room for ROOM bytes: a write past them fails with ENOSPC."""
+    ROOM = 200  # bytes: less than the smallest checkpoint here
+
+    def write(self, b) -> int:
+        if self.tell() + len(b) > self.ROOM:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(b)
+
+
 def _disk_full(monkeypatch):
-    """torch.save writes some bytes, then the disk is full (as a real ENOSPC does mid-write)."""
-    def save(obj, f, *a, **k):
-        f.write(b"PK\x03\x04 partial")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(checkpoint.torch, "save", save)
+    """The real torch.save writes its first bytes, then the disk is full. Its zip writer then raises
+    a RuntimeError ("unexpected pos"), the OSError only as that error's context (as on a full tmpfs)."""
+    monkeypatch.setattr(checkpoint.os, "fdopen", lambda fd, mode: _FullDisk(fd, mode))
 
 
 def test_disk_full_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
@@ -232,8 +241,9 @@ def test_fault_drill_spec(monkeypatch):
     # a drill that could never fire would pass for a working restart
     for never, why in (("kill:1:2:2", "no rank 2 in a group of 2"), ("kill:3:0:0", "no epoch 3 in a run of 3")):
         monkeypatch.setenv(dist.FAULT_ENV, never)
-        with pytest.raises(ConfigError, match=why):
-            dist.fault_injector(0, restarted=False, **group)
+        for restarted in (False, True):  # a restart after the refused first attempt is refused too
+            with pytest.raises(ConfigError, match=why):
+                dist.fault_injector(0, restarted=restarted, **group)
     monkeypatch.setenv(dist.FAULT_ENV, "kill:1:2:1")
     assert dist.fault_injector(0, restarted=False, **group) is None  # another rank's fault
     fire = dist.fault_injector(1, restarted=False, **group)

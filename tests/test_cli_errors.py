@@ -472,3 +472,14 @@ def test_bench_cifar_trace_dir_not_left_by_a_refused_variant(workdir, capsys):
     rc = call(bench.main, ["cifar", "--data", str(data), "--config", CIFAR, "--trace", "tr",
                            "--variants", "bad=cifar.tta_level=7"])
     assert_refused(rc, capsys.readouterr().err, "cifar.tta_level must be 0, 1 or 2, got 7", workdir, ("c",))
+
+
+@pytest.mark.parametrize("spec, message", [("kill:5:0:0", "FASTIMAGENET_FAULT='kill:5:0:0': no epoch 5 in a run of 3"),
+                                           ("bogus", "expected kill|hang:EPOCH:STEP:RANK")])
+def test_check_refuses_a_fault_drill_that_cannot_fire(workdir, capsys, monkeypatch, spec, message):
+    """The launchers' --check, before torchrun: a drill refused only by the run's first attempt let
+    torchrun's restart train the whole run undrilled, exit 0 (its rank is checked by the run)."""
+    from training import dist
+    monkeypatch.setenv(dist.FAULT_ENV, spec)
+    rc = call(train.main, ["--config", TINY, "--check"])
+    assert_refused(rc, capsys.readouterr().err, message, workdir)

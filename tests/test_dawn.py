@@ -400,6 +400,30 @@ def test_out_is_written_whole_and_kept_on_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dawn.tsv", "run"]  # no temp files left
 
 
+def test_out_through_a_symlink_or_into_a_pipe_keeps_what_out_names(tmp_path):
+    """The atomic rename replaced what --out named: a symlink became a file beside its stale target,
+    and --out /dev/stdout, run as root, put a regular file in place of /dev/stdout. A link's target is
+    written now, and a pipe (what /dev/stdout is under a shell's |) straight, left a pipe."""
+    import stat
+    import threading
+
+    run = tmp_path / "run"
+    write_run(run, [(100, 1360, 10.0, 20.0, 1.0, 0), (200, 1720, 30.0, 50.0, 1.0, 1)])
+    target, link = tmp_path / "target.tsv", tmp_path / "link.tsv"
+    target.write_text("stale")
+    link.symlink_to(target)
+    assert export("--events_path", str(run), "--out", str(link)).returncode == 0
+    assert link.is_symlink() and len(tsv_rows(target.read_text())) == 2
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    assert export("--events_path", str(run), "--out", str(fifo)).returncode == 0
+    reader.join(30)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and len(tsv_rows(got[0].decode())) == 2
+
+
 @pytest.mark.parametrize("fds", ["1", "1, 2"], ids=["stdout", "stdout-and-stderr"])
 def test_a_reader_that_stops_early_ends_the_export_quietly(fds):
     # `prepare_dawn_tsv.py ... | head -1` (and `2>&1 | head -1`) whose reader is gone before the export

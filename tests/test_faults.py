@@ -281,6 +281,17 @@ def test_nonfinite_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_chec
     assert final_checkpoint(logdir)["epoch"] == 1
 
 
+def test_nonfinite_weights_with_skipped_steps_stop_in_one_line(data, tmp_path, capsys, one_thread):
+    """train.nonfinite=skip: the loss stays finite while lr 1e30 drives the weights to inf; the epoch's
+    checkpoint is refused, the last good one kept, said once."""
+    logdir = tmp_path / "run"
+    rc = train.main([str(data), *TINY, f"train.logdir={logdir}", "train.nonfinite=skip", "--phases", NAN_AT_EPOCH_1])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert rc == 1
+    assert err == ["error: weights became non-finite in epoch 1; not checkpointed; the last good checkpoint is kept"]
+    assert [p.name for p in (logdir / "checkpoints").iterdir()] == ["epoch_0001.pt"]
+
+
 class Batches:
     """A loader of fixed batches; the second one is poisoned with a NaN."""
 

@@ -60,14 +60,29 @@ def atomic_save(obj: Any, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, Exception) and (failed := _write_error(e)) is not e:
+            raise failed from e
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def _write_error(e: BaseException) -> BaseException:
+    """The OSError behind ``e`` (a full disk), else ``e``: torch.save reports a write that failed in
+    its zip writer as a RuntimeError ("unexpected pos"), the OSError only as that error's context."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, OSError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return e
 
 
 def list_checkpoints(logdir: str | os.PathLike) -> list[Path]:

@@ -284,24 +284,36 @@ def _silent_ranks(info: DistInfo, grace_s: float) -> list[int] | None:
         return None
 
 
-def fault_injector(rank: int, restarted: bool, world_size: int,
-                   num_epochs: int) -> Callable[[int, int], None] | None:
-    """The fault drill: FASTIMAGENET_FAULT="kill:EPOCH:STEP:RANK" (or "hang:...") makes RANK SIGKILL
-    itself (or sleep forever) right after training step STEP of EPOCH, in the first attempt of a run
-    only (``restarted``: Attempt.restarted, the group's view, so it fires once on several machines
-    too), and an elastic restart goes through. None (nothing checked per step) when unset."""
+def check_fault(num_epochs: int, world_size: int | None = None) -> tuple[str, int, int, int] | None:
+    """FASTIMAGENET_FAULT as (action, epoch, step, rank), None when unset; ConfigError when it is
+    malformed or could never fire (an epoch past the schedule, a rank past ``world_size`` when known):
+    a drill that never fires would pass for a restart path that works. STEP is not checked here: an
+    epoch's steps depend on its data (docs/OPERATIONS.md)."""
     spec = os.environ.get(FAULT_ENV, "")
-    if not spec or restarted:
+    if not spec:
         return None
     parts = spec.split(":")
     if len(parts) != 4 or parts[0] not in ("kill", "hang") or not all(p.isdigit() for p in parts[1:]):
         raise ConfigError(f"{FAULT_ENV}={spec!r}: expected kill|hang:EPOCH:STEP:RANK")
     action, epoch, step, target = parts[0], int(parts[1]), int(parts[2]), int(parts[3])
-    # a drill that can never fire would pass for a restart path that works
-    if target >= world_size or epoch >= num_epochs:
-        missing = f"rank {target} in a group of {world_size}" if target >= world_size else \
-            f"epoch {epoch} in a run of {num_epochs}"
-        raise ConfigError(f"{FAULT_ENV}={spec!r}: no {missing}")
+    if epoch >= num_epochs:
+        raise ConfigError(f"{FAULT_ENV}={spec!r}: no epoch {epoch} in a run of {num_epochs}")
+    if world_size is not None and target >= world_size:
+        raise ConfigError(f"{FAULT_ENV}={spec!r}: no rank {target} in a group of {world_size}")
+    return action, epoch, step, target
+
+
+def fault_injector(rank: int, restarted: bool, world_size: int,
+                   num_epochs: int) -> Callable[[int, int], None] | None:
+    """The fault drill: FASTIMAGENET_FAULT="kill:EPOCH:STEP:RANK" (or "hang:...") makes RANK SIGKILL
+    itself (or sleep forever) right after training step STEP of EPOCH, in the first attempt of a run
+    only (``restarted``: Attempt.restarted, the group's view, so it fires once on several machines
+    too), and an elastic restart goes through. None (nothing checked per step) when unset. The spec
+    is checked in every attempt: a restart after a refused first attempt must not train undrilled."""
+    fault = check_fault(num_epochs, world_size)
+    if fault is None or restarted:
+        return None
+    action, epoch, step, target = fault
     if rank != target:
         return None
 

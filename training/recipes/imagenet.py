@@ -158,6 +158,7 @@ def check_config(cfg: Config) -> Schedule:
     schedule = parse_schedule(cfg.phases, trained=bool(cfg.train.resume))
     resnet.check_arch(cfg.model.arch)
     checkpoint.check_cadence(cfg.train.checkpoint_every, cfg.train.checkpoint_min_interval_s)
+    dist.check_fault(schedule.num_epochs)  # the drill's spec (its rank once the group's size is known)
     return schedule
 
 
@@ -445,8 +446,7 @@ def _save(state: loop.TrainState, cfg: Config, info: dist.DistInfo, logger: RunL
     A SIGTERM meanwhile waits for the copy, so it can save this epoch."""
     weights = [t for t in state.raw_model.state_dict().values() if t.is_floating_point()]
     if weights and not bool(torch.stack([torch.isfinite(t).all() for t in weights]).all()):
-        raise loop.NonFiniteLoss(f"weights became non-finite in epoch {state.epoch - 1}; not checkpointed "
-                                 "(the last good checkpoint is kept)")
+        raise loop.NonFiniteLoss(f"weights became non-finite in epoch {state.epoch - 1}; not checkpointed")
     if not info.is_main:
         return
     with sigterm.holding():
