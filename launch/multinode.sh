@@ -17,7 +17,9 @@
 #   RDZV_ENDPOINT   host[:port] of the c10d rendezvous (default port 29400); RDZV_ID names the job
 #                   (default fastimagenet; use a new one per job)
 #   NODE_RANK, MASTER_ADDR, MASTER_PORT (29500)   static rendezvous, used when NODE_RANK is set
-#   MAX_RESTARTS    torchrun --max-restarts (default 3), counted by each machine's agent for itself
+#   MAX_RESTARTS    torchrun --max-restarts (default 3; 0 with NODE_RANK), counted by each machine's agent
+#                   for itself. With static rendezvous a restart can hang for the whole collective
+#                   timeout (docs/OPERATIONS.md): restart with c10d, or resubmit with RESUME=auto
 #   DIST_TIMEOUT    collective timeout, seconds (train.dist_timeout_s; the config's by default, 1800)
 #   RESUME          passed as --resume (auto: continue the run in the logdir)
 #   IFNAME          interface for NCCL and gloo sockets (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME)
@@ -37,6 +39,15 @@ shift
 : "${NNODES:?set NNODES (number of machines)}"
 PYTHON=${PYTHON:-python3}
 NPROC_PER_NODE=${NPROC_PER_NODE:-8}
+# Static rendezvous restarts each machine's workers on its own clock: workers of different attempts can
+# meet and wait on each other's keys for the whole collective timeout (seen in 2 of 5 two-machine kill
+# drills, 2026-11-27). So there restarts are off unless asked for, and asking is warned about.
+if [ -n "${NODE_RANK:-}" ]; then
+  if [ -n "${MAX_RESTARTS:-}" ] && [ "$MAX_RESTARTS" != 0 ]; then
+    echo "warning: MAX_RESTARTS=$MAX_RESTARTS with NODE_RANK (static rendezvous): a restart can hang for the whole collective timeout (train.dist_timeout_s); RDZV_ENDPOINT (c10d) restarts reliably" >&2
+  fi
+  MAX_RESTARTS=${MAX_RESTARTS:-0}
+fi
 MAX_RESTARTS=${MAX_RESTARTS:-3}
 for v in NNODES NPROC_PER_NODE MAX_RESTARTS; do
   case "${!v}" in ''|*[!0-9]*) echo "error: $v=${!v}: expected an integer" >&2; exit 2 ;; esac

@@ -543,6 +543,8 @@ MUTANTS = [
            'raise loop.NonFiniteLoss(f"weights became non-finite in epoch {state.epoch - 1}; not checkpointed")',
            'raise loop.NonFiniteLoss(f"weights became non-finite in epoch {state.epoch - 1}; not checkpointed (the last good checkpoint is kept)")',
            ("tests/test_faults.py::test_nonfinite_weights_with_skipped_steps_stop_in_one_line",)),
+    Mutant("static_rendezvous_restarts_by_default", "launch/multinode.sh", "  MAX_RESTARTS=${MAX_RESTARTS:-0}", "  :",
+           ("tests/test_launch.py::test_multinode_static_node_rank",)),
 ]
 
 
