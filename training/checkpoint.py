@@ -63,7 +63,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, Exception) and (failed := _write_error(e)) is not e:
-            raise failed from e
+            raise failed from None  # the OSError itself, with the write that failed in its traceback
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
