@@ -72,6 +72,11 @@ MUTANTS = [
     Mutant("dali_val_anchor_shifted", "training/data/dali.py", "np.array([g.anchor_yx for g in geo], np.int32)",
            "np.array([g.anchor_yx for g in geo], np.int32) + 1",
            ("tests/test_dali.py::test_same_pixels_as_torchvision_train_and_validation",)),
+    # DALI's GPU graph, checked against DALI's schema without a GPU: labels must leave on the device
+    Mutant("dali_gpu_labels_on_host", "training/data/dali.py",
+           "self._pipe.set_outputs(images, labels.gpu() if decode == \"mixed\" else labels)",
+           "self._pipe.set_outputs(images, labels)",
+           ("tests/test_dali.py::test_gpu_graph_is_valid_dali_without_a_gpu",)),
     Mutant("val_centre_floored", "training/data/rectval.py", "else int(round((side - crop) / 2.0))",
            "else (side - crop) // 2",
            ("tests/test_rectval.py::test_val_geometry_is_torchvisions_resize_and_center_crop",)),

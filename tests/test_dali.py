@@ -208,3 +208,43 @@ def test_a_fresh_loader_at_epoch_2_yields_what_the_long_lived_one_does(jpeg_tree
     assert all(torch.equal(x, xa) and torch.equal(y, ya) for (x, y), (xa, ya) in zip(got, again))
     long_lived.close()
     fresh.close()
+
+
+
+def _graph(node, depth: int = 0) -> list[tuple[int, str, str, dict]]:
+    """A defined pipeline's graph from an output back, depth first: (depth, operator, device, arguments)."""
+    op = node.source._op
+    rows = [(depth, getattr(op, "schema_name", type(op).__name__), op.device, getattr(op, "_init_args", {}))]
+    for i in node.source._inputs:
+        rows += _graph(i, depth + 1)
+    return rows
+
+
+@pytest.mark.parametrize("train,fused,dtype,channels_last", [
+    (True, True, torch.bfloat16, True), (True, False, torch.float16, False), (False, True, torch.float32, True)])
+def test_gpu_graph_is_valid_dali_without_a_gpu(jpeg_tree, train, fused, dtype, channels_last):
+    """The ``mixed`` graph has not yet run on a GPU: defining it checks every operator's arguments
+    against this DALI's schema (a misspelt or mistyped one raises), and its shape is pinned here: the
+    decode on ``mixed``, fp16 or fp32 out of the pipeline in the asked layout, images and labels
+    leaving it on the device."""
+    s = spec(jpeg_tree, device=torch.device("cuda", 0), dtype=dtype, channels_last=channels_last,
+             dali_fused_crop=fused, dali_hw_load=0.5)
+    loader = (dali.train_loader if train else dali.val_loader)(s)
+    try:
+        images, labels = loader._define()._graph_out
+        assert (images.device, labels.device) == ("gpu", "gpu")
+        ops = [(d, name) for d, name, dev, _ in _graph(images) if dev != "cpu"]
+        if not train:  # validation decodes whole images, then resizes to the target and crops
+            decode = ["Slice", "Resize", "decoders__Image"]
+        else:
+            decode = ["Resize"] + (["decoders__ImageSlice"] if fused else ["Slice", "decoders__Image"])
+        assert ops == [(0, "CropMirrorNormalize")] + [(1 + k, n) for k, n in enumerate(decode)]
+        (decoder,) = [args for _, _, dev, args in _graph(images) if dev == "mixed"]
+        roi = train and fused
+        assert (decoder["hw_decoder_load"], decoder["jpeg_fancy_upsampling"]) == (0.5, not roi)
+        cmn = _graph(images)[0][3]
+        half = dtype != torch.float32
+        assert (cmn["dtype"], cmn["output_layout"]) == (dali.types.FLOAT16 if half else dali.types.FLOAT,
+                                                        "HWC" if channels_last else "CHW")
+    finally:
+        loader.close()

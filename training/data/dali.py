@@ -132,19 +132,26 @@ class DaliLoader:
 
     def _build(self) -> None:
         self._release()
+        self._pipe = self._define()
+        self._pipe.build()
+        self._pipe_batch = self.batch_size
+        self._iter = DALIGenericIterator(self._pipe, ["images", "labels"],
+                                         last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+
+    def _define(self) -> Pipeline:
+        """This pass's pipeline, defined but not built: DALI checks every operator's arguments against
+        its schema here, without a device, so the GPU graph is checked on the CPU too (tests)."""
         spec = self.spec
         cuda = spec.device.type == "cuda"
         device_id = None
         if cuda:
             device_id = spec.device.index if spec.device.index is not None else torch.cuda.current_device()
-        self._pipe = Pipeline(batch_size=self.batch_size, num_threads=max(1, spec.workers), device_id=device_id,
-                              prefetch_queue_depth=PREFETCH, exec_dynamic=True)
-        with self._pipe:
+        pipe = Pipeline(batch_size=self.batch_size, num_threads=max(1, spec.workers), device_id=device_id,
+                        prefetch_queue_depth=PREFETCH, exec_dynamic=True)
+        self._pipe = pipe  # the graph methods set its outputs
+        with pipe:
             (self._train_graph if self.train else self._val_graph)("mixed" if cuda else "cpu")
-        self._pipe.build()
-        self._pipe_batch = self.batch_size
-        self._iter = DALIGenericIterator(self._pipe, ["images", "labels"],
-                                         last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=False)
+        return pipe
 
     def _decoder_args(self, decode: str, roi: bool = False) -> dict:
         args = dict(device=decode, output_type=types.RGB, adjust_orientation=False)
