@@ -323,6 +323,7 @@ def test_end_to_end_times_the_trainer_unsynced(monkeypatch, tmp_path):
     assert [(r["img_s"], r["data_wait_share"]) for r in rows] == [(20.0, 0.2), (20.0, 0.2)]  # 100 images / 5 s
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # torch's "NumPy array is not writable", once per worker
 def test_float_path_yields_our_batches_from_float_workers(jpeg_tree):
     """bench pipeline's torchvision:float (the classic path, issue 11) must deliver the batches ours
     does, so comparing the two measures only where normalisation happens and what crosses over."""

@@ -18,7 +18,9 @@ class FloatSamples(tv._Samples):
         img, label, bad = super().__getitem__(key)
         if img is None:
             return img, label, bad
-        return TF.normalize(TF.to_tensor(img), IMAGENET_MEAN, IMAGENET_STD).numpy(), label, bad
+        # a writable copy, as to_tensor makes of a PIL image (the classic path); the read-only array
+        # itself made torch warn once per worker process
+        return TF.normalize(TF.to_tensor(np.array(img)), IMAGENET_MEAN, IMAGENET_STD).numpy(), label, bad
 
 
 class FloatLoader(tv.TorchvisionLoader):
