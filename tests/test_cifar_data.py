@@ -83,10 +83,11 @@ def test_missing_and_corrupt_data_are_one_line_errors(tmp_path):
         cd.load_split(tmp_path, "cifar10")
     with open(d / "batches.meta", "wb") as f:
         pickle.dump({"label_names": ["a", "b"]}, f)
-    with open(d / "data_batch_1", "wb") as f:
-        pickle.dump({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 5]}, f)
-    with pytest.raises(DataError, match="labels outside 0..1"):
-        cd.load_split(tmp_path, "cifar10")
+    for labels in ([0, 5], [0, 2], [-1, 1]):  # 2: one past the last of 2 classes
+        with open(d / "data_batch_1", "wb") as f:
+            pickle.dump({"data": np.zeros((2, 3072), np.uint8), "labels": labels}, f)
+        with pytest.raises(DataError, match="labels outside 0..1"):
+            cd.load_split(tmp_path, "cifar10")
 
 
 def pattern_images(n: int, seed: int = 0) -> torch.Tensor:
@@ -145,6 +146,21 @@ def test_alternating_flip_is_deterministic_and_alternates():
     a.set_epoch(7)
     b.set_epoch(7)
     assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b))
+
+
+def test_each_epoch_is_a_new_shuffle_and_the_same_one_for_the_same_epoch():
+    """The order (and so the batches) changes every epoch, as a reshuffling sampler's does, and is a
+    function of (seed, epoch): a resumed run at epoch 1 sees what the uninterrupted one did."""
+    loader = make_loader(pattern_images(64), bs=16, seed=3)
+    orders = []
+    for epoch in (0, 1, 2, 1):
+        loader.set_epoch(epoch)
+        orders.append(torch.cat([y for _, y in loader]).tolist())
+    assert all(sorted(o) == list(range(64)) for o in orders)
+    assert orders[0] != orders[1] != orders[2] != orders[0] and orders[3] == orders[1]
+    fresh = make_loader(pattern_images(64), bs=16, seed=3)
+    fresh.set_epoch(1)
+    assert torch.cat([y for _, y in fresh]).tolist() == orders[1]
 
 
 @pytest.mark.parametrize("pad_mode", ["zeros", "reflect"])
@@ -237,6 +253,9 @@ def test_cutout_zeroes_one_clipped_square():
         assert 1 <= len(ys) <= 64
         assert len(ys) == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)  # a rectangle
         assert ys.max() - ys.min() < 8 and xs.max() - xs.min() < 8
+        cy, cx = loader.cut_centres[i].tolist()  # around its drawn centre: rows by y, columns by x
+        assert (ys.min(), ys.max()) == (max(cy - 4, 0), min(cy + 3, 31))
+        assert (xs.min(), xs.max()) == (max(cx - 4, 0), min(cx + 3, 31))
 
 
 def test_colour_jitter_is_one_brightness_shift_and_contrast_scale_per_image():

@@ -82,6 +82,64 @@ def test_two_ranks_cover_train_at_least_once_and_validation_exactly_once(tmp_pat
     assert labels == Counter({0: 3, 1: 3, 2: 3}) and vals[0].num_images == 9
 
 
+def test_fewer_images_than_ranks_are_dealt_as_distributed_sampler_deals_them():
+    """Padding repeats the whole permutation as often as it takes: with fewer images than ranks (a
+    smoke run on 8 GPUs), every rank still gets ceil(n / world) images, in DistributedSampler's order."""
+    for n, world in ((1, 3), (2, 5), (3, 8)):
+        for r in range(world):
+            sampler = DistributedSampler(range(n), num_replicas=world, rank=r, shuffle=True, seed=7)
+            sampler.set_epoch(2)
+            assert tree.shard_indices(n, 7, 2, r, world) == list(sampler), (n, world, r)
+            assert len(list(sampler)) == 1
+
+
+def test_rrc_window_is_torchvisions_random_resized_crop_rule():
+    """Known answers of RandomResizedCrop's rule, from scripted draws: a drawn window that fits the
+    image exactly in one side is taken (w <= width), placed anywhere along the other; after 10 windows
+    that do not fit, the largest centred crop whose ratio is clamped to [3/4, 4/3]."""
+    class Script:  # random.Random's draws, scripted: uniform() from a cycle, randint(a, b) gives b
+        def __init__(self, *uniform):
+            self.uniform_values, self.calls = uniform, 0
+
+        def uniform(self, lo, hi):
+            self.calls += 1
+            return self.uniform_values[(self.calls - 1) % len(self.uniform_values)]
+
+        def randint(self, lo, hi):
+            return hi
+
+    # 2/3 of 100 x 200 at ratio 3/4: w = sqrt(13333 * 0.75) = 100, h = 133: fits, top up to 200 - 133
+    assert imagefolder.rrc_window(Script(2 / 3, math.log(3 / 4)), 100, 200, 0.35) == (0, 67, 100, 133)
+    never = Script(1.0, math.log(4 / 3))  # the whole area at ratio 4/3 is wider than any of these images
+    assert imagefolder.rrc_window(never, 100, 200, 0.35) == (0, 33, 100, 133)  # tall: h = 100 / (3/4)
+    assert never.calls == 20  # ten tries, two draws each
+    never = Script(1.0, math.log(3 / 4))  # ... and at 3/4, taller
+    assert imagefolder.rrc_window(never, 300, 100, 0.35) == (83, 0, 133, 100)  # wide: w = 100 * 4/3
+    assert imagefolder.rrc_window(Script(1.0, math.log(4 / 3)), 120, 100, 0.35) == (0, 0, 120, 100)  # in range
+
+
+def test_about_half_the_training_crops_are_mirrored():
+    """RandomHorizontalFlip(0.5): the flip is a fair coin per (seed, epoch, image)."""
+    flips = [imagefolder.train_crop(0, epoch, i, 200, 150, 0.35)[1] for epoch in range(2) for i in range(500)]
+    assert 450 <= sum(flips) <= 550
+
+
+def test_hidden_folders_beside_the_classes_are_no_class(tmp_path):
+    """A hidden folder among the class folders (a notebook's .ipynb_checkpoints, a sync tool's temp
+    folder) is not a class: '.' sorts first, and as class 0 it would shift every label by one."""
+    root = make_jpeg_tree(tmp_path / "data", classes=2, train_per_class=2, val_per_class=1)
+    for split in ("train", "validation"):
+        (root / split / ".ipynb_checkpoints").mkdir()
+        Image.new("RGB", (40, 40)).save(root / split / ".ipynb_checkpoints" / "x.JPEG")
+    assert tree.find_classes(str(root / "train")) == ["n00000000", "n00000001"]
+    for make in (imagefolder.train_loader, imagefolder.val_loader):
+        loader = make(spec(root))
+        assert loader.classes == ["n00000000", "n00000001"]
+        assert loader.num_images == (4 if make is imagefolder.train_loader else 2)  # x.JPEG read by neither
+        loader.close()
+    assert_labels_match_pixels(imagefolder, spec(root))
+
+
 def test_same_seed_and_epoch_same_batches_whatever_the_workers(jpeg_tree):
     a = imagefolder.train_loader(spec(jpeg_tree, workers=0))
     b = imagefolder.train_loader(spec(jpeg_tree, workers=2))

@@ -173,7 +173,9 @@ def test_the_user_cache_is_one_per_host_and_the_one_beside_the_data_is_shared(tm
     assert home1 != home2 and Path(home1).parent == Path(home2).parent == tmp_path / "home" / "training-data-index"
 
 
-@pytest.mark.parametrize("wh", [(300, 150), (150, 300), (200, 200), (257, 131), (131, 257), (64, 41), (41, 64)])
+# (133, 100): 72 * 1.33 = 95.76, floored to 95 as torchvision does, not rounded
+@pytest.mark.parametrize("wh", [(300, 150), (150, 300), (200, 200), (257, 131), (131, 257), (64, 41), (41, 64),
+                                (133, 100), (100, 133)])
 @pytest.mark.parametrize("crop", [(64, 64), (64, 120), (120, 64), (64, 72), (64, 73), (70, 64)])
 def test_val_geometry_is_torchvisions_resize_and_center_crop(wh, crop):
     """Known answer: torchvision's resize(img, int(size * 1.14)) + center_crop(img, crop) on an image

@@ -35,6 +35,26 @@ def test_shorter_side_aspect_layout_and_small_images_copied(tmp_path, capsys):
         == sorted([*sizes, ".resize.json"])  # and the settings it was made with, hidden from the loaders
 
 
+def test_exact_size_copied_long_side_rounded_and_quality_applied(tmp_path):
+    """Known answers at the rule's edges: a shorter side exactly at --size is copied byte for byte (a
+    re-encode would only lose quality); 301 x 200 at 160 is 241 x 160 (240.8 rounded, not floored);
+    re-encoded JPEGs are written at --quality (a noisy image: smaller at 30 than at 95)."""
+    import numpy as np
+    noise = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    files = {"train/a/exact.JPEG": Image.fromarray(noise[:160, :240]), "train/a/odd.JPEG": Image.new("RGB", (301, 200)),
+             "train/a/noise.JPEG": Image.fromarray(noise)}
+    for rel, im in files.items():
+        (tmp_path / "data" / rel).parent.mkdir(parents=True, exist_ok=True)
+        im.save(tmp_path / "data" / rel)
+    for q in (30, 95):
+        assert main([str(tmp_path / "data"), str(tmp_path / f"q{q}"), "--size", "160", "--workers", "1",
+                     "--quality", str(q)]) == 0
+    assert (tmp_path / "q95/train/a/exact.JPEG").read_bytes() == (tmp_path / "data/train/a/exact.JPEG").read_bytes()
+    with Image.open(tmp_path / "q95/train/a/odd.JPEG") as im:
+        assert im.size == (241, 160)
+    assert (tmp_path / "q30/train/a/noise.JPEG").stat().st_size < (tmp_path / "q95/train/a/noise.JPEG").stat().st_size
+
+
 def test_resumable_skips_done_files_and_redoes_partial_ones(tmp_path, capsys):
     _tree(tmp_path / "data")
     args = [str(tmp_path / "data"), str(tmp_path / "out"), "--size", "160", "--workers", "1"]
