@@ -256,8 +256,9 @@ def test_a_rank_beyond_the_visible_gpus_is_one_line(monkeypatch):
     torch.cuda.set_device with a traceback."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    with pytest.raises(ConfigError, match="local rank 3 has no GPU: 2 visible"):
-        dist.pick_device("auto", 3)
+    for local_rank in (2, 3):  # local ranks count from 0: 2 is the first without a GPU
+        with pytest.raises(ConfigError, match=f"local rank {local_rank} has no GPU: 2 visible"):
+            dist.pick_device("auto", local_rank)
 
 
 def test_peer_failure_is_recognised_only_in_a_process_group():

@@ -251,6 +251,17 @@ def test_ignore_eval_beyond_the_elapsed_time_is_an_error(tmp_path):
     assert "400.0 s, more than the 360.0 s" in line
 
 
+def test_run_metadata_is_the_latest_logged(tmp_path):
+    """run_metadata reads the metadata at the highest step when a writer logged it at several (this
+    trainer logs it at step 0 only, where a later file's value replaces the earlier one)."""
+    from torch.utils.tensorboard import SummaryWriter
+    w = SummaryWriter(str(tmp_path))
+    for step, arch in ((0, "resnet18"), (5, "resnet50")):
+        w.add_text("run/metadata", json.dumps({"arch": arch}), step)
+    w.close()
+    assert run_metadata(load_run(tmp_path)) == {"arch": "resnet50"}
+
+
 def test_tensor_scalars_and_run_metadata_text(tmp_path):
     from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
     from tensorboard.util.tensor_util import make_tensor_proto

@@ -218,6 +218,19 @@ def test_drafted_jpeg_decode_crops_the_exact_window(tmp_path):
     assert max(diffs) < 0.6, diffs  # the drafted size as the scale: up to 1.7 here
 
 
+def test_a_crop_is_drafted_only_while_it_keeps_size_px_per_side(tmp_path, monkeypatch):
+    """The draft request is rounded up: a 399 px crop of a 1000 px JPEG at size 100 needs the whole at
+    >= 250.6 px, so a 1/2 decode (the crop 199.5 px there), not 1/4 (99.75 px, upsampled to 100), which
+    a request rounded down to 250 px would pick."""
+    (tmp_path / "train" / "n0").mkdir(parents=True)
+    textured(np.random.default_rng(0), 1000, 1000).save(tmp_path / "train" / "n0" / "t.JPEG", quality=90)
+    monkeypatch.setattr(imagefolder, "train_crop", lambda *a: ((0, 0, 399, 399), False))
+    decoded, rgb = [], imagefolder._rgb
+    monkeypatch.setattr(imagefolder, "_rgb", lambda im: decoded.append(im.size) or rgb(im))
+    (x, _), = list(imagefolder.train_loader(spec(tmp_path, phase=phase(size=100, bs=1))))
+    assert tuple(x.shape[2:]) == (100, 100) and decoded == [(500, 500)]
+
+
 @pytest.mark.parametrize("rect", [False, True])
 def test_validation_decodes_in_full_as_dali_and_imagenet18_do(tmp_path, rect):
     """Validation pixels are the full decode's, resized and cropped (exactly, on a textured JPEG a 1/2
@@ -293,6 +306,16 @@ def test_bad_images_error_names_the_file(jpeg_tree):
     with pytest.raises(DataError, match=r"cut\.JPEG: truncated") as e:
         imagefolder.train_loader(spec(jpeg_tree, bad_images="error"))
     assert "\n" not in str(e.value)
+
+
+def test_bad_images_error_names_the_first_unreadable_file(jpeg_tree):
+    """With several unreadable files, 'error' names the first in the index's order (class, then file),
+    as the index promises, not the last one probed."""
+    good = sorted((jpeg_tree / "train").rglob("*.JPEG"))
+    for cls in ("n00000001", "n00000002"):
+        truncated_jpeg(good[0], jpeg_tree / "train" / cls / "cut.JPEG")
+    with pytest.raises(DataError, match=r"n00000001[/\\]cut\.JPEG: truncated"):
+        imagefolder.train_loader(spec(jpeg_tree, bad_images="error"))
 
 
 def test_a_batch_of_undecodable_images_is_skipped_in_validation_and_stops_training(jpeg_tree, capsys):

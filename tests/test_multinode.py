@@ -3,6 +3,7 @@
 the run is decided for the whole group (dist.group_attempt), not by each machine's restart count."""
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import subprocess
@@ -150,6 +151,45 @@ def test_an_agent_of_the_recorded_attempt_makes_it_a_restart_when_every_count_is
     assert not dist.group_attempt(info, logdir).restarted
 
 
+def test_each_attempt_of_a_requeued_slurm_job_gets_its_own_store_keys(monkeypatch):
+    """restart_count adds Slurm's requeues to the agent's restarts: in a requeued job
+    (SLURM_RESTART_COUNT=1) the agent's attempts 0, 1, 2 count 1, 2, 3, so each has its own key prefix
+    in the agent's store. The larger of the two counts (1, 1, 2) would give attempts 0 and 1 the same
+    keys, and the restarted group could read the dead attempt's addresses (pytorch/pytorch#135712)."""
+    monkeypatch.setattr(torch.distributed, "TCPStore", lambda *a, **k: "store")
+    monkeypatch.setattr(torch.distributed, "PrefixStore", lambda prefix, store: prefix)
+    for k, v in {"TORCHELASTIC_USE_AGENT_STORE": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
+                 "SLURM_RESTART_COUNT": "1", "GROUP_WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(k, v)
+    prefixes = []
+    for attempt in range(3):
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", str(attempt))
+        prefixes.append((dist.restart_count(), dist._attempt_store(2, datetime.timedelta(seconds=1))))
+    assert prefixes == [(n, f"fastimagenet/attempt{n}/") for n in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("record", ['{"agents": ["", "otherhost:123:456"]}', '{"agents": 5}',
+                                    '{"agents": [["otherhost:123:456"]]}', '{"agents": {"": 1}}'])
+def test_a_record_naming_no_agent_of_this_attempt_is_a_new_run(tmp_path, monkeypatch, not_under_torchrun, record):
+    """Only an agent id recorded in the logdir and running a rank now makes an attempt with every
+    count 0 a restart: a blank entry (a rank that ran outside torchrun) is no agent, so a plain run
+    (agent "") there is a new run; a record of another shape names no agent and is not an error."""
+    (tmp_path / dist.ATTEMPT_FILE).write_text(record)
+    attempt = dist.group_attempt(dist.DistInfo(0, 1, 0, torch.device("cpu")), str(tmp_path))
+    assert attempt == dist.Attempt(False, ("",), own_run=False)
+
+
+def test_each_rank_reports_the_newest_checkpoint_it_sees(tmp_path, not_under_torchrun):
+    """What check_logdir_shared compares: the newest checkpoint in the rank's logdir (epoch 3 of 1, 3
+    and 2), not the oldest, which would let rank 0 resume epoch 2 while another rank holds epoch 3."""
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    for e in (1, 3, 2):
+        (ckpts / f"epoch_{e:04d}.pt").write_bytes(b"")  # only the names are read
+    attempt = dist.group_attempt(dist.DistInfo(0, 1, 0, torch.device("cpu")), str(tmp_path))
+    assert attempt.seen == ((socket.gethostname(), 3),)
+
+
 def test_a_restart_every_agent_counts_0_resumes_and_an_explicit_resume_path_still_starts_a_job(
         data, tmp_path, capsys, monkeypatch, one_thread):
     logdir = tmp_path / "run"
@@ -206,6 +246,9 @@ def test_only_a_rank_seeing_newer_checkpoints_than_rank_0_stops_the_group():
         dist.check_logdir_shared(seen(*ok), "run")
     with pytest.raises(C.ConfigError, match=r"rank 0 \(host h3\) sees epoch_0003.pt, rank 2 \(host h7\) sees epoch_0007"):
         dist.check_logdir_shared(seen(3, -1, 7, 5), "run")
+    # one epoch newer is newer too
+    with pytest.raises(C.ConfigError, match=r"rank 0 \(host h3\) sees epoch_0003.pt, rank 1 \(host h4\) sees epoch_0004"):
+        dist.check_logdir_shared(seen(3, 4), "run")
 
 
 def test_a_rank_whose_machine_has_too_few_gpus_says_so(data, tmp_path, capsys, monkeypatch, not_under_torchrun):

@@ -101,6 +101,38 @@ def test_unreadable_input_named_and_skipped(tmp_path, capsys):
     assert not list((tmp_path / "out").rglob("*.part"))
 
 
+def test_an_input_failing_mid_decode_leaves_no_part_file(tmp_path, capsys):
+    """A JPEG cut short past its header opens, then fails in the decode: it is named and skipped, and
+    no .part stays beside the output, not even one a killed earlier run left for it."""
+    _tree(tmp_path / "data")
+    whole = Image.new("RGB", (400, 300), (40, 90, 200))
+    whole.save(tmp_path / "data/train/a/cut.JPEG")
+    data = (tmp_path / "data/train/a/cut.JPEG").read_bytes()
+    (tmp_path / "data/train/a/cut.JPEG").write_bytes(data[:len(data) // 2])
+    stale = tmp_path / "out/train/a/.cut.JPEG.part"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"\xff\xd8 half a jpeg")  # the killed run's
+    assert main([str(tmp_path / "data"), str(tmp_path / "out"), "--size", "160", "--workers", "1"]) == 0
+    out = capsys.readouterr()
+    assert "1 unreadable" in out.out and "cut.JPEG" in out.err
+    assert not list((tmp_path / "out").rglob("*.part"))
+
+
+def test_a_cmyk_jpeg_is_written_as_rgb_with_its_colours(tmp_path):
+    """A CMYK JPEG (ImageNet's train split holds a few) is re-encoded as an RGB JPEG, the loaders'
+    mode (and 3 channels to decode, not 4), its colour kept up to JPEG noise."""
+    src = tmp_path / "data/train/a/cmyk.JPEG"
+    src.parent.mkdir(parents=True)
+    Image.new("RGB", (400, 300), (200, 60, 30)).convert("CMYK").save(src, quality=95)
+    with Image.open(src) as im:
+        assert im.mode == "CMYK"
+    assert main([str(tmp_path / "data"), str(tmp_path / "out"), "--size", "160", "--workers", "1"]) == 0
+    with Image.open(tmp_path / "out/train/a/cmyk.JPEG") as im:
+        assert (im.format, im.mode, im.size) == ("JPEG", "RGB", (213, 160))
+        r, g, b = im.getpixel((106, 80))
+    assert abs(r - 200) <= 3 and abs(g - 60) <= 3 and abs(b - 30) <= 3
+
+
 def _xpm(path: Path, w: int, h: int) -> None:
     """A two-colour XPM: a format Pillow reads but cannot write."""
     rows = [f'"{w} {h} 2 1",', '". c #000000",', '"# c #FFFFFF",']
