@@ -56,6 +56,13 @@ def test_save_load_round_trip_and_keep_last_k(tmp_path):
         assert torch.equal(ckpt["model"][k], v)
 
 
+def test_keep_1_keeps_only_the_newest(tmp_path):
+    """train.keep_checkpoints=1: each save leaves one checkpoint, the one it wrote."""
+    for e in range(1, 4):
+        checkpoint.save(state(e), tmp_path, e, keep=1)
+        assert names(tmp_path) == [f"epoch_{e:04d}.pt"]
+
+
 def test_a_flipped_bit_outside_the_tensors_is_refused(tmp_path):
     """The lr, epoch, step and config live in the pickle, not in a tensor: a damaged byte there
     loaded silently (here lr 0.1 -> 0.1000000000000001) before the zip's CRCs were checked."""
@@ -187,6 +194,22 @@ def test_no_good_checkpoint_left(tmp_path, capsys):
     truncate(checkpoint.path_for(tmp_path, 1))
     assert checkpoint.latest_good(tmp_path) is None
     assert checkpoint.latest_good(tmp_path / "elsewhere") is None
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda s: {**s, "format": checkpoint.FORMAT + 1}, f"format {checkpoint.FORMAT + 1}, expected {checkpoint.FORMAT}"),
+    (lambda s: {k: v for k, v in s.items() if k != "optimizer"}, "not a checkpoint of this trainer"),
+    (lambda s: {k: v for k, v in s.items() if k != "step"}, "not a checkpoint of this trainer"),
+    (lambda s: {k: v for k, v in s.items() if k != "arch"}, "not a checkpoint of this trainer"),
+])
+def test_a_checkpoint_of_another_format_or_missing_a_key_is_refused_by_name(tmp_path, edit, message):
+    """A file torch loads but this trainer cannot resume from (another format version; a dict without
+    the optimizer, step or arch a resume reads) is refused at load in one line, not a KeyError later."""
+    path = tmp_path / "epoch_0001.pt"
+    torch.save(edit({**state(1), "format": checkpoint.FORMAT}), path)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load(path)
+    assert str(e.value) == f"checkpoint {path}: {message}"
 
 
 class Evil:
@@ -371,6 +394,7 @@ class Clock:
     (3, 0, [3, 6, 7]),  # the run's last epoch is always saved
     (1, 100, [3, 6, 7]),  # 40 s epochs: 120 s since the previous checkpoint at epochs 3 and 6
     (2, 100, [4, 7]),  # even epochs only: 80 s after the start at 2, 160 s at 4, 80 s after that at 6
+    (1, 80, [2, 4, 6, 7]),  # "at least": exactly 80 s since the previous one is enough
 ])
 def test_checkpoint_every_and_min_interval(tmp_path, monkeypatch, every, min_interval_s, written):
     done = []
@@ -382,6 +406,18 @@ def test_checkpoint_every_and_min_interval(tmp_path, monkeypatch, every, min_int
         ckpt.epoch_done(epoch, state(epoch))
     ckpt.save_latest()
     assert done == written
+
+
+def test_the_exit_writes_nothing_older_than_the_last_written_epoch(tmp_path, monkeypatch):
+    """checkpoint_every=3 over 6 epochs: epochs 3 and 6 are due and written; at the exit nothing is left
+    to write (epoch 5, not due, must not be written after epoch 6, nor be the last written)."""
+    done = []
+    monkeypatch.setattr(checkpoint, "save", lambda snap, logdir, epoch, keep: done.append(epoch))
+    ckpt = checkpoint.Checkpointer(tmp_path, keep=3, every=3)
+    for epoch in range(1, 7):
+        ckpt.epoch_done(epoch, state(epoch))
+    ckpt.save_latest()
+    assert done == [3, 6] and ckpt.last_written == 6
 
 
 @pytest.mark.parametrize("override,message", [

@@ -134,6 +134,8 @@ TRAIN_CASES = [
     (["--config", TINY, "--runs", "0"], "--runs: config key 'cifar.runs': must be >= 1, got 0"),
     # a misspelt key was taken for DATA
     (["--config", TINY, "train.print-freq=3"], "unknown config key 'train.print-freq'"),
+    # momentum past 1 grows each step's velocity without bound
+    (["--config", TINY, "optim.momentum=1.5"], "config key 'optim.momentum': must be in 0..1, got 1.5"),
 ]
 
 
@@ -277,6 +279,34 @@ def test_a_text_override_is_taken_whole_and_numbers_still_read(workdir):
     assert (quoted.train.logdir, quoted.data.dir, quoted.train.resume) == ("runs/a b", " /data/x", "it's")
     got = (cfg.train.seed, cfg.optim.weight_decay, cfg.optim.momentum, cfg.train.compile, cfg.train.print_freq)
     assert repr(got) == repr((5, 1e-3, 0.1, True, 1000))
+
+
+def test_the_ends_of_each_range_are_accepted(workdir):
+    """A range is inclusive: keep_checkpoints 0 (keep all), workers 0 (load in the main process),
+    momentum 1, label smoothing 0, the largest seed and a 1 s collective timeout are settings."""
+    cfg = train.resolve(["--config", TINY, "train.keep_checkpoints=0", "data.workers=0", "optim.momentum=1",
+                         "optim.label_smoothing=0", "train.seed=2147483647", "train.dist_timeout_s=1"])[1]
+    got = (cfg.train.keep_checkpoints, cfg.data.workers, cfg.optim.momentum, cfg.optim.label_smoothing,
+           cfg.train.seed, cfg.train.dist_timeout_s)
+    assert repr(got) == repr((0, 0, 1.0, 0.0, 2**31 - 1, 1))
+
+
+def test_an_override_splits_at_its_first_equals_sign(workdir):
+    """'train.logdir=runs/lr=0.1': the key is train.logdir, the value all after the first '='."""
+    cfg = train.resolve(["--config", TINY, "train.logdir=runs/lr=0.1", "data.dir=/data/a=b"])[1]
+    assert (cfg.train.logdir, cfg.data.dir) == ("runs/lr=0.1", "/data/a=b")
+
+
+def test_config_files_merge_by_key_and_an_empty_one_sets_nothing(workdir):
+    """A later --config file overrides the keys it names, section by section, and keeps the rest of
+    the earlier file's section; an empty (or all-comment) file is a file of no settings."""
+    first = write(workdir, "a.yaml", "train: {seed: 3, print_freq: 7}\noptim: {momentum: 0.5}\n")
+    second = write(workdir, "b.yaml", "train: {seed: 5}\n")
+    empty = write(workdir, "empty.yaml", "# nothing set yet\n")
+    cfg = train.resolve(["--config", TINY, "--config", first, "--config", empty, "--config", second])[1]
+    assert (cfg.train.seed, cfg.train.print_freq, cfg.optim.momentum) == (5, 7, 0.5)
+    assert C.to_dict(train.resolve(["--config", TINY, "--config", empty])[1]) == C.to_dict(
+        train.resolve(["--config", TINY])[1])
 
 
 def test_numbers_read_as_python_reads_them_and_a_stray_underscore_stays_text():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -13,6 +14,7 @@ from training.logs import RunLogger
 from training.phases import parse_schedule
 
 from test_bench import Batches  # fixed CPU batches of 6 features
+from test_bench import Source as ThreeBatches  # 3 training batches of 4 images each epoch
 
 
 class SlowFirstCall(nn.Linear):
@@ -137,3 +139,140 @@ def test_the_progress_line_eta_counts_to_max_epochs(tmp_path, monkeypatch):
     lefts.clear()
     run(tmp_path / "whole", False, print_freq=1)
     assert lefts[:3] == [32, 28, 24]
+
+
+class Progress:
+    """A RunLogger's progress lines; its scalars are dropped."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def scalar(self, *args) -> None:
+        pass
+
+    def progress(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def test_the_eta_is_all_ranks_images_over_all_ranks_speed():
+    """2 ranks, ceil(1000 / 2) = 500 images each at batch 100: after the first step 2 x 400 = 800 images
+    are left, and at 100 img/s on each rank (200 together) that is 4 s."""
+    schedule = parse_schedule([{"ep": 0, "sz": 32, "bs": 100}, {"ep": [0, 1], "lr": 0.1}])
+    state = loop.TrainState(nn.Linear(6, 3), nn.Linear(6, 3), None, None, schedule)
+    log = Progress()
+    ctx = loop.RunContext(dist=DistInfo(0, 2, 0, torch.device("cpu")), logger=log, num_train=1000)
+    logits, labels = torch.zeros(100, 3), torch.zeros(100, dtype=torch.long)
+    loop._log_train(state, ctx, logits, labels, 1.0, 0.1, 100.0, 0, 0, 5, None)
+    assert log.lines == ["epoch 0 [1/5] loss 1.0000 lr 0.1 100 img/s/rank  ETA 00:00:04"]
+
+
+def test_evaluate_known_answers_down_to_a_single_image():
+    """Logits [2, 1, 0] for every image: label 0 is a top-1 hit, label 2 a top-5 hit only (3 classes);
+    the loss is the mean cross-entropy, log(e^2 + e + 1) minus the label's logit. One image counts as
+    one."""
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return torch.tensor([2.0, 1.0, 0.0]).expand(len(x), 3)
+
+    model = Fixed()
+    lse = torch.logsumexp(torch.tensor([2.0, 1.0, 0.0]), 0).item()
+    images = torch.zeros(4, 6)
+    res = loop.evaluate(model, [(images[:3], torch.tensor([0, 0, 2])), (images[:1], torch.tensor([0]))],
+                        torch.device("cpu"))
+    assert (res.top1, res.top5, res.count) == (75.0, 100.0, 4)
+    assert res.loss == pytest.approx(lse - 2 + 2 / 4)
+    one = loop.evaluate(model, [(images[:1], torch.tensor([2]))], torch.device("cpu"))
+    assert (one.top1, one.top5, one.count) == (0.0, 100.0, 1) and one.loss == pytest.approx(lse)
+
+
+class Evals(Progress):
+    """A RunLogger's evaluations (epoch, step), train.log lines and progress lines."""
+
+    def __init__(self):
+        super().__init__()
+        self.evals: list[tuple[int, int]] = []
+        self.humans: list[str] = []
+
+    def human(self, text: str) -> None:
+        self.humans.append(text)
+
+    def log_eval(self, epoch: int, top1: float, top5: float, seconds: float, step: int) -> None:
+        self.evals.append((epoch, step))
+
+
+def run_with(schedule, source, hooks: loop.Hooks, **ctx_args):
+    """loop.run of a Linear(6, 3) on the CPU: its result, the state and what was logged."""
+    model = nn.Linear(6, 3)
+    state = loop.TrainState(model, model, torch.optim.SGD(model.parameters(), lr=0.1), None, schedule)
+    log = Evals()
+    ctx = loop.RunContext(dist=DistInfo(0, 1, 0, torch.device("cpu")), logger=log, num_train=12, **ctx_args)
+    return loop.run(state, source, hooks, ctx), state, log
+
+
+def no_eval(model, val) -> loop.EvalResult:
+    return loop.EvalResult(0.0, 0.0, 0.0, 4, 0.0)
+
+
+def test_eval_every_k_epochs_and_always_after_the_last():
+    """eval_every=2 over 5 epochs of 3 steps of 4 images: evaluated after the 2nd, 4th and (the run's
+    end) 5th epoch, logged as epochs 1, 3 and 4 at 24, 48 and 60 images; the last one is returned."""
+    schedule = parse_schedule([{"ep": 0, "sz": 8, "bs": 4}, {"ep": [0, 5], "lr": 0.1}])
+    calls = []
+
+    def evaluate(model, val):
+        calls.append(val)
+        return loop.EvalResult(float(len(calls)), 0.0, 0.0, 4, 0.0)
+
+    hooks = loop.Hooks(loss_fn=nn.CrossEntropyLoss(), evaluate=evaluate, eval_every=2)
+    last, _, log = run_with(schedule, ThreeBatches(), hooks)
+    assert log.evals == [(1, 24), (3, 48), (4, 60)] and last.top1 == 3.0
+
+
+def test_a_summed_loss_is_logged_as_the_batch_mean():
+    """loss_is_sum (the cifar recipe's fixed loss scale): a batch of 4 at zero logits over 3 classes sums
+    4 log 3 and is logged as log 3 = 1.0986 an image, as a mean loss is."""
+    schedule = parse_schedule([{"ep": 0, "sz": 8, "bs": 4}, {"ep": [0, 1], "lr": 0.0}])  # the logits stay 0
+    model = nn.Linear(6, 3)
+    nn.init.zeros_(model.weight), nn.init.zeros_(model.bias)
+    state = loop.TrainState(model, model, torch.optim.SGD(model.parameters(), lr=0.1), None, schedule)
+    log = Progress()
+    ctx = loop.RunContext(dist=DistInfo(0, 1, 0, torch.device("cpu")), logger=log, num_train=12, print_freq=1)
+    hooks = loop.Hooks(loss_fn=nn.CrossEntropyLoss(reduction="sum"), loss_is_sum=True)
+    loop.train_epoch(state, Batches(3, 4), hooks, ctx, epoch=0)
+    assert [line.split(" lr ")[0] for line in log.lines] == [f"epoch 0 [{i}/3] loss 1.0986" for i in (1, 2, 3)]
+
+
+def test_after_step_gets_each_steps_index_in_its_epoch():
+    """The cifar recipe's hooks (lookahead's epoch-end copy, the whitening-bias freeze) take i + 1 == steps
+    as an epoch's last step: the hook gets 0-based indices, 0, 1, 2 for 3 steps, each epoch anew."""
+    schedule = parse_schedule([{"ep": 0, "sz": 8, "bs": 4}, {"ep": [0, 2], "lr": 0.1}])
+    seen = []
+    hooks = loop.Hooks(loss_fn=nn.CrossEntropyLoss(), evaluate=no_eval,
+                       after_step=lambda s, i: seen.append((s.epoch, i)))
+    run_with(schedule, ThreeBatches(), hooks)
+    assert seen == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+
+
+def test_short_epoch_steps_cap_each_epoch():
+    """train.short_epoch (smoke tests): each epoch runs short_epoch_steps steps, 2 of the loader's 3
+    batches of 4, and says so: 2 epochs train 16 images, not 24."""
+    schedule = parse_schedule([{"ep": 0, "sz": 8, "bs": 4}, {"ep": [0, 2], "lr": 0.1}])
+    hooks = loop.Hooks(loss_fn=nn.CrossEntropyLoss(), evaluate=no_eval)
+    _, state, log = run_with(schedule, ThreeBatches(), hooks, short_epoch_steps=2, print_freq=1)
+    assert [line.split(" loss ")[0] for line in log.lines] == ["epoch 0 [1/2]", "epoch 0 [2/2]",
+                                                               "epoch 1 [1/2]", "epoch 1 [2/2]"]
+    assert state.step == 16
+
+
+def test_each_data_phase_is_said_once_when_it_starts():
+    """train.log names a data phase at its first epoch only: epochs 0-1 at batch 4, epoch 2 at batch 2."""
+    schedule = parse_schedule([{"ep": 0, "sz": 8, "bs": 4}, {"ep": 2, "sz": 8, "bs": 2}, {"ep": [0, 3], "lr": 0.1}])
+    loaders = {4: (Batches(3, 4), Batches(1, 4)), 2: (Batches(6, 2), Batches(1, 2))}
+
+    class ByBatch:
+        def for_epoch(self, epoch):
+            return loaders[schedule.data_phase(epoch).batch_size]
+
+    _, _, log = run_with(schedule, ByBatch(), loop.Hooks(loss_fn=nn.CrossEntropyLoss(), evaluate=no_eval))
+    assert log.humans == ["phase at epoch 0: size 8 batch 4 val_batch 4",
+                          "phase at epoch 2: size 8 batch 2 val_batch 2"]

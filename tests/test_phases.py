@@ -60,6 +60,7 @@ def test_iterations_per_epoch_follow_distributed_sampler(sched):
     assert sched.iters_per_epoch(0, 10, 3) == 1  # ceil(ceil(10/3)=4 / 128)
     assert sched.iters_per_epoch(0, 1000, 2) == 4  # 500 / 128 -> 4
     assert sched.iters_per_epoch(6, 1000, 2) == 2  # bs 256
+    assert sched.iters_per_epoch(0, 385, 3) == 2  # the sampler pads 385 to 3 x 129: a batch of 128, one of 1
 
 
 def test_batch_shapes_are_each_phases_full_and_partial_batch(sched):
@@ -71,6 +72,10 @@ def test_batch_shapes_are_each_phases_full_and_partial_batch(sched):
     frac = parse_schedule([{"ep": 0, "sz": 32, "bs": 8}, {"ep": [0, 1.5], "lr": [0.1, 0.0]}])
     assert frac.batch_shapes(20, 1) == [(8, 32), (4, 32)]
     assert frac.batch_shapes(24, 1) == [(8, 32)]
+    # a phase of bs 6 in that partial epoch: 2 of its 4 batches (6, 6, 6, 2) run, so never the 2
+    new_bs = parse_schedule([{"ep": 0, "sz": 32, "bs": 8}, {"ep": 1, "sz": 32, "bs": 6},
+                             {"ep": [0, 1.5], "lr": [0.1, 0.0]}])
+    assert new_bs.batch_shapes(20, 1) == [(8, 32), (4, 32), (6, 32)]
 
 
 def test_input_forms_agree():
@@ -96,6 +101,22 @@ def test_lr_interpolation_formula():
 def test_epoch_step_holds_lr_through_an_epoch():
     s = parse_schedule([{"ep": 0, "sz": 8, "bs": 1}, {"ep": [0, 4], "lr": [0.0, 4.0], "epoch_step": True}])
     assert [s.lr(1, i, 10) for i in (0, 5, 9)] == [1.0, 1.0, 1.0]
+
+
+def test_epoch_step_holds_lr_through_an_epoch_with_airbenchs_arithmetic_too():
+    """step_start (the cifar recipe's lr): an epoch_step ramp still gives every step of an epoch the
+    value at the epoch's start, 0 + 1 * (4 - 0) / 4 in epoch 1."""
+    s = parse_schedule([{"ep": 0, "sz": 8, "bs": 1}, {"ep": [0, 4], "lr": [0.0, 4.0], "epoch_step": True}],
+                       step_start=True)
+    assert [s.lr(1, i, 10) for i in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    assert [s.lr(3, i, 10) for i in (0, 9)] == [3.0, 3.0]
+
+
+def test_min_scale_1_is_accepted():
+    """min_scale's range is (0, 1], as its error says: 1 (crops of the whole area, as imagenet18's
+    last phases ask for with 0.5 and more) is a schedule, not a typo."""
+    s = parse_schedule([{"ep": 0, "sz": 32, "bs": 8, "min_scale": 1}, {"ep": [0, 1], "lr": 0.1}])
+    assert s.data_phase(0).min_scale == 1.0
 
 
 def test_fractional_final_epoch():
@@ -128,11 +149,16 @@ BAD = [
     ("[{'ep':0,'sz':8,'bs':2},{'ep':(0,1),'lr':1},{'ep':1,'bs':4,'keep_dl':True,'sz':16}]",
      "phase 2: key 'sz': a keep_dl phase changes only the batch size"),
     ("[{'ep':0,'sz':8,'bs':2},{'ep':(0,1),'lr':-1}]", "phase 1: key 'lr': negative learning rate"),
+    ("[{'ep':0,'sz':8,'bs':2},{'ep':(0,1),'lr':(0.1,-0.1)}]", "phase 1: key 'lr': negative learning rate"),
     ("[{'ep':0,'sz':8,'bs':2},{'ep':0,'lr':1}]", "the last lr phase needs an end epoch"),
     ("[{'ep':0,'sz':8,'bs':2}]", "no lr phase"),
     ("[]", "non-empty list"),
     ("{'ep': 0}", "non-empty list"),
     ("[{'ep':0,'sz':8,'bs':2},{'ep':(2,1),'lr':1}]", "phase 1: key 'ep': end epoch 1 must be after start 2"),
+    ("[{'ep':0,'sz':8,'bs':2},{'ep':(0,1),'lr':1},{'ep':(1,1),'lr':1}]",
+     "phase 2: key 'ep': end epoch 1 must be after start 1"),
+    ("[{'ep':0,'sz':8,'bs':2},{'ep':0,'sz':16,'bs':4},{'ep':(0,1),'lr':1}]",
+     "phase 1: key 'ep': epochs not increasing: data phase at 0 after one at 0"),
     ("[{'ep':0.5,'sz':8,'bs':2},{'ep':(0,1),'lr':1}]", "phase 0: key 'ep': a data phase starts at a whole epoch"),
     ("[{'ep':0,'sz':8,'bs':2},{'ep':(0,1),'lr':1,'sz':8}]", "phase 1: key 'sz': only a data phase"),
     ("[{'ep':0,'sz':8,'bs':2},{'ep':(0,1),'lr':1},{'ep':1,'sz':8}]", "phase 2: key 'bs': a phase needs 'bs'"),
