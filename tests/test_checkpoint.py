@@ -289,6 +289,23 @@ def test_peer_failure_is_recognised_only_in_a_process_group():
     assert not dist.is_peer_failure(err)  # no process group here: an ordinary error
 
 
+def test_a_collective_error_from_either_backend_in_a_group_is_a_peer_failure(monkeypatch):
+    """In a group of 2, a collective's RuntimeError from gloo (CPU) or NCCL (GPUs: the only backend a
+    GPU run has) is a peer failure, which the recipe says in one line naming the silent ranks; other
+    errors are not."""
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    for peer in (RuntimeError("[../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv"),
+                 RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer [10.0.0.2]:29500"),
+                 RuntimeError("NCCL communicator was aborted on rank 1. Original reason for failure was: ..."),
+                 RuntimeError("NCCL error in: ../torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:1970, remote "
+                              "process exited or there was a network error, NCCL version 2.21.5"),
+                 torch.distributed.DistError("any backend's error type")):
+        assert dist.is_peer_failure(peer), peer
+    for own in (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), ValueError("gloo"), KeyError("nccl")):
+        assert not dist.is_peer_failure(own), own
+
+
 # ------------------------------------------------------------------------------ background writes
 
 def live_state() -> tuple[Callable[[], None], dict]:

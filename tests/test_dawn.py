@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURE_EVENTS, REPO
-from dawn.events import EventsError, load_run, load_scalars, run_metadata
+from dawn.events import EventsError, Text, load_run, load_scalars, run_metadata
 from procs import run_bounded
 
 EXPORTER = "dawn/prepare_dawn_tsv.py"
@@ -356,6 +356,71 @@ def test_a_tensor_that_cannot_be_read_is_skipped_or_one_line(tmp_path, dtype, fi
         assert r.returncode == 2 and r.stdout == ""
         (line,) = r.stderr.strip().splitlines()
         assert line == f"prepare_dawn_tsv.py: error: {extra}: {message}"
+
+
+def write_tensors(logdir: Path, values) -> None:
+    """One file of TF2-style tensor summaries: for each (tag, numpy value, plugin name or None), at
+    step 5, wall time 2000; the plugin is named on the value, as a writer names it on a tag's first."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.util.tensor_util import make_tensor_proto
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(logdir))
+    for tag, value, plugin in values:
+        v = Summary.Value(tag=tag, tensor=make_tensor_proto(value))
+        if plugin:
+            v.metadata.CopyFrom(SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=plugin)))
+        w.file_writer.add_summary(Summary(value=[v]), 5, 2000.0)
+    w.close()
+
+
+def test_one_element_tensors_of_every_number_kind_are_scalars(tmp_path):
+    """A one-element tensor of floats, signed or unsigned integers or booleans, of any shape, is a
+    scalar whether or not a plugin claims it: its value as a float."""
+    write_tensors(tmp_path, [("f64", np.array([[0.25]]), "scalars"), ("i64", np.int64(-3), None),
+                             ("u8", np.uint8(200), "scalars"), ("u16", np.array([7], np.uint16), None),
+                             ("bool", np.bool_(True), "scalars"), ("false", np.array([False]), None)])
+    run = load_run(tmp_path)
+    assert {tag: [(s.step, s.value) for s in v] for tag, v in run.scalars.items()} == {
+        "f64": [(5, 0.25)], "i64": [(5, -3.0)], "u8": [(5, 200.0)], "u16": [(5, 7.0)],
+        "bool": [(5, 1.0)], "false": [(5, 0.0)]}
+    assert run.texts == {}
+
+
+def test_tensors_that_are_neither_scalar_nor_text_are_left_out(tmp_path):
+    """Only a one-element number is a scalar, only strings are text, and a tag's plugin rules out the
+    other: a vector (a histogram's buckets, an embedding), strings a writer calls scalars, a number it
+    calls text, and any tensor of another plugin (an image's width, height and PNG bytes, an hparams
+    value) are left out, not read as a scalar or a text nor an error."""
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+    write_tensors(tmp_path, [("vector", np.array([1.0, 2.0, 3.0], np.float32), None),
+                             ("empty", np.zeros(0, np.float32), "scalars"),
+                             ("string scalar", np.array([b"0.5"]), "scalars"),
+                             ("number text", np.float32(0.5), "text"),
+                             ("image", np.array([b"2", b"2", png]), "images"),
+                             ("hparam", np.float32(0.1), "hparams"),
+                             ("kept", np.float32(1.5), None), ("note", np.array([b"hello"]), "text")])
+    run = load_run(tmp_path)
+    assert {tag: [(s.step, s.value) for s in v] for tag, v in run.scalars.items()} == {"kept": [(5, 1.5)]}
+    assert run.texts == {"note": [Text(5, 2000.0, "hello")]}
+
+
+def test_a_text_of_several_strings_is_their_lines_in_order(tmp_path):
+    """A text summary holding several strings (a writer's list of lines) reads as those lines, each
+    on its own line, in the tensor's order."""
+    write_tensors(tmp_path, [("log", np.array([[b"first line", b"second"], [b"third", "fourth \u00e9".encode()]]),
+                              "text")])
+    assert load_run(tmp_path).texts == {"log": [Text(5, 2000.0, "first line\nsecond\nthird\nfourth \u00e9")]}
+
+
+def test_a_directory_named_like_an_event_file_is_not_read_as_one(tmp_path):
+    """Only files are a run directory's event files: a subdirectory whose name matches the pattern
+    (another run logged into a folder named after an event file) is neither read nor an error."""
+    events = write_run(tmp_path, [(100, 1360, 10.0, 20.0, 1.0, 0)])
+    write_run(tmp_path / "events.out.tfevents.1.host", [(100, 1360, 50.0, 60.0, 1.0, 0)])
+    run = load_run(tmp_path)
+    assert run.files == (events,) and run.skipped == ()
+    assert [s.value for s in run.scalars["losses/test_1"]] == [10.0]
 
 
 def test_epoch_column_is_the_logged_epoch_not_the_row_index(tmp_path):

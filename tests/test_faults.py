@@ -341,6 +341,35 @@ def test_nonfinite_stop_names_epoch_and_first_bad_step(tmp_path, print_freq):
         _epoch(tmp_path, "stop", Batches(), print_freq)
 
 
+NEVER = torch.iinfo(torch.long).max  # a rank whose losses were all finite
+
+
+@pytest.mark.parametrize("own_nan, others, first_bad", [
+    (True, [NEVER, 2], 1),  # this rank's step 1 is the earliest: a rank with none must not hide it
+    (True, [NEVER, 0], 0),  # another rank's earlier step
+    (False, [3, NEVER], 3),  # only another rank saw one: this rank, all finite, stops as well
+])
+def test_a_nonfinite_loss_on_any_rank_stops_every_rank_at_the_first_bad_step_of_any(
+        tmp_path, monkeypatch, own_nan, others, first_bad):
+    """In a group of 3, each rank's own losses differ (its own batches): the check after the epoch's
+    last step is one all-reduce of each rank's first bad step, and every rank stops naming the
+    earliest of them, whichever rank saw it. Here the two other ranks' first bad steps are given (an
+    all_reduce that reduces this rank's value with theirs by the op asked for)."""
+    def all_reduce(t, op=torch.distributed.ReduceOp.SUM, group=None, async_op=False):
+        values = [int(t.item()), *others]
+        t.fill_(min(values) if op == torch.distributed.ReduceOp.MIN else
+                max(values) if op == torch.distributed.ReduceOp.MAX else sum(values))
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 3)
+    monkeypatch.setattr(torch.distributed, "all_reduce", all_reduce)
+    batches = Batches()
+    if not own_nan:
+        batches.batches[1][0][0, 0, 0, 0] = 0.0
+    with pytest.raises(loop.NonFiniteLoss, match=rf"^non-finite loss at epoch 0 step {first_bad}; stopping"):
+        _epoch(tmp_path, "stop", batches, print_freq=100)  # checked after the last step only
+
+
 # ---------------------------------------------------------------------------------- bad inputs
 
 def tree(tmp_path: Path, **kw) -> Path:
