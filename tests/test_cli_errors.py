@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -513,3 +514,17 @@ def test_check_refuses_a_fault_drill_that_cannot_fire(workdir, capsys, monkeypat
     monkeypatch.setenv(dist.FAULT_ENV, spec)
     rc = call(train.main, ["--config", TINY, "--check"])
     assert_refused(rc, capsys.readouterr().err, message, workdir)
+
+
+def test_integer_flags_accept_both_ends_of_their_range():
+    """``cli.int_range(low, high)`` is inclusive at both ends (``--quality 100``, ``--workers 0``) and
+    refuses one past either end, by name of the range."""
+    import argparse
+    from training.cli import int_range
+    parse = int_range(1, 100)
+    assert (parse("1"), parse("100")) == (1, 100)
+    for bad, why in (("0", "must be in 1..100, got 0"), ("101", "must be in 1..100, got 101"),
+                     ("1.5", "expected an integer, got '1.5'")):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(why)):
+            parse(bad)
+    assert int_range(0)("0") == 0

@@ -211,6 +211,14 @@ def test_restart_json_entry_and_summary_share_the_start(tmp_path, target):
         assert summary == "top-5 never reached 99% in 3 evaluations (best 93.500% at epoch 4, 1.70000 h)"
 
 
+def test_summary_of_a_run_short_of_the_target_names_its_best_evaluation_not_its_last():
+    """Top-5 can fall at the end (an lr bump, an overfit last phase): the summary's "best" is the
+    highest top-5 (epoch 1 here), not the last row."""
+    from dawn.prepare_dawn_tsv import EvalRow, summary_line
+    rows = [EvalRow(0, 100, 0.5, 40.0, 70.0), EvalRow(1, 200, 1.0, 60.0, 90.5), EvalRow(2, 300, 1.5, 55.0, 88.0)]
+    assert summary_line(rows, 93) == "top-5 never reached 93% in 3 evaluations (best 90.500% at epoch 1, 1.00000 h)"
+
+
 def test_a_run_started_over_counts_from_its_new_start(tmp_path):
     # A writer with purge_step=0 (the trainer restarting a run that had no checkpoint) drops the
     # earlier attempt, its start included.

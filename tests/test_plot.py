@@ -148,3 +148,24 @@ def test_train_cli_plot_schedule(tmp_path):
                      "--plot-schedule", str(out), "--world-size", "64"], cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr
     assert_png(out)
+
+
+def test_curves_plot_top5_solid_top1_dashed_and_mark_the_first_hit(tmp_path, monkeypatch):
+    """The figure's data are the exporter's rows: top-5 solid, top-1 dashed against hours, the marker at
+    the first row reaching the target (its hours, its top-5), and --ignore-eval named on the x axis."""
+    import dawn.plot as plot
+    from dawn.events import load_run
+    from dawn.prepare_dawn_tsv import eval_rows, first_reaching
+    figs = []
+    monkeypatch.setattr(plot, "save_figure", lambda fig, path: figs.append(fig))
+    plot_runs([FIXTURE_EVENTS], tmp_path / "c.png", target_top5=90.0, ignore_eval=True)
+    rows = eval_rows(load_run(FIXTURE_EVENTS), ignore_eval=True)
+    hit = first_reaching(rows, 90.0)
+    assert hit is not None and hit is not rows[-1]
+    ax = figs[0].axes[0]
+    top5, top1, marker = ax.lines[:3]
+    assert list(top5.get_xdata()) == [r.hours for r in rows] and top5.get_linestyle() == "-"
+    assert list(top5.get_ydata()) == [r.top5 for r in rows]
+    assert list(top1.get_ydata()) == [r.top1 for r in rows] and top1.get_linestyle() == "--"
+    assert (list(marker.get_xdata()), list(marker.get_ydata())) == ([hit.hours], [hit.top5])
+    assert ax.get_xlabel() == "hours (evaluation time excluded)"

@@ -95,6 +95,27 @@ def test_interpolates_seconds_per_image_against_pixels(tp):
         P.rate_at(tp, 288)
 
 
+def test_an_unmeasured_eval_rate_is_three_times_the_training_rate(tmp_path):
+    """A throughput file without eval_img_s: evaluation runs at EVAL_SPEEDUP (3) x the training img/s,
+    and the table says so. 1 GPU, 200 val images at 128 px (100 img/s train): 200 / 300 s per evaluation."""
+    tp = P.load_throughput(write(tmp_path / "tp.json", {128: {"img_s": 100}, 224: {"img_s": 50}}))
+    assert tp.rates[128].eval_img_s == 300 and not tp.rates[128].eval_measured
+    proj = P.project(parse_schedule(SMALL), tp, gpus=1, efficiency=1.0, num_train=100, num_val=200)
+    assert proj.rows[0].eval_s == pytest.approx(2 * 200 / 300)  # after epochs 0 and 1
+    assert proj.rows[1].eval_s == pytest.approx(200 / 150)
+    assert "taken as 3x training img/s" in P.format_table(proj, "small.yaml", "resnet50")
+
+
+def test_cli_efficiency_defaults_to_1_on_one_gpu_and_0_9_on_more(tmp_path):
+    """One GPU has no all-reduce to lose time to: its default efficiency is 100%; more GPUs: 90%."""
+    f = write(tmp_path / "tp.json", {128: {"img_s": 3000}, 224: {"img_s": 1000}, 288: {"img_s": 600}})
+    one = bench("--config", "configs/imagenet18/8x8.yaml", "--gpus", "1", "--throughput", f)
+    assert one.returncode == 0, one.stderr
+    assert "scaling efficiency 100% on training steps" in one.stdout
+    two = bench("--config", "configs/imagenet18/8x8.yaml", "--gpus", "2", "--throughput", f)
+    assert "scaling efficiency 90% on training steps" in two.stdout
+
+
 def bench(*args: str) -> subprocess.CompletedProcess:
     return run_bounded([sys.executable, "-m", "training.bench", "project", *args], cwd=REPO, timeout=60)
 
