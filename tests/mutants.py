@@ -88,6 +88,8 @@ MUTANTS = [
     Mutant("shard_padding_repeats_the_order_once", "training/data/tree.py",
            "order += (order * math.ceil(total / n))[: total - n]", "order += order[: total - n]",
            ("tests/test_imagefolder.py::test_fewer_images_than_ranks_are_dealt_as_distributed_sampler_deals_them",)),
+    Mutant("hidden_files_listed", "training/files.py", 'yield dirpath, sorted(f for f in filenames if not f.startswith("."))',
+           "yield dirpath, sorted(filenames)", ("tests/test_imagefolder.py::test_the_walk_skips_hidden_files_and_folders",)),
     Mutant("hidden_folder_is_a_class", "training/data/tree.py", 'if e.is_dir() and not e.name.startswith(".")',
            "if e.is_dir()", ("tests/test_imagefolder.py::test_hidden_folders_beside_the_classes_are_no_class",)),
     # RandomResizedCrop's rule and RandomHorizontalFlip's coin, shared by every backend
@@ -394,6 +396,8 @@ MUTANTS = [
     Mutant("dawn_text_lines_joined_by_spaces", "dawn/events.py", 'return Text(step, wall_time, "\\n".join(',
            'return Text(step, wall_time, " ".join(',
            ("tests/test_dawn.py::test_a_text_of_several_strings_is_their_lines_in_order",)),
+    Mutant("dawn_failed_write_leaves_its_temp_file", "dawn/prepare_dawn_tsv.py", "        tmp.unlink(missing_ok=True)",
+           "        pass", ("tests/test_dawn.py::test_a_failed_write_leaves_the_old_file_and_no_temp_file",)),
     Mutant("dawn_directory_read_as_an_event_file", "dawn/events.py", "if p.match(EVENT_GLOB) and p.is_file())",
            "if p.match(EVENT_GLOB))",
            ("tests/test_dawn.py::test_a_directory_named_like_an_event_file_is_not_read_as_one",)),

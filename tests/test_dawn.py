@@ -693,3 +693,18 @@ def test_library_errors_are_value_errors(tmp_path):
     assert issubclass(EventsError, ValueError)
     with pytest.raises(EventsError, match="no event files"):
         load_scalars(tmp_path)
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
+    """Nothing half-written: when the rename onto ``--out`` fails (a full or read-only disk), the old
+    file is intact and the temp file beside it is gone."""
+    from dawn import prepare_dawn_tsv
+    out = tmp_path / "dawn.tsv"
+    out.write_text("old\n")
+
+    def no_rename(src, dst):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(prepare_dawn_tsv.os, "replace", no_rename)
+    with pytest.raises(OSError, match="No space left"):
+        prepare_dawn_tsv.write_atomic("new\n", out)
+    assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["dawn.tsv"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -379,3 +380,14 @@ def test_phase_changes_release_memory_and_workers(jpeg_tree):
     loaders.close()
     assert rss[-1] - rss[0] < 100, rss  # five rebuilds; a leak of loaders or workers would show
     assert multiprocessing.active_children() == []
+
+
+def test_the_walk_skips_hidden_files_and_folders(tmp_path):
+    """A tree copied from a Mac holds AppleDouble files (``._x.JPEG``, not images) and ``.DS_Store``; a
+    notebook leaves ``.ipynb_checkpoints``: none of them is listed, so none becomes a bad image or a class."""
+    from training import files
+    for rel in ("a/x.JPEG", "a/._x.JPEG", "a/.DS_Store", "a/.ipynb_checkpoints/y.JPEG", "b/z.JPEG"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    assert [(os.path.relpath(d, tmp_path), f) for d, f in files.walk(str(tmp_path))] == \
+        [(".", []), ("a", ["x.JPEG"]), ("b", ["z.JPEG"])]
