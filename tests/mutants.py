@@ -185,6 +185,8 @@ MUTANTS = [
            (CLI + "test_cifar_batch_larger_than_the_data_trains_nothing_and_says_so",)),
     Mutant("plot_accepts_any_target", "dawn/plot.py", 'type=percent_arg, default=93.0', 'type=float, default=93.0',
            ("tests/test_plot.py::test_curves_bad_flags_are_one_line_exit_2",)),
+    Mutant("plot_disk_error_a_traceback", "dawn/plot.py", "except (EventsError, OSError) as e:", "except EventsError as e:",
+           ("tests/test_plot.py::test_a_figure_that_fails_midway_leaves_the_old_file",)),
     Mutant("plot_top5_curve_is_top1", "dawn/plot.py", '[r.top5 for r in rows], "-"', '[r.top1 for r in rows], "-"',
            ("tests/test_plot.py::test_curves_plot_top5_solid_top1_dashed_and_mark_the_first_hit",)),
     Mutant("plot_marker_on_the_target_line", "dawn/plot.py", 'ax.plot([hit.hours], [hit.top5], "o"',

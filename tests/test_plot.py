@@ -65,7 +65,7 @@ def test_curves_bad_out_is_one_line_before_any_work(tmp_path, name, problem):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_figure_that_fails_midway_leaves_the_old_file(tmp_path, monkeypatch):
+def test_a_figure_that_fails_midway_leaves_the_old_file(tmp_path, monkeypatch, capsys):
     from matplotlib.figure import Figure
 
     def half_written(self, fname, **kw):  # a writer that dies after its first bytes (a full disk)
@@ -82,6 +82,11 @@ def test_a_figure_that_fails_midway_leaves_the_old_file(tmp_path, monkeypatch):
         plot_runs([FIXTURE_EVENTS], out)
     assert out.read_bytes() == b"the previous figure"
     assert list(tmp_path.iterdir()) == [out]
+    # the command line says it in one line, exit 2, as for any other input it cannot use
+    from dawn import plot
+    assert plot.main([str(FIXTURE_EVENTS), "--out", str(out)]) == 2
+    assert "error: [Errno 28] No space left on device" in capsys.readouterr().err
+    assert out.read_bytes() == b"the previous figure"
 
 
 def test_curves_cli_error_is_one_line(tmp_path):
