@@ -460,3 +460,126 @@ def test_ci_config_end_to_end_on_real_cifar10(cifar_batches, tmp_path):
     assert "warning" not in r.stderr  # fp32 on the CPU: nothing to warn about
     events = list((tmp_path / "run").rglob("events.out.tfevents.*"))
     assert len(events) >= 2  # the run's own events and the summary
+
+
+def test_reset_zeroes_the_whitening_bias():
+    """airbench starts the whitening conv's bias at 0 (the whitening is of the data, not shifted by a
+    random offset), at construction and at every ``reset`` between runs."""
+    torch.manual_seed(0)
+    net = cm.CifarNet(widths=(8, 8, 8))
+    assert torch.equal(net.whiten.bias, torch.zeros(24))
+    with torch.no_grad():
+        net.whiten.bias.fill_(1.0)
+    net.reset()
+    assert torch.equal(net.whiten.bias, torch.zeros(24))
+
+
+def test_the_loss_is_the_summed_label_smoothed_cross_entropy():
+    """loss_fn(eps): sum over the batch of -(1 - eps) log p_y - eps / C * sum_c log p_c."""
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    labels = torch.tensor([0, 2])
+    logp = logits.log_softmax(1)
+    for eps in (0.0, 0.2):
+        want = sum(-(1 - eps) * logp[i, labels[i]] - eps / 3 * logp[i].sum() for i in range(2))
+        torch.testing.assert_close(R.loss_fn(eps)(logits, labels), want)
+
+
+def test_tta_shifted_views_reflect_at_the_border():
+    """The shifted views pad by reflection (airbench's F.pad mode='reflect'): a model reading the
+    corner pixel sees x[1, 1] (and x[1, 30] mirrored) in both shifted views, not zero padding."""
+    model = lambda x: x[:, 0, 0, 0:1].float() * torch.ones(1, 2)  # noqa: E731
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32) + 1
+    tta1, _ = R.tta_logits(model, x, 1)
+    tta2, _ = R.tta_logits(model, x, 2)
+    shifted = 0.5 * x[:, 0, 1, 1] + 0.5 * x[:, 0, 1, 30]
+    assert torch.allclose(tta2[:, 0], 0.5 * tta1[:, 0] + 0.5 * shifted)
+
+
+def test_lookahead_ema_follows_airbenchs_schedule():
+    """From lookahead_start_epoch, every lookahead_every steps: decay = lookahead_decay ** every x
+    (step / total) ** pow, ema += (1 - decay) (w - ema), then w = ema -- for every float tensor of the
+    state dict, BN running statistics included (airbench94's LookaheadState over net.state_dict())."""
+    sched = parse_schedule([{"ep": 0, "sz": 32, "bs": 10}, {"ep": [0, 3], "lr": [1.0, 0.0]}])
+    cfg = C.CifarConfig(lookahead_start_epoch=1, lookahead_every=2, lookahead_decay=0.9, lookahead_pow=2.0,
+                        lookahead_epoch_end=False)
+    net = nn.BatchNorm1d(1)
+    opt = torch.optim.SGD([{"params": list(net.parameters()), "name": "filters"}], lr=0.1)
+    hooks = R.StepHooks(net, opt, sched, num_images=45, drop_last=True, cfg=cfg)
+    assert hooks.total == 12
+    w = ema = None
+    count = 0
+    for epoch in range(3):
+        state = type("S", (), {"epoch": epoch})()
+        for i in range(4):
+            count += 1
+            with torch.no_grad():
+                net.weight.add_(1.0)
+                net.running_mean.add_(1.0)
+            w = net.weight.item()
+            hooks(state, i)
+            if epoch >= 1 and count % 2 == 0:
+                if ema is None:
+                    ema = w
+                else:
+                    decay = 0.9 ** 2 * (count / 12) ** 2
+                    ema = ema + (1 - decay) * (w - ema)
+                w = ema
+            if epoch == 0:
+                assert hooks.ema is None  # before lookahead_start_epoch: no EMA at all
+            assert net.weight.item() == pytest.approx(w, rel=1e-6), (epoch, i)
+            assert net.running_mean.item() == pytest.approx(w - 1, rel=1e-6), (epoch, i)  # same EMA, 1 lower
+
+
+def test_muon_steps_the_orthogonalised_nesterov_momentum():
+    """A Muon group's update is orthogonalize(g + m * buf) with buf = m * buf + g (Nesterov, buffer
+    starting at zero): checked over steps whose gradients differ in direction."""
+    from training.muon import Muon, orthogonalize
+    gen = torch.Generator().manual_seed(0)
+    w = nn.Parameter(torch.randn(4, 2, 3, 3, generator=gen))
+    opt = Muon([{"params": [w], "lr": 0.1, "muon": True, "momentum": 0.6, "normalize": False}])
+    want, buf = w.detach().clone(), torch.zeros(4, 18)
+    for _ in range(3):
+        g = torch.randn(4, 2, 3, 3, generator=gen)
+        w.grad = g.clone()
+        opt.step()
+        buf = 0.6 * buf + g.reshape(4, -1)
+        want -= 0.1 * orthogonalize(g.reshape(4, -1) + 0.6 * buf).view(4, 2, 3, 3)
+        torch.testing.assert_close(w.detach(), want)
+    groups = R.make_optimizer(cm.CifarNet(widths=(8, 16, 16)), C.CifarConfig(optimizer="muon"), 100,
+                              torch.device("cpu")).param_groups
+    assert all(g["nesterov"] for g in groups)  # the recipe's Muon: Nesterov in every group
+
+
+def test_newton_schulz_applies_the_muon_quintic_to_each_singular_value():
+    """orthogonalize scales G to Frobenius norm 1, then each step maps every singular value s to
+    3.4445 s - 4.7750 s^3 + 2.0315 s^5 (the Muon write-up's coefficients), keeping the singular vectors."""
+    from training.muon import orthogonalize
+    p = lambda s: 3.4445 * s - 4.7750 * s ** 3 + 2.0315 * s ** 5  # noqa: E731
+    g = torch.diag(torch.tensor([3.0, 4.0]))  # Frobenius norm 5: singular values 0.6, 0.8
+    for steps in (1, 2):
+        want = torch.tensor([0.6, 0.8])
+        for _ in range(steps):
+            want = p(want)
+        torch.testing.assert_close(orthogonalize(g, steps=steps), torch.diag(want), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(orthogonalize(torch.tensor([[3.0, 4.0]]), steps=1),
+                               torch.tensor([[0.6, 0.8]]) * p(1.0), atol=1e-5, rtol=1e-5)
+
+
+def test_the_cpu_timer_measures_the_elapsed_seconds():
+    """Off the GPU the timed region is wall-clock seconds from start() to stop() (perf_counter)."""
+    import time
+    timer = R.Timer(torch.device("cpu"))
+    timer.start()
+    time.sleep(0.05)
+    seconds = timer.stop()
+    assert 0.05 <= seconds < 5 and timer.seconds == seconds
+
+
+def test_results_json_means_each_accuracy_separately():
+    """mean_accuracy is the TTA accuracies' mean, mean_accuracy_no_tta the plain ones', and
+    median_train_seconds the median (one slow run does not move it, as it would a mean)."""
+    cfg = C.build([str(REPO / "configs" / "cifar10.yaml")], [])
+    runs = [R.RunResult(0, 94.2, 93.6, 3.0), R.RunResult(1, 93.8, 93.0, 3.1), R.RunResult(2, 94.0, 93.3, 6.0)]
+    out = R.results_json(cfg, runs, {})
+    assert out["mean_accuracy"] == pytest.approx(94.0) and out["mean_accuracy_no_tta"] == pytest.approx(93.3)
+    assert out["median_train_seconds"] == 3.1

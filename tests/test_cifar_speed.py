@@ -95,3 +95,13 @@ def test_epoch_augment_augments_each_epoch_once_in_a_timed_run(data, monkeypatch
     monkeypatch.setattr(t.train, "augment", lambda idx: made.append(t.train.epoch) or augment(idx))
     t.run(0, None)
     assert made == [0, 1]
+
+
+def test_a_warmup_run_gives_the_true_labels_back(data):
+    """A warm-up run (compiling only) trains on random labels; the timed runs after it must train on
+    the data's own labels again."""
+    t = trainer(data)
+    labels = t.train.labels.clone()
+    t.run(0, None, warmup=True)
+    assert torch.equal(t.train.labels, labels)
+    t.close()

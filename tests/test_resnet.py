@@ -38,3 +38,12 @@ def test_init_bn0_zeroes_last_bn_and_draws_fc_weight_from_normal_0_01():
 def test_init_bn0_needs_residual_blocks():
     with pytest.raises(ConfigError, match="no torchvision residual blocks"):
         resnet.build("mobilenet_v2", 10, init_bn0=True)
+
+def test_init_bn0_zeroes_the_second_bn_of_each_basic_block():
+    """resnet18/34's BasicBlock ends in bn2: that gamma is zeroed (the block starts as the identity),
+    bn1's is left at 1."""
+    from torchvision.models.resnet import BasicBlock
+    torch.manual_seed(0)
+    blocks = [m for m in resnet.build("resnet18", 10, init_bn0=True).modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 8
+    assert all(bool((b.bn2.weight == 0).all()) and bool((b.bn1.weight == 1).all()) for b in blocks)
