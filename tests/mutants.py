@@ -110,6 +110,9 @@ MUTANTS = [
            ("tests/test_imagefolder.py::test_a_crop_is_drafted_only_while_it_keeps_size_px_per_side",)),
     Mutant("step_ignores_world_size", "training/loop.py", "state.step += batch * ctx.dist.world_size",
            "state.step += batch", (GLOO_TEST,)),
+    Mutant("imagenet_label_smoothing_dropped", "training/recipes/imagenet.py",
+           "loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)", "loss_fn=nn.CrossEntropyLoss()",
+           ("tests/test_train.py::test_the_imagenet_loss_is_cross_entropy_with_the_configs_label_smoothing",)),
     Mutant("every_rank_writes_events", "training/recipes/imagenet.py", "writes = info.is_main and not cfg.train.evaluate",
            "writes = not cfg.train.evaluate", (GLOO_TEST,)),
     # resume: exact, and one run in the logs

@@ -262,3 +262,18 @@ def test_compile_static_gives_each_schedule_shape_its_own_graph(monkeypatch):
     finally:
         torch._dynamo.reset()
     assert len(shapes) == 9 and len(graphs) == 9
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_the_imagenet_loss_is_cross_entropy_with_the_configs_label_smoothing(data, tmp_path, monkeypatch, smoothing):
+    """``optim.label_smoothing`` reaches the loss the loop trains with (no shipped config sets it, so
+    only this pins it): known answer on two logits rows, against the formula."""
+    from training import loop
+    seen = {}
+    monkeypatch.setattr(loop, "run", lambda state, loaders, hooks, ctx: seen.setdefault("loss", hooks.loss_fn))
+    assert trainer.main([str(data), *TINY, f"train.logdir={tmp_path / 'run'}", f"optim.label_smoothing={smoothing}",
+                         "train.max_epochs=1"]) == 0
+    logits, labels = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]]), torch.tensor([0, 2])
+    logp = torch.log_softmax(logits, 1)
+    want = (-(1 - smoothing) * logp[[0, 1], labels] - smoothing * logp.mean(1)).mean()
+    torch.testing.assert_close(seen["loss"](logits, labels), want)
