@@ -682,6 +682,8 @@ MUTANTS = [
            (CLI + "test_a_text_override_is_taken_whole_and_numbers_still_read",)),
     Mutant("int_flag_refuses_its_upper_end", "training/cli.py", "(high is not None and value > high)",
            "(high is not None and value >= high)", (CLI + "test_integer_flags_accept_both_ends_of_their_range",)),
+    Mutant("logdir_of_only_checkpoints_is_free", "training/logs.py", '"events.out.tfevents.*", "checkpoints/epoch_*.pt",',
+           '"events.out.tfevents.*",', (CLI + "test_each_file_a_run_leaves_marks_its_logdir_as_holding_one",)),
     Mutant("keep_all_checkpoints_refused", "training/config.py", '"train.keep_checkpoints": (0, None),',
            '"train.keep_checkpoints": (1, None),', (CLI + "test_the_ends_of_each_range_are_accepted",)),
     Mutant("momentum_past_1_accepted", "training/config.py", '"optim.momentum": (0, 1),', '"optim.momentum": (0, None),',

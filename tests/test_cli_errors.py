@@ -528,3 +528,20 @@ def test_integer_flags_accept_both_ends_of_their_range():
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(why)):
             parse(bad)
     assert int_range(0)("0") == 0
+
+
+@pytest.mark.parametrize("left", ["config.yaml", "metadata.json", "train.log", "events.out.tfevents.1.host",
+                                  "checkpoints/epoch_0003.pt", "run_000/train.log"])
+def test_each_file_a_run_leaves_marks_its_logdir_as_holding_one(tmp_path, left):
+    """Any one thing a run leaves (a crashed run may leave only its checkpoints, or the cifar recipe only
+    a run_NNN/) keeps a fresh run out; files no run writes do not."""
+    from training import logs
+    (tmp_path / "notes.txt").write_text("mine\n")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "exported.pt").write_bytes(b"")
+    logs.refuse_reuse(str(tmp_path))  # only files of no run: free
+    (tmp_path / left).parent.mkdir(exist_ok=True)
+    (tmp_path / left).write_text("")
+    shown = "run_000" if left.startswith("run_") else left
+    with pytest.raises(C.ConfigError, match=rf"already holds a run \({re.escape(shown)}\)"):
+        logs.refuse_reuse(str(tmp_path))
