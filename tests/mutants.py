@@ -272,6 +272,10 @@ MUTANTS = [
            "if False:", ("tests/test_dawn.py::test_value_not_a_finite_number_is_an_error_naming_tag_step_and_file",)),
     Mutant("clock_starts_after_the_set_up", "training/recipes/imagenet.py", "started=launched, purge_step=purge)",
            "purge_step=purge)", (NEWCOMER + "test_the_clock_starts_before_the_set_up_as_imagenet18s",)),
+    Mutant("start_logged_at_the_resume_time", "training/logs.py",
+           'self.writer.add_scalar("first", self.start_time, 0, walltime=self.start_time)',
+           'self.writer.add_scalar("first", self.start_time, 0)',
+           (NEWCOMER + "test_a_run_resumed_into_a_new_logdir_exports_with_the_original_clock",)),
     Mutant("resumed_into_a_new_logdir_has_no_start", "training/logs.py", "if start_time is None or new_dir:",
            "if start_time is None:", (NEWCOMER + "test_a_run_resumed_into_a_new_logdir_exports_with_the_original_clock",)),
     # launching (2026-11-26, a review of the launchers and the CLI)
