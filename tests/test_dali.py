@@ -212,7 +212,9 @@ def test_a_fresh_loader_at_epoch_2_yields_what_the_long_lived_one_does(jpeg_tree
 
 
 def _graph(node, depth: int = 0) -> list[tuple[int, str, str, dict]]:
-    """A defined pipeline's graph from an output back, depth first: (depth, operator, device, arguments)."""
+    """A defined pipeline's graph from an output back, depth first: (depth, operator, device, arguments).
+    Reads DALI's Python graph objects (DataNode.source, its _op and _inputs; as in DALI 2.4): a DALI
+    that renames them fails here by name, not silently."""
     op = node.source._op
     rows = [(depth, getattr(op, "schema_name", type(op).__name__), op.device, getattr(op, "_init_args", {}))]
     for i in node.source._inputs:
