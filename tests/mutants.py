@@ -74,8 +74,8 @@ MUTANTS = [
            ("tests/test_dali.py::test_same_pixels_as_torchvision_train_and_validation",)),
     # DALI's GPU graph, checked against DALI's schema without a GPU: labels must leave on the device
     Mutant("dali_gpu_labels_on_host", "training/data/dali.py",
-           "self._pipe.set_outputs(images, labels.gpu() if decode == \"mixed\" else labels)",
-           "self._pipe.set_outputs(images, labels)",
+           "return self._normalize(images, mirror=mirror), labels.gpu() if decode == \"mixed\" else labels",
+           "return self._normalize(images, mirror=mirror), labels",
            ("tests/test_dali.py::test_gpu_graph_is_valid_dali_without_a_gpu",)),
     Mutant("val_centre_floored", "training/data/rectval.py", "else int(round((side - crop) / 2.0))",
            "else (side - crop) // 2",

@@ -148,9 +148,8 @@ class DaliLoader:
             device_id = spec.device.index if spec.device.index is not None else torch.cuda.current_device()
         pipe = Pipeline(batch_size=self.batch_size, num_threads=max(1, spec.workers), device_id=device_id,
                         prefetch_queue_depth=PREFETCH, exec_dynamic=True)
-        self._pipe = pipe  # the graph methods set its outputs
         with pipe:
-            (self._train_graph if self.train else self._val_graph)("mixed" if cuda else "cpu")
+            pipe.set_outputs(*(self._train_graph if self.train else self._val_graph)("mixed" if cuda else "cpu"))
         return pipe
 
     def _decoder_args(self, decode: str, roi: bool = False) -> dict:
@@ -162,7 +161,7 @@ class DaliLoader:
                         affine=False)  # 8 ranks' threads must not all pin themselves to cores 0..W-1
         return args
 
-    def _train_graph(self, decode: str) -> None:
+    def _train_graph(self, decode: str) -> tuple:
         size = self.spec.phase.size
         encoded, labels, anchor, shape, mirror = fn.external_source(
             source=self._source, num_outputs=5, batch=True, batch_info=True,
@@ -174,10 +173,9 @@ class DaliLoader:
             images = fn.decoders.image(encoded, **self._decoder_args(decode))
             images = fn.slice(images, anchor, shape, axis_names="WH")
         images = fn.resize(images, resize_x=size, resize_y=size)
-        images = self._normalize(images, mirror=mirror)
-        self._pipe.set_outputs(images, labels.gpu() if decode == "mixed" else labels)
+        return self._normalize(images, mirror=mirror), labels.gpu() if decode == "mixed" else labels
 
-    def _val_graph(self, decode: str) -> None:
+    def _val_graph(self, decode: str) -> tuple:
         encoded, labels, resize_hw, anchor, crop = fn.external_source(
             source=self._source, num_outputs=5, batch=True, batch_info=True,
             dtype=[types.UINT8, types.INT32, types.FLOAT, types.INT32, types.INT32])
@@ -186,7 +184,7 @@ class DaliLoader:
         # the anchor, padding with black where the crop is larger (before normalising, as torchvision).
         images = fn.resize(images, size=resize_hw)
         images = fn.slice(images, anchor, crop, axes=[0, 1], out_of_bounds_policy="pad", fill_values=0)
-        self._pipe.set_outputs(self._normalize(images), labels.gpu() if decode == "mixed" else labels)
+        return self._normalize(images), labels.gpu() if decode == "mixed" else labels
 
     def _source(self, info) -> tuple:
         """external_source callback: batch ``info.iteration`` of this pass, StopIteration past the end
