@@ -143,7 +143,8 @@ def summary_line(rows: list[EvalRow], target_top5: float) -> str:
 
 def dawn_entry(run: Run, rows: list[EvalRow], target_top5: float, ignore_eval: bool,
                start_tag: str = "first") -> dict:
-    """A DAWNBench ImageNet-training JSON skeleton; what the run did not log is "unknown"."""
+    """A DAWNBench ImageNet-training JSON skeleton; what the run did not log is "unknown". worldSize
+    is the logged ``sizes/world`` (a list, in step order, where it changed), else the metadata's."""
     meta = run_metadata(run) or {}
     if "torch" in meta:
         framework, source = f"PyTorch {meta['torch']}", f"run metadata ({METADATA_TAG})"
@@ -151,9 +152,13 @@ def dawn_entry(run: Run, rows: list[EvalRow], target_top5: float, ignore_eval: b
         framework, source = f"PyTorch {UNKNOWN}", "the run logged no torch version"
     start = run_start(run, start_tag).wall_time  # the start the rows' hours count from
     hit = first_reaching(rows, target_top5)
-    world = meta.get("world_size")
-    if world is None and WORLD in run.scalars:
-        world = int(_checked(WORLD, run.scalars[WORLD][-1]).value)
+    world = meta.get("world_size")  # the first launch's: metadata is logged once per run
+    if WORLD in run.scalars:
+        # logged at every launch: a run resumed under another world size trained at each, so all of
+        # them, in the order they ran
+        logged = [int(_checked(WORLD, s).value) for s in run.scalars[WORLD]]
+        sizes = [w for i, w in enumerate(logged) if i == 0 or w != logged[i - 1]]
+        world = sizes[0] if len(sizes) == 1 else sizes
     return {
         "version": "v1.0",
         "author": UNKNOWN,

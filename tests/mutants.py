@@ -778,6 +778,33 @@ MUTANTS = [
            ("tests/test_faults.py::test_nonfinite_weights_with_skipped_steps_stop_in_one_line",)),
     Mutant("static_rendezvous_restarts_by_default", "launch/multinode.sh", "  MAX_RESTARTS=${MAX_RESTARTS:-0}", "  :",
            ("tests/test_launch.py::test_multinode_static_node_rank",)),
+    Mutant("cifar_trainer_keeps_its_augmented_copy", "training/recipes/cifar.py", "            self.train.close()",
+           "            pass",
+           ("tests/test_cifar_recipe.py::test_between_runs_a_trainer_holds_no_augmented_copy_and_its_runs_repeat",)),
+    # the world sizes a run trained at, as the DAWN JSON reports them
+    Mutant("world_size_not_logged_per_launch", "training/loop.py",
+           'log.scalar("sizes/world", ctx.dist.world_size, state.step)', "pass", (GLOO_TEST,)),
+    Mutant("dawn_world_size_from_the_first_launch", "dawn/prepare_dawn_tsv.py", "    if WORLD in run.scalars:",
+           '    if world is None and WORLD in run.scalars:',
+           (TRAIN + "test_a_run_resumed_on_fewer_processes_exports_both_world_sizes",)),
+    # a mutation audit's survivors (2026-11-27)
+    Mutant("dawn_world_size_only_the_first", "dawn/prepare_dawn_tsv.py",
+           "world = sizes[0] if len(sizes) == 1 else sizes", "world = sizes[0]",
+           ("tests/test_dawn.py::test_a_run_resumed_under_another_world_size_names_each_in_the_order_they_ran",)),
+    Mutant("eval_events_stamped_as_written", "training/logs.py", "self.scalar(tag, v, step, walltime=now)",
+           "self.scalar(tag, v, step)",
+           ("tests/test_dawn.py::test_the_train_log_row_and_the_exported_evaluation_share_one_clock_reading",)),
+    Mutant("pipeline_restart_counts_the_cold_start", "training/bench/pipeline.py",
+           "statistics.median(starts[1:]) if len(starts) > 1", "statistics.median(starts) if len(starts) > 1",
+           ("tests/test_bench.py::test_pipeline_restart_is_the_later_passes_starts_not_the_first",)),
+    Mutant("plotted_lr_misses_each_epochs_last_step", "dawn/plot.py", "[*range(0, row.iters, stride), row.iters - 1]",
+           "[*range(0, row.iters, stride)]", ("tests/test_plot.py::test_plotted_lr_ends_each_epoch_on_its_last_step",)),
+    Mutant("plotted_size_steps_an_epoch_early", "dawn/plot.py", 'where="post", color="C1"', 'where="pre", color="C1"',
+           ("tests/test_plot.py::test_schedule_size_and_batch_panels_change_at_the_phases_first_epoch",)),
+    Mutant("output_folder_readable_taken_as_writable", "training/cli.py", "os.access(nearest, os.W_OK | os.X_OK)",
+           "os.access(nearest, os.R_OK)", (CLI + "test_an_output_folder_that_can_be_read_but_not_written_is_refused",)),
+    Mutant("nesting_counts_brackets_in_double_quotes", "training/bounded.py", "elif ch in \"'\\\"\":",
+           "elif ch in \"'\":", (CLI + "test_brackets_inside_a_string_in_either_quote_are_not_nesting",)),
 ]
 
 

@@ -288,6 +288,37 @@ def test_pipeline_window_of_worker_processes_counts_only_what_it_waited_for(monk
     assert r["img_s"] == pytest.approx(W * BS / C, rel=0.1), r["img_s_windows"]
 
 
+def test_pipeline_restart_is_the_later_passes_starts_not_the_first(monkeypatch):
+    """The first pass's start builds the pipeline (here 0.5 s), a later pass's start only restarts
+    it (0.02 s): ``first_start_s`` is the one, ``restart_s`` the median of the others alone."""
+    import time as _time
+
+    import training.data as data
+    from training.bench import pipeline
+
+    class ColdStart:
+        passes = 0
+
+        def set_epoch(self, epoch):
+            pass
+
+        def __iter__(self):
+            _time.sleep(0.5 if self.passes == 0 else 0.02)
+            self.passes += 1
+            return iter([(torch.zeros(2, 3, 4, 4), torch.zeros(2))] * 3)
+
+        def __len__(self):
+            return 3
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(data, "get_backend", lambda *a, **k: data.Backend("cold", lambda spec: ColdStart(), None))
+    r = pipeline.measure("cold", "unused", "", 4, 2, 0, 0.01, 0, "cpu")
+    assert r["epochs"] == 2 and r["first_start_s"] >= 0.5
+    assert 0.02 <= r["restart_s"] < 0.25  # the cold start in the median: (0.5 + 0.02) / 2
+
+
 def _end_to_end(monkeypatch, tmp_path, epochs: int, totals: dict) -> tuple[list[dict], list[str]]:
     """end_to_end's rows for sizes 128 and 224 when every epoch's stage table holds ``totals``, and its command."""
     import subprocess as sp

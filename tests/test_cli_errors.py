@@ -530,6 +530,31 @@ def test_integer_flags_accept_both_ends_of_their_range():
     assert int_range(0)("0") == 0
 
 
+def test_an_output_folder_that_can_be_read_but_not_written_is_refused(tmp_path):
+    """``cli.output_problem`` wants a folder it can write in, not one it can read: --results into a
+    read-only folder passed --check and failed only after the training. Root writes through a
+    folder's mode bits, so there a read-only mount (/proc/sys, in a container) stands in."""
+    from training.cli import output_problem
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    folder = next((d for d in (ro, Path("/proc/sys")) if os.access(d, os.R_OK | os.X_OK)
+                   and not os.access(d, os.W_OK)), None)
+    if folder is None:
+        pytest.skip("no read-only folder here (root, and /proc/sys writable)")
+    assert output_problem(str(folder / "r.json")) == f"cannot be written ({folder} is not a writable directory)"
+
+
+def test_brackets_inside_a_string_in_either_quote_are_not_nesting():
+    """The nesting bound counts brackets outside strings: a JSON phases list (double quotes) whose
+    folder name holds 20 '(' reads as it does in Python's single quotes, not as 20 levels deep."""
+    from training.phases import parse_schedule
+    name = "-sz/" + "(" * 20
+    for q in ("'", '"'):
+        phases = (f"[{{{q}ep{q}: 0, {q}sz{q}: 32, {q}bs{q}: 8, {q}trndir{q}: {q}{name}{q}}}, "
+                  f"{{{q}ep{q}: [0, 2], {q}lr{q}: 0.1}}]")
+        assert parse_schedule(phases).data_phases[0].train_dir == name, q
+
+
 @pytest.mark.parametrize("left", ["config.yaml", "metadata.json", "train.log", "events.out.tfevents.1.host",
                                   "checkpoints/epoch_0003.pt", "run_000/train.log"])
 def test_each_file_a_run_leaves_marks_its_logdir_as_holding_one(tmp_path, left):

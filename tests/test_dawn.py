@@ -211,6 +211,45 @@ def test_restart_json_entry_and_summary_share_the_start(tmp_path, target):
         assert summary == "top-5 never reached 99% in 3 evaluations (best 93.500% at epoch 4, 1.70000 h)"
 
 
+def test_a_run_resumed_under_another_world_size_names_each_in_the_order_they_ran(tmp_path):
+    """A run without metadata (imagenet18's) logs sizes/world as it starts a data phase, a resume
+    included: one resumed on 4 processes after 8 trained at both, so the JSON says [8, 4], not
+    either alone; a size logged again unchanged is that one size."""
+    from dawn.prepare_dawn_tsv import dawn_entry, eval_rows
+
+    def world(logdir: Path) -> int | list[int]:
+        run = load_run(logdir)
+        return dawn_entry(run, eval_rows(run), 93.0, False)["misc"]["worldSize"]
+
+    write_run(tmp_path / "resized", [(100, T + 360, 10.0, 50.0, 36.0, 0)], first=T, extra=[("sizes/world", 8, 0)])
+    write_run(tmp_path / "resized", [(300, T + 6120, 40.0, 93.5, 18.0, 4)], first=T + 5400,
+              extra=[("sizes/world", 4, 200)])
+    assert world(tmp_path / "resized") == [8, 4]
+    write_run(tmp_path / "same", [(100, T + 360, 10.0, 50.0, 36.0, 0)], first=T,
+              extra=[("sizes/world", 8, 0), ("sizes/world", 8, 50)])
+    assert world(tmp_path / "same") == 8
+
+
+def test_the_train_log_row_and_the_exported_evaluation_share_one_clock_reading(tmp_path, monkeypatch):
+    """The trainer's logger stamps an evaluation's four events and its train.log `~~` row with one
+    reading of the clock, so train.log and the export give the same hours. Here the clock ticks 1 s a
+    reading: events stamped as they are written would lag the row by seconds."""
+    import itertools
+    import time
+
+    from dawn.prepare_dawn_tsv import eval_rows
+    from training.logs import RunLogger
+    clock = itertools.count(1_000_000)
+    monkeypatch.setattr(time, "time", lambda: float(next(clock)))
+    logger = RunLogger(tmp_path, True, stream=io.StringIO())
+    logger.log_eval(epoch=0, top1=10.0, top5=20.0, seconds=3.0, step=100)
+    logger.close()
+    run = load_run(tmp_path)
+    assert len({run.scalars[tag][0].wall_time for tag in ACC}) == 1
+    (row,) = [line for line in (tmp_path / "train.log").read_text().splitlines() if line.startswith("~~0\t")]
+    assert row.split("\t")[1] == f"{eval_rows(run)[0].hours:.5f}" != "0.00000"
+
+
 def test_summary_of_a_run_short_of_the_target_names_its_best_evaluation_not_its_last():
     """Top-5 can fall at the end (an lr bump, an overfit last phase): the summary's "best" is the
     highest top-5 (epoch 1 here), not the last row."""

@@ -147,6 +147,37 @@ def test_plotted_lr_is_the_cifar_runs():
     assert ys[0] == pytest.approx(0.2) and ys[-1] == schedule.lr(9, 43, 48)
 
 
+def test_plotted_lr_ends_each_epoch_on_its_last_step():
+    """5005 steps an epoch (imagenet at batch 256) are sampled every 25th, which misses step 5004: each
+    epoch's line still ends on it, with the lr the loop sets there (1.0 -> 0.1 over two epochs: 0.55,
+    then the schedule's last lr, 0.1)."""
+    from dawn.plot import lr_points
+    schedule = parse_schedule([{"ep": 0, "sz": 128, "bs": 256}, {"ep": [0, 2], "lr": [1.0, 0.1]}])
+    xs, ys = lr_points(schedule, schedule.plan(1_281_167, 1, False), 1_281_167, 1, False)
+    ends = [max((x, y) for x, y in zip(xs, ys) if epoch <= x < epoch + 1) for epoch in (0, 1)]
+    assert [x for x, _ in ends] == [5004 / 5005, 1 + 5004 / 5005]
+    assert [y for _, y in ends] == pytest.approx([0.55, 0.1], abs=1e-12)
+
+
+def test_schedule_size_and_batch_panels_change_at_the_phases_first_epoch(tmp_path, monkeypatch):
+    """The size and batch panels are steps that hold each epoch's value until the next epoch: the
+    epoch-2 phase (224 px, batch 4) is drawn from epoch 2 on, not over epoch 1."""
+    import dawn.plot as plot
+    figs = []
+    monkeypatch.setattr(plot, "save_figure", lambda fig, path: figs.append(fig))
+    schedule = parse_schedule([{"ep": 0, "sz": 128, "bs": 8}, {"ep": 2, "sz": 224, "bs": 4},
+                               {"ep": [0, 4], "lr": 0.1}])
+    plot_schedule(schedule, tmp_path / "s.png", num_images=64)
+
+    def drawn_at(line, x: float) -> float:
+        v = line.get_path().vertices  # as drawn: the step style applied
+        return next(y0 for (x0, y0), (x1, y1) in zip(v, v[1:]) if y0 == y1 and x0 <= x < x1)
+
+    _, ax_sz, ax_bs = figs[0].axes
+    assert [drawn_at(ax_sz.lines[0], e + 0.5) for e in range(4)] == [128, 128, 224, 224]
+    assert [drawn_at(ax_bs.lines[0], e + 0.5) for e in range(4)] == [8, 8, 4, 4]
+
+
 def test_train_cli_plot_schedule(tmp_path):
     out = tmp_path / "s.png"
     r = run_bounded([sys.executable, "training/train.py", "--config", "configs/imagenet18/8x8.yaml",

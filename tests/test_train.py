@@ -72,6 +72,7 @@ def test_two_process_gloo_run_logs_one_eval_per_epoch(data, tmp_path, loader):
     assert [v for _, v in s["epoch"]] == [0, 1, 2]
     assert [v for _, v in s["sizes/image"]] == [32, 32, 48]
     assert [v for _, v in s["sizes/batch"]] == [8, 16, 8]  # keep_dl at epoch 1, new phase at 2
+    assert s["sizes/world"] == [(0, 2), (24, 2), (48, 2)]  # with each phase's sizes, as imagenet18
     assert all(0 <= v <= 100 for _, v in s["losses/test_5"])
     assert len(s["first"]) == 1
     rows = [line for line in (logdir / "train.log").read_text().splitlines() if line.startswith("~~")]
@@ -86,6 +87,19 @@ def test_two_process_gloo_run_logs_one_eval_per_epoch(data, tmp_path, loader):
     theirs = [r.split("\t") for r in tsv[1:]]
     assert [[e, h] for e, h, _, _ in theirs] == [o[0].split("\t") for o in ours]
     assert [[t1, t5] for _, _, t1, t5 in theirs] == [o[1:] for o in ours]
+
+
+def test_a_run_resumed_on_fewer_processes_exports_both_world_sizes(data, tmp_path):
+    """Metadata is logged once per run, so the DAWN JSON's worldSize comes from the `sizes/world`
+    each launch logs: 2 processes for epoch 0, then 1 after the resume, in that order."""
+    from dawn.events import load_run
+    from dawn.prepare_dawn_tsv import dawn_entry, eval_rows
+    logdir = tmp_path / "run"
+    train(str(data), *TINY, f"train.logdir={logdir}", "train.max_epochs=1", nproc=2)
+    train(str(data), *TINY, f"train.logdir={logdir}", "--resume", "auto")
+    run = load_run(logdir)
+    assert [r.epoch for r in eval_rows(run)] == [0, 1, 2]
+    assert dawn_entry(run, eval_rows(run), 93.0, False)["misc"]["worldSize"] == [2, 1]
 
 
 def test_applied_and_logged_lr_follow_the_schedule(data, tmp_path, one_thread):

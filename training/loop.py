@@ -363,6 +363,8 @@ def run(state: TrainState, loaders: PhaseSource, hooks: Hooks, ctx: RunContext) 
         if phase != last_phase:
             log.scalar("sizes/batch", phase.batch_size, state.step)
             log.scalar("sizes/image", phase.size, state.step)
+            # as imagenet18 logs it; per launch too, so a run resumed on other machines says both
+            log.scalar("sizes/world", ctx.dist.world_size, state.step)
             log.human(f"phase at epoch {epoch}: size {phase.size} batch {phase.batch_size} val_batch {val.batch_size}"
                       f"{_phase_extras(phase)}")
             last_phase = phase
