@@ -395,6 +395,23 @@ def test_each_data_phase_trains_at_its_size_and_evaluation_at_32(tmp_path, epoch
     assert {shape[1:] for training, shape in seen if not training} == {(3, 32, 32)}
 
 
+def test_between_runs_a_trainer_holds_no_augmented_copy_and_its_runs_repeat(tmp_path):
+    """The padded, normalised copy of the training images (1.5 GB in fp32 for CIFAR-10) lives only
+    while a run does: bench cifar keeps every variant's trainer built, and 12 variants held 12 copies
+    (OOM on a 24 GB machine). The next run makes it again: the same seed trains to the same weights."""
+    root = write_cifar10(tmp_path / "data", n_train=200, n_test=50)
+    cfg = C.build([str(REPO / "configs" / "cifar10_ci.yaml")],
+                  [(["phases"], [{"ep": 0, "sz": 32, "bs": 50}, {"ep": [0, 2], "lr": [1.0, 0.0]}]),
+                   (["cifar", "eval_batch_size"], 50), (["train", "print_freq"], 1000)])
+    trainer = R.Trainer(cfg, R.check_config(cfg), torch.device("cpu"), str(root))
+    first = trainer.run(seed=3, logdir=None)
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert trainer.train.windows is None and trainer.train.epoch_images is None
+    again = trainer.run(seed=3, logdir=None)
+    assert (again.accuracy, again.accuracy_no_tta) == (first.accuracy, first.accuracy_no_tta)
+    assert all(torch.equal(v, weights[k]) for k, v in trainer.model.state_dict().items())
+
+
 @pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
 def test_the_images_are_kept_in_the_dtype_the_first_conv_computes_in(tmp_path, precision, dtype):
     """On the CPU too: bf16 autocast would cast fp32 images to bf16 at the first conv anyway."""
