@@ -166,7 +166,7 @@ def dawn_entry(run: Run, rows: list[EvalRow], target_top5: float, ignore_eval: b
         "framework": framework,
         "codeURL": UNKNOWN,
         "model": meta.get("arch", UNKNOWN),
-        "hardware": _hardware(meta),
+        "hardware": _hardware(meta, world),
         "timestamp": dt.datetime.fromtimestamp(start, dt.timezone.utc).strftime("%Y-%m-%d"),
         "misc": {
             "frameworkSource": source,
@@ -185,13 +185,18 @@ def dawn_entry(run: Run, rows: list[EvalRow], target_top5: float, ignore_eval: b
     }
 
 
-def _hardware(meta: dict) -> str:
+def _hardware(meta: dict, world: int | list[int] | None) -> str:
+    """"N x GPU"; for a run resumed under other world sizes (our trainer: one GPU per process, so the
+    metadata's gpu_count is its first launch's world size) each launch's count, in order."""
     gpu = meta.get("gpu")
     if not gpu:
         return UNKNOWN
     if str(gpu).lower() == "cpu":
         return "CPU"
-    return f"{meta.get('gpu_count', UNKNOWN)} x {gpu}"
+    count = meta.get("gpu_count", UNKNOWN)
+    if isinstance(world, list) and count == meta.get("world_size"):
+        return ", then ".join(f"{n} x {gpu}" for n in world)
+    return f"{count} x {gpu}"
 
 
 def _schedule_summary(run: Run, meta: dict, rows: list[EvalRow]) -> dict | str:

@@ -787,6 +787,9 @@ MUTANTS = [
     Mutant("dawn_world_size_from_the_first_launch", "dawn/prepare_dawn_tsv.py", "    if WORLD in run.scalars:",
            '    if world is None and WORLD in run.scalars:',
            (TRAIN + "test_a_run_resumed_on_fewer_processes_exports_both_world_sizes",)),
+    Mutant("dawn_hardware_of_the_first_launch_only", "dawn/prepare_dawn_tsv.py",
+           'if isinstance(world, list) and count == meta.get("world_size"):', "if False:",
+           ("tests/test_dawn.py::test_tensor_scalars_and_run_metadata_text",)),
     # a mutation audit's survivors (2026-11-27)
     Mutant("dawn_world_size_only_the_first", "dawn/prepare_dawn_tsv.py",
            "world = sizes[0] if len(sizes) == 1 else sizes", "world = sizes[0]",

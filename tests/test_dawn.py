@@ -350,6 +350,14 @@ def test_tensor_scalars_and_run_metadata_text(tmp_path):
     assert sched["source"] == "run metadata phases" and sched["epochs"] == 4
     assert [(d["fromEpoch"], d["size"], d["batchSize"]) for d in sched["data"]] == \
         [(0, 128, 256), (2, 224, 128)]
+
+    # resumed on 4 GPUs: one GPU per process, so the hardware follows the world sizes the run logged
+    w = SummaryWriter(str(tmp_path))
+    w.add_scalar("sizes/world", 8, 0, walltime=1001.0)
+    w.add_scalar("sizes/world", 4, 15, walltime=1500.0)
+    w.close()
+    entry = json.loads(export("--events_path", str(tmp_path), "--format", "json").stdout)
+    assert entry["misc"]["worldSize"] == [8, 4] and entry["hardware"] == "8 x NVIDIA H100, then 4 x NVIDIA H100"
     assert sched["lr"] == [{"epochs": [0, 2], "lr": [1.0, 2.0]}, {"epochs": [2, 4], "lr": [2.0, 0.1]}]
     assert entry["misc"]["timeToTarget"] == {"top5Accuracy": 93.0, "reached": True, "epoch": 1,
                                              "hours": 0.2, "evalTimeExcluded": False}
