@@ -45,6 +45,11 @@ LR_TEST = TRAIN + "test_applied_and_logged_lr_follow_the_schedule"
 EVAL_TEST = TRAIN + "test_two_process_evaluation_counts_each_image_once_with_known_accuracy"
 PURGE_TEST = FAULTS + "test_resume_purges_what_the_crashed_attempt_logged_after_the_checkpoint"
 GLOO_TEST = TRAIN + "test_two_process_gloo_run_logs_one_eval_per_epoch[torchvision]"
+SYNTH_TEST = "tests/test_bench.py::test_synthetic_loader_counts_dtype_layout_and_batches_per_rank"
+JPEGTREE_TEST = "tests/test_bench.py::test_jpegtree_images_are_each_their_own_at_the_asked_side_and_quality"
+TP_FIGURES = "tests/test_bench.py::test_throughput_figures_come_from_the_median_window"
+TP_PATHS = "tests/test_bench.py::test_throughput_paths_are_torchvisions_amp_and_our_trainers_defaults"
+CUT_OFF_TEST = "tests/test_bench_cifar.py::test_a_command_cut_off_mid_round_leaves_the_rounds_before_in_the_json"
 
 MUTANTS = [
     # the learning rate the trainer applies and logs
@@ -808,6 +813,89 @@ MUTANTS = [
            "os.access(nearest, os.R_OK)", (CLI + "test_an_output_folder_that_can_be_read_but_not_written_is_refused",)),
     Mutant("nesting_counts_brackets_in_double_quotes", "training/bounded.py", "elif ch in \"'\\\"\":",
            "elif ch in \"'\":", (CLI + "test_brackets_inside_a_string_in_either_quote_are_not_nesting",)),
+    # DALI on the CPU: an empty shard, validation padding, reads left by an abandoned pass; the GPU graph
+    Mutant("dali_empty_shard_builds_a_pipeline", "training/data/dali.py", "        if len(self) == 0:",
+           "        if False:", ("tests/test_dali.py::test_a_rank_without_a_validation_batch_yields_none",)),
+    Mutant("dali_val_padding_grey", "training/data/dali.py", "fill_values=0)", "fill_values=128)",
+           ("tests/test_dali.py::test_validation_pads_black_where_the_batch_crop_is_wider_than_the_image",)),
+    Mutant("dali_reads_ahead_outlive_their_pass", "training/data/dali.py", "self._ahead = {}  # batch",
+           "pass  # batch", ("tests/test_dali.py::test_a_pass_abandoned_mid_epoch_leaves_no_reads_for_the_next",)),
+    Mutant("dali_gpu_decoder_threads_pinned", "training/data/dali.py", "affine=False)", "affine=True)",
+           ("tests/test_dali.py::test_gpu_graph_is_valid_dali_without_a_gpu",)),
+    # --loader synthetic: the real loaders' batch counts, the spec's dtype and layout, per-rank batches
+    Mutant("synthetic_train_shard_floored", "training/data/synthetic.py",
+           "return -(-self.num_images // s.world_size)", "return self.num_images // s.world_size", (SYNTH_TEST,)),
+    Mutant("synthetic_val_every_rank_from_0", "training/data/synthetic.py",
+           "range(s.rank, self.num_images, s.world_size)", "range(0, self.num_images, s.world_size)", (SYNTH_TEST,)),
+    Mutant("synthetic_val_len_padded", "training/data/synthetic.py", "        return len(self._batch_sizes())",
+           "        return train_batches(self.num_images, self.batch_size, self.spec.world_size)", (SYNTH_TEST,)),
+    Mutant("synthetic_dtype_ignored", "training/data/synthetic.py", "generator=g, device=s.device).to(s.dtype)",
+           "generator=g, device=s.device)", (SYNTH_TEST,)),
+    Mutant("synthetic_same_batch_every_rank", "training/data/synthetic.py", "+ 2 * s.rank +", "+ 0 * s.rank +",
+           (SYNTH_TEST,)),
+    Mutant("synthetic_keep_dl_batch_size_ignored", "training/data/synthetic.py",
+           "        self.batch_size = batch_size", "        pass", (SYNTH_TEST,)),
+    Mutant("hostmem_trims_the_heap", "training/hostmem.py", "2 ** 31 - 1))", "2 ** 20))",
+           ("tests/test_cpu.py::test_a_freed_block_at_the_top_of_the_heap_is_not_given_back",)),
+    # the profiler trace: no warning for a window recorded whole
+    Mutant("trace_whole_window_warned", "training/profiling.py", "if recorded < ACTIVE_STEPS:",
+           "if recorded <= ACTIVE_STEPS:", ("tests/test_bench.py::test_profile_trace_writes_a_tensorboard_trace",)),
+    # bench's JPEG trees: every image its own, the asked sides and quality, mean_kib in KiB
+    Mutant("jpegtree_validation_repeats_training", "training/bench/jpegtree.py", "seed * 10_000_019 + len(jobs)",
+           "seed * 10_000_019 + i", (JPEGTREE_TEST,)),
+    Mutant("jpegtree_largest_side_never_drawn", "training/bench/jpegtree.py",
+           "rng.integers(side[0], side[1] + 1, size=2)", "rng.integers(side[0], side[1], size=2)", (JPEGTREE_TEST,)),
+    Mutant("jpegtree_quality_ignored", "training/bench/jpegtree.py", "len(jobs), w, h, quality))",
+           "len(jobs), w, h, 90))", (JPEGTREE_TEST,)),
+    Mutant("jpegtree_mean_in_kb", "training/bench/jpegtree.py", "sum(sizes) / len(sizes) / 1024",
+           "sum(sizes) / len(sizes) / 1000", (JPEGTREE_TEST,)),
+    # bench throughput: figures from the median window; the paths' settings
+    Mutant("throughput_fastest_window", "training/bench/throughput.py", "median_s = statistics.median(windows)",
+           "median_s = min(windows)", (TP_FIGURES,)),
+    Mutant("throughput_img_s_of_one_step", "training/bench/throughput.py", "img_s=steps * batch_size / median_s,",
+           "img_s=batch_size / median_s,", (TP_FIGURES,)),
+    Mutant("throughput_step_ms_of_a_window", "training/bench/throughput.py", "step_ms=1000 * median_s / steps,",
+           "step_ms=1000 * median_s,", (TP_FIGURES,)),
+    Mutant("throughput_warmup_overhead_one_step", "training/bench/throughput.py",
+           "max(warmup_s - warmup_steps * median_s / steps, 0.0)", "max(warmup_s - median_s / steps, 0.0)",
+           (TP_FIGURES,)),
+    Mutant("throughput_reference_in_bf16", "training/bench/throughput.py",
+           'precision="fp16" if device.type == "cuda" else "fp32"',
+           'precision="bf16" if device.type == "cuda" else "fp32"', (TP_PATHS,)),
+    Mutant("throughput_channels_last_flag_ignored", "training/bench/throughput.py",
+           "channels_last=on_gpu if channels_last is None else channels_last", "channels_last=on_gpu", (TP_PATHS,)),
+    # bench cifar: the summary's plain accuracy, the share rows' sign, the JSON of a command cut off, warm-ups
+    Mutant("cifar_summary_plain_accuracy_is_tta", "training/bench/cifar.py",
+           'statistics.fmean(r["accuracy_no_tta"] for r in entry.runs)',
+           'statistics.fmean(r["accuracy"] for r in entry.runs)',
+           ("tests/test_bench_cifar.py::test_interleaved_rounds_table_and_json",)),
+    Mutant("cifar_share_difference_reversed", "training/bench/cifar.py",
+           'r["tta_fractions"][f]["accuracy"] - r["accuracy"] for r in runs',
+           'r["accuracy"] - r["tta_fractions"][f]["accuracy"] for r in runs',
+           ("tests/test_bench_cifar.py::test_tta_fractions_rescore_the_same_weights",)),
+    Mutant("cifar_json_written_only_at_the_end", "training/bench/cifar.py",
+           "            write_json_atomic(args.json, document(entries, meta))", "            pass", (CUT_OFF_TEST,)),
+    Mutant("cifar_one_warmup_run_short", "training/bench/cifar.py", "for w in range(cfg.cifar.warmup_runs):",
+           "for w in range(cfg.cifar.warmup_runs - 1):", (CUT_OFF_TEST,)),
+    Mutant("cifar_recompile_limit_not_per_variant", "training/bench/cifar.py",
+           "max(getattr(conf, name), 8 * compiled_models)", "max(getattr(conf, name), 8)",
+           ("tests/test_bench_cifar.py::test_each_compiled_variant_gets_its_own_dynamo_graphs",)),
+    Mutant("cifar_headline_default_named_twice", "launch/bench_cifar.sh", '[ "$2" = default ] && return 0', "true",
+           ("tests/test_bench_cifar.py::test_launch_script_variants_are_valid_configs",)),
+    # the launchers refuse what torchrun would fail on per machine, and warn only when it matters
+    Mutant("launch_nproc_0_accepted", "launch/local.sh", "''|*[!0-9]*|0)", "''|*[!0-9]*)",
+           ("tests/test_launch.py::test_bad_launch_options",)),
+    Mutant("launch_flag_taken_for_data", "launch/common.sh", 'if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then',
+           "if [ $# -lt 1 ]; then", ("tests/test_launch.py::test_bad_launch_options",)),
+    Mutant("multinode_restarts_not_checked", "launch/multinode.sh", "for v in NNODES NPROC_PER_NODE MAX_RESTARTS; do",
+           "for v in NNODES NPROC_PER_NODE; do", ("tests/test_launch.py::test_bad_launch_options",)),
+    Mutant("multinode_warns_of_restarts_off", "launch/multinode.sh",
+           '[ -n "${MAX_RESTARTS:-}" ] && [ "$MAX_RESTARTS" != 0 ]', '[ -n "${MAX_RESTARTS:-}" ]',
+           ("tests/test_launch.py::test_multinode_static_node_rank",)),
+    Mutant("pipeline_script_failed_steps_exit_0", "launch/bench_pipeline.sh", '  [ "$rc" = 0 ] || status=1', "  true",
+           ("tests/test_launch.py::test_gpu_pipeline_script_makes_the_tree_first_and_keeps_to_its_budget",)),
+    Mutant("throughput_fused_scaler_syncs", "training/bench/throughput.py",
+           'cfg.precision == "fp16" and not opt.defaults.get("fused")', 'cfg.precision == "fp16"', (TP_PATHS,)),
 ]
 
 

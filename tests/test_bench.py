@@ -5,6 +5,7 @@ import json
 import multiprocessing
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -135,7 +136,7 @@ def test_run_prints_one_table_per_epoch_with_evaluation_and_checkpoint(tmp_path,
         assert stages == ["data", "forward", "backward", "optimizer", "logging", "evaluation", "checkpoint", "total"]
 
 
-def test_profile_trace_writes_a_tensorboard_trace(tmp_path):
+def test_profile_trace_writes_a_tensorboard_trace(tmp_path, capsys):
     model = nn.Linear(6, 3)
     with TraceWindow(str(tmp_path / "trace"), torch.device("cpu")) as trace:
         hook = trace.hook
@@ -143,7 +144,39 @@ def test_profile_trace_writes_a_tensorboard_trace(tmp_path):
             model(torch.randn(4, 6)).sum().backward()
             hook(None, i)
     assert list(Path(tmp_path / "trace").glob("*.pt.trace.json"))
+    assert "warning" not in capsys.readouterr().err  # the window was recorded whole
     assert TraceWindow("", torch.device("cpu")).hook is None  # off: no hook, no profiler
+
+
+def test_throughput_figures_come_from_the_median_window(monkeypatch):
+    """Known timings in, known figures out: 5 steps of 4 images a window, windows of 3, 1 and 2 s."""
+    from training.bench import throughput as tp
+    times = iter([3.0, 1.0, 2.0, 0.5])  # the three windows, then the evaluation's 5 batches
+    monkeypatch.setattr(tp, "_timed", lambda fn, device: next(times))
+    monkeypatch.setattr(tp, "_host_timed", lambda fn, device: 10.0)
+    cpu = torch.device("cpu")
+    r = tp.measure_path("ours", tp.ours_config(cpu), "resnet18", 32, 4, steps=5, warmup_steps=2, repeats=3,
+                        device=cpu, num_classes=10)
+    assert r.img_s_windows == pytest.approx([20 / 3, 20, 10]) and r.img_s == pytest.approx(10)
+    assert r.step_ms == pytest.approx(400) and r.eval_img_s == pytest.approx(40)
+    assert (r.warmup_s, r.warmup_overhead_s) == (10.0, pytest.approx(10 - 2 * 0.4))  # 2 warm steps at 0.4 s
+
+
+def test_throughput_paths_are_torchvisions_amp_and_our_trainers_defaults():
+    from types import SimpleNamespace
+
+    from training.bench import throughput as tp
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert tp.reference_config(gpu) == tp.PathConfig("fp16", False, "", True)  # its --amp, NCHW
+    assert tp.reference_config(cpu).precision == "fp32"  # its autocast is CUDA-only
+    assert tp.ours_config(gpu) == tp.PathConfig("bf16", True, "", True)
+    assert tp.ours_config(cpu) == tp.PathConfig("fp32", False, "", True)
+    assert not tp.ours_config(gpu, channels_last=False).channels_last  # --no-channels-last
+    fp16 = tp.reference_config(gpu)
+    fused, plain = SimpleNamespace(defaults={"fused": True}), SimpleNamespace(defaults={"foreach": True})
+    # loss, top-1, top-5, and the GradScaler's inf check unless a fused optimizer keeps it on the device
+    syncs = [tp._host_syncs(n, fp16, o) for n, o in (("reference", plain), ("ours", plain), ("ours", fused))]
+    assert syncs == [4, 1, 0]
 
 
 def test_jpegtree_writes_imagenet_like_jpegs_and_the_resized_copy(tmp_path):
@@ -158,6 +191,20 @@ def test_jpegtree_writes_imagenet_like_jpegs_and_the_resized_copy(tmp_path):
     jpegtree.resized_copy(tmp_path / "d", "-sz/160", 32, workers=1)
     with Image.open(tmp_path / "d-sz/160" / train[0].relative_to(tmp_path / "d")) as im:
         assert min(im.size) == 32
+
+
+def test_jpegtree_images_are_each_their_own_at_the_asked_side_and_quality(tmp_path):
+    """One side for all: every file must still differ (a validation image equal to a training one would
+    score the model on what it trained on); mean_kib is the files' mean; a lower quality, smaller files."""
+    from PIL import Image
+    from training.bench import jpegtree
+    facts = jpegtree.make_tree(tmp_path / "d", images=4, classes=2, side=(32, 32), workers=1)
+    files = sorted((tmp_path / "d").rglob("*.JPEG"))
+    assert len(files) == 6 and len({f.read_bytes() for f in files}) == 6
+    assert all(Image.open(f).size == (32, 32) for f in files)
+    assert facts["mean_kib"] == pytest.approx(sum(f.stat().st_size for f in files) / len(files) / 1024)
+    low = jpegtree.make_tree(tmp_path / "q", images=4, classes=2, side=(32, 32), quality=30, workers=1)
+    assert low["mean_kib"] < 0.8 * facts["mean_kib"]
 
 
 def test_an_interrupted_generation_or_copy_is_made_again_not_measured(tmp_path):
@@ -431,3 +478,29 @@ def test_pipeline_bad_arguments_one_line_exit_2(capsys):
         with pytest.raises(SystemExit) as e:
             bench.main(argv)
         assert e.value.code == 2
+
+
+def test_synthetic_loader_counts_dtype_layout_and_batches_per_rank():
+    """--loader synthetic counts batches as the real loaders do: train pads each rank to ceil(N / world)
+    images, validation covers N // 4 images exactly once across ranks; images come in the spec's dtype and
+    memory format, labels cover every class, and each rank draws its own fixed batch."""
+    from loader_helpers import phase, spec
+    from training.data import synthetic
+    s = partial(spec, "", world=3, dtype=torch.bfloat16, channels_last=True, synthetic_images=22,
+                synthetic_classes=3, phase=phase(size=8, bs=3))
+    trains = [synthetic.train_loader(s(rank=r)) for r in range(3)]
+    for t in trains:  # ceil(22 / 3) = 8 images a rank
+        batches = list(t)
+        assert len(t) == 3 and [len(y) for _, y in batches] == [3, 3, 2]
+        for x, _ in batches:
+            assert x.dtype == torch.bfloat16 and x.shape[1:] == (3, 8, 8)
+            assert x.is_contiguous(memory_format=torch.channels_last)
+    assert not torch.equal(next(iter(trains[0]))[0], next(iter(trains[1]))[0])  # per rank
+    assert torch.equal(next(iter(trains[0]))[0], next(iter(synthetic.train_loader(s(rank=0))))[0])  # fixed
+    vals = [synthetic.val_loader(s(rank=r)) for r in range(3)]  # 22 // 4 = 5 images: 2, 2 and 1
+    assert [[len(y) for _, y in v] for v in vals] == [[2], [2], [1]] and [len(v) for v in vals] == [1, 1, 1]
+    assert [len(synthetic.val_loader(s(rank=r, phase=phase(size=8, bs=1)))) for r in range(3)] == [2, 2, 1]
+    trains[0].set_batch_size(4)  # keep_dl: a larger batch than the one drawn
+    assert len(trains[0]) == 2 and [len(y) for _, y in trains[0]] == [4, 4]
+    wide = synthetic.train_loader(s(rank=0, world=1, phase=phase(size=8, bs=64)))
+    assert set(next(iter(wide))[1].tolist()) == {0, 1, 2}

@@ -100,6 +100,7 @@ def test_interleaved_rounds_table_and_json(data, tmp_path, monkeypatch, capsys):
     ab, base, relu = (doc["variants"][k] for k in ("airbench94", "base", "relu"))
     assert [r["accuracy"] for r in ab["runs"]] == pytest.approx([94.0, 94.1, 94.2])
     assert ab["summary"]["median_train_seconds"] == pytest.approx(2.1)
+    assert ab["summary"]["mean_accuracy_no_tta"] == pytest.approx(93.14)  # its table's val_acc column
     assert [r["seed"] for r in base["runs"]] == [0, 1, 2] and [r["seed"] for r in relu["runs"]] == [10, 11, 12]
     assert relu["config"]["cifar"]["act"] == "gelu" and base["config"]["cifar"]["act"] == "relu"
     assert relu["describe"] == "cifar.act=gelu train.seed=10"
@@ -175,6 +176,9 @@ def test_tta_fractions_rescore_the_same_weights(data, tmp_path, capsys):
         assert all(v["eval_seconds"] > 0 for v in f.values())
     table = capsys.readouterr().out
     assert "default         tta_fraction 1.0    n 2" in table and "vs the run's +0.000" in table
+    plain = sum(r["accuracy_no_tta"] - r["accuracy"] for r in runs) / 2  # the share-0 row: plain minus TTA
+    assert plain != 0 and f"default         tta_fraction 0.0    n 2  mean acc" in table
+    assert f"vs the run's {plain:+.3f}" in next(line for line in table.splitlines() if "tta_fraction 0.0" in line)
     assert bench.main(["cifar", "--data", str(data), *TINY, "--tta-fractions", "1.5"]) == 2
 
 
@@ -193,6 +197,7 @@ def test_launch_script_variants_are_valid_configs():
     assert schedules["resize"].lr_phases == schedules["default"].lr_phases
     assert [p.size for p in schedules["resize"].data_phases] == [24, 32]
     assert launch_variants("headline", "half") == ["default=", "half=cifar.half_weights=true"]
+    assert launch_variants("headline", "default") == ["default="]  # not twice: the bench refuses a name twice
     assert launch_variants("trace", "eager", "graphs") == ["default=", "eager=train.compile=false",
                                                            "graphs=cifar.compile_mode=reduce-overhead"]
 
@@ -243,6 +248,36 @@ if a[:2] == ["-m", "training.bench"]:
     r = subprocess.run(["bash", "launch/bench_cifar.sh", "trace", "eager", "graphs", "pool"], cwd=REPO,
                        capture_output=True, text=True, timeout=30, env={**env, "OUT": str(tmp_path / "out2")})
     assert r.returncode == 2 and "at most 2 NAMEs" in r.stderr and not (tmp_path / "out2").exists()
+
+
+def test_a_command_cut_off_mid_round_leaves_the_rounds_before_in_the_json(data, tmp_path, monkeypatch):
+    """The device call's time limit can stop the bench in any round: the JSON holds every round before
+    it. Each variant's warm-up runs are its cifar.warmup_runs, all before the first round."""
+    original, calls = recipe.Trainer.run, []
+
+    def run(trainer, seed, logdir, warmup=False):
+        calls.append((seed, warmup))
+        if seed == 1 and not warmup:  # round 1 (train.seed 0)
+            raise KeyboardInterrupt
+        return original(trainer, seed, logdir, warmup)
+    monkeypatch.setattr(recipe.Trainer, "run", run)
+    out = tmp_path / "c.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["cifar", "--data", str(data), *TINY, "cifar.warmup_runs=2", "--runs", "3", "--json", str(out)])
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["rounds"] == 1 and [r["seed"] for r in doc["variants"]["default"]["runs"]] == [0]
+    assert calls == [(-1, True), (-2, True), (0, False), (1, False)]
+
+
+def test_each_compiled_variant_gets_its_own_dynamo_graphs():
+    conf = torch._dynamo.config
+    name = "recompile_limit" if hasattr(conf, "recompile_limit") else "cache_size_limit"
+    before = getattr(conf, name)
+    try:
+        bc.raise_recompile_limit(5)
+        assert getattr(conf, name) == max(before, 40)
+    finally:
+        setattr(conf, name, before)
 
 
 def test_a_failing_row_is_reported_and_the_others_go_on(data, tmp_path, monkeypatch, capsys):

@@ -46,6 +46,36 @@ def test_large_blocks_are_reused_instead_of_faulted_in_every_step():
     assert sum(n < PAGES // 100 for n in kept) >= 6, kept
 
 
+# malloc and free of a 64 MiB block at the top of the heap (no torch allocations around it) 8 times:
+# glibc trims a free top above its trim threshold, so each round would fault the pages in anew.
+TOP = textwrap.dedent("""
+    import ctypes, resource, sys
+    from training import hostmem
+    if not hostmem.keep_large_blocks():
+        print("not glibc"); sys.exit(0)
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+    libc.free.argtypes = (ctypes.c_void_p,)
+    faults = []
+    for _ in range(8):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        p = libc.malloc(64 << 20)
+        ctypes.memset(p, 1, 64 << 20)
+        libc.free(p)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(*faults)
+""")
+
+
+def test_a_freed_block_at_the_top_of_the_heap_is_not_given_back():
+    r = run_bounded([sys.executable, "-c", TOP], REPO, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    if r.stdout.strip() == "not glibc":
+        pytest.skip("the C library is not glibc")
+    faults = [int(n) for n in r.stdout.split()]
+    assert all(n < PAGES // 100 for n in faults[1:]), faults  # the first round faults the block in once
+
+
 @pytest.mark.parametrize("flags, expected", [("fpu sse avx512f avx512_bf16 avx512_vnni", "bf16"),
                                              ("fpu amx_bf16 amx_tile amx_int8", "bf16"),
                                              ("fpu sse avx512f avx512_vnni", "fp32"), (None, "fp32")])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 pytest.importorskip("nvidia.dali")
 
@@ -19,7 +20,7 @@ from training.data import dali, imagefolder  # noqa: E402
 from training.data.tree import shard_indices  # noqa: E402
 import loader_helpers  # noqa: E402
 from loader_helpers import (assert_dali_names_an_undecodable_jpeg, assert_dali_pixels_match_torchvision,  # noqa: E402
-                            assert_labels_match_pixels, make_pattern_tree, phase, rss_mb)
+                            assert_labels_match_pixels, make_pattern_tree, phase, rss_mb, unnormalise)
 
 spec = partial(loader_helpers.spec, workers=2)  # DALI threads
 
@@ -210,6 +211,48 @@ def test_a_fresh_loader_at_epoch_2_yields_what_the_long_lived_one_does(jpeg_tree
     fresh.close()
 
 
+def test_a_rank_without_a_validation_batch_yields_none(tmp_path):
+    """2 validation images on 4 ranks: ranks 1-3 have no batch, and their pass is empty (DALI refuses
+    to build an iterator over a pipeline with no data)."""
+    root = make_jpeg_tree(tmp_path / "data", classes=1, train_per_class=2, val_per_class=2)
+    vals = [dali.val_loader(spec(root, rank=r, world=4)) for r in range(4)]
+    assert [[len(y) for _, y in v] for v in vals] == [[2], [], [], []] and [len(v) for v in vals] == [1, 0, 0, 0]
+    for v in vals:
+        v.close()
+
+
+def test_validation_pads_black_where_the_batch_crop_is_wider_than_the_image(tmp_path):
+    """rect_val: a square image in a batch of wide ones, resized to 36 x 36, is cut at a 32 x 104 crop
+    centred on it: 34 columns each side are padding, black before normalising (as torchvision's)."""
+    root = tmp_path / "data"
+    for split in ("train", "validation"):
+        (root / split / "n00000000").mkdir(parents=True)
+        for i, (w, h) in enumerate([(100, 100)] + [(400, 100)] * 3):
+            Image.new("RGB", (w, h), (200, 200, 200)).save(root / split / "n00000000" / f"{i}.JPEG", quality=95)
+    loader = dali.val_loader(spec(root, phase=phase(size=32, bs=4, rect=True)))
+    ((x, _),) = list(loader)
+    square = unnormalise(x[:1])[0]  # the lowest aspect ratio comes first
+    assert x.shape == (4, 3, 32, 104)
+    assert square[:, :, :34].abs().max() < 1 and square[:, :, -34:].abs().max() < 1
+    assert (square[:, :, 36:68] - 200).abs().max() < 4
+    loader.close()
+
+
+def test_a_pass_abandoned_mid_epoch_leaves_no_reads_for_the_next(jpeg_tree):
+    """An abandoned pass (train.short_epoch stops each one early) has batches read ahead: the next
+    pass, another epoch, must read that epoch's images and crops, as a fresh loader at it does."""
+    loader, fresh = dali.train_loader(spec(jpeg_tree)), dali.train_loader(spec(jpeg_tree))
+    it = iter(loader)
+    next(it)
+    it.close()
+    loader.set_epoch(1)
+    fresh.set_epoch(1)
+    got, want = list(loader), list(fresh)
+    assert len(got) == len(want) == 6
+    assert all(torch.equal(x, xw) and torch.equal(y, yw) for (x, y), (xw, yw) in zip(got, want))
+    loader.close()
+    fresh.close()
+
 
 def _graph(node, depth: int = 0) -> list[tuple[int, str, str, dict]]:
     """A defined pipeline's graph from an output back, depth first: (depth, operator, device, arguments).
@@ -244,6 +287,7 @@ def test_gpu_graph_is_valid_dali_without_a_gpu(jpeg_tree, train, fused, dtype, c
         (decoder,) = [args for _, _, dev, args in _graph(images) if dev == "mixed"]
         roi = train and fused
         assert (decoder["hw_decoder_load"], decoder["jpeg_fancy_upsampling"]) == (0.5, not roi)
+        assert decoder["affine"] is False  # 8 ranks' decoder threads must not all pin cores 0..W-1
         cmn = _graph(images)[0][3]
         half = dtype != torch.float32
         assert (cmn["dtype"], cmn["output_layout"]) == (dali.types.FLOAT16 if half else dali.types.FLOAT,

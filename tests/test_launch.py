@@ -80,6 +80,8 @@ def test_multinode_static_node_rank():
     r = launch("launch/multinode.sh", "/data", NNODES="8", NODE_RANK="3", MASTER_ADDR="node0", MAX_RESTARTS="2")
     assert "--max-restarts=2" in shlex.split(r.stdout.strip().splitlines()[-1])
     assert r.stderr.startswith("warning: MAX_RESTARTS=2 with NODE_RANK (static rendezvous): a restart can hang"), r.stderr
+    r = launch("launch/multinode.sh", "/data", NNODES="8", NODE_RANK="3", MASTER_ADDR="node0", MAX_RESTARTS="0")
+    assert r.returncode == 0 and r.stderr == "", r.stderr  # restarts off, as advised: nothing to warn about
 
 
 @pytest.mark.parametrize("nodes", ["1", "8", "16"])
@@ -119,6 +121,10 @@ def test_slurm_ignores_a_node_rank_left_in_the_environment():
     ("launch/local.sh", {}, "usage:"),
     ("launch/multinode.sh", {"NNODES": "8"}, "usage:"),
     ("launch/local.sh", {"NPROC": "two", "DATA": "x"}, "NPROC=two: expected a positive integer"),
+    ("launch/local.sh", {"NPROC": "0", "DATA": "x"}, "NPROC=0: expected a positive integer"),
+    ("launch/local.sh", {"NPROC": "2", "DATA": "--logdir"}, "usage:"),  # DATA first, not a flag
+    ("launch/multinode.sh", {"NNODES": "8", "RDZV_ENDPOINT": "h:1", "MAX_RESTARTS": "three", "DATA": "x"},
+     "MAX_RESTARTS=three: expected an integer"),
     ("launch/multinode.sh", {"NNODES": "3", "RDZV_ENDPOINT": "h:1", "DATA": "x"},
      f"no config {REPO}/configs/imagenet18/3x8.yaml"),
     ("launch/multinode.sh", {"NNODES": "8", "DATA": "x"}, "set RDZV_ENDPOINT"),
@@ -157,13 +163,13 @@ def test_gpu_pipeline_script_makes_the_tree_first_and_keeps_to_its_budget(tmp_pa
     and no step runs past BUDGET (the device call's 600 s would cut the whole call instead)."""
     fake = tmp_path / "bin" / "python3"  # records each command; nvidia-smi is absent or harmless
     fake.parent.mkdir()
-    fake.write_text('#!/bin/sh\necho "$*" >> "$CALLS"\n')
+    fake.write_text('#!/bin/sh\necho "$*" >> "$CALLS"\nexit "${FAKE_RC:-0}"\n')
     fake.chmod(0o755)
 
-    def steps(budget: str) -> tuple[int, list[str]]:
-        out = tmp_path / f"out{budget}"
+    def steps(budget: str, rc: str = "0") -> tuple[int, list[str]]:
+        out = tmp_path / f"out{budget}-{rc}"
         env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}", "CALLS": str(tmp_path / "calls"),
-               "OUT": str(out), "STEPS": "full,e2e", "BUDGET": budget}
+               "OUT": str(out), "STEPS": "full,e2e", "BUDGET": budget, "FAKE_RC": rc}
         r = run_bounded(["bash", "launch/bench_pipeline.sh"], cwd=REPO, timeout=30, env=env)
         return r.returncode, [ln for ln in (out / "log.txt").read_text().splitlines() if ln.startswith("== ")]
 
@@ -174,6 +180,8 @@ def test_gpu_pipeline_script_makes_the_tree_first_and_keeps_to_its_budget(tmp_pa
     assert ran[0][-1] == "--loader" and "--json" not in ran[0] and 90 < int(ran[0][1]) <= 100  # the tree: 180, cut
     assert "--source" in ran[1] and ran[1][1] == "90"  # its own timeout fits what is left
     assert "--end-to-end" in ran[2] and 90 < int(ran[2][1]) <= 100  # 330, cut
+    rc, said = steps("100", rc="3")  # every step fails: so does the script, though each step ran
+    assert rc == 1 and [ln.split()[:3] for ln in said if ln.startswith("== rc")] == [["==", "rc", "3"]] * 3
     rc, said = steps("10")
     assert rc == 1 and said == ["== skipped tree: BUDGET (10 s) spent", "== skipped full: BUDGET (10 s) spent",
                                 "== skipped e2e: BUDGET (10 s) spent"]
