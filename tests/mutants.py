@@ -872,7 +872,7 @@ MUTANTS = [
     Mutant("cifar_share_difference_reversed", "training/bench/cifar.py",
            'r["tta_fractions"][f]["accuracy"] - r["accuracy"] for r in runs',
            'r["accuracy"] - r["tta_fractions"][f]["accuracy"] for r in runs',
-           ("tests/test_bench_cifar.py::test_tta_fractions_rescore_the_same_weights",)),
+           ("tests/test_bench_cifar.py::test_a_share_row_is_the_mean_paired_difference_from_the_runs_own_evaluation",)),
     Mutant("cifar_json_written_only_at_the_end", "training/bench/cifar.py",
            "            write_json_atomic(args.json, document(entries, meta))", "            pass", (CUT_OFF_TEST,)),
     Mutant("cifar_one_warmup_run_short", "training/bench/cifar.py", "for w in range(cfg.cifar.warmup_runs):",

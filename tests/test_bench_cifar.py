@@ -177,9 +177,18 @@ def test_tta_fractions_rescore_the_same_weights(data, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "default         tta_fraction 1.0    n 2" in table and "vs the run's +0.000" in table
     plain = sum(r["accuracy_no_tta"] - r["accuracy"] for r in runs) / 2  # the share-0 row: plain minus TTA
-    assert plain != 0 and f"default         tta_fraction 0.0    n 2  mean acc" in table
     assert f"vs the run's {plain:+.3f}" in next(line for line in table.splitlines() if "tta_fraction 0.0" in line)
     assert bench.main(["cifar", "--data", str(data), *TINY, "--tta-fractions", "1.5"]) == 2
+
+
+def test_a_share_row_is_the_mean_paired_difference_from_the_runs_own_evaluation():
+    """Known figures (on tiny data the trained runs' TTA and plain accuracies may tie): a share that
+    scores 0.5 and 1.5 points below its runs' own evaluations is -1.000 (min -1.50, max -0.50)."""
+    runs = [{"accuracy": a, "tta_fractions": {"0.0": {"accuracy": a - d, "eval_seconds": s}}}
+            for a, d, s in ((90.0, 0.5, 1.0), (91.0, 1.5, 3.0))]
+    (row,) = bc.fraction_rows({"variants": {"base": {"runs": runs}}})
+    assert row.startswith("base            tta_fraction 0.0    n 2  mean acc 89.50%  ")
+    assert "vs the run's -1.000 (min -1.50, max -0.50)" in row
 
 
 def test_launch_script_variants_are_valid_configs():
