@@ -186,8 +186,9 @@ def dawn_entry(run: Run, rows: list[EvalRow], target_top5: float, ignore_eval: b
 
 
 def _hardware(meta: dict, world: int | list[int] | None) -> str:
-    """"N x GPU"; for a run resumed under other world sizes (our trainer: one GPU per process, so the
-    metadata's gpu_count is its first launch's world size) each launch's count, in order."""
+    """The hardware line, N x GPU; for a run resumed under other world sizes (our trainer: one GPU
+    per process, so the metadata's gpu_count is its first launch's world size) each launch's count,
+    in order."""
     gpu = meta.get("gpu")
     if not gpu:
         return UNKNOWN
