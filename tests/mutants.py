@@ -50,6 +50,13 @@ JPEGTREE_TEST = "tests/test_bench.py::test_jpegtree_images_are_each_their_own_at
 TP_FIGURES = "tests/test_bench.py::test_throughput_figures_come_from_the_median_window"
 TP_PATHS = "tests/test_bench.py::test_throughput_paths_are_torchvisions_amp_and_our_trainers_defaults"
 CUT_OFF_TEST = "tests/test_bench_cifar.py::test_a_command_cut_off_mid_round_leaves_the_rounds_before_in_the_json"
+DECODE_TEST = "tests/test_bench.py::test_decode_figures_come_from_the_median_pass_of_the_asked_images"
+FLOAT_BAD_TEST = "tests/test_bench.py::test_float_path_drops_an_image_failing_to_decode_and_yields_the_specs_dtype"
+AUTO_TEST = "tests/test_imagefolder.py::test_auto_is_dali_where_it_decodes_else_torchvision_and_one_line_says_which"
+RECIPE_LOADERS_TEST = ("tests/test_imagefolder.py::"
+                       "test_the_recipes_loaders_are_the_configs_with_its_workers_and_nchw_on_the_cpu")
+REQ_NO_FILE_TEST = "tests/test_launch.py::test_requirements_met_without_a_file_to_read_is_no"
+METADATA_TEST = "tests/test_dawn.py::test_the_trainers_run_metadata_names_the_whole_group_and_its_command"
 
 MUTANTS = [
     # the learning rate the trainer applies and logs
@@ -896,6 +903,85 @@ MUTANTS = [
            ("tests/test_launch.py::test_gpu_pipeline_script_makes_the_tree_first_and_keeps_to_its_budget",)),
     Mutant("throughput_fused_scaler_syncs", "training/bench/throughput.py",
            'cfg.precision == "fp16" and not opt.defaults.get("fused")', 'cfg.precision == "fp16"', (TP_PATHS,)),
+    # bench decode: known timings in, known figures out; the images asked for; the GPU path batched and synchronised
+    Mutant("decode_warmup_times_every_image", "training/bench/decode.py", "one_pass(jpegs[:batch_size])",
+           "one_pass(jpegs)", (DECODE_TEST,)),
+    Mutant("decode_mean_not_median", "training/bench/decode.py", "len(jpegs) / statistics.median(passes)",
+           "len(jpegs) / statistics.mean(passes)", (DECODE_TEST,)),
+    Mutant("decode_mpix_in_thousands", "training/bench/decode.py", 'r["img_s"] * width * height / 1e6',
+           'r["img_s"] * width * height / 1e3', (DECODE_TEST,)),
+    Mutant("decode_kib_as_kb", "training/bench/decode.py", "/ count / 1024", "/ count / 1000", (DECODE_TEST,)),
+    Mutant("decode_quality_ignored", "training/bench/decode.py", "jpeg_bytes(textured(rng, width, height), quality)",
+           "jpeg_bytes(textured(rng, width, height), 90)", (DECODE_TEST,)),
+    Mutant("decode_width_height_swapped", "training/bench/decode.py", "textured(rng, width, height)",
+           "textured(rng, height, width)", (DECODE_TEST,)),
+    Mutant("decode_cpu_on_every_core", "training/bench/decode.py", "    torch.set_num_threads(1)", "    pass",
+           (DECODE_TEST,)),
+    Mutant("decode_passes_in_seconds", "training/bench/decode.py",
+           '"img_s_passes": [len(jpegs) / s for s in passes]', '"img_s_passes": passes', (DECODE_TEST,)),
+    Mutant("decode_repeats_recorded_as_the_batch", "training/bench/decode.py",
+           '"batch_size": batch_size, "repeats": repeats', '"batch_size": batch_size, "repeats": batch_size',
+           (DECODE_TEST,)),
+    Mutant("decode_default_quality_75", "training/bench/decode.py", 'default=90, help="JPEG quality',
+           'default=75, help="JPEG quality', (DECODE_TEST,)),
+    Mutant("decode_default_width_375", "training/bench/decode.py", 'default=500, help="px',
+           'default=375, help="px', (DECODE_TEST,)),
+    Mutant("decode_gpu_batch_one_short", "training/bench/decode.py", "items[i:i + batch_size]",
+           "items[i:i + batch_size - 1]", (DECODE_TEST,)),
+    Mutant("decode_gpu_not_synchronised", "training/bench/decode.py", "            torch.cuda.synchronize(device)",
+           "            pass", (DECODE_TEST,)),
+    # bench's float path: a bad file skipped as ours skips it, the spec's dtype
+    Mutant("float_path_normalises_a_bad_image", "training/bench/floatpath.py", "        if img is None:",
+           "        if False:", (FLOAT_BAD_TEST,)),
+    Mutant("float_path_always_fp32", "training/bench/floatpath.py", "dtype=self.spec.dtype, memory_format=fmt",
+           "dtype=torch.float32, memory_format=fmt", (FLOAT_BAD_TEST,)),
+    # bench's command line and its JSON
+    Mutant("bench_without_a_command_traceback", "training/bench/__init__.py", 'dest="command", required=True)',
+           'dest="command", required=False)', (CLI + "test_bench_bad_arguments",)),
+    Mutant("bench_json_written_in_place", "training/bench/__init__.py", 'tmp = Path(f"{path}.tmp")',
+           "tmp = Path(path)", ("tests/test_bench.py::test_a_json_write_cut_short_leaves_the_last_whole_document",)),
+    # requirements_met: an installed prerelease meets its floor; no file is no
+    Mutant("requirements_met_refuses_an_installed_prerelease", "launch/requirements_met.py", "prereleases=True",
+           "prereleases=False", ("tests/test_launch.py::test_requirements_met_by_an_installed_prerelease",)),
+    Mutant("requirements_met_by_no_file", "launch/requirements_met.py", "return 0 if paths and requirements_met(",
+           "return 0 if requirements_met(", (REQ_NO_FILE_TEST,)),
+    Mutant("requirements_met_unreadable_file_traceback", "launch/requirements_met.py",
+           "    except OSError:", "    except ValueError:",
+           (REQ_NO_FILE_TEST,)),
+    # --loader auto: DALI where it decodes, else torchvision and why; the recipe's workers and layout
+    Mutant("loader_auto_refused_without_dali", "training/data/__init__.py", '            if name == "dali":',
+           '            if name in ("auto", "dali"):', (AUTO_TEST,)),
+    Mutant("loader_dali_probe_skipped", "training/data/__init__.py", "            dali.probe(device)",
+           "            pass", (AUTO_TEST,)),
+    Mutant("loader_notes_without_the_workers", "training/recipes/imagenet.py",
+           "get_backend(cfg.data.loader, device=info.device, workers=cfg.data.workers)",
+           "get_backend(cfg.data.loader, device=info.device)", (RECIPE_LOADERS_TEST,)),
+    Mutant("loader_channels_last_on_the_cpu", "training/recipes/imagenet.py",
+           "channels_last=on_gpu and cfg.train.channels_last", "channels_last=cfg.train.channels_last",
+           (RECIPE_LOADERS_TEST,)),
+    Mutant("phase_loaders_same_shuffle_every_epoch", "training/data/__init__.py", "self.train.set_epoch(epoch)",
+           "self.train.set_epoch(0)",
+           ("tests/test_rectval.py::test_phase_loaders_build_validation_with_the_val_batch",)),
+    # the run metadata the DAWN export reads
+    Mutant("metadata_gpu_count_of_the_node", "training/recipes/imagenet.py", '"gpu_count": info.world_size if',
+           '"gpu_count": info.local_rank + 1 if', (METADATA_TEST,)),
+    Mutant("metadata_world_size_of_the_rank", "training/recipes/imagenet.py",
+           '"world_size": info.world_size, "precision"', '"world_size": info.rank + 1, "precision"', (METADATA_TEST,)),
+    Mutant("metadata_command_without_the_script", "training/recipes/imagenet.py", '"command": " ".join(sys.argv)',
+           '"command": " ".join(sys.argv[1:])', (METADATA_TEST,)),
+    Mutant("metadata_cpu_run_without_hardware", "training/recipes/imagenet.py",
+           'if info.device.type == "cuda" else "cpu"', 'if info.device.type == "cuda" else None', (METADATA_TEST,)),
+    Mutant("metadata_precision_fp32", "training/recipes/imagenet.py", '"precision": cfg.train.precision, "phases"',
+           '"precision": "fp32", "phases"', (METADATA_TEST,)),
+    # train.py --check as the run would judge: a rejoining machine's logdir, --evaluate's, a synthetic run's data
+    Mutant("check_rejoin_judges_the_logdir", "training/recipes/imagenet.py", "    if not own_disk:", "    if False:",
+           (CLI + "test_check_refuses_a_logdir_holding_a_run_unless_resuming",)),
+    Mutant("check_evaluate_refused_by_the_live_run", "training/recipes/imagenet.py",
+           "if not cfg.train.evaluate:  # evaluating takes no lock", "if True:  # evaluating takes no lock",
+           (FAULTS + "test_a_logdir_in_use_refuses_a_second_run_until_its_holder_dies",)),
+    Mutant("check_reads_a_synthetic_runs_data", "training/recipes/imagenet.py",
+           "check_data_root(cfg.data.dir, trains or schedule, cfg.data.loader)",
+           'check_data_root(cfg.data.dir, trains or schedule, "")', (CLI + "test_check_reads_every_phase_data_dir",)),
 ]
 
 

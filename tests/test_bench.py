@@ -54,6 +54,59 @@ def test_decode_cli_cpu(tmp_path, capsys):
     assert "cpu" in capsys.readouterr().out
 
 
+def test_a_json_write_cut_short_leaves_the_last_whole_document(tmp_path, monkeypatch):
+    """Benchmarks rewrite their JSON as they go; a write cut short (a full disk, a kill) must not leave
+    the file half written."""
+    out = tmp_path / "b.json"
+    bench.write_json(str(out), {"rounds": 1})
+
+    def cut_short(self, text, *a, **k):
+        Path.write_bytes(self, text[:5].encode())
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(Path, "write_text", cut_short)
+    with pytest.raises(OSError):
+        bench.write_json(str(out), {"rounds": 2})
+    assert json.loads(out.read_text()) == {"rounds": 1}
+
+
+def test_decode_figures_come_from_the_median_pass_of_the_asked_images(monkeypatch):
+    """Known timings in, known figures out: a fake decode_jpeg advances a fake clock; the images are
+    the asked size and quality (q50: libjpeg's base table, DC step 16), one CPU thread decodes them,
+    and the GPU path decodes in batches and waits for the device before the clock is read."""
+    import io
+
+    from PIL import Image
+
+    from training.bench import decode
+    clock, calls, syncs, threads = FakeClock(), [], [], []
+    steps = iter([0.5] * 2 + [1.0] * 4 + [0.25] * 4 + [0.5] * 4)  # warm-up batch, then passes of 4, 1 and 2 s
+
+    def fake_decode(item, device=None):
+        calls.append(len(item) if isinstance(item, list) else 1)
+        clock.now += next(steps)
+    monkeypatch.setattr(decode.time, "perf_counter", clock)
+    monkeypatch.setattr(decode, "decode_jpeg", fake_decode)
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    doc = decode.run_decode(4, 64, 48, 50, 2, 3, [torch.device("cpu")])
+    r = doc["results"]["cpu"]
+    assert threads == [1] and calls == [1] * 14  # one image a call on the CPU
+    assert r["img_s_passes"] == pytest.approx([1, 4, 2]) and r["img_s"] == pytest.approx(2)  # the median pass
+    assert r["warmup_s"] == pytest.approx(1) and r["mpix_s"] == pytest.approx(2 * 64 * 48 / 1e6)
+    jpegs = decode.generate_jpegs(4, 64, 48, 50)
+    assert doc["meta"]["mean_kib"] == pytest.approx(sum(j.numel() for j in jpegs) / 4 / 1024)
+    assert (doc["meta"]["quality"], doc["meta"]["batch_size"], doc["meta"]["repeats"]) == (50, 2, 3)
+    img = Image.open(io.BytesIO(jpegs[0].numpy().tobytes()))
+    assert img.size == (64, 48) and img.quantization[0][0] == 16
+    monkeypatch.setattr(torch.cuda, "synchronize", syncs.append)
+    calls.clear()
+    steps = iter([0.1] * 3)
+    decode.measure(jpegs[:3], torch.device("cuda"), 2, 1)
+    assert calls == [2, 2, 1] and len(syncs) == 2  # nvJPEG's batches; each pass synchronised
+    defaults = bench.build_parser().parse_args(["decode"])  # ImageNet's typical JPEG, as the help says
+    assert (defaults.images, defaults.width, defaults.height, defaults.quality) == (512, 500, 375, 90)
+    assert (defaults.batch_size, defaults.repeats) == (128, 5)
+
+
 class FakeClock:
     def __init__(self):
         self.now = 100.0
@@ -427,6 +480,21 @@ def test_float_path_yields_our_batches_from_float_workers(jpeg_tree):
         assert xf.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(xf, x, atol=1e-5, rtol=0)  # same pixels, normalised where they were made
     assert sent.dtype == torch.float32 and sent.shape == (5, 3, 32, 32)  # the workers send float CHW
+
+
+def test_float_path_drops_an_image_failing_to_decode_and_yields_the_specs_dtype(jpeg_tree):
+    """As ours does: a file whose header reads but whose data does not is skipped and named, not a crash
+    of the run being measured; a bf16 run's batches reach it as bf16."""
+    from loader_helpers import bad_huffman_jpeg, phase, spec
+    from training.bench import floatpath
+    bad_huffman_jpeg(sorted((jpeg_tree / "train").rglob("*.JPEG"))[0], jpeg_tree / "train" / "n00000002" / "huff.JPEG")
+    loader = floatpath.train_loader(spec(jpeg_tree, phase=phase(bs=5), dtype=torch.bfloat16))
+    try:
+        batches = list(loader)
+    finally:
+        loader.close()
+    assert sum(len(y) for _, y in batches) == 24 and [Path(p).name for p in loader.skipped] == ["huff.JPEG"]
+    assert {x.dtype for x, _ in batches} == {torch.bfloat16}
 
 
 def test_end_to_end_counts_the_images_the_trainer_trains_on(jpeg_tree):

@@ -173,6 +173,7 @@ def test_check_reads_every_phase_data_dir(tmp_path, workdir, capsys, config):
     dirs[0].rename(tmp_path / "moved")
     assert call(train.main, argv) == 2
     assert capsys.readouterr().err.startswith(f"error: data dir {dirs[0]} does not exist (phase at epoch ")
+    assert call(train.main, [*argv, "data.loader=synthetic"]) == 0  # reads no dir, as its run does not
     assert not any(workdir.iterdir())
 
 
@@ -197,6 +198,7 @@ def test_check_refuses_a_logdir_holding_a_run_unless_resuming(workdir, capsys):
     assert capsys.readouterr().err == "error: --results old: is a directory\n"
     # a machine rejoining its group (launch/multinode.sh): the logdir and resume file are the ranks' to judge
     assert call(train.main, ["--config", TINY, "--logdir", "old", "--resume", "old/no.pt", "--check", "--rejoin"]) == 0
+    assert call(train.main, ["--config", TINY, "--logdir", "old", "--check", "--rejoin"]) == 0  # its own run's logdir
     assert call(train.main, ["--config", TINY, "--rejoin"]) == 2
     assert capsys.readouterr().err == "error: --rejoin qualifies --check only\n"
     assert sorted(p.name for p in workdir.iterdir()) == ["afile", "old"]  # nothing written
@@ -423,6 +425,7 @@ def test_resize_bad_arguments(workdir, capsys):
     (["project", "--config", TINY, "--gpus", "8", "--throughput", "t.json", "--eval-every", "-1"],
      "argument --eval-every: must be >= 0"),
     (["nonsense"], "argument command: invalid choice: 'nonsense'"),
+    ([], "the following arguments are required: command"),  # not an AttributeError traceback
 ])
 def test_bench_bad_arguments(workdir, capsys, argv, message):
     assert_refused(call(bench.main, argv), capsys.readouterr().err, message, workdir)

@@ -298,6 +298,28 @@ def test_ignore_eval_beyond_the_elapsed_time_is_an_error(tmp_path):
     assert "400.0 s, more than the 360.0 s" in line
 
 
+def test_the_trainers_run_metadata_names_the_whole_group_and_its_command(monkeypatch):
+    """What a rank-1 process of 8 writes: the group's GPU count (one GPU a process), the command as
+    typed, and "cpu" on a CPU run, which the exporter reads as CPU hardware."""
+    import torch
+
+    from dawn.prepare_dawn_tsv import _hardware
+    from training.config import Config
+    from training.dist import DistInfo
+    from training.recipes import imagenet
+    cfg = Config()
+    cfg.model.arch, cfg.train.precision = "resnet18", "bf16"
+    monkeypatch.setattr(sys, "argv", ["training/train.py", "DATA", "--arch", "resnet18"])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100")
+    meta = imagenet.run_metadata(cfg, DistInfo(rank=1, world_size=8, local_rank=1, device=torch.device("cuda", 1)))
+    assert {k: meta[k] for k in ("arch", "gpu", "gpu_count", "world_size", "precision", "command")} == {
+        "arch": "resnet18", "gpu": "NVIDIA H100", "gpu_count": 8, "world_size": 8, "precision": "bf16",
+        "command": "training/train.py DATA --arch resnet18"}
+    assert _hardware(meta, 8) == "8 x NVIDIA H100"
+    cpu = imagenet.run_metadata(cfg, DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu")))
+    assert (cpu["gpu"], cpu["gpu_count"], cpu["world_size"], _hardware(cpu, 2)) == ("cpu", 0, 2, "CPU")
+
+
 def test_run_metadata_is_the_latest_logged(tmp_path):
     """run_metadata reads the metadata at the highest step when a writer logged it at several (this
     trainer logs it at step 0 only, where a later file's value replaces the earlier one)."""

@@ -96,6 +96,7 @@ def test_a_logdir_in_use_refuses_a_second_run_until_its_holder_dies(
         assert capsys.readouterr().err.splitlines() == [in_use]
         assert train.main(args) == 2
         assert [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")] == [in_use]
+        assert train.main([*args, "--evaluate", "--check"]) == 0  # evaluating the live run's checkpoints writes nothing
         assert sorted(p.name for p in logdir.iterdir()) == ["run.lock"]  # nothing of the refused run
         (logdir / "config.yaml").write_text("{}\n")  # what the holder has written: a fresh job is told it is in use,
         fresh = [a for a in args if a not in ("--resume", "auto")]  # not to continue it with --resume auto

@@ -336,6 +336,46 @@ def test_a_batch_of_undecodable_images_is_skipped_in_validation_and_stops_traini
     assert "\n" not in str(e.value)
 
 
+def test_auto_is_dali_where_it_decodes_else_torchvision_and_one_line_says_which(monkeypatch):
+    """Without a GPU or DALI: a stand-in DALI module whose probe passes, then fails as on a driver
+    nvJPEG cannot use. --loader auto then falls back (and says why), --loader dali refuses in one line."""
+    import sys
+    import types
+
+    from training import data
+    fake = types.ModuleType("training.data.dali")
+    fake.probe, fake.train_loader, fake.val_loader = (lambda device: None), object(), object()
+    monkeypatch.setitem(sys.modules, "training.data.dali", fake)
+    monkeypatch.setattr(data, "dali", fake, raising=False)
+    gpu = get_backend("auto", torch.device("cuda", 0), 4)
+    assert gpu.name == "dali" and gpu.notes == ["loader: dali (nvJPEG on cuda:0), 4 threads per process"]
+    assert get_backend("auto").notes == ["loader: dali (CPU decode), 1 threads per process"]  # DALI runs >= 1 thread
+
+    def probe(device):
+        raise RuntimeError("nvJPEG: no decoder for this driver\nthe details")
+    fake.probe = probe
+    backend = get_backend("auto", workers=2)
+    assert backend.name == "torchvision" and backend.notes == [
+        "loader: DALI not available (RuntimeError: nvJPEG: no decoder for this driver); using torchvision",
+        "loader: torchvision (PIL decode on the CPU), 2 worker processes per process, uint8 batches normalised on cpu"]
+    with pytest.raises(DataError) as e:
+        get_backend("dali")
+    assert str(e.value) == "--loader dali: DALI does not work here (nvJPEG: no decoder for this driver)"
+
+
+def test_the_recipes_loaders_are_the_configs_with_its_workers_and_nchw_on_the_cpu():
+    from training.config import Config
+    from training.dist import DistInfo
+    cfg = Config()
+    cfg.data.loader, cfg.data.workers = "torchvision", 3
+    schedule = parse_schedule([{"ep": 0, "sz": 32, "bs": 4}, {"ep": [0, 1], "lr": [0.1, 0.1]}])
+    cpu = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    loaders = imagenet.build_loaders(cfg, schedule, cpu)
+    assert loaders.backend.notes == ["loader: torchvision (PIL decode on the CPU), 3 worker processes per process, "
+                                     "uint8 batches normalised on cpu"]
+    assert loaders.base.workers == 3 and not loaders.base.channels_last  # the model is NHWC on CUDA only
+
+
 def test_a_trailing_slash_on_data_finds_the_phase_dirs(tmp_path):
     """imagenet18's phase dirs extend DATA's name (DATA-sz/32/train): DATA given as /x/data/ finds
     them too, in the recipe's check and in the loaders."""

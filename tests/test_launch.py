@@ -350,13 +350,34 @@ def test_the_main_job_goes_on_without_dali_where_pip_cannot_install_it(tmp_path,
     (["pytest[testing]>=7"], False),                              # extras' dependencies: pip's to check
     (["--without", "No_Such.Distribution-here", "no-such-distribution-here>=1", "pyyaml>=6.0"], True),
     (["--without", "pyyaml", "no-such-distribution-here>=1"], False),  # only the one named is let be
+    (["pyyaml @ https://example.invalid/PyYAML-6.0-py3-none-any.whl"], False),  # a direct reference: pip's
 ])
 def test_requirements_met_answers_only_what_it_can_read(tmp_path, lines, met):
     flags = lines[:2] if lines[0] == "--without" else []
     reqs = tmp_path / "requirements.txt"
     reqs.write_text("\n".join(lines[len(flags):]) + "\n")
     r = run_bounded([sys.executable, "launch/requirements_met.py", *flags, str(reqs)], cwd=REPO, timeout=30)
-    assert r.returncode == (0 if met else 1), r.stderr
+    assert (r.returncode, r.stderr) == (0 if met else 1, ""), r.stderr
+
+
+def test_requirements_met_without_a_file_to_read_is_no(tmp_path):
+    """No file, or one it cannot open, answers 1 (pip decides), quietly: the launcher says what happens."""
+    for args in ([], ["--without", "pyyaml"], [str(tmp_path / "gone.txt")]):
+        r = run_bounded([sys.executable, "launch/requirements_met.py", *args], cwd=REPO, timeout=30)
+        assert (r.returncode, r.stderr) == (1, ""), args
+
+
+def test_requirements_met_by_an_installed_prerelease(tmp_path):
+    """NGC containers ship torch as 2.x.0a0+git...: it meets torch>=2.4, as pip judges an installed
+    prerelease; answering 1 would have pip reinstall torch over the container's own build."""
+    site = tmp_path / "site"
+    (site / "fake_pre_dist-2.0a0+git1.dist-info").mkdir(parents=True)
+    (site / "fake_pre_dist-2.0a0+git1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: fake-pre-dist\nVersion: 2.0a0+git1\n")
+    (tmp_path / "requirements.txt").write_text("fake-pre-dist>=1.0\n")
+    r = run_bounded([sys.executable, "launch/requirements_met.py", str(tmp_path / "requirements.txt")], cwd=REPO,
+                    timeout=30, env={**os.environ, "PYTHONPATH": str(site)})
+    assert r.returncode == 0, r.stderr
 
 
 def test_requirements_met_by_the_test_environment():

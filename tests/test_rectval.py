@@ -210,11 +210,12 @@ class _Recording:
 
     def __init__(self):
         self.built: list[tuple[str, DataPhase]] = []
+        self.epochs: list[int] = []  # set_epoch's calls, on either loader
 
     def make(self, kind: str):
         def build(spec: LoaderSpec) -> SimpleNamespace:
             self.built.append((kind, spec.phase))
-            return SimpleNamespace(batch_size=spec.phase.batch_size, set_epoch=lambda e: None,
+            return SimpleNamespace(batch_size=spec.phase.batch_size, set_epoch=self.epochs.append,
                                    set_batch_size=lambda b: None, close=lambda: None)
         return build
 
@@ -230,6 +231,7 @@ def test_phase_loaders_build_validation_with_the_val_batch(override, expected):
                            _spec(Path("unused")), phases, val_batch_size=override)
     vals = [loaders.for_epoch(e)[1].batch_size for e in range(4)]
     assert vals == expected
+    assert rec.epochs == [0, 1, 2, 3]  # each epoch its own shuffle, a kept (keep_dl) loader's too
     # training loaders keep the phase's own batch; validation differs from it only in the batch
     assert [p.batch_size for k, p in rec.built if k == "train"] == [64, 64, 32]
     assert [p for k, p in rec.built if k == "val"] == [replace(phases[i], batch_size=expected[i]) for i in (0, 2, 3)]
