@@ -349,7 +349,7 @@ def test_auto_is_dali_where_it_decodes_else_torchvision_and_one_line_says_which(
     monkeypatch.setattr(data, "dali", fake, raising=False)
     gpu = get_backend("auto", torch.device("cuda", 0), 4)
     assert gpu.name == "dali" and gpu.notes == ["loader: dali (nvJPEG on cuda:0), 4 threads per process"]
-    assert get_backend("auto").notes == ["loader: dali (CPU decode), 1 threads per process"]  # DALI runs >= 1 thread
+    assert get_backend("auto").notes == ["loader: dali (CPU decode), 1 thread per process"]  # DALI runs >= 1 thread
 
     def probe(device):
         raise RuntimeError("nvJPEG: no decoder for this driver\nthe details")

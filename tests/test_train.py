@@ -65,7 +65,7 @@ def test_two_process_gloo_run_logs_one_eval_per_epoch(data, tmp_path, loader):
     said = [ln for ln in r.stderr.splitlines() if ln.startswith("loader: ")]
     assert said == [{"torchvision": "loader: torchvision (PIL decode on the CPU), 0 worker processes per process, "
                                                     "uint8 batches normalised on cpu",
-                     "dali": "loader: dali (CPU decode), 1 threads per process"}[loader]], r.stderr
+                     "dali": "loader: dali (CPU decode), 1 thread per process"}[loader]], r.stderr
     s = scalars(logdir)
     # 24 images, 2 ranks: 12 per rank per epoch whatever the batch size, so 24 global images per epoch
     assert [st for st, _ in s["losses/test_1"]] == [24, 48, 72]

@@ -84,6 +84,10 @@ class Backend:
     notes: list[str] = field(default_factory=list)  # what runs and why: for one line each at start
 
 
+def _count(n: int, noun: str, plural: str = "s") -> str:
+    return f"{n} {noun}{'' if n == 1 else plural}"
+
+
 def get_backend(name: str, device: torch.device | None = None, workers: int = 0) -> Backend:
     """Resolve ``auto`` to DALI when it imports and (on a GPU) decodes with this driver, else
     torchvision. ``notes`` say which backend runs, where it decodes and with how many workers (and why
@@ -104,11 +108,11 @@ def get_backend(name: str, device: torch.device | None = None, workers: int = 0)
         else:
             where = f"nvJPEG on {device}" if device.type == "cuda" else "CPU decode"
             return Backend("dali", dali.train_loader, dali.val_loader,
-                           [f"loader: dali ({where}), {max(1, workers)} threads per process"])
+                           [f"loader: dali ({where}), {_count(max(1, workers), 'thread')} per process"])
     if name == "torchvision":
         from training.data import imagefolder
-        notes.append(f"loader: torchvision (PIL decode on the CPU), {workers} worker processes per process, "
-                     f"uint8 batches normalised on {device}")
+        notes.append(f"loader: torchvision (PIL decode on the CPU), {_count(workers, 'worker process', 'es')} "
+                     f"per process, uint8 batches normalised on {device}")
         return Backend("torchvision", imagefolder.train_loader, imagefolder.val_loader, notes)
     if name == "synthetic":
         from training.data import synthetic
