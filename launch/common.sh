@@ -49,7 +49,13 @@ train_args() {
   check_args "${args[@]}"
 }
 
-# Run the assembled command, or print it under LAUNCH_DRY_RUN=1.
+# Run the assembled torchrun command, or print it under LAUNCH_DRY_RUN=1. A rank that refuses bad
+# input --check cannot see (an empty class folder, an unreadable image under data.bad_images=error)
+# writes its error line to $FASTIMAGENET_REFUSED (train.refuse), and the restarts torchrun would
+# spend meeting it again end at once (train.refused_before); then this exits 2, repeating the line
+# when torchrun's own report of the failure buried it. Not exec'd, so that status can be given:
+# TERM, INT and HUP are passed on as TERM (a batch system, `docker stop` or `kill` may signal this
+# shell alone; torchrun stops its workers on TERM) and it waits on for torchrun's own status.
 run_or_print() {
   if [ -n "${LAUNCH_DRY_RUN:-}" ]; then
     for v in NCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME TORCH_DISABLE_SHARE_RDZV_TCP_STORE; do
@@ -59,5 +65,18 @@ run_or_print() {
     echo
     exit 0
   fi
-  exec "$@"
+  local refused child status
+  refused=$(mktemp "${TMPDIR:-/tmp}/fastimagenet-refused.XXXXXX") || {
+    echo "error: cannot create a file in ${TMPDIR:-/tmp} (set TMPDIR to a writable folder)" >&2; exit 2; }
+  trap 'rm -f "$refused"' EXIT
+  FASTIMAGENET_REFUSED=$refused "$@" &
+  child=$!
+  trap 'kill -TERM "$child" 2>/dev/null' TERM INT HUP
+  # wait returns early (>128) when a trapped signal arrives; torchrun is then still running
+  while wait "$child"; status=$?; [ "$status" -gt 128 ] && kill -0 "$child" 2>/dev/null; do :; done
+  if [ -s "$refused" ]; then
+    [ "$status" = 0 ] || head -n 1 "$refused" >&2
+    exit 2
+  fi
+  exit "$status"
 }

@@ -57,6 +57,11 @@ RECIPE_LOADERS_TEST = ("tests/test_imagefolder.py::"
                        "test_the_recipes_loaders_are_the_configs_with_its_workers_and_nchw_on_the_cpu")
 REQ_NO_FILE_TEST = "tests/test_launch.py::test_requirements_met_without_a_file_to_read_is_no"
 METADATA_TEST = "tests/test_dawn.py::test_the_trainers_run_metadata_names_the_whole_group_and_its_command"
+REFUSED_NOTE_TEST = "tests/test_launch.py::test_a_rank_that_refuses_notes_its_line_even_when_another_says_it"
+REFUSED_RESTART_TEST = "tests/test_launch.py::test_a_restart_of_a_refused_launch_ends_before_any_work"
+REFUSED_LAUNCH_TEST = "tests/test_launch.py::test_a_refusal_a_rank_notes_ends_the_launch_with_status_2"
+REFUSED_E2E_TEST = FAULTS + "test_bad_data_only_the_ranks_see_is_refused_once_not_by_every_restart"
+SIGNAL_TEST = "tests/test_launch.py::test_a_signal_to_the_launcher_stops_torchrun"
 
 MUTANTS = [
     # the learning rate the trainer applies and logs
@@ -982,6 +987,26 @@ MUTANTS = [
     Mutant("check_reads_a_synthetic_runs_data", "training/recipes/imagenet.py",
            "check_data_root(cfg.data.dir, trains or schedule, cfg.data.loader)",
            'check_data_root(cfg.data.dir, trains or schedule, "")', (CLI + "test_check_reads_every_phase_data_dir",)),
+    # a refusal only the ranks can see: noted for the launcher, restarts ended at once, exit 2 (launch/common.sh)
+    Mutant("refusal_not_noted", "training/train.py", "    if path := os.environ.get(REFUSED_ENV):", "    if False:",
+           (REFUSED_NOTE_TEST,)),
+    Mutant("refused_restart_goes_on", "training/train.py",
+           "    if (status := refused_before()) is not None:", "    if False:", (REFUSED_RESTART_TEST, REFUSED_E2E_TEST)),
+    Mutant("refused_restart_stops_other_machines_cleanly", "training/train.py",
+           'return 0 if os.environ.get("WORLD_SIZE") == os.environ.get("LOCAL_WORLD_SIZE") else 2', "return 0",
+           (REFUSED_RESTART_TEST,)),
+    Mutant("data_refusal_not_noted", "training/train.py",
+           '        return refuse(f"error: {_rank_prefix()}{e}")  # may differ per rank', '        return 2  #',
+           (REFUSED_E2E_TEST,)),
+    Mutant("launch_ignores_the_refusal_note", "launch/common.sh", '  if [ -s "$refused" ]; then', "  if false; then",
+           (REFUSED_LAUNCH_TEST,)),
+    Mutant("launch_buries_the_refusal", "launch/common.sh", '  [ "$status" = 0 ] || head -n 1 "$refused" >&2', "  true",
+           (REFUSED_LAUNCH_TEST,)),
+    Mutant("launch_keeps_its_note", "launch/common.sh", "  trap 'rm -f \"$refused\"' EXIT", "  :", (REFUSED_LAUNCH_TEST,)),
+    Mutant("launch_signal_not_passed_on", "launch/common.sh",
+           "  trap 'kill -TERM \"$child\" 2>/dev/null' TERM INT HUP", "  :", (SIGNAL_TEST,)),
+    Mutant("launch_waits_once", "launch/common.sh",
+           '[ "$status" -gt 128 ] && kill -0 "$child" 2>/dev/null; do :; done', "false; do :; done", (SIGNAL_TEST,)),
 ]
 
 

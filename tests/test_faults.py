@@ -62,6 +62,28 @@ def test_a_refused_logdir_under_torchrun_is_one_line_and_blames_no_rank(data, tm
     assert "dead or hung" not in r.stderr
 
 
+def test_bad_data_only_the_ranks_see_is_refused_once_not_by_every_restart(tmp_path):
+    """An empty class folder (--check lists folders, not their images) is refused by the ranks as they
+    index the data. torchrun restarts a failed group whatever its exit status: each restart used to
+    index the data again and refuse again (4 attempts x 2 ranks, ~164 s per first index of ImageNet),
+    then exit 1 under torchrun's traceback. The restart now ends the group at once and the launcher
+    exits 2 (train.refuse, train.refused_before, launch/common.sh)."""
+    data = make_jpeg_tree(tmp_path / "data", classes=2, train_per_class=4, val_per_class=2)
+    for f in (data / "validation" / "n00000001").iterdir():
+        f.unlink()
+    (tmp_path / "tmp").mkdir()
+    r = run_group(["bash", "launch/local.sh", str(data), "data.workers=0", f"train.logdir={tmp_path / 'run'}"],
+                  {"PYTHON": sys.executable, "NPROC": "2", "CONFIG": "configs/tiny_cpu.yaml", "MAX_RESTARTS": "3",
+                   "TMPDIR": str(tmp_path / "tmp")}, timeout=180)
+    said = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2, r.stderr[-3000:]
+    # each rank that indexed before torchrun stopped the group says it, in the first attempt only
+    assert 1 <= len(said) <= 2, r.stderr[-3000:]
+    assert all(ln.endswith(f"class folder holds no images: {data}/validation/n00000001") for ln in said)
+    assert "ChildFailedError" not in r.stderr and "no usable checkpoint" not in r.stderr  # no restart ran
+    assert not list((tmp_path / "tmp").glob("fastimagenet-refused*"))  # the launcher's note is removed
+
+
 HOLD = ("import sys, time; from training.logs import lock_logdir\n"
         "lock_logdir(sys.argv[1]); print('locked', flush=True); time.sleep(600)")
 PROBE = ("import sys; from training.config import ConfigError; from training.logs import check_logdir_free\n"

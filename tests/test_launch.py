@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
+import uuid
 
 import pytest
 
 from conftest import REPO
-from procs import run_bounded
+from procs import kill_tagged, run_bounded, tagged
 
 SCRIPTS = ["launch/local.sh", "launch/multinode.sh", "launch/slurm.sbatch"]
 TORCHRUN = ["python3", "-m", "torch.distributed.run"]
@@ -385,3 +388,111 @@ def test_requirements_met_by_the_test_environment():
     r = run_bounded([sys.executable, "launch/requirements_met.py", "requirements.txt", "requirements-test.txt"],
                     cwd=REPO, timeout=30)
     assert r.returncode == 0, r.stderr
+
+
+def _torchrun_stub(tmp_path, body: str):
+    """A PYTHON whose `train.py --check` passes and which runs the sh ``body`` in torchrun's place."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\nfor a; do [ "$a" = --check ] && exit 0; done\n' + body)
+    fake.chmod(0o755)
+    return fake
+
+
+REFUSAL = "error: rank 1: class folder holds no images: /data/validation/n01"
+
+
+@pytest.mark.parametrize("body,status,said", [
+    # a rank refused and torchrun failed when its restarts were spent (several machines): 2, and the
+    # line again, last, below torchrun's own report
+    (f'echo "{REFUSAL}" >> "$FASTIMAGENET_REFUSED"\necho "ChildFailedError" >&2\nexit 1\n',
+     2, ["ChildFailedError", REFUSAL]),
+    # a rank refused and the restart stopped the group (one machine): torchrun exits 0; 2, said once
+    (f'echo "{REFUSAL}" >&2\necho "{REFUSAL}" >> "$FASTIMAGENET_REFUSED"\nexit 0\n', 2, [REFUSAL]),
+    # no refusal: torchrun's own status
+    ("exit 0\n", 0, []), ("exit 1\n", 1, []), ("exit 7\n", 7, []),
+])
+def test_a_refusal_a_rank_notes_ends_the_launch_with_status_2(tmp_path, body, status, said):
+    """What --check cannot see (inside the images) is refused by the ranks, which note it in the file
+    FASTIMAGENET_REFUSED names (train.refuse); torchrun itself exits only 0 or 1. The note is removed."""
+    (tmp_path / "tmp").mkdir()
+    r = run_bounded(["bash", "launch/local.sh", str(tmp_path)], cwd=REPO, timeout=30,
+                    env={**os.environ, "PYTHON": str(_torchrun_stub(tmp_path, body)), "NPROC": "2",
+                         "CONFIG": "configs/tiny_cpu.yaml", "TMPDIR": str(tmp_path / "tmp")})
+    assert (r.returncode, r.stderr.splitlines()) == (status, said)
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_launch_without_a_place_for_its_note_is_refused_before_torchrun(tmp_path):
+    r = run_bounded(["bash", "launch/local.sh", str(tmp_path)], cwd=REPO, timeout=30,
+                    env={**os.environ, "PYTHON": str(_torchrun_stub(tmp_path, 'touch "$0.ran"\n')), "NPROC": "2",
+                         "CONFIG": "configs/tiny_cpu.yaml", "TMPDIR": str(tmp_path / "missing")})
+    assert r.returncode == 2
+    assert r.stderr.splitlines()[-1] == (f"error: cannot create a file in {tmp_path / 'missing'} "
+                                         "(set TMPDIR to a writable folder)")
+    assert not (tmp_path / "python.ran").exists()
+
+
+@pytest.mark.parametrize("script,env", [("launch/local.sh", {"NPROC": "2"}),
+                                        ("launch/multinode.sh", {"NNODES": "2", "RDZV_ENDPOINT": "127.0.0.1:1"})])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_to_the_launcher_stops_torchrun(tmp_path, script, env, sig):
+    """The launcher waits on torchrun (to give its status) instead of becoming it, so a signal sent to
+    the launcher alone (`kill PID`, `docker stop`, a batch system) must reach torchrun as TERM, which
+    stops its workers; the launcher then exits with torchrun's status, and nothing is left running."""
+    body = ('trap \'echo TERM > "$0.got"; exit 143\' TERM\ntouch "$0.started"\n'
+            'while :; do sleep 0.05; done\n')
+    tag = f"FASTIMAGENET_TEST_PROC_{uuid.uuid4().hex}"
+    p = subprocess.Popen(["bash", script, str(tmp_path)], cwd=REPO, start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env={**os.environ, "PYTHON": str(_torchrun_stub(tmp_path, body)),
+                              "CONFIG": "configs/tiny_cpu.yaml", tag: "1", **env})
+    try:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "python.started").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(p.pid, sig)
+        assert p.wait(timeout=10) == 143
+        assert (tmp_path / "python.got").read_text() == "TERM\n"
+        deadline = time.monotonic() + 5  # a last `sleep` of the stub's may outlive it briefly
+        while tagged(tag) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not tagged(tag)
+    finally:
+        kill_tagged(tag)  # whatever the launcher left behind, so a failure leaks nothing
+
+
+@pytest.fixture
+def refusal_note(tmp_path, monkeypatch):
+    """The file a launcher names in FASTIMAGENET_REFUSED, empty, and this process a rank of 2."""
+    from training import train
+    note = tmp_path / "refused"
+    note.write_text("")
+    monkeypatch.setenv(train.REFUSED_ENV, str(note))
+    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(k, v)
+    return note
+
+
+def test_a_rank_that_refuses_notes_its_line_even_when_another_says_it(refusal_note, capsys):
+    """A command-line error is said by rank 0 alone, but every refusing rank notes it, so the
+    launcher of each machine knows (rank 0 may be on another)."""
+    from training import train
+    assert train.main(["--config", "configs/tiny_cpu.yaml", "train.print_freq=0"]) == 2
+    assert capsys.readouterr().err == ""  # rank 1
+    assert refusal_note.read_text() == "error: config key 'train.print_freq': must be >= 1, got 0\n"
+
+
+@pytest.mark.parametrize("world,local,status", [("2", "2", 0), ("16", "8", 2)])
+def test_a_restart_of_a_refused_launch_ends_before_any_work(refusal_note, monkeypatch, capsys, world, local, status):
+    """One machine: every rank reads the note and exits 0, so torchrun ends without restarting and
+    the launcher says 2. Several: a machine that did not refuse has an empty note and would wait
+    for these ranks, so they fail (2) and torchrun spends its restarts at once instead."""
+    from training import train
+    monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
+    argv = ["--config", "configs/tiny_cpu.yaml", "--dry-run"]  # work that would print a plan
+    assert train.refused_before() is None  # an empty note: the first attempt
+    assert train.main(argv) == 0 and capsys.readouterr().out
+    refusal_note.write_text(REFUSAL + "\n")
+    assert train.refused_before() == status
+    assert train.main(argv) == status and capsys.readouterr() == ("", "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -52,8 +53,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_machines(data: Path, logdir: Path, env: dict | None = None) -> list[tuple[subprocess.Popen, Path]]:
-    """Start two agents of launch/multinode.sh (NNODES=2, one process each); (process, log) of each."""
+def two_machines(data: Path | tuple[Path, Path], logdir: Path,
+                 env: dict | None = None) -> list[tuple[subprocess.Popen, Path]]:
+    """Start two agents of launch/multinode.sh (NNODES=2, one process each), each with ``data`` or
+    its own of two; (process, log) of each."""
     clean = {k: v for k, v in os.environ.items()
              if k not in ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "RESUME", *TORCHRUN_ENV)}
     port = free_port()
@@ -61,14 +64,17 @@ def two_machines(data: Path, logdir: Path, env: dict | None = None) -> list[tupl
            "RDZV_ENDPOINT": f"127.0.0.1:{port}", "RDZV_ID": f"test{port}", "CONFIG": "configs/tiny_cpu.yaml",
            "MAX_RESTARTS": "2", **(env or {})}
     logs = [logdir.with_name(f"{logdir.name}.agent{i}.log") for i in range(2)]
-    return [(subprocess.Popen(["bash", "launch/multinode.sh", str(data), *ARGS, f"train.logdir={logdir}"],
+    datas = data if isinstance(data, tuple) else (data, data)
+    return [(subprocess.Popen(["bash", "launch/multinode.sh", str(d), *ARGS, f"train.logdir={logdir}"],
                               cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                              start_new_session=True), log) for log in logs]
+                              start_new_session=True), log) for d, log in zip(datas, logs)]
 
 
-def wait_all(agents: list[tuple[subprocess.Popen, Path]], timeout: int = 240) -> list[str]:
-    """Every agent must exit 0 within ``timeout`` seconds in all; returns each one's output. On a
-    timeout or a failure every process still running is killed, and the test fails with the logs' tails."""
+def wait_all(agents: list[tuple[subprocess.Popen, Path]], timeout: int = 240,
+             codes_wanted: list[int] | None = None) -> list[str]:
+    """Every agent must exit 0 (or as ``codes_wanted`` says) within ``timeout`` seconds in all; returns
+    each one's output. On a timeout or another status every process still running is killed, and the
+    test fails with the logs' tails."""
     deadline = time.monotonic() + timeout
     try:
         codes = [p.wait(timeout=max(deadline - time.monotonic(), 0.1)) for p, _ in agents]
@@ -81,7 +87,8 @@ def wait_all(agents: list[tuple[subprocess.Popen, Path]], timeout: int = 240) ->
                 p.wait()
     outs = [log.read_text() for _, log in agents]
     tails = "\n".join(f"--- {log}\n{out[-3000:]}" for (_, log), out in zip(agents, outs))
-    assert codes == [0] * len(agents), f"agents: {codes or f'timed out after {timeout}s'}\n{tails}"
+    wanted = codes_wanted or [0] * len(agents)
+    assert codes == wanted, f"agents: {codes or f'timed out after {timeout}s'}\n{tails}"
     return outs
 
 
@@ -113,6 +120,22 @@ def test_rank_off_rank0s_machine_killed_the_group_resumes_the_run(data, tmp_path
     assert all(0 < x < y for x, y in zip(hours, hours[1:])), rows
     assert [r[2:] for r in rows] == [r[2:] for r in dawn_rows(ref)]
     assert len(load_run(run).scalars["first"]) == 1
+
+
+def test_a_machine_refusing_its_data_exits_2_and_the_others_name_the_lost_peer(data, tmp_path):
+    """One machine's copy of the data has an empty class folder, which only its rank sees (at index
+    time). Its launcher exits 2 saying so, last; its restarts end at once (train.refused_before: they
+    fail rather than stop cleanly, or the other machine's rank would wait for them, here for the whole
+    collective timeout), and the other machine's agent gives up naming the lost peer."""
+    bad = make_jpeg_tree(tmp_path / "bad", classes=2, train_per_class=8, val_per_class=2)
+    for f in (bad / "validation" / "n00000001").iterdir():
+        f.unlink()
+    agents = two_machines((bad, data), tmp_path / "run", {"DIST_TIMEOUT": "300"})
+    refusing, other = wait_all(agents, timeout=200, codes_wanted=[2, 1])
+    line = refusing.strip().splitlines()[-1]
+    assert re.fullmatch(rf"error: rank [01]: class folder holds no images: {bad}/validation/n00000001", line), \
+        refusing[-3000:]
+    assert "collective failed" in other, other[-3000:]
 
 
 # ------------------------------------------------------- the group's decision, in one process

@@ -152,7 +152,43 @@ def train_images(args: argparse.Namespace, cfg: C.Config) -> int:
     return TRAIN_IMAGES[cfg.recipe]
 
 
+# Set by launch/*.sh to a file of its own: a rank that refuses its input writes its error line there.
+# torchrun restarts a failed group whatever the exit status, so each restart would meet the same bad
+# input again (indexing the data again, saying it again); a restart of a refused launch stops at once
+# instead, and the launcher exits 2.
+REFUSED_ENV = "FASTIMAGENET_REFUSED"
+
+
+def refuse(line: str, say: bool = True) -> int:
+    """A bad-input refusal: the one-line error (on stderr when ``say``), noted for the launcher; 2."""
+    if say:
+        print(line, file=sys.stderr)
+    if path := os.environ.get(REFUSED_ENV):
+        try:
+            with open(path, "a") as f:  # one short line per rank: O_APPEND keeps them whole
+                f.write(line + "\n")
+        except OSError:
+            pass  # the launcher then exits as torchrun does; the line is said all the same
+    return 2
+
+
+def refused_before() -> int | None:
+    """Under a launcher, a restart of a group a rank already refused: the exit status that ends it
+    (None: go on). On one machine every rank reads the note, so each exits 0 and torchrun finishes
+    without restarts; across machines the others' ranks meet the same note only on their own
+    machine, so these ranks fail (2) and torchrun spends its restarts at once."""
+    path = os.environ.get(REFUSED_ENV)
+    try:
+        if not path or os.path.getsize(path) == 0:
+            return None
+    except OSError:
+        return None
+    return 0 if os.environ.get("WORLD_SIZE") == os.environ.get("LOCAL_WORLD_SIZE") else 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    if (status := refused_before()) is not None:
+        return status
     try:
         args, cfg = resolve(sys.argv[1:] if argv is None else argv)
         if args.print_config:
@@ -183,9 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (PhaseError, C.ConfigError) as e:
         # the same on every rank (a function of the command line): under torchrun, say it once
-        if os.environ.get("RANK", "0") == "0":
-            print(f"error: {e}", file=sys.stderr)
-        return 2
+        return refuse(f"error: {e}", say=os.environ.get("RANK", "0") == "0")
 
 
 def check_results(cfg: C.Config) -> None:
@@ -248,13 +282,10 @@ def run(cfg: C.Config) -> int:
         return recipe_module(cfg).main(cfg)
     except C.ConfigError as e:  # a function of the command line, the same on every rank: said once
         if getattr(e, "per_rank", False):  # but a machine's devices (dist.DeviceError): by each rank that hits it
-            print(f"error: {_rank_prefix()}{e}", file=sys.stderr)
-        elif os.environ.get("RANK", "0") == "0":
-            print(f"error: {e}", file=sys.stderr)
-        return 2
+            return refuse(f"error: {_rank_prefix()}{e}")
+        return refuse(f"error: {e}", say=os.environ.get("RANK", "0") == "0")
     except (DataError, CheckpointError, PhaseError) as e:
-        print(f"error: {_rank_prefix()}{e}", file=sys.stderr)  # may differ per rank (its shard, its disk)
-        return 2
+        return refuse(f"error: {_rank_prefix()}{e}")  # may differ per rank (its shard, its disk)
 
 
 def _rank_prefix() -> str:
