@@ -51,9 +51,9 @@ train_args() {
 
 # Run the assembled torchrun command, or print it under LAUNCH_DRY_RUN=1. A rank that refuses bad
 # input --check cannot see (an empty class folder, an unreadable image under data.bad_images=error)
-# writes its error line to $FASTIMAGENET_REFUSED (train.refuse), and the restarts torchrun would
-# spend meeting it again end at once (train.refused_before); then this exits 2, repeating the line
-# when torchrun's own report of the failure buried it. Not exec'd, so that status can be given:
+# writes its error line to $FASTIMAGENET_REFUSED (train.refuse); on one machine the restarts torchrun
+# would spend meeting it again end at once (train.refused_before). Then this exits 2, repeating the
+# line when torchrun's own report of the failure buried it. Not exec'd, so that status can be given:
 # TERM, INT and HUP are passed on as TERM (a batch system, `docker stop` or `kill` may signal this
 # shell alone; torchrun stops its workers on TERM) and it waits on for torchrun's own status.
 run_or_print() {

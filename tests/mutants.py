@@ -62,6 +62,7 @@ REFUSED_RESTART_TEST = "tests/test_launch.py::test_a_restart_of_a_refused_launch
 REFUSED_LAUNCH_TEST = "tests/test_launch.py::test_a_refusal_a_rank_notes_ends_the_launch_with_status_2"
 REFUSED_E2E_TEST = FAULTS + "test_bad_data_only_the_ranks_see_is_refused_once_not_by_every_restart"
 SIGNAL_TEST = "tests/test_launch.py::test_a_signal_to_the_launcher_stops_torchrun"
+DRILL_TEST = CLI + "test_a_fault_drill_past_the_steps_its_epoch_trains_is_refused_before_training"
 
 MUTANTS = [
     # the learning rate the trainer applies and logs
@@ -992,8 +993,8 @@ MUTANTS = [
            (REFUSED_NOTE_TEST,)),
     Mutant("refused_restart_goes_on", "training/train.py",
            "    if (status := refused_before()) is not None:", "    if False:", (REFUSED_RESTART_TEST, REFUSED_E2E_TEST)),
-    Mutant("refused_restart_stops_other_machines_cleanly", "training/train.py",
-           'return 0 if os.environ.get("WORLD_SIZE") == os.environ.get("LOCAL_WORLD_SIZE") else 2', "return 0",
+    Mutant("refused_restart_quits_before_joining_other_machines", "training/train.py",
+           '    if os.environ.get("WORLD_SIZE") != os.environ.get("LOCAL_WORLD_SIZE"):', "    if False:",
            (REFUSED_RESTART_TEST,)),
     Mutant("data_refusal_not_noted", "training/train.py",
            '        return refuse(f"error: {_rank_prefix()}{e}")  # may differ per rank', '        return 2  #',
@@ -1005,6 +1006,16 @@ MUTANTS = [
     Mutant("launch_keeps_its_note", "launch/common.sh", "  trap 'rm -f \"$refused\"' EXIT", "  :", (REFUSED_LAUNCH_TEST,)),
     Mutant("launch_signal_not_passed_on", "launch/common.sh",
            "  trap 'kill -TERM \"$child\" 2>/dev/null' TERM INT HUP", "  :", (SIGNAL_TEST,)),
+    Mutant("drill_step_counted_on_data", "training/recipes/imagenet.py",
+           "lambda epoch: images.get(train_dir(loaders, epoch), train_loader.num_images)",
+           "lambda epoch: train_loader.num_images", (DRILL_TEST,)),
+    Mutant("drill_step_ignores_short_epoch", "training/recipes/imagenet.py",
+           "        steps = min(steps, cfg.train.short_epoch_steps)", "        pass", (DRILL_TEST,)),
+    Mutant("drill_epoch_ignores_max_epochs", "training/recipes/imagenet.py",
+           "    if not start_epoch <= epoch < end:", "    if not start_epoch <= epoch < schedule.num_epochs:",
+           (DRILL_TEST,)),
+    Mutant("drill_last_step_plus_one", "training/recipes/imagenet.py", "    if step >= steps:", "    if step > steps:",
+           (DRILL_TEST,)),
     Mutant("launch_waits_once", "launch/common.sh",
            '[ "$status" -gt 128 ] && kill -0 "$child" 2>/dev/null; do :; done', "false; do :; done", (SIGNAL_TEST,)),
 ]

@@ -519,6 +519,37 @@ def test_check_refuses_a_fault_drill_that_cannot_fire(workdir, capsys, monkeypat
     assert_refused(rc, capsys.readouterr().err, message, workdir)
 
 
+DRILL_PHASES = ("[{'ep': 0, 'sz': 32, 'bs': 8}, {'ep': (0, 2), 'lr': (0.02, 0.08)}, "
+                "{'ep': 1, 'bs': 16, 'keep_dl': True}, {'ep': 2, 'sz': 48, 'bs': 8, 'trndir': '-sz/48'}, "
+                "{'ep': (2, 3), 'lr': (0.08, 0.008)}]")
+
+
+@pytest.mark.parametrize("spec, flags, message", [
+    # 24 images, one process: 3 steps of 8 in epoch 0, 2 of 16 in epoch 1 (keep_dl's batch)
+    ("kill:1:2:0", [], "epoch 1 has 2 steps per process (STEP 0..1)"),
+    ("hang:0:1:0", ["--short-epoch", "train.short_epoch_steps=1"], "epoch 0 has 1 step per process (STEP 0..0)"),
+    # epoch 2 trains on its own copy, DATA-sz/48, of 3 images: 1 step (DATA's 24 would give 3)
+    ("kill:2:1:0", [], "epoch 2 has 1 step per process (STEP 0..0)"),
+    ("kill:2:0:0", ["--max-epochs", "1"], "this run trains epochs 0..0, not 2"),
+])
+def test_a_fault_drill_past_the_steps_its_epoch_trains_is_refused_before_training(
+        workdir, jpeg_tree, capsys, monkeypatch, spec, flags, message):
+    """--check knows the schedule, not the data: a STEP past its epoch's last step, or an EPOCH this
+    invocation does not train, used to run the whole run undrilled (exit 0, a restart path untested)."""
+    from conftest import make_jpeg_tree
+    from training import dist
+    make_jpeg_tree(Path(f"{jpeg_tree}-sz/48"), train_per_class=1, val_per_class=1)
+    monkeypatch.setenv(dist.FAULT_ENV, spec)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    rc = call(train.main, [str(jpeg_tree), "--config", TINY, "--phases", DRILL_PHASES, "--logdir", "run",
+                           "data.workers=0", *flags])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.splitlines()[-1] == f"error: FASTIMAGENET_FAULT={spec!r}: {message}"
+    assert not (workdir / "run" / "train.log").exists() and not list(workdir.glob("run/checkpoints/*"))
+
+
 def test_integer_flags_accept_both_ends_of_their_range():
     """``cli.int_range(low, high)`` is inclusive at both ends (``--quality 100``, ``--workers 0``) and
     refuses one past either end, by name of the range."""

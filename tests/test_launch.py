@@ -482,11 +482,12 @@ def test_a_rank_that_refuses_notes_its_line_even_when_another_says_it(refusal_no
     assert refusal_note.read_text() == "error: config key 'train.print_freq': must be >= 1, got 0\n"
 
 
-@pytest.mark.parametrize("world,local,status", [("2", "2", 0), ("16", "8", 2)])
+@pytest.mark.parametrize("world,local,status", [("2", "2", 0), ("16", "8", None)])
 def test_a_restart_of_a_refused_launch_ends_before_any_work(refusal_note, monkeypatch, capsys, world, local, status):
     """One machine: every rank reads the note and exits 0, so torchrun ends without restarting and
-    the launcher says 2. Several: a machine that did not refuse has an empty note and would wait
-    for these ranks, so they fail (2) and torchrun spends its restarts at once instead."""
+    the launcher says 2. Several: a rank that quit before joining the group would leave the other
+    machines' ranks waiting for it for the whole collective timeout, so the restart goes on
+    (test_multinode.py: the refusing rank joins, meets the refusal again, and fails them at once)."""
     from training import train
     monkeypatch.setenv("WORLD_SIZE", world)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
@@ -495,4 +496,7 @@ def test_a_restart_of_a_refused_launch_ends_before_any_work(refusal_note, monkey
     assert train.main(argv) == 0 and capsys.readouterr().out
     refusal_note.write_text(REFUSAL + "\n")
     assert train.refused_before() == status
-    assert train.main(argv) == status and capsys.readouterr() == ("", "")
+    if status is None:
+        assert train.main(argv) == 0 and capsys.readouterr().out
+    else:
+        assert train.main(argv) == status and capsys.readouterr() == ("", "")

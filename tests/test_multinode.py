@@ -124,9 +124,10 @@ def test_rank_off_rank0s_machine_killed_the_group_resumes_the_run(data, tmp_path
 
 def test_a_machine_refusing_its_data_exits_2_and_the_others_name_the_lost_peer(data, tmp_path):
     """One machine's copy of the data has an empty class folder, which only its rank sees (at index
-    time). Its launcher exits 2 saying so, last; its restarts end at once (train.refused_before: they
-    fail rather than stop cleanly, or the other machine's rank would wait for them, here for the whole
-    collective timeout), and the other machine's agent gives up naming the lost peer."""
+    time). Its launcher exits 2 saying so, last, and the other machine's agent gives up naming the lost
+    peer. Its restarts go on as any would (train.refused_before): a restarted rank that quit before
+    joining the group left the other machine's rank waiting for it for the whole collective timeout
+    (here 300 s), where one that joins and meets the refusal again fails it at once."""
     bad = make_jpeg_tree(tmp_path / "bad", classes=2, train_per_class=8, val_per_class=2)
     for f in (bad / "validation" / "n00000001").iterdir():
         f.unlink()

@@ -287,8 +287,8 @@ def _silent_ranks(info: DistInfo, grace_s: float) -> list[int] | None:
 def check_fault(num_epochs: int, world_size: int | None = None) -> tuple[str, int, int, int] | None:
     """FASTIMAGENET_FAULT as (action, epoch, step, rank), None when unset; ConfigError when it is
     malformed or could never fire (an epoch past the schedule, a rank past ``world_size`` when known):
-    a drill that never fires would pass for a restart path that works. STEP is not checked here: an
-    epoch's steps depend on its data (docs/OPERATIONS.md)."""
+    a drill that never fires would pass for a restart path that works. STEP is checked by the run,
+    once its data is indexed (an epoch's steps depend on it: imagenet.check_drill_fires)."""
     spec = os.environ.get(FAULT_ENV, "")
     if not spec:
         return None

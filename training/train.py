@@ -152,10 +152,10 @@ def train_images(args: argparse.Namespace, cfg: C.Config) -> int:
     return TRAIN_IMAGES[cfg.recipe]
 
 
-# Set by launch/*.sh to a file of its own: a rank that refuses its input writes its error line there.
-# torchrun restarts a failed group whatever the exit status, so each restart would meet the same bad
-# input again (indexing the data again, saying it again); a restart of a refused launch stops at once
-# instead, and the launcher exits 2.
+# Set by launch/*.sh to a file of its own: a rank that refuses its input writes its error line there,
+# and the launcher exits 2 (torchrun itself exits 0 or 1). torchrun restarts a failed group whatever
+# the exit status, so each restart would meet the same bad input again (indexing the data again,
+# saying it again): on one machine a restart of a refused launch stops at once instead.
 REFUSED_ENV = "FASTIMAGENET_REFUSED"
 
 
@@ -173,17 +173,18 @@ def refuse(line: str, say: bool = True) -> int:
 
 
 def refused_before() -> int | None:
-    """Under a launcher, a restart of a group a rank already refused: the exit status that ends it
-    (None: go on). On one machine every rank reads the note, so each exits 0 and torchrun finishes
-    without restarts; across machines the others' ranks meet the same note only on their own
-    machine, so these ranks fail (2) and torchrun spends its restarts at once."""
+    """Under a launcher on one machine, a restart of a group a rank already refused: 0, the status
+    that ends it (every rank reads the note, so torchrun finishes without restarting and the launcher
+    exits 2); None: go on. Across machines the restart goes on as any would: a rank that quit before
+    joining the group would leave the other machines' ranks waiting for it for the whole collective
+    timeout, whereas one that meets the refusal again after joining fails them at once."""
     path = os.environ.get(REFUSED_ENV)
+    if os.environ.get("WORLD_SIZE") != os.environ.get("LOCAL_WORLD_SIZE"):
+        return None
     try:
-        if not path or os.path.getsize(path) == 0:
-            return None
+        return 0 if path and os.path.getsize(path) > 0 else None
     except OSError:
         return None
-    return 0 if os.environ.get("WORLD_SIZE") == os.environ.get("LOCAL_WORLD_SIZE") else 2
 
 
 def main(argv: list[str] | None = None) -> int:

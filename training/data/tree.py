@@ -261,12 +261,14 @@ def val_index(spec: LoaderSpec) -> TreeIndex:
     return index_tree(spec.val_dir, classes, spec.bad_images, spec.rank == 0)
 
 
-def index_later_phases(spec: LoaderSpec, phases: Sequence[DataPhase]) -> None:
+def index_later_phases(spec: LoaderSpec, phases: Sequence[DataPhase]) -> dict[str, int]:
     """Read now the image headers of the data copies that phases after ``spec.phase`` read
     (DATA-sz/352, DATA, ...): with data.bad_images=error a corrupt image there, or a copy with no
     readable image, stops the run before anything is written, not at the epoch its phase starts.
-    The index is cached, so the phase's loaders read it back then; quiet, as they name what they skip."""
+    The index is cached, so the phase's loaders read it back then; quiet, as they name what they skip.
+    Returns the usable images of each training copy it read."""
     seen = {spec.train_dir, spec.val_dir}  # spec's own loaders are built: indexed already
+    counts = {}
     for ph in phases:
         if ph.keep_dl or ph.start <= spec.phase.start:
             continue
@@ -274,7 +276,10 @@ def index_later_phases(spec: LoaderSpec, phases: Sequence[DataPhase]) -> None:
         for d in (later.train_dir, later.val_dir):
             if d not in seen:
                 seen.add(d)
-                index_tree(d, find_classes(d), spec.bad_images, verbose=False)
+                index = index_tree(d, find_classes(d), spec.bad_images, verbose=False)
+                if d == later.train_dir:
+                    counts[d] = len(index.paths)
+    return counts
 
 
 def shard_indices(n: int, seed: int, epoch: int, rank: int, world_size: int) -> list[int]:

@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -26,7 +27,7 @@ from training.logs import (LogdirLock, RunLogger, check_logdir, check_logdir_fre
                           lock_logdir, refuse_reuse)
 from training.models import resnet
 from training.optim import sgd
-from training.phases import Schedule, parse_schedule
+from training.phases import Schedule, loader_phase, parse_schedule
 from training.profiling import TraceWindow
 
 
@@ -125,6 +126,28 @@ def build_loaders(cfg: Config, schedule: Schedule, info: dist.DistInfo) -> Phase
                       dali_fused_crop=cfg.data.dali_fused_crop, dali_hw_load=cfg.data.dali_hw_load)
     backend = get_backend(cfg.data.loader, device=info.device, workers=cfg.data.workers)
     return PhaseLoaders(backend, spec, schedule.data_phases, cfg.data.val_batch_size)
+
+
+def train_dir(loaders: PhaseLoaders, epoch: int) -> str:
+    return dataclasses.replace(loaders.base, phase=loader_phase(loaders.phases, epoch)).train_dir
+
+
+def check_drill_fires(drill: tuple[str, int, int, int], cfg: Config, schedule: Schedule, start_epoch: int,
+                      world_size: int, images_at: Callable[[int], int]) -> None:
+    """The fault drill's EPOCH and STEP against what this run trains (``images_at``: the training
+    images of an epoch's data copy): a drill that never fires would pass for a restart that works.
+    --check knows the schedule only; the epochs trained and their steps are known once the data is."""
+    _, epoch, step, _ = drill
+    spec = f"{dist.FAULT_ENV}={os.environ[dist.FAULT_ENV]!r}"
+    end = min(schedule.num_epochs, start_epoch + cfg.train.max_epochs) if cfg.train.max_epochs else schedule.num_epochs
+    if not start_epoch <= epoch < end:
+        raise ConfigError(f"{spec}: this run trains epochs {start_epoch}..{end - 1}, not {epoch}")
+    steps = schedule.iters_per_epoch(epoch, images_at(epoch), world_size)
+    if cfg.train.short_epoch:
+        steps = min(steps, cfg.train.short_epoch_steps)
+    if step >= steps:
+        raise ConfigError(f"{spec}: epoch {epoch} has {steps} step{'s' if steps > 1 else ''} per process "
+                          f"(STEP 0..{steps - 1})")
 
 
 def compile_static(model: nn.Module, num_shapes: int) -> nn.Module:
@@ -301,9 +324,16 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
         check_data_root(cfg.data.dir, schedule, cfg.data.loader)
     loaders = build_loaders(cfg, schedule, info)
     train_loader, _ = loaders.for_epoch(min(start_epoch, schedule.num_epochs - 1))
+    images: dict[str, int] = {}  # training images per data copy; a synthetic run's are all train_loader's
     if loaders.backend.name != "synthetic" and not cfg.train.evaluate:
         # every later phase's data copy too, before anything is written (docs/OPERATIONS.md, exit 2)
-        index_later_phases(dataclasses.replace(loaders.base, phase=loaders.active), schedule.data_phases)
+        active = dataclasses.replace(loaders.base, phase=loaders.active)
+        images = {active.train_dir: train_loader.num_images,
+                  **index_later_phases(active, schedule.data_phases)}
+    drill = None if attempt.restarted or cfg.train.evaluate else dist.check_fault(schedule.num_epochs, info.world_size)
+    if drill:
+        check_drill_fires(drill, cfg, schedule, start_epoch, info.world_size,
+                          lambda epoch: images.get(train_dir(loaders, epoch), train_loader.num_images))
     num_classes = cfg.model.num_classes or len(train_loader.classes)
     if num_classes < len(train_loader.classes):
         raise ConfigError(f"model.num_classes={num_classes} is fewer than the {len(train_loader.classes)} class "
