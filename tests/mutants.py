@@ -1016,6 +1016,10 @@ MUTANTS = [
            (DRILL_TEST,)),
     Mutant("drill_last_step_plus_one", "training/recipes/imagenet.py", "    if step >= steps:", "    if step > steps:",
            (DRILL_TEST,)),
+    Mutant("nonfinite_skipped_images_not_counted", "training/loop.py",
+           "        state.step += batch * ctx.dist.world_size  # images seen",
+           "        state.step += batch * ctx.dist.world_size * _step_finite(loss)  # images seen",
+           (FAULTS + "test_nonfinite_skip_skips_only_that_step",)),
     Mutant("launch_waits_once", "launch/common.sh",
            '[ "$status" -gt 128 ] && kill -0 "$child" 2>/dev/null; do :; done', "false; do :; done", (SIGNAL_TEST,)),
 ]

@@ -331,7 +331,7 @@ class Batches:
         return len(self.batches)
 
 
-def _epoch(tmp_path: Path, nonfinite: str, loader, print_freq: int = 1) -> nn.Module:
+def _epoch(tmp_path: Path, nonfinite: str, loader, print_freq: int = 1) -> loop.TrainState:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -343,17 +343,19 @@ def _epoch(tmp_path: Path, nonfinite: str, loader, print_freq: int = 1) -> nn.Mo
         loop.train_epoch(state, loader, loop.Hooks(loss_fn=nn.CrossEntropyLoss()), ctx, epoch=0)
     finally:
         ctx.logger.close()
-    return model
+    return state
 
 
 def test_nonfinite_skip_skips_only_that_step(tmp_path, capsys):
-    model = _epoch(tmp_path / "a", "skip", Batches())
+    state = _epoch(tmp_path / "a", "skip", Batches())
     assert "warning: non-finite loss at epoch 0 step 1: step skipped" in capsys.readouterr().err
     clean = Batches()
     clean.batches.pop(1)  # the same run without the poisoned batch (constant lr, no momentum)
     ref = _epoch(tmp_path / "b", "skip", clean)
-    for p, q in zip(model.parameters(), ref.parameters()):
+    for p, q in zip(state.model.parameters(), ref.model.parameters()):
         assert torch.isfinite(p).all() and torch.equal(p, q)
+    # the step axis counts the images seen, the skipped batch's too: the epoch ends where a clean one does
+    assert (state.step, ref.step) == (8, 6)
 
 
 @pytest.mark.parametrize("print_freq", [1, 3, 100])

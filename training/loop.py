@@ -242,6 +242,9 @@ def train_epoch(state: TrainState, loader: Loader, hooks: Hooks, ctx: RunContext
             logits = state.model(images)
             loss = hooks.loss_fn(logits, labels)
         timer.mark("forward")
+        batch = labels.shape[0]
+        state.step += batch * ctx.dist.world_size  # images seen, trained on or not: the same axis either way
+        images_since_log += batch
         if ctx.nonfinite == "skip" and not _step_finite(loss):
             ctx.logger.progress(f"warning: non-finite loss at epoch {epoch} step {i}: step skipped")
             opt.zero_grad(set_to_none=True)
@@ -266,9 +269,6 @@ def train_epoch(state: TrainState, loader: Loader, hooks: Hooks, ctx: RunContext
                                 f"{time.perf_counter() - t_first:.2f} s (compile warm-up included; once per shape)")
         if losses is not None:
             losses[i] = loss.detach()
-        batch = labels.shape[0]
-        state.step += batch * ctx.dist.world_size
-        images_since_log += batch
         if (i + 1) % ctx.print_freq == 0 or i + 1 == iters:
             _check_finite(losses, epoch)
             now = time.time()
