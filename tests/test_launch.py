@@ -468,7 +468,7 @@ def refusal_note(tmp_path, monkeypatch):
     note = tmp_path / "refused"
     note.write_text("")
     monkeypatch.setenv(train.REFUSED_ENV, str(note))
-    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}.items():
+    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "r1"}.items():
         monkeypatch.setenv(k, v)
     return note
 
@@ -495,6 +495,9 @@ def test_a_restart_of_a_refused_launch_ends_before_any_work(refusal_note, monkey
     assert train.refused_before() is None  # an empty note: the first attempt
     assert train.main(argv) == 0 and capsys.readouterr().out
     refusal_note.write_text(REFUSAL + "\n")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")  # not a torchrun worker: whatever the note says, go on
+    assert train.refused_before() is None
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "r1")
     assert train.refused_before() == status
     if status is None:
         assert train.main(argv) == 0 and capsys.readouterr().out

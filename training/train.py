@@ -179,8 +179,8 @@ def refused_before() -> int | None:
     joining the group would leave the other machines' ranks waiting for it for the whole collective
     timeout, whereas one that meets the refusal again after joining fails them at once."""
     path = os.environ.get(REFUSED_ENV)
-    if os.environ.get("WORLD_SIZE") != os.environ.get("LOCAL_WORLD_SIZE"):
-        return None
+    if "TORCHELASTIC_RUN_ID" not in os.environ or os.environ.get("WORLD_SIZE") != os.environ.get("LOCAL_WORLD_SIZE"):
+        return None  # not a torchrun worker (a stray variable must not end a run), or not one machine
     try:
         return 0 if path and os.path.getsize(path) > 0 else None
     except OSError:
