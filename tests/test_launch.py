@@ -442,7 +442,10 @@ def test_a_signal_to_the_launcher_stops_torchrun(tmp_path, script, env, sig):
     body = ('trap \'echo TERM > "$0.got"; exit 143\' TERM\ntouch "$0.started"\n'
             'while :; do sleep 0.05; done\n')
     tag = f"FASTIMAGENET_TEST_PROC_{uuid.uuid4().hex}"
+    # a shell cannot trap a signal ignored when it started (INT in a background job, HUP under nohup,
+    # as a CI runner may start these tests): the launcher starts with the defaults a terminal gives
     p = subprocess.Popen(["bash", script, str(tmp_path)], cwd=REPO, start_new_session=True,
+                         preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGHUP)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          env={**os.environ, "PYTHON": str(_torchrun_stub(tmp_path, body)),
                               "CONFIG": "configs/tiny_cpu.yaml", tag: "1", **env})
