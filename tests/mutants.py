@@ -1009,7 +1009,7 @@ MUTANTS = [
     Mutant("launch_signal_not_passed_on", "launch/common.sh",
            "  trap 'kill -TERM \"$child\" 2>/dev/null' TERM INT HUP", "  :", (SIGNAL_TEST,)),
     Mutant("drill_step_counted_on_data", "training/recipes/imagenet.py",
-           "lambda epoch: images.get(train_dir(loaders, epoch), train_loader.num_images)",
+           "lambda epoch: images.get(loaders.spec_for(epoch).train_dir, train_loader.num_images)",
            "lambda epoch: train_loader.num_images", (DRILL_TEST,)),
     Mutant("drill_step_ignores_short_epoch", "training/recipes/imagenet.py",
            "        steps = min(steps, cfg.train.short_epoch_steps)", "        pass", (DRILL_TEST,)),

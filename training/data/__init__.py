@@ -143,14 +143,17 @@ class PhaseLoaders:
         self.train: Loader | None = None
         self.val: Loader | None = None
 
+    def spec_for(self, epoch: int) -> LoaderSpec:
+        """The spec of the loaders that serve ``epoch`` (its data copy: ``.train_dir``)."""
+        return replace(self.base, phase=loader_phase(self.phases, epoch))
+
     def for_epoch(self, epoch: int) -> tuple[Loader, Loader]:
         phase = [p for p in self.phases if p.start <= epoch][-1]
-        built = loader_phase(self.phases, epoch)
-        if self.active is None or built != self.active:
+        spec = self.spec_for(epoch)
+        if self.active is None or spec.phase != self.active:
             self.close()
-            spec = replace(self.base, phase=built)
             self.train, self.val = self.backend.train(spec), self.backend.val(self.val_spec(spec))
-            self.active = built
+            self.active = spec.phase
         if self.train.batch_size != phase.batch_size:
             self.train.set_batch_size(phase.batch_size)
         self.train.set_epoch(epoch)

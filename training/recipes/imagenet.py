@@ -27,7 +27,7 @@ from training.logs import (LogdirLock, RunLogger, check_logdir, check_logdir_fre
                           lock_logdir, refuse_reuse)
 from training.models import resnet
 from training.optim import sgd
-from training.phases import Schedule, loader_phase, parse_schedule
+from training.phases import Schedule, parse_schedule
 from training.profiling import TraceWindow
 
 
@@ -126,10 +126,6 @@ def build_loaders(cfg: Config, schedule: Schedule, info: dist.DistInfo) -> Phase
                       dali_fused_crop=cfg.data.dali_fused_crop, dali_hw_load=cfg.data.dali_hw_load)
     backend = get_backend(cfg.data.loader, device=info.device, workers=cfg.data.workers)
     return PhaseLoaders(backend, spec, schedule.data_phases, cfg.data.val_batch_size)
-
-
-def train_dir(loaders: PhaseLoaders, epoch: int) -> str:
-    return dataclasses.replace(loaders.base, phase=loader_phase(loaders.phases, epoch)).train_dir
 
 
 def check_drill_fires(drill: tuple[str, int, int, int], cfg: Config, schedule: Schedule, start_epoch: int,
@@ -333,7 +329,7 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
     drill = None if attempt.restarted or cfg.train.evaluate else dist.check_fault(schedule.num_epochs, info.world_size)
     if drill:
         check_drill_fires(drill, cfg, schedule, start_epoch, info.world_size,
-                          lambda epoch: images.get(train_dir(loaders, epoch), train_loader.num_images))
+                          lambda epoch: images.get(loaders.spec_for(epoch).train_dir, train_loader.num_images))
     num_classes = cfg.model.num_classes or len(train_loader.classes)
     if num_classes < len(train_loader.classes):
         raise ConfigError(f"model.num_classes={num_classes} is fewer than the {len(train_loader.classes)} class "
