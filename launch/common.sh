@@ -53,9 +53,11 @@ train_args() {
 # input --check cannot see (an empty class folder, an unreadable image under data.bad_images=error)
 # writes its error line to $FASTIMAGENET_REFUSED (train.refuse); on one machine the restarts torchrun
 # would spend meeting it again end at once (train.refused_before). Then this exits 2, repeating the
-# line when torchrun's own report of the failure buried it. Not exec'd, so that status can be given:
-# TERM, INT and HUP are passed on as TERM (a batch system, `docker stop` or `kill` may signal this
-# shell alone; torchrun stops its workers on TERM) and it waits on for torchrun's own status.
+# line when torchrun's own report of the failure buried it. Not exec'd, so that status can be given.
+# torchrun runs in its own session, so a terminal's Ctrl-C reaches it once, from here: TERM, INT and
+# HUP to this shell (Ctrl-C, `kill`, `docker stop`, a batch system) are passed on as TERM, which
+# stops the workers (each saves its last finished epoch); this waits for torchrun, then says what
+# stopped the run and exits 128 + that signal (torchrun itself exits 1 on a signal).
 run_or_print() {
   if [ -n "${LAUNCH_DRY_RUN:-}" ]; then
     for v in NCCL_SOCKET_IFNAME GLOO_SOCKET_IFNAME TORCH_DISABLE_SHARE_RDZV_TCP_STORE; do
@@ -65,18 +67,24 @@ run_or_print() {
     echo
     exit 0
   fi
-  local refused child status
+  local refused child status sig stopped=
   refused=$(mktemp "${TMPDIR:-/tmp}/fastimagenet-refused.XXXXXX") || {
     echo "error: cannot create a file in ${TMPDIR:-/tmp} (set TMPDIR to a writable folder)" >&2; exit 2; }
   trap 'rm -f "$refused"' EXIT
-  FASTIMAGENET_REFUSED=$refused "$@" &
+  FASTIMAGENET_REFUSED=$refused $(command -v setsid) "$@" &
   child=$!
-  trap 'kill -TERM "$child" 2>/dev/null' TERM INT HUP
+  for sig in TERM INT HUP; do
+    trap "stopped=$sig; kill -TERM \"\$child\" 2>/dev/null" "$sig"
+  done
   # wait returns early (>128) when a trapped signal arrives; torchrun is then still running
   while wait "$child"; status=$?; [ "$status" -gt 128 ] && kill -0 "$child" 2>/dev/null; do :; done
   if [ -s "$refused" ]; then
     [ "$status" = 0 ] || head -n 1 "$refused" >&2
     exit 2
+  fi
+  if [ -n "$stopped" ] && [ "$status" != 0 ]; then
+    echo "stopped by SIG$stopped; continue the run with RESUME=auto (--resume auto)" >&2
+    exit $((128 + $(kill -l "$stopped")))
   fi
   exit "$status"
 }

@@ -57,11 +57,12 @@ RECIPE_LOADERS_TEST = ("tests/test_imagefolder.py::"
                        "test_the_recipes_loaders_are_the_configs_with_its_workers_and_nchw_on_the_cpu")
 REQ_NO_FILE_TEST = "tests/test_launch.py::test_requirements_met_without_a_file_to_read_is_no"
 METADATA_TEST = "tests/test_dawn.py::test_the_trainers_run_metadata_names_the_whole_group_and_its_command"
+GROUP_STOP_TEST = "tests/test_checkpoint.py::test_a_stop_signal_to_the_process_group_with_loader_workers_still_saves"
 REFUSED_NOTE_TEST = "tests/test_launch.py::test_a_rank_that_refuses_notes_its_line_even_when_another_says_it"
 REFUSED_RESTART_TEST = "tests/test_launch.py::test_a_restart_of_a_refused_launch_ends_before_any_work"
 REFUSED_LAUNCH_TEST = "tests/test_launch.py::test_a_refusal_a_rank_notes_ends_the_launch_with_status_2"
 REFUSED_E2E_TEST = FAULTS + "test_bad_data_only_the_ranks_see_is_refused_once_not_by_every_restart"
-SIGNAL_TEST = "tests/test_launch.py::test_a_signal_to_the_launcher_stops_torchrun"
+SIGNAL_TEST = "tests/test_launch.py::test_a_signal_to_the_launcher_stops_torchrun_once"
 DRILL_TEST = CLI + "test_a_fault_drill_past_the_steps_its_epoch_trains_is_refused_before_training"
 
 MUTANTS = [
@@ -482,9 +483,19 @@ MUTANTS = [
     Mutant("cifar_plain_accuracy_by_argmax", "training/recipes/cifar.py", "p1 = loop.topk_correct(plain, labels)[0]",
            "p1 = (plain.argmax(1) == labels).sum()",
            ("tests/test_cifar_recipe.py::test_plain_accuracy_breaks_ties_as_the_tta_accuracy",)),
-    Mutant("workers_die_on_group_sigterm", "training/data/imagefolder.py", "worker_init_fn=_ignore_sigterm)",
-           "worker_init_fn=None)",
-           ("tests/test_checkpoint.py::test_sigterm_to_the_process_group_with_loader_workers_still_saves",)),
+    Mutant("workers_die_on_group_sigterm", "training/data/imagefolder.py", "worker_init_fn=_ignore_stop_signals)",
+           "worker_init_fn=None)", (GROUP_STOP_TEST + "[SIGTERM]",)),
+    Mutant("workers_die_on_ctrl_c", "training/data/imagefolder.py", "    for s in (signal.SIGTERM, signal.SIGINT):",
+           "    for s in (signal.SIGTERM,):", (GROUP_STOP_TEST + "[SIGINT]",)),
+    Mutant("ctrl_c_is_a_keyboard_interrupt", "training/checkpoint.py", "    SIGNALS = (signal.SIGTERM, signal.SIGINT)",
+           "    SIGNALS = (signal.SIGTERM,)", (GROUP_STOP_TEST + "[SIGINT]",)),
+    Mutant("stop_guard_takes_an_ignored_signal", "training/checkpoint.py",
+           "                     if signal.getsignal(s) is not signal.SIG_IGN}", "                     }",
+           ("tests/test_checkpoint.py::test_a_stop_signal_ignored_at_the_start_stays_ignored",)),
+    Mutant("the_last_stop_signal_is_said", "training/checkpoint.py", "        if self.received is None:",
+           "        if True:", ("tests/test_checkpoint.py::test_the_first_stop_signal_is_the_one_said_and_later_ones_cut_nothing",)),
+    Mutant("every_stop_exits_143", "training/recipes/imagenet.py", "            return 128 + stop.received",
+           "            return 128 + 15", (GROUP_STOP_TEST + "[SIGINT]",)),
     Mutant("resize_into_another_size", "training/resize.py", "if isinstance(made, dict) and made != settings:",
            "if False:", ("tests/test_resize.py::test_another_size_into_the_same_output_is_refused",)),
     Mutant("resize_reencodes_the_exact_size", "training/resize.py", "if min(w, h) <= size:", "if min(w, h) < size:",
@@ -1007,7 +1018,14 @@ MUTANTS = [
            (REFUSED_LAUNCH_TEST,)),
     Mutant("launch_keeps_its_note", "launch/common.sh", "  trap 'rm -f \"$refused\"' EXIT", "  :", (REFUSED_LAUNCH_TEST,)),
     Mutant("launch_signal_not_passed_on", "launch/common.sh",
-           "  trap 'kill -TERM \"$child\" 2>/dev/null' TERM INT HUP", "  :", (SIGNAL_TEST,)),
+           '    trap "stopped=$sig; kill -TERM \\"\\$child\\" 2>/dev/null" "$sig"', "    :", (SIGNAL_TEST,)),
+    Mutant("launch_shares_torchruns_group", "launch/common.sh", ' $(command -v setsid) "$@" &', ' "$@" &',
+           (SIGNAL_TEST,)),
+    Mutant("launch_stopped_with_torchruns_status", "launch/common.sh",
+           '    exit $((128 + $(kill -l "$stopped")))', '    exit "$status"', (SIGNAL_TEST,)),
+    Mutant("launch_calls_a_finished_run_stopped", "launch/common.sh",
+           '  if [ -n "$stopped" ] && [ "$status" != 0 ]; then', '  if [ -n "$stopped" ]; then',
+           ("tests/test_launch.py::test_a_run_that_ends_well_as_the_launcher_is_signalled_keeps_its_status",)),
     Mutant("drill_step_counted_on_data", "training/recipes/imagenet.py",
            "lambda epoch: images.get(loaders.spec_for(epoch).train_dir, train_loader.num_images)",
            "lambda epoch: train_loader.num_images", (DRILL_TEST,)),

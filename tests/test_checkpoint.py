@@ -125,7 +125,7 @@ def _recipe_objects(tmp_path: Path, epoch: int):
     ckpt = checkpoint.Checkpointer(tmp_path, keep=3)
 
     def save() -> None:  # the recipe's end-of-epoch hook, then the wait for its background write
-        imagenet._save(st, cfg, info, RunLogger(tmp_path, enabled=False), ckpt, checkpoint.SigtermGuard())
+        imagenet._save(st, cfg, info, RunLogger(tmp_path, enabled=False), ckpt, checkpoint.StopGuard())
         ckpt.wait()
     return st, save
 
@@ -456,28 +456,67 @@ def test_profile_lists_background_work_outside_the_total():
     assert rows[-1].split()[:3] == ["checkpoint", "write", "6.000"] and "not in the total" in rows[-1]
 
 
-def test_sigterm_waits_for_a_snapshot_in_progress_and_spares_the_way_out():
+@pytest.fixture
+def terminal_sigint():
+    """SIGINT as Python sets it in a terminal, whatever this test process started with (a CI
+    runner or nohup may start it ignored, and the guard leaves an ignored signal alone)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stop_signal_waits_for_a_snapshot_in_progress_and_spares_the_way_out(sig, terminal_sigint):
     steps = []
-    with checkpoint.SigtermGuard() as guard:
+    with checkpoint.StopGuard() as guard:
         with pytest.raises(checkpoint.Preempted):
-            with guard.holding():  # an end-of-epoch snapshot: SIGTERM must not cut it in half
-                os.kill(os.getpid(), signal.SIGTERM)
+            with guard.holding():  # an end-of-epoch snapshot: the signal must not cut it in half
+                os.kill(os.getpid(), sig)
                 time.sleep(0.05)
                 steps.append("snapshot complete")
-    with checkpoint.SigtermGuard() as guard:
-        guard.quiet()  # the run is over and its last write under way: SIGTERM is only noted
-        os.kill(os.getpid(), signal.SIGTERM)
+    with checkpoint.StopGuard() as guard:
+        guard.quiet()  # the run is over and its last write under way: the signal is only noted
+        os.kill(os.getpid(), sig)
         time.sleep(0.05)
         steps.append("written")
-    assert steps == ["snapshot complete", "written"] and guard.received
+    assert steps == ["snapshot complete", "written"] and guard.received == sig
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_stop_signal_ignored_at_the_start_stays_ignored():
+    """A shell starts a background job (`python train.py ... &` in a script) with SIGINT ignored, so
+    a Ctrl-C meant for the foreground does not stop it; the run keeps that."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with checkpoint.StopGuard() as guard:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert guard.received is None and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def test_the_first_stop_signal_is_the_one_said_and_later_ones_cut_nothing(terminal_sigint):
+    """Ctrl-C twice in a terminal running plain torchrun: the rank gets SIGINT from torchrun, then
+    SIGTERM as torchrun's shutdown starts over. One Preempted, for the first; the way out is not cut."""
+    with checkpoint.StopGuard() as guard:
+        with pytest.raises(checkpoint.Preempted, match="SIGINT"):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        with guard.holding():
+            pass
+    assert guard.received == signal.SIGINT
 
 
 FORKED_WORKER = r"""
 import os, signal, time
 from training import checkpoint
 
-with checkpoint.SigtermGuard():
+with checkpoint.StopGuard():
     pid = os.fork()
     if pid == 0:  # a loader worker forked during training
         time.sleep(30)
@@ -494,20 +533,23 @@ def test_sigterm_ends_a_forked_worker_as_before():
     assert r.returncode == 0 and r.stdout.strip() == "True", r.stdout + r.stderr[-2000:]
 
 
-def sigterm_in_epoch(args: list[str], log: Path, epoch: int, group: bool = False) -> int:
-    """Run ``args`` (stderr to ``log``) held by the fault drill at ``epoch``'s first step, SIGTERM it
-    there (its whole process group with ``group``) and return its exit status."""
+def signal_in_epoch(args: list[str], log: Path, epoch: int, group: bool = False,
+                    sig: signal.Signals = signal.SIGTERM) -> int:
+    """Run ``args`` (stderr to ``log``) held by the fault drill at ``epoch``'s first step, send it
+    ``sig`` there (its whole process group with ``group``) and return its exit status."""
     with open(log, "w") as err:
+        # with a terminal's SIGINT, whatever this process started with (the run leaves an ignored one)
         p = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                              env={**os.environ, "OMP_NUM_THREADS": "1", dist.FAULT_ENV: f"hang:{epoch}:0:0"})
         try:
             deadline = time.time() + 240
             while "fault drill" not in log.read_text() and time.time() < deadline and p.poll() is None:
                 time.sleep(0.05)
             if group:
-                os.killpg(p.pid, signal.SIGTERM)
+                os.killpg(p.pid, sig)
             else:
-                p.send_signal(signal.SIGTERM)
+                p.send_signal(sig)
             return p.wait(timeout=60)
         finally:
             if p.poll() is None:
@@ -515,17 +557,19 @@ def sigterm_in_epoch(args: list[str], log: Path, epoch: int, group: bool = False
                 p.wait()
 
 
-def test_sigterm_to_the_process_group_with_loader_workers_still_saves(jpeg_tree, tmp_path):
-    """Slurm's preemption signals every process of the job: the loader workers ignore it, so the
-    main process saves the last finished epoch (not due: every 100 epochs) and exits 143, rather
-    than die on the DataLoader's dead-worker error with nothing saved."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stop_signal_to_the_process_group_with_loader_workers_still_saves(jpeg_tree, tmp_path, sig):
+    """Slurm's preemption (SIGTERM) and a terminal's Ctrl-C (SIGINT) signal every process of the
+    job: the loader workers ignore it, so the main process saves the last finished epoch (not due:
+    every 100 epochs) and exits 128 + the signal, rather than die on the DataLoader's dead-worker
+    error (or a KeyboardInterrupt) with nothing saved."""
     run, log = tmp_path / "run", tmp_path / "stderr.txt"
     args = [sys.executable, "training/train.py", str(jpeg_tree), *TINY, "data.workers=2", f"train.logdir={run}",
             "train.checkpoint_every=100"]
-    rc = sigterm_in_epoch(args, log, 1, group=True)  # the main process and its workers
+    rc = signal_in_epoch(args, log, 1, group=True, sig=sig)  # the main process and its workers
     text = log.read_text()
-    assert rc == 128 + signal.SIGTERM and "Traceback" not in text, text[-3000:]
-    assert "stopped by SIGTERM; last checkpoint this process wrote: after epoch 1" in text
+    assert rc == 128 + sig and "Traceback" not in text, text[-3000:]
+    assert f"stopped by {sig.name}; last checkpoint this process wrote: after epoch 1" in text
     assert names(run) == ["epoch_0001.pt"]
 
 
@@ -537,7 +581,7 @@ def test_sigterm_saves_the_last_finished_epoch_then_exits(jpeg_tree, tmp_path):
     args = [sys.executable, "training/train.py", str(jpeg_tree), *TINY, f"train.logdir={run}",
             "train.checkpoint_every=100"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    rc = sigterm_in_epoch([*args, "--profile"], log, 2)
+    rc = signal_in_epoch([*args, "--profile"], log, 2)
     text = log.read_text()
     assert rc == 128 + signal.SIGTERM, text[-3000:]
     assert "stopped by SIGTERM; last checkpoint this process wrote: after epoch 2" in text

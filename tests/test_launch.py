@@ -434,27 +434,33 @@ def test_a_launch_without_a_place_for_its_note_is_refused_before_torchrun(tmp_pa
 
 @pytest.mark.parametrize("script,env", [("launch/local.sh", {"NPROC": "2"}),
                                         ("launch/multinode.sh", {"NNODES": "2", "RDZV_ENDPOINT": "127.0.0.1:1"})])
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
-def test_a_signal_to_the_launcher_stops_torchrun(tmp_path, script, env, sig):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+@pytest.mark.parametrize("group", [False, True], ids=["launcher", "group"])
+def test_a_signal_to_the_launcher_stops_torchrun_once(tmp_path, script, env, sig, group):
     """The launcher waits on torchrun (to give its status) instead of becoming it, so a signal sent to
     the launcher alone (`kill PID`, `docker stop`, a batch system) must reach torchrun as TERM, which
-    stops its workers; the launcher then exits with torchrun's status, and nothing is left running."""
-    body = ('trap \'echo TERM > "$0.got"; exit 143\' TERM\ntouch "$0.started"\n'
-            'while :; do sleep 0.05; done\n')
+    stops its workers. A terminal's Ctrl-C signals the launcher's whole process group: torchrun, in
+    its own session, gets it once, from the launcher (torchrun signalled twice cuts its own shutdown
+    short and prints two tracebacks). The launcher then says what stopped the run and exits
+    128 + that signal (torchrun exits 1 when signalled), and nothing is left running."""
+    body = "".join(f'trap \'echo {s} >> "$0.got"{"; exit 1" if s == "TERM" else ""}\' {s}\n'
+                   for s in ("TERM", "INT", "HUP")) + 'touch "$0.started"\nwhile :; do sleep 0.05; done\n'
     tag = f"FASTIMAGENET_TEST_PROC_{uuid.uuid4().hex}"
     # a shell cannot trap a signal ignored when it started (INT in a background job, HUP under nohup,
     # as a CI runner may start these tests): the launcher starts with the defaults a terminal gives
     p = subprocess.Popen(["bash", script, str(tmp_path)], cwd=REPO, start_new_session=True,
                          preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGHUP)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, "PYTHON": str(_torchrun_stub(tmp_path, body)),
                               "CONFIG": "configs/tiny_cpu.yaml", tag: "1", **env})
     try:
         deadline = time.monotonic() + 20
         while not (tmp_path / "python.started").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        os.kill(p.pid, sig)
-        assert p.wait(timeout=10) == 143
+        (os.killpg if group else os.kill)(p.pid, sig)
+        _, err = p.communicate(timeout=10)
+        assert p.returncode == 128 + sig
+        assert err.splitlines()[-1] == f"stopped by {sig.name}; continue the run with RESUME=auto (--resume auto)"
         assert (tmp_path / "python.got").read_text() == "TERM\n"
         deadline = time.monotonic() + 5  # a last `sleep` of the stub's may outlive it briefly
         while tagged(tag) and time.monotonic() < deadline:
@@ -462,6 +468,21 @@ def test_a_signal_to_the_launcher_stops_torchrun(tmp_path, script, env, sig):
         assert not tagged(tag)
     finally:
         kill_tagged(tag)  # whatever the launcher left behind, so a failure leaks nothing
+
+
+def test_a_run_that_ends_well_as_the_launcher_is_signalled_keeps_its_status(tmp_path):
+    """torchrun done (0) by the time the signal's TERM reaches it: the run is not called stopped."""
+    body = 'touch "$0.started"\ntrap \'exit 0\' TERM\nwhile :; do sleep 0.05; done\n'
+    p = subprocess.Popen(["bash", "launch/local.sh", str(tmp_path)], cwd=REPO, start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHON": str(_torchrun_stub(tmp_path, body)), "NPROC": "2",
+                              "CONFIG": "configs/tiny_cpu.yaml"})
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "python.started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=10)
+    assert (p.returncode, err) == (0, "")
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ rot, a bad copy) is refused like a truncated one, not trained on.
 
 During a run, ``Checkpointer`` decides which epochs are saved (``train.checkpoint_every``,
 ``train.checkpoint_min_interval_s``) and writes them on a background thread from a host copy of the
-state, so the step waits only for that copy; ``SigtermGuard`` turns SIGTERM into a last checkpoint.
+state, so the step waits only for that copy; ``StopGuard`` turns SIGTERM or SIGINT into a last checkpoint.
 """
 from __future__ import annotations
 
@@ -294,55 +294,63 @@ class Checkpointer:
 
 
 class Preempted(BaseException):
-    """SIGTERM during training (preemption, Slurm's warning signal, torchrun stopping the group).
-    A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way swallows it."""
+    """SIGTERM or SIGINT during training (preemption, Slurm's warning signal, torchrun stopping the
+    group, Ctrl-C). A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way
+    swallows it."""
 
 
-class SigtermGuard:
-    """While entered, the first SIGTERM raises Preempted in the main thread: at once, or at the end
-    of a ``holding()`` section. After ``quiet()`` (the way out, its last checkpoint being written)
-    SIGTERM is only noted in ``received``. Processes forked meanwhile (loader workers) keep the
-    default: SIGTERM ends them."""
+class StopGuard:
+    """While entered, the first SIGTERM or SIGINT raises Preempted in the main thread: at once, or at
+    the end of a ``holding()`` section; ``received`` is that signal. Later ones are only noted, so an
+    impatient second Ctrl-C (plain torchrun passes it on as TERM) still ends in one last checkpoint. After
+    ``quiet()`` (the way out, its last checkpoint being written) a signal is only noted. Processes
+    forked meanwhile (loader workers) keep the defaults: the signal ends them. A signal ignored at
+    the start stays ignored."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
-        self.received = False
+        self.received: signal.Signals | None = None
         self._holding = False
         self._quiet = False
         self._raised = False
         self._pid = os.getpid()
-        self._old: Any = None
+        self._old: dict[signal.Signals, Any] = {}
 
-    def __enter__(self) -> SigtermGuard:
-        self._old = signal.signal(signal.SIGTERM, self._handle)
+    def __enter__(self) -> StopGuard:
+        # one ignored at the start stays so, as shells ask of a background job's SIGINT
+        self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS
+                     if signal.getsignal(s) is not signal.SIG_IGN}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGTERM, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
 
     def _handle(self, signum: int, frame: object) -> None:
         if os.getpid() != self._pid:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
             return
-        self.received = True
+        if self.received is None:
+            self.received = signal.Signals(signum)
         if not self._holding:
             self._raise()
 
     def _raise(self) -> None:
-        if not (self._raised or self._quiet):
+        if self.received is not None and not (self._raised or self._quiet):
             self._raised = True
-            raise Preempted("SIGTERM")
+            raise Preempted(self.received.name)
 
     @contextlib.contextmanager
     def holding(self) -> Iterator[None]:
-        """A section SIGTERM must not cut (taking a snapshot): Preempted comes at its end instead."""
+        """A section a signal must not cut (taking a snapshot): Preempted comes at its end instead."""
         self._holding = True
         try:
             yield
         finally:
             self._holding = False
-        if self.received:
-            self._raise()
+        self._raise()
 
     def quiet(self) -> None:
         self._quiet = True

@@ -165,12 +165,13 @@ class _ValBatches:
         return len(self.batches)
 
 
-def _ignore_sigterm(worker_id: int) -> None:
-    """A SIGTERM to the whole process group (Slurm's preemption, ``kill -- -PGID``, a terminal
-    closing) is for the main process, which saves its last finished epoch and stops the workers
+def _ignore_stop_signals(worker_id: int) -> None:
+    """A SIGTERM or SIGINT to the whole process group (Slurm's preemption, ``kill -- -PGID``, Ctrl-C
+    in a terminal) is for the main process, which saves its last finished epoch and stops the workers
     itself. A worker it ended would make the DataLoader raise over that (a dead-worker RuntimeError
     in place of the checkpoint). Orphaned workers still exit: the DataLoader's watchdog sees the parent go."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, signal.SIG_IGN)
 
 
 class TorchvisionLoader:
@@ -189,7 +190,7 @@ class TorchvisionLoader:
         self._loader: DataLoader | None = DataLoader(
             dataset, batch_sampler=batches, num_workers=spec.workers, collate_fn=_collate,
             pin_memory=spec.device.type == "cuda", persistent_workers=spec.workers > 0,
-            generator=torch.Generator(), worker_init_fn=_ignore_sigterm)
+            generator=torch.Generator(), worker_init_fn=_ignore_stop_signals)
         self._mean = torch.tensor(IMAGENET_MEAN, device=spec.device).mul(255).view(1, 3, 1, 1)
         self._inv_std = 1 / torch.tensor(IMAGENET_STD, device=spec.device).mul(255).view(1, 3, 1, 1)
 

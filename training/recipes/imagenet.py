@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import re
-import signal
 import sys
 import time
 from pathlib import Path
@@ -427,7 +426,7 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
             cfg.train.logdir, cfg.train.keep_checkpoints, cfg.train.checkpoint_every,
             cfg.train.checkpoint_min_interval_s,
             on_written=lambda epoch, step, seconds: logger.scalar("times/checkpoint_sec", seconds, step))
-        sigterm = checkpoint.SigtermGuard()
+        stop = checkpoint.StopGuard()
         trace = TraceWindow(cfg.train.profile_trace if info.is_main else "", info.device)
         after_step = trace.hook
         if fault is not None:  # the fault drill runs after any other per-step hook
@@ -438,27 +437,28 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
         hooks = loop.Hooks(
             loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
             after_step=after_step,
-            after_epoch=lambda s: _save(s, cfg, info, logger, ckpt, sigterm),
+            after_epoch=lambda s: _save(s, cfg, info, logger, ckpt, stop),
             background=lambda: {"checkpoint write": ckpt.take_write_s()},
         )
-        with sigterm, trace:
+        with stop, trace:
             try:
                 loop.run(state, loaders, hooks, ctx)
             except checkpoint.Preempted:
                 pass
             finally:
-                sigterm.quiet()  # from here a SIGTERM cuts nothing short: the last write completes
+                stop.quiet()  # from here a signal cuts nothing short: the last write completes
                 t0 = time.perf_counter()
                 ckpt.wait()  # whatever ended the run, the write in flight finishes before the exit
-            ckpt.save_latest()  # the last epoch is always saved; after a SIGTERM the last finished one
+            ckpt.save_latest()  # the last epoch is always saved; after a stop signal the last finished one
             if ctx.profile:
                 logger.progress(f"profile: at exit, checkpoint wait {time.perf_counter() - t0:.3f} s, "
                                 f"checkpoint write {ckpt.take_write_s():.3f} s (in the background)")
-        if sigterm.received:
+        if stop.received is not None:
             if info.is_main:
                 saved = f"after epoch {ckpt.last_written}" if ckpt.last_written is not None else "none written"
-                print(f"stopped by SIGTERM; last checkpoint this process wrote: {saved}", file=sys.stderr, flush=True)
-            return 128 + signal.SIGTERM
+                print(f"stopped by {stop.received.name}; last checkpoint this process wrote: {saved}",
+                      file=sys.stderr, flush=True)
+            return 128 + stop.received
         return 0
     finally:
         loaders.close()
@@ -466,16 +466,16 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
 
 
 def _save(state: loop.TrainState, cfg: Config, info: dist.DistInfo, logger: RunLogger,
-          ckpt: checkpoint.Checkpointer, sigterm: checkpoint.SigtermGuard) -> None:
+          ckpt: checkpoint.Checkpointer, stop: checkpoint.StopGuard) -> None:
     """Rank 0 hands the state to the checkpointer (a host copy; a write when due); no rank waits for
     the write. Non-finite weights are never saved, so the last checkpoint on disk is always a good one.
-    A SIGTERM meanwhile waits for the copy, so it can save this epoch."""
+    A stop signal (SIGTERM, SIGINT) meanwhile waits for the copy, so it can save this epoch."""
     weights = [t for t in state.raw_model.state_dict().values() if t.is_floating_point()]
     if weights and not bool(torch.stack([torch.isfinite(t).all() for t in weights]).all()):
         raise loop.NonFiniteLoss(f"weights became non-finite in epoch {state.epoch - 1}; not checkpointed")
     if not info.is_main:
         return
-    with sigterm.holding():
+    with stop.holding():
         ckpt.epoch_done(state.epoch, {
             "model": state.raw_model.state_dict(), "optimizer": state.optimizer.state_dict(),
             "scaler": state.scaler.state_dict() if state.scaler is not None else None,
