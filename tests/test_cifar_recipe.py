@@ -351,6 +351,31 @@ def test_results_json_schema():
     assert any(">= 94%: 2/3 (67%)" in line for line in R.format_summary(runs))
 
 
+def test_the_results_file_holds_each_finished_run_when_the_job_is_cut_off(tmp_path):
+    """`--runs 3 --results F` stopped in its second run (Ctrl-C, a time limit, a crash): F is whole
+    and holds the first run, with the 3 asked in its config; nothing half-written is left beside it."""
+    results = tmp_path / "out" / "r.json"
+    cfg = C.build([str(REPO / "configs" / "cifar10_ci.yaml")],
+                  [(["cifar", "runs"], 3), (["cifar", "results"], str(results)), (["train", "logdir"], str(tmp_path / "run"))])
+    done = [R.RunResult(0, 91.5, 90.25, 3.5)]
+
+    class Cut:  # a trainer whose second run is interrupted
+        train = val = type("Data", (), {"num_images": 10})
+        threads, data_seconds = 1, 0.5
+
+        def run(self, seed: int, logdir: str | None) -> R.RunResult:
+            if seed - cfg.train.seed >= len(done):
+                raise KeyboardInterrupt
+            return done[seed - cfg.train.seed]
+
+    with pytest.raises(KeyboardInterrupt):
+        R._runs(cfg, Cut(), torch.device("cpu"))
+    out = json.loads(results.read_text())
+    assert out["runs"] == [{"seed": 0, "accuracy": 91.5, "accuracy_no_tta": 90.25, "train_seconds": 3.5}]
+    assert out["mean_accuracy"] == 91.5 and out["config"]["cifar"]["runs"] == 3
+    assert sorted(p.name for p in results.parent.iterdir()) == ["r.json"]
+
+
 def test_configs_parse_and_reject_unused_sections():
     for name in ("cifar10.yaml", "cifar10_cpu.yaml", "cifar10_ci.yaml", "cifar10_muon.yaml"):
         cfg = C.build([str(REPO / "configs" / name)], [])

@@ -604,3 +604,20 @@ def test_each_file_a_run_leaves_marks_its_logdir_as_holding_one(tmp_path, left):
     shown = "run_000" if left.startswith("run_") else left
     with pytest.raises(C.ConfigError, match=rf"already holds a run \({re.escape(shown)}\)"):
         logs.refuse_reuse(str(tmp_path))
+
+
+@pytest.mark.parametrize("rank,said", [("0", "stopped by SIGINT\n"), ("1", "")])
+def test_ctrl_c_outside_training_is_one_line_and_status_130(tmp_path, monkeypatch, capsys, rank, said):
+    """Ctrl-C while the data is indexed or between cifar runs (training itself saves and says more):
+    rank 0 says so in one line, no traceback, and the shell's status for SIGINT."""
+    from training.recipes import cifar
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cifar, "main", interrupted)
+    monkeypatch.setenv("RANK", rank)
+    try:
+        rc = train.main(["--config", CIFAR, "--data", str(tmp_path), f"train.logdir={tmp_path / 'run'}"])
+    except KeyboardInterrupt:  # caught here: escaping, it would stop pytest itself
+        pytest.fail("KeyboardInterrupt left train.main (a traceback)")
+    assert (rc, capsys.readouterr().err) == (130, said)

@@ -95,7 +95,7 @@ class CifarConfig:
 
     dataset: str = "cifar10"  # cifar10 | cifar100
     runs: int = 1  # independent runs (seeds train.seed, train.seed + 1, ...)
-    results: str = ""  # JSON results file
+    results: str = ""  # JSON results file, rewritten after each run (a job cut off keeps its finished runs)
     download: bool = True  # try torchvision's download when the data dir holds no data set
     warmup_runs: int = 1  # untimed runs on random labels first (compile, cudnn autotune); 0: none
     compile_mode: str = "default"  # torch.compile mode with train.compile: default | reduce-overhead | max-autotune

@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from training import checkpoint
 from training.config import ConfigError
+from training.files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -218,10 +219,7 @@ def record_attempt(logdir: str, attempt: Attempt) -> None:
     Outside torchrun there is nothing to note."""
     if not any(attempt.agents):
         return
-    path = Path(logdir) / ATTEMPT_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"agents": list(attempt.agents)}))
-    os.replace(tmp, path)  # a reader never sees half a record
+    write_atomic(Path(logdir) / ATTEMPT_FILE, json.dumps({"agents": list(attempt.agents)}))  # never half a record
 
 
 def _recorded_agents(logdir: str) -> list[str]:

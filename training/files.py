@@ -1,11 +1,22 @@
-"""Walking an image tree: each folder's non-hidden files, sorted, and its subfolders depth first.
+"""Files: walking an image tree (each folder's non-hidden files, sorted, and its subfolders depth
+first), and replacing a small file whole.
 
 Torch-free, so ``training.resize`` (and its pool workers) start without importing torch.
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Iterator
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """``path`` holds ``text`` or what it held before, never a part: a temp file beside it, then a
+    rename. For files rewritten as a job goes (results after each run, a trimmed log), which a reader
+    or a job cut off midway must find whole."""
+    tmp = Path(f"{os.fspath(path)}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def walk(top: str) -> Iterator[tuple[str, list[str]]]:

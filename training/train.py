@@ -218,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         return run(cfg)
     except BrokenPipeError:  # the reader stopped early (`--dry-run | head`): what it read was written
         return 0
+    except KeyboardInterrupt:  # Ctrl-C outside training (indexing, between cifar runs): no traceback
+        if os.environ.get("RANK", "0") == "0":
+            print("stopped by SIGINT", file=sys.stderr)
+        return 130
     except (PhaseError, C.ConfigError) as e:
         # the same on every rank (a function of the command line): under torchrun, say it once
         return refuse(f"error: {e}", say=os.environ.get("RANK", "0") == "0")

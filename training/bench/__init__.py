@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
-from pathlib import Path
 
 from training.cli import ArgParser, output_problem
+from training.files import write_atomic
 
 # subcommand -> module in this package; each module has add_parser(subparsers) setting func
 SUBCOMMANDS = ("throughput", "project", "pipeline", "decode", "cifar")
@@ -26,9 +25,7 @@ SUBCOMMANDS = ("throughput", "project", "pipeline", "decode", "cifar")
 def write_json(path: str | None, doc: dict) -> None:
     """Atomically (temp + rename): benchmarks rewrite their file as they go, and may be cut short."""
     if path:
-        tmp = Path(f"{path}.tmp")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(doc, indent=1) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 
 from training import config as C
+from training.bench import write_json
 from training.cli import output_problem
 from training.data import DataError
 from training.data import cifar as cdata
@@ -355,15 +356,6 @@ def fraction_rows(doc: dict) -> list[str]:
     return rows
 
 
-def write_json_atomic(path: str | None, doc: dict) -> None:
-    """Replaces the file whole, so a command cut off mid-round leaves the last complete round."""
-    if not path:
-        return
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def document(entries: list[Entry], meta: dict) -> dict:
     rounds = len(meta["order"])
     base = next((e for e in entries if e.name == AIRBENCH), None)
@@ -454,10 +446,10 @@ def bench(args: argparse.Namespace, say=lambda m: print(m, flush=True)) -> dict:
                                                       for f, v in scored.items()))
             meta["order"].append([e.name for e in order])
             longest = max(longest, time.perf_counter() - t_round)
-            write_json_atomic(args.json, document(entries, meta))
+            write_json(args.json, document(entries, meta))
     meta["wall_seconds"] = time.perf_counter() - start
     doc = document(entries, meta)
-    write_json_atomic(args.json, doc)
+    write_json(args.json, doc)
     return doc
 
 
@@ -473,7 +465,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.count_ops:
-            write_json_atomic(args.json, count_ops(args))
+            write_json(args.json, count_ops(args))
             return 0
         doc = bench(args)
     except (C.ConfigError, DataError, PhaseError) as e:

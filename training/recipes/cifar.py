@@ -33,6 +33,7 @@ from training import dist, hostmem, loop
 from training.config import Config, ConfigError, dump, refuse_unread, to_dict
 from training.data import DataError
 from training.data import cifar as cdata
+from training.files import write_atomic
 from training.logs import RunLogger, check_logdir, check_logdir_free, check_logdir_writable, lock_logdir, refuse_reuse
 from training.models import cifar as cmodel
 from training.phases import Schedule, parse_schedule
@@ -515,6 +516,20 @@ def format_summary(results: list[RunResult]) -> list[str]:
     ]
 
 
+def _write_results(path: str, doc: dict) -> None:
+    """The results file (``--results``) replaced whole, the runs so far in it (``cifar.runs`` in its
+    config says how many were asked)."""
+    if not path:
+        return
+    out = Path(path)
+    try:
+        if out.parent != Path(""):
+            out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, json.dumps(doc, indent=1) + "\n")
+    except OSError as e:
+        raise ConfigError(f"results file {out}: {e.strerror}") from None
+
+
 def results_json(cfg: Config, results: list[RunResult], extra: dict) -> dict:
     acc = summarize([r.accuracy for r in results])
     plain = summarize([r.accuracy_no_tta for r in results])
@@ -588,6 +603,9 @@ def _runs(cfg: Config, trainer: Trainer, device: torch.device) -> int:
              f"{warmup_seconds:.2f} s (not timed)")
     from torch.utils.tensorboard import SummaryWriter
     summary = SummaryWriter(cfg.train.logdir)
+    extra = {"warmup_seconds": warmup_seconds, "data_load_seconds": trainer.data_seconds,
+             "device": dev_name, "torch": torch.__version__, "host": platform.node(),
+             "command": " ".join(sys.argv)}
     results: list[RunResult] = []
     try:
         for r in range(c.runs):
@@ -599,22 +617,13 @@ def _runs(cfg: Config, trainer: Trainer, device: torch.device) -> int:
             summary.add_scalar("cifar/accuracy", res.accuracy, r)
             summary.add_scalar("cifar/accuracy_no_tta", res.accuracy_no_tta, r)
             summary.add_scalar("cifar/train_seconds", res.train_seconds, r)
+            _write_results(c.results, results_json(cfg, results, extra))  # a job cut off keeps its finished runs
         lines = format_summary(results)
         for line in lines:
             _say(line)
         summary.add_text("cifar/summary", "\n\n".join(lines), 0)
     finally:
         summary.close()
-    extra = {"warmup_seconds": warmup_seconds, "data_load_seconds": trainer.data_seconds,
-             "device": dev_name, "torch": torch.__version__, "host": platform.node(),
-             "command": " ".join(sys.argv)}
     if c.results:
-        out = Path(c.results)
-        try:
-            if out.parent != Path(""):
-                out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(results_json(cfg, results, extra), indent=1) + "\n")
-        except OSError as e:
-            raise ConfigError(f"results file {out}: {e.strerror}") from None
-        _say(f"results: {out}")
+        _say(f"results: {c.results}")
     return 0

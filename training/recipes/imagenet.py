@@ -22,6 +22,7 @@ from training import checkpoint, dist, loop
 from training.config import Config, ConfigError, dump, refuse_unread, to_dict
 from training.data import DataError, LoaderSpec, PhaseLoaders, get_backend, split_dir
 from training.data.tree import check_same_classes, find_classes, index_later_phases
+from training.files import write_atomic
 from training.logs import (LogdirLock, RunLogger, check_logdir, check_logdir_free, check_logdir_writable,
                           lock_logdir, refuse_reuse)
 from training.models import resnet
@@ -281,9 +282,7 @@ def _trim_human_log(logdir: str, keep_before: int | None) -> None:
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     keep = [ln for ln in lines if not ((m := re.match(r"~~(\d+)\t", ln)) and int(m.group(1)) >= keep_before)]
     if len(keep) != len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(keep), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, "".join(keep))
 
 
 def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict, attempt: dist.Attempt,
