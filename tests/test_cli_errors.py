@@ -500,6 +500,17 @@ def test_symlink_loop_in_a_class_folder_is_refused(workdir, capsys):
         tree._list_files(split, tree.find_classes(split))
 
 
+def test_two_class_folders_linked_to_one_folder_are_refused_as_such(tmp_path):
+    """Not a loop: the same images under two labels. The error says which it is."""
+    from training.bench.jpegtree import make_tree
+    from training.data import DataError, tree
+    make_tree(tmp_path / "data", images=4, classes=2)
+    split = tmp_path / "data" / "train"
+    (split / "n00000002").symlink_to(split / "n00000000")
+    with pytest.raises(DataError, match=rf"one folder linked twice: {split}/n00000002 is the folder {split}/n00000000 again"):
+        tree._list_files(str(split), tree.find_classes(str(split)))
+
+
 def test_bench_cifar_trace_dir_not_left_by_a_refused_variant(workdir, capsys):
     from test_bench_cifar import write_cifar10
     data = write_cifar10(workdir / "c", n_train=20, n_test=10)

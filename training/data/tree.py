@@ -77,16 +77,17 @@ def check_same_classes(train_dir: str, train: list[str], val_dir: str, val: list
 def _list_files(split_dir: str, classes: list[str]) -> tuple[list[str], list[int]]:
     """Relative paths of every non-hidden file under each class folder, as ImageFolder orders them."""
     rel, labels = [], []
+    seen: dict[tuple[int, int], str] = {}  # every folder of the split, each read once
     for label, name in enumerate(classes):
         found = []
         try:
             # folders sorted by whole path, as ImageFolder's sorted(os.walk()): the walk goes depth
             # first, which puts a/b/ before a-c/ ('-' < '/'), and index i must be ImageFolder's
             # sample i for shard_indices to deal DistributedSampler's (imagenet18's) order
-            for dirpath, filenames in sorted(files.walk(os.path.join(split_dir, name))):
+            for dirpath, filenames in sorted(files.walk(os.path.join(split_dir, name), seen)):
                 rel_dir = os.path.relpath(dirpath, split_dir)
                 found += [os.path.join(rel_dir, f) for f in filenames]
-        except ValueError as e:  # a symlink loop
+        except ValueError as e:  # a folder reached twice
             raise DataError(str(e)) from None
         if not found:
             raise DataError(f"class folder holds no images: {os.path.join(split_dir, name)}")
