@@ -31,6 +31,7 @@ from pathlib import Path
 
 EVENT_GLOB = "events.out.tfevents.*"
 METADATA_TAG = "run/metadata"
+LAUNCH_TAG = "run/launch"  # each launch's command and torch, at the step it started from
 
 
 class EventsError(ValueError):
@@ -135,20 +136,33 @@ def load_scalars(path: str | Path) -> dict[str, list[Scalar]]:
 
 def run_metadata(run: Run) -> dict | None:
     """The JSON object the trainer logged as the text summary ``run/metadata`` (the latest one), or
-    None. torch's ``add_text`` appends ``/text_summary`` to the tag, so both spellings are read."""
-    texts = run.texts.get(METADATA_TAG) or run.texts.get(METADATA_TAG + "/text_summary")
-    if not texts:
-        return None
-    text = texts[-1].text
+    None."""
+    texts = _texts(run, METADATA_TAG)
+    return _json_object(run, METADATA_TAG, texts[-1]) if texts else None
+
+
+def run_launches(run: Run) -> list[dict]:
+    """Each launch's JSON object (``run/launch``: its command and torch), in step order; a launch a
+    restart redid (purged with the events after its checkpoint) is not among them. [] for a run
+    logged before these records were."""
+    return [_json_object(run, LAUNCH_TAG, t) for t in _texts(run, LAUNCH_TAG)]
+
+
+def _texts(run: Run, tag: str) -> list[Text]:
+    # torch's ``add_text`` appends ``/text_summary`` to the tag, so both spellings are read
+    return run.texts.get(tag) or run.texts.get(tag + "/text_summary") or []
+
+
+def _json_object(run: Run, tag: str, text: Text) -> dict:
     # TensorBoard renders text as markdown, so a writer may have wrapped the JSON in a code fence.
-    body = text[text.find("{"):text.rfind("}") + 1]
+    body = text.text[text.text.find("{"):text.text.rfind("}") + 1]
     try:
-        meta = json.loads(body)
+        obj = json.loads(body)
     except json.JSONDecodeError as e:
-        raise EventsError(f"{run.path}: {METADATA_TAG} is not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise EventsError(f"{run.path}: {METADATA_TAG} is not a JSON object")
-    return meta
+        raise EventsError(f"{run.path}: {tag} is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise EventsError(f"{run.path}: {tag} is not a JSON object")
+    return obj
 
 
 def _events(path: Path):

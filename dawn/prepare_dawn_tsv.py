@@ -39,7 +39,8 @@ from typing import NoReturn
 if __package__ in (None, ""):  # run as `python dawn/prepare_dawn_tsv.py`: sys.path[0] is dawn/
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dawn.events import METADATA_TAG, EventsError, Run, Scalar, load_run, run_metadata  # noqa: E402
+from dawn.events import (LAUNCH_TAG, METADATA_TAG, EventsError, Run, Scalar, load_run,  # noqa: E402
+                         run_launches, run_metadata)
 
 TOP1, TOP5, EVAL_SEC, EPOCH = "losses/test_1", "losses/test_5", "times/eval_sec", "epoch"
 SIZE, BATCH, WORLD = "sizes/image", "sizes/batch", "sizes/world"
@@ -144,20 +145,26 @@ def summary_line(rows: list[EvalRow], target_top5: float) -> str:
 def dawn_entry(run: Run, rows: list[EvalRow], target_top5: float, ignore_eval: bool,
                start_tag: str = "first") -> dict:
     """A DAWNBench ImageNet-training JSON skeleton; what the run did not log is "unknown". worldSize
-    is the logged ``sizes/world`` (a list, in step order, where it changed), else the metadata's."""
+    is the logged ``sizes/world`` (a list, in step order, where it changed), else the metadata's;
+    the command and torch are each launch's (``run/launch``) where they changed, else the metadata's
+    (the first launch's: it is logged once per run)."""
     meta = run_metadata(run) or {}
-    if "torch" in meta:
+    launches = run_launches(run)
+    torches = _in_turn([x["torch"] for x in launches if "torch" in x])
+    if torches:
+        framework, source = f"PyTorch {', then '.join(torches)}", f"each launch's {LAUNCH_TAG}"
+    elif "torch" in meta:
         framework, source = f"PyTorch {meta['torch']}", f"run metadata ({METADATA_TAG})"
     else:  # the torch this exporter runs with may not be the run's: claim nothing
         framework, source = f"PyTorch {UNKNOWN}", "the run logged no torch version"
+    commands = _in_turn([x["command"] for x in launches if "command" in x]) or [meta.get("command", UNKNOWN)]
     start = run_start(run, start_tag).wall_time  # the start the rows' hours count from
     hit = first_reaching(rows, target_top5)
-    world = meta.get("world_size")  # the first launch's: metadata is logged once per run
+    world = meta.get("world_size")
     if WORLD in run.scalars:
         # logged at every launch: a run resumed under another world size trained at each, so all of
         # them, in the order they ran
-        logged = [int(_checked(WORLD, s).value) for s in run.scalars[WORLD]]
-        sizes = [w for i, w in enumerate(logged) if i == 0 or w != logged[i - 1]]
+        sizes = _in_turn([int(_checked(WORLD, s).value) for s in run.scalars[WORLD]])
         world = sizes[0] if len(sizes) == 1 else sizes
     return {
         "version": "v1.0",
@@ -179,10 +186,15 @@ def dawn_entry(run: Run, rows: list[EvalRow], target_top5: float, ignore_eval: b
             },
             "schedule": _schedule_summary(run, meta, rows),
             "worldSize": world if world is not None else UNKNOWN,
-            "command": meta.get("command", UNKNOWN),
+            "command": commands[0] if len(commands) == 1 else commands,
             "eventFiles": [f.name for f in run.files],
         },
     }
+
+
+def _in_turn(values: list) -> list:
+    """``values`` without those equal to the one before: what a run used, in the order it did."""
+    return [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]]
 
 
 def _hardware(meta: dict, world: int | list[int] | None) -> str:

@@ -58,6 +58,7 @@ RECIPE_LOADERS_TEST = ("tests/test_imagefolder.py::"
 REQ_NO_FILE_TEST = "tests/test_launch.py::test_requirements_met_without_a_file_to_read_is_no"
 METADATA_TEST = "tests/test_dawn.py::test_the_trainers_run_metadata_names_the_whole_group_and_its_command"
 GROUP_STOP_TEST = "tests/test_checkpoint.py::test_a_stop_signal_to_the_process_group_with_loader_workers_still_saves"
+LAUNCHES_TEST = "tests/test_dawn.py::test_each_launchs_command_and_torch_where_they_changed"
 REFUSED_NOTE_TEST = "tests/test_launch.py::test_a_rank_that_refuses_notes_its_line_even_when_another_says_it"
 REFUSED_RESTART_TEST = "tests/test_launch.py::test_a_restart_of_a_refused_launch_ends_before_any_work"
 REFUSED_LAUNCH_TEST = "tests/test_launch.py::test_a_refusal_a_rank_notes_ends_the_launch_with_status_2"
@@ -332,7 +333,8 @@ MUTANTS = [
            ("tests/test_cifar_data.py::test_each_epoch_is_a_new_shuffle_and_the_same_one_for_the_same_epoch",)),
     Mutant("dawn_event_decode_error_raw", "dawn/events.py", "except DecodeError:  # checksums", "except KeyError:  #",
            (CLI + "test_dawn_export_of_a_hostile_event_file_is_one_line",)),
-    Mutant("dawn_metadata_not_the_latest", "dawn/events.py", "text = texts[-1].text", "text = texts[0].text",
+    Mutant("dawn_metadata_not_the_latest", "dawn/events.py", "_json_object(run, METADATA_TAG, texts[-1])",
+           "_json_object(run, METADATA_TAG, texts[0])",
            ("tests/test_dawn.py::test_run_metadata_is_the_latest_logged",)),
     Mutant("dawn_event_length_read_at_once", "dawn/events.py", "data = _read_upto(f, length)", "data = f.read(length)",
            (CLI + "test_dawn_export_of_a_hostile_event_file_is_one_line",)),
@@ -1034,6 +1036,16 @@ MUTANTS = [
     Mutant("walk_calls_no_folder_reached_twice_a_loop", "training/files.py",
            'if dirpath.startswith(os.path.join(first, "")) else', "if False else",
            (CLI + "test_symlink_loop_in_a_class_folder_is_refused",)),
+    # the DAWN JSON names each launch's command and torch where they changed (run/launch)
+    Mutant("dawn_command_first_launchs", "dawn/prepare_dawn_tsv.py",
+           '    commands = _in_turn([x["command"] for x in launches if "command" in x]) or [meta.get("command", UNKNOWN)]',
+           '    commands = [meta.get("command", UNKNOWN)]', (LAUNCHES_TEST,)),
+    Mutant("dawn_torch_first_launchs", "dawn/prepare_dawn_tsv.py", "    if torches:", "    if False:", (LAUNCHES_TEST,)),
+    Mutant("dawn_in_turn_keeps_repeats", "dawn/prepare_dawn_tsv.py", "if i == 0 or v != values[i - 1]]", "if True]",
+           (LAUNCHES_TEST,)),
+    Mutant("launch_not_logged_on_resume", "training/recipes/imagenet.py",
+           '        logger.launch({k: meta[k] for k in ("command", "torch")}, state.step)', "        pass",
+           (TRAIN + "test_a_run_resumed_on_fewer_processes_exports_both_world_sizes",)),
     Mutant("launch_shares_torchruns_group", "launch/common.sh", ' $(command -v setsid) "$@" &', ' "$@" &',
            (SIGNAL_TEST,)),
     Mutant("launch_stopped_with_torchruns_status", "launch/common.sh",

@@ -385,6 +385,26 @@ def test_tensor_scalars_and_run_metadata_text(tmp_path):
                                              "hours": 0.2, "evalTimeExcluded": False}
 
 
+def test_each_launchs_command_and_torch_where_they_changed(tmp_path):
+    """The metadata is the first launch's; a run resumed with another command (and here another
+    torch) names each, in the order they ran; launches that changed nothing are one."""
+    from dawn.prepare_dawn_tsv import dawn_entry, eval_rows
+    from torch.utils.tensorboard import SummaryWriter
+
+    write_run(tmp_path, [(10, 1360.0, 60.0, 85.0, 3.0, 0), (20, 1720.0, 70.0, 93.5, 3.0, 1)])
+    w = SummaryWriter(str(tmp_path))
+    w.add_text("run/metadata", json.dumps({"torch": "2.11.0", "command": "train.py A"}), 0)
+    for step, torch_version, command in ((0, "2.11.0", "train.py A"), (10, "2.11.0", "train.py A --resume auto"),
+                                         (15, "2.12.0", "train.py A --resume auto")):
+        w.add_text("run/launch", json.dumps({"torch": torch_version, "command": command}), step)
+    w.close()
+    run = load_run(tmp_path)
+    entry = dawn_entry(run, eval_rows(run), 93.0, False)
+    assert entry["framework"] == "PyTorch 2.11.0, then 2.12.0"
+    assert entry["misc"]["frameworkSource"] == "each launch's run/launch"
+    assert entry["misc"]["command"] == ["train.py A", "train.py A --resume auto"]
+
+
 def test_a_run_whose_phases_predate_the_end_of_schedule_check_still_exports(tmp_path):
     """A run begun before phases refused a data phase at the schedule's end (it never trains) logged
     such phases in its metadata: the exporter reads them as the run trained them, not as a new

@@ -91,7 +91,8 @@ def test_two_process_gloo_run_logs_one_eval_per_epoch(data, tmp_path, loader):
 
 def test_a_run_resumed_on_fewer_processes_exports_both_world_sizes(data, tmp_path):
     """Metadata is logged once per run, so the DAWN JSON's worldSize comes from the `sizes/world`
-    each launch logs: 2 processes for epoch 0, then 1 after the resume, in that order."""
+    each launch logs: 2 processes for epoch 0, then 1 after the resume, in that order; its command
+    from the `run/launch` each launch logs: both, in that order."""
     from dawn.events import load_run
     from dawn.prepare_dawn_tsv import dawn_entry, eval_rows
     logdir = tmp_path / "run"
@@ -99,7 +100,11 @@ def test_a_run_resumed_on_fewer_processes_exports_both_world_sizes(data, tmp_pat
     train(str(data), *TINY, f"train.logdir={logdir}", "--resume", "auto")
     run = load_run(logdir)
     assert [r.epoch for r in eval_rows(run)] == [0, 1, 2]
-    assert dawn_entry(run, eval_rows(run), 93.0, False)["misc"]["worldSize"] == [2, 1]
+    entry = dawn_entry(run, eval_rows(run), 93.0, False)
+    assert entry["misc"]["worldSize"] == [2, 1]
+    first, resumed = entry["misc"]["command"]
+    assert first.endswith("train.max_epochs=1") and resumed.endswith("--resume auto"), entry["misc"]["command"]
+    assert entry["framework"] == f"PyTorch {torch.__version__}"
 
 
 def test_applied_and_logged_lr_follow_the_schedule(data, tmp_path, one_thread):

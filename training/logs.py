@@ -204,6 +204,13 @@ class RunLogger:
             self.writer.add_text("run/metadata", json.dumps(meta), 0)
             (self.logdir / "metadata.json").write_text(json.dumps(meta, indent=1))
 
+    def launch(self, facts: dict, step: int) -> None:
+        """This launch's command and torch, at the step it starts from (``run/launch``): the DAWN
+        JSON names each launch's where they changed. A restart's purge drops the records of a
+        launch it redoes."""
+        if self.writer is not None:
+            self.writer.add_text("run/launch", json.dumps(facts), step)
+
     def log_eval(self, epoch: int, top1: float, top5: float, seconds: float, step: int) -> None:
         """One evaluation: events, then the `~~` row with the same wall clock as the events."""
         now = time.time()

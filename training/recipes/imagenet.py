@@ -404,8 +404,10 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
                        started=launched, purge_step=purge)
     if writes:
         (Path(cfg.train.logdir) / "config.yaml").write_text(dump(cfg))
+        meta = run_metadata(cfg, info)
         if not ckpt or logger.new_events:  # a run resumed into a new logdir: its events there need it too
-            logger.metadata(run_metadata(cfg, info))
+            logger.metadata(meta)
+        logger.launch({k: meta[k] for k in ("command", "torch")}, state.step)
     ctx = loop.RunContext(dist=info, logger=logger, num_train=train_loader.num_images,
                           precision=cfg.train.precision, seed=cfg.train.seed,
                           short_epoch_steps=cfg.train.short_epoch_steps if cfg.train.short_epoch else 0,
