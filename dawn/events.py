@@ -143,8 +143,8 @@ def run_metadata(run: Run) -> dict | None:
 
 def run_launches(run: Run) -> list[dict]:
     """Each launch's JSON object (``run/launch``: its command and torch), in step order; a launch a
-    restart redid (purged with the events after its checkpoint) is not among them. [] for a run
-    logged before these records were."""
+    restart redid is not among them (the restart's record at the same step replaced it). [] for a
+    run logged before these records were."""
     return [_json_object(run, LAUNCH_TAG, t) for t in _texts(run, LAUNCH_TAG)]
 
 

@@ -206,8 +206,8 @@ class RunLogger:
 
     def launch(self, facts: dict, step: int) -> None:
         """This launch's command and torch, at the step it starts from (``run/launch``): the DAWN
-        JSON names each launch's where they changed. A restart's purge drops the records of a
-        launch it redoes."""
+        JSON names each launch's where they changed. A launch that a restart redoes started from
+        the same step, where the event reader keeps the later record."""
         if self.writer is not None:
             self.writer.add_text("run/launch", json.dumps(facts), step)
 
