@@ -1069,6 +1069,11 @@ MUTANTS = [
            (FAULTS + "test_nonfinite_skip_skips_only_that_step",)),
     Mutant("launch_waits_once", "launch/common.sh",
            '[ "$status" -gt 128 ] && kill -0 "$child" 2>/dev/null; do :; done', "false; do :; done", (SIGNAL_TEST,)),
+    Mutant("fork_during_checkpoint_write", "training/recipes/imagenet.py", "        loaders.before_build = ckpt.wait",
+           "        pass", ("tests/test_checkpoint.py::"
+                           "test_a_new_phase_forks_its_loader_workers_only_after_the_checkpoint_write",)),
+    Mutant("before_build_not_called", "training/data/__init__.py", "                self.before_build()", "                pass",
+           ("tests/test_checkpoint.py::test_a_new_phase_forks_its_loader_workers_only_after_the_checkpoint_write",)),
 ]
 
 

@@ -357,6 +357,31 @@ def test_the_step_waits_only_for_the_previous_write_and_the_exit_for_the_last(tm
     assert checkpoint.latest_good(tmp_path)[1]["epoch"] == 2 and ckpt.last_written == 2
 
 
+def test_a_new_phase_forks_its_loader_workers_only_after_the_checkpoint_write(jpeg_tree, tmp_path, monkeypatch,
+                                                                             one_thread):
+    """A child forked while the writer thread is inside torch.save inherits its locks held: the phase
+    at epoch 1 builds its loaders, whose workers fork, only once epoch 0's checkpoint is written, held
+    here for 1 s."""
+    real_save, real_fork, forks = checkpoint.save, os.fork, []
+
+    def slow_save(*args, **kwargs):
+        time.sleep(1.0)
+        return real_save(*args, **kwargs)
+
+    def fork() -> int:
+        writing = any(t.name.startswith("checkpoint-") and t.is_alive() for t in threading.enumerate())
+        pid = real_fork()
+        if pid:
+            forks.append(writing)
+        return pid
+    monkeypatch.setattr(checkpoint, "save", slow_save)
+    monkeypatch.setattr(os, "fork", fork)
+    phases = "[{'ep':0,'sz':32,'bs':8},{'ep':1,'sz':40,'bs':8},{'ep':(0,2),'lr':(0.1,0.01)}]"
+    assert train.main([str(jpeg_tree), *TINY, "data.workers=1", f"train.logdir={tmp_path / 'run'}",
+                       "--phases", phases]) == 0
+    assert len(forks) == 4 and not any(forks), forks  # train and val workers of each phase
+
+
 KILLED_WRITER = r"""
 import sys, time
 import torch

@@ -142,6 +142,8 @@ class PhaseLoaders:
         self.active: DataPhase | None = None  # the phase whose loaders were built
         self.train: Loader | None = None
         self.val: Loader | None = None
+        # called before a phase's loaders are built, whose workers fork (the recipe: the checkpoint write's wait)
+        self.before_build: Callable[[], None] | None = None
 
     def spec_for(self, epoch: int) -> LoaderSpec:
         """The spec of the loaders that serve ``epoch`` (its data copy: ``.train_dir``)."""
@@ -151,6 +153,8 @@ class PhaseLoaders:
         phase = [p for p in self.phases if p.start <= epoch][-1]
         spec = self.spec_for(epoch)
         if self.active is None or spec.phase != self.active:
+            if self.before_build is not None:
+                self.before_build()
             self.close()
             self.train, self.val = self.backend.train(spec), self.backend.val(self.val_spec(spec))
             self.active = spec.phase

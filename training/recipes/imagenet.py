@@ -427,6 +427,9 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
             cfg.train.logdir, cfg.train.keep_checkpoints, cfg.train.checkpoint_every,
             cfg.train.checkpoint_min_interval_s,
             on_written=lambda epoch, step, seconds: logger.scalar("times/checkpoint_sec", seconds, step))
+        # a child forked while the writer thread is inside torch.save inherits that thread's locks held
+        # (a loader worker was once seen hung in CPython's after-fork cleanup): a new phase's loaders wait
+        loaders.before_build = ckpt.wait
         stop = checkpoint.StopGuard()
         trace = TraceWindow(cfg.train.profile_trace if info.is_main else "", info.device)
         after_step = trace.hook
