@@ -1072,6 +1072,8 @@ MUTANTS = [
     Mutant("fork_during_checkpoint_write", "training/recipes/imagenet.py", "        loaders.before_build = ckpt.wait",
            "        pass", ("tests/test_checkpoint.py::"
                            "test_a_new_phase_forks_its_loader_workers_only_after_the_checkpoint_write",)),
+    Mutant("stuck_loader_worker_left_alive", "training/data/imagefolder.py", "                    if worker.is_alive():",
+           "                    if False:", ("tests/test_imagefolder.py::test_closing_kills_a_worker_that_would_not_stop",)),
     Mutant("before_build_not_called", "training/data/__init__.py", "                self.before_build()", "                pass",
            ("tests/test_checkpoint.py::test_a_new_phase_forks_its_loader_workers_only_after_the_checkpoint_write",)),
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -420,6 +421,32 @@ def test_phase_changes_release_memory_and_workers(jpeg_tree):
     loaders.close()
     assert rss[-1] - rss[0] < 100, rss  # five rebuilds; a leak of loaders or workers would show
     assert multiprocessing.active_children() == []
+
+
+def test_closing_kills_a_worker_that_would_not_stop(jpeg_tree, monkeypatch):
+    """A worker stuck where neither the DataLoader's done signal nor its SIGTERM (which workers ignore,
+    and a child stuck in C code never handles) reaches it would outlive its rank and hold the job open:
+    closing the loader kills it."""
+    real_item, served = imagefolder._Samples.__getitem__, []
+
+    def stuck_after_one_batch(self, key):  # runs in the worker
+        served.append(key)
+        if len(served) > 4:
+            time.sleep(600)
+        return real_item(self, key)
+    monkeypatch.setattr(imagefolder._Samples, "__getitem__", stuck_after_one_batch)
+    monkeypatch.setattr(torch.utils.data._utils, "MP_STATUS_CHECK_INTERVAL", 0.5)  # the shutdown's join
+    loader = imagefolder.train_loader(spec(jpeg_tree, workers=1))
+    next(iter(loader))
+    worker = multiprocessing.active_children()[0]
+    try:
+        t0 = time.monotonic()
+        loader.close()
+        assert not worker.is_alive() and time.monotonic() - t0 < 10
+    finally:
+        if worker.is_alive():  # else multiprocessing's exit handler would wait for it, 600 s
+            worker.kill()
+            worker.join()
 
 
 def test_the_walk_skips_hidden_files_and_folders(tmp_path):

@@ -252,6 +252,13 @@ class TorchvisionLoader:
             it = getattr(self._loader, "_iterator", None)
             if it is not None and hasattr(it, "_shutdown_workers"):
                 it._shutdown_workers()
+                # Its SIGTERM misses a worker that has not stopped by now: workers ignore it (see
+                # _ignore_stop_signals), and one stuck in C code never runs a handler. Left alive, it
+                # would outlive this process (and multiprocessing's exit handler would wait for it).
+                for worker in it._workers:
+                    if worker.is_alive():
+                        worker.kill()
+                        worker.join()
             self._loader = None
 
 
