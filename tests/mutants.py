@@ -1074,6 +1074,12 @@ MUTANTS = [
                            "test_a_new_phase_forks_its_loader_workers_only_after_the_checkpoint_write",)),
     Mutant("stuck_loader_worker_left_alive", "training/data/imagefolder.py", "                    if worker.is_alive():",
            "                    if False:", ("tests/test_imagefolder.py::test_closing_kills_a_worker_that_would_not_stop",)),
+    Mutant("loader_waits_for_ever", "training/data/imagefolder.py", "timeout=spec.timeout_s if spec.workers > 0 else 0,",
+           "timeout=0,", ("tests/test_imagefolder.py::test_a_stalled_loader_fails_after_data_timeout_s_naming_it",)),
+    Mutant("loader_timeout_not_from_config", "training/recipes/imagenet.py", "                      timeout_s=cfg.data.timeout_s,",
+           "                      timeout_s=60,", (FAULTS + "test_a_stalled_loader_stops_the_run_in_one_line_keeping_the_last_checkpoint",)),
+    Mutant("stalled_loader_is_a_traceback", "training/recipes/imagenet.py", "        if isinstance(e, LoaderStalled):",
+           "        if False:", (FAULTS + "test_a_stalled_loader_stops_the_run_in_one_line_keeping_the_last_checkpoint",)),
     Mutant("before_build_not_called", "training/data/__init__.py", "                self.before_build()", "                pass",
            ("tests/test_checkpoint.py::test_a_new_phase_forks_its_loader_workers_only_after_the_checkpoint_write",)),
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from dawn.prepare_dawn_tsv import eval_rows
 from procs import run_bounded
 from training import config as C
 from training import dist, logs, loop, train
+from training.data import imagefolder
 from training.logs import RunLogger
 from training.phases import parse_schedule
 
@@ -302,6 +304,29 @@ def test_nonfinite_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_chec
                    "the last good checkpoint is kept"]
     assert [p.name for p in (logdir / "checkpoints").iterdir()] == ["epoch_0001.pt"]
     assert final_checkpoint(logdir)["epoch"] == 1
+
+
+def test_a_stalled_loader_stops_the_run_in_one_line_keeping_the_last_checkpoint(
+        data, tmp_path, capsys, monkeypatch, one_thread):
+    """A worker stuck in epoch 1 (a read that never returns): after data.timeout_s the run exits 1
+    saying so, epoch 0's checkpoint is there to resume from, and no worker is left behind."""
+    real_item = imagefolder._Samples.__getitem__
+
+    def item(self, key):  # in the worker; a training image's key is (index, epoch)
+        if self.train and key[1] >= 1:
+            time.sleep(600)
+        return real_item(self, key)
+    monkeypatch.setattr(imagefolder._Samples, "__getitem__", item)
+    monkeypatch.setattr(torch.utils.data._utils, "MP_STATUS_CHECK_INTERVAL", 0.5)
+    logdir = tmp_path / "run"
+    rc = train.main([str(data), *TINY, "data.workers=1", "data.timeout_s=2", f"train.logdir={logdir}",
+                     "--phases", "[{'ep':0,'sz':32,'bs':8},{'ep':(0,2),'lr':(0.1,0.01)}]"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert rc == 1
+    assert err == ["error: the training loader's workers sent no batch in 2 s (data.timeout_s): a worker is "
+                   "stuck, e.g. on a file system that stopped answering; continue the run with --resume auto"]
+    assert [p.name for p in (logdir / "checkpoints").iterdir()] == ["epoch_0001.pt"]
+    assert multiprocessing.active_children() == []
 
 
 def test_nonfinite_weights_with_skipped_steps_stop_in_one_line(data, tmp_path, capsys, one_thread):

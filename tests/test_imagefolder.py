@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,7 +18,7 @@ from torchvision.datasets import ImageFolder
 
 from conftest import make_jpeg_tree
 from training.bench.jpegtree import textured
-from training.data import DataError, PhaseLoaders, get_backend
+from training.data import DataError, LoaderStalled, PhaseLoaders, get_backend
 from training.data import imagefolder, tree
 from training.data.rectval import val_geometry
 from training.phases import parse_schedule
@@ -423,19 +424,24 @@ def test_phase_changes_release_memory_and_workers(jpeg_tree):
     assert multiprocessing.active_children() == []
 
 
+def _stuck_after(monkeypatch, items: int) -> None:
+    """Workers serve ``items`` images, then each further one takes 600 s (a read that never returns)."""
+    real_item, served = imagefolder._Samples.__getitem__, []
+
+    def item(self, key):  # runs in the worker
+        served.append(key)
+        if len(served) > items:
+            time.sleep(600)
+        return real_item(self, key)
+    monkeypatch.setattr(imagefolder._Samples, "__getitem__", item)
+    monkeypatch.setattr(torch.utils.data._utils, "MP_STATUS_CHECK_INTERVAL", 0.5)  # the shutdown's join
+
+
 def test_closing_kills_a_worker_that_would_not_stop(jpeg_tree, monkeypatch):
     """A worker stuck where neither the DataLoader's done signal nor its SIGTERM (which workers ignore,
     and a child stuck in C code never handles) reaches it would outlive its rank and hold the job open:
     closing the loader kills it."""
-    real_item, served = imagefolder._Samples.__getitem__, []
-
-    def stuck_after_one_batch(self, key):  # runs in the worker
-        served.append(key)
-        if len(served) > 4:
-            time.sleep(600)
-        return real_item(self, key)
-    monkeypatch.setattr(imagefolder._Samples, "__getitem__", stuck_after_one_batch)
-    monkeypatch.setattr(torch.utils.data._utils, "MP_STATUS_CHECK_INTERVAL", 0.5)  # the shutdown's join
+    _stuck_after(monkeypatch, 4)
     loader = imagefolder.train_loader(spec(jpeg_tree, workers=1))
     next(iter(loader))
     worker = multiprocessing.active_children()[0]
@@ -447,6 +453,28 @@ def test_closing_kills_a_worker_that_would_not_stop(jpeg_tree, monkeypatch):
         if worker.is_alive():  # else multiprocessing's exit handler would wait for it, 600 s
             worker.kill()
             worker.join()
+
+
+def test_a_stalled_loader_fails_after_data_timeout_s_naming_it(jpeg_tree, monkeypatch):
+    _stuck_after(monkeypatch, 4)
+    loader = imagefolder.train_loader(spec(jpeg_tree, workers=1, timeout_s=1.5))
+    batches = iter(loader)
+    next(batches)
+
+    def waited_for_ever(signum, frame):
+        raise AssertionError("no timeout: the loader would wait for ever")
+    old = signal.signal(signal.SIGALRM, waited_for_ever)
+    signal.alarm(15)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(LoaderStalled, match=r"^the training loader's workers sent no batch in 1\.5 s "
+                                                r"\(data\.timeout_s\): a worker is stuck"):
+            next(batches)
+        assert 1.4 < time.monotonic() - t0 < 5
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        loader.close()
 
 
 def test_the_walk_skips_hidden_files_and_folders(tmp_path):

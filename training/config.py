@@ -53,6 +53,9 @@ class DataConfig:
     # from the phase's bs and sz: max(bs, 512) at 128 px, max(bs, 256) at 224 px, else max(bs, 128)
     val_batch_size: int = 0
     bad_images: str = "skip"  # skip | error
+    # seconds the torchvision loader waits for a batch from its workers before it fails the run (a
+    # worker stuck, e.g. on a file system that stopped answering); 0: wait for ever
+    timeout_s: int = 600
     synthetic_images: int = 1024  # images per epoch for --loader synthetic
     synthetic_classes: int = 10  # classes for --loader synthetic
     dali_fused_crop: bool = True  # DALI: decode only the crop's region (ROI); false: whole image, then crop
@@ -183,6 +186,7 @@ CHOICES = {
 RANGES = {
     "model.num_classes": (0, None),
     "data.workers": (0, None),
+    "data.timeout_s": (0, 7 * 24 * 3600),
     "data.synthetic_images": (1, None),
     "data.synthetic_classes": (1, None),
     "train.seed": (0, 2**31 - 1),

@@ -18,6 +18,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class LoaderStalled(RuntimeError):
+    """The loader's workers sent no batch within ``data.timeout_s``: a failure a restart may cure
+    (exit 1), not bad input."""
+
+
 class DataError(ValueError):
     """Unusable data (missing dir, empty class, mismatched classes, corrupt image); one line."""
 
@@ -42,6 +47,7 @@ class LoaderSpec:
     dtype: torch.dtype = torch.float32  # dtype of the yielded images
     channels_last: bool = False
     bad_images: str = "skip"  # skip | error
+    timeout_s: float = 0.0  # torchvision loader: seconds to wait for a batch from the workers (0: for ever)
     synthetic_images: int = 1024
     synthetic_classes: int = 10
     dali_fused_crop: bool = True  # DALI: decode only the crop's region (else decode whole, then crop)

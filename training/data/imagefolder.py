@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from training.data import IMAGENET_MEAN, IMAGENET_STD, DataError, LoaderSpec
+from training.data import IMAGENET_MEAN, IMAGENET_STD, DataError, LoaderSpec, LoaderStalled
 from training.data.rectval import ValBatch, val_batches, val_geometry
 from training.data.tree import (DECODE_ERRORS, TreeIndex, log, shard_indices, train_batches, train_index,
                                 val_index)
@@ -190,6 +190,7 @@ class TorchvisionLoader:
         self._loader: DataLoader | None = DataLoader(
             dataset, batch_sampler=batches, num_workers=spec.workers, collate_fn=_collate,
             pin_memory=spec.device.type == "cuda", persistent_workers=spec.workers > 0,
+            timeout=spec.timeout_s if spec.workers > 0 else 0,
             generator=torch.Generator(), worker_init_fn=_ignore_stop_signals)
         self._mean = torch.tensor(IMAGENET_MEAN, device=spec.device).mul(255).view(1, 3, 1, 1)
         self._inv_std = 1 / torch.tensor(IMAGENET_STD, device=spec.device).mul(255).view(1, 3, 1, 1)
@@ -204,7 +205,7 @@ class TorchvisionLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._loader is None:
             raise RuntimeError("loader is closed")
-        for imgs, labels, bad in self._loader:
+        for imgs, labels, bad in self._batches_or_stall():
             for entry in bad:
                 self._decode_failed(entry)
             if not len(labels):  # every image of the batch failed to decode
@@ -215,6 +216,17 @@ class TorchvisionLoader:
                                     "cannot be skipped on one rank; remove or replace these files")
                 continue  # validation: each rank's counts are summed once, at the end; this batch adds none
             yield self._normalise(imgs), labels.to(self.spec.device, non_blocking=True)
+
+    def _batches_or_stall(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        try:
+            yield from self._loader
+        except RuntimeError as e:
+            if not str(e).startswith("DataLoader timed out"):
+                raise
+            split = "training" if isinstance(self._batches, _TrainBatches) else "validation"
+            raise LoaderStalled(f"the {split} loader's workers sent no batch in {self.spec.timeout_s:g} s "
+                                "(data.timeout_s): a worker is stuck, e.g. on a file system that stopped "
+                                "answering; continue the run with --resume auto") from None
 
     def _normalise(self, imgs: torch.Tensor) -> torch.Tensor:
         # NHWC -> NCHW is a free view with channels_last strides. Two passes, written straight into

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from training import checkpoint, dist, loop
 from training.config import Config, ConfigError, dump, refuse_unread, to_dict
-from training.data import DataError, LoaderSpec, PhaseLoaders, get_backend, split_dir
+from training.data import DataError, LoaderSpec, LoaderStalled, PhaseLoaders, get_backend, split_dir
 from training.data.tree import check_same_classes, find_classes, index_later_phases
 from training.files import write_atomic
 from training.logs import (LogdirLock, RunLogger, check_logdir, check_logdir_free, check_logdir_writable,
@@ -122,6 +122,7 @@ def build_loaders(cfg: Config, schedule: Schedule, info: dist.DistInfo) -> Phase
                       world_size=info.world_size, device=info.device, workers=cfg.data.workers,
                       seed=cfg.train.seed, dtype=amp or torch.float32,
                       channels_last=on_gpu and cfg.train.channels_last, bad_images=cfg.data.bad_images,
+                      timeout_s=cfg.data.timeout_s,
                       synthetic_images=cfg.data.synthetic_images, synthetic_classes=cfg.data.synthetic_classes,
                       dali_fused_crop=cfg.data.dali_fused_crop, dali_hw_load=cfg.data.dali_hw_load)
     backend = get_backend(cfg.data.loader, device=info.device, workers=cfg.data.workers)
@@ -256,6 +257,10 @@ def main(cfg: Config) -> int:
         if isinstance(e, loop.NonFiniteLoss):
             if info.is_main:
                 print(f"error: {e}; the last good checkpoint is kept", file=sys.stderr, flush=True)
+            return 1
+        if isinstance(e, LoaderStalled):  # this rank's own workers: said by the rank it happened to
+            prefix = f"rank {info.rank}: " if info.world_size > 1 else ""
+            print(f"error: {prefix}{e}", file=sys.stderr, flush=True)
             return 1
         if dist.is_peer_failure(e):
             st = progress.get("state")
