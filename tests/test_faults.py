@@ -319,14 +319,20 @@ def test_a_stalled_loader_stops_the_run_in_one_line_keeping_the_last_checkpoint(
     monkeypatch.setattr(imagefolder._Samples, "__getitem__", item)
     monkeypatch.setattr(torch.utils.data._utils, "MP_STATUS_CHECK_INTERVAL", 0.5)
     logdir = tmp_path / "run"
-    rc = train.main([str(data), *TINY, "data.workers=1", "data.timeout_s=2", f"train.logdir={logdir}",
-                     "--phases", "[{'ep':0,'sz':32,'bs':8},{'ep':(0,2),'lr':(0.1,0.01)}]"])
+    try:
+        rc = train.main([str(data), *TINY, "data.workers=1", "data.timeout_s=2", f"train.logdir={logdir}",
+                         "--phases", "[{'ep':0,'sz':32,'bs':8},{'ep':(0,2),'lr':(0.1,0.01)}]"])
+        left = multiprocessing.active_children()
+    finally:
+        for child in multiprocessing.active_children():  # else pytest's exit would wait for it, 600 s
+            child.kill()
+            child.join()
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
     assert rc == 1
     assert err == ["error: the training loader's workers sent no batch in 2 s (data.timeout_s): a worker is "
                    "stuck, e.g. on a file system that stopped answering; continue the run with --resume auto"]
     assert [p.name for p in (logdir / "checkpoints").iterdir()] == ["epoch_0001.pt"]
-    assert multiprocessing.active_children() == []
+    assert left == []
 
 
 def test_nonfinite_weights_with_skipped_steps_stop_in_one_line(data, tmp_path, capsys, one_thread):
