@@ -282,7 +282,7 @@ def recipe_module(cfg: C.Config):
 
 def run(cfg: C.Config) -> int:
     from training.checkpoint import CheckpointError
-    from training.data import DataError
+    from training.data import DataError, LoaderStalled
     try:
         return recipe_module(cfg).main(cfg)
     except C.ConfigError as e:  # a function of the command line, the same on every rank: said once
@@ -291,6 +291,9 @@ def run(cfg: C.Config) -> int:
         return refuse(f"error: {e}", say=os.environ.get("RANK", "0") == "0")
     except (DataError, CheckpointError, PhaseError) as e:
         return refuse(f"error: {_rank_prefix()}{e}")  # may differ per rank (its shard, its disk)
+    except LoaderStalled as e:  # this rank's workers; not bad input: a restart may cure it
+        print(f"error: {_rank_prefix()}{e}", file=sys.stderr, flush=True)
+        return 1
 
 
 def _rank_prefix() -> str:

@@ -519,8 +519,6 @@ def format_summary(results: list[RunResult]) -> list[str]:
 def _write_results(path: str, doc: dict) -> None:
     """The results file (``--results``) replaced whole, the runs so far in it (``cifar.runs`` in its
     config says how many were asked)."""
-    if not path:
-        return
     out = Path(path)
     try:
         if out.parent != Path(""):
@@ -617,7 +615,8 @@ def _runs(cfg: Config, trainer: Trainer, device: torch.device) -> int:
             summary.add_scalar("cifar/accuracy", res.accuracy, r)
             summary.add_scalar("cifar/accuracy_no_tta", res.accuracy_no_tta, r)
             summary.add_scalar("cifar/train_seconds", res.train_seconds, r)
-            _write_results(c.results, results_json(cfg, results, extra))  # a job cut off keeps its finished runs
+            if c.results:  # replaced after each run: a job cut off keeps its finished runs
+                _write_results(c.results, results_json(cfg, results, extra))
         lines = format_summary(results)
         for line in lines:
             _say(line)

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from training import checkpoint, dist, loop
 from training.config import Config, ConfigError, dump, refuse_unread, to_dict
-from training.data import DataError, LoaderSpec, LoaderStalled, PhaseLoaders, get_backend, split_dir
+from training.data import DataError, LoaderSpec, PhaseLoaders, get_backend, split_dir
 from training.data.tree import check_same_classes, find_classes, index_later_phases
 from training.files import write_atomic
 from training.logs import (LogdirLock, RunLogger, check_logdir, check_logdir_free, check_logdir_writable,
@@ -257,10 +257,6 @@ def main(cfg: Config) -> int:
         if isinstance(e, loop.NonFiniteLoss):
             if info.is_main:
                 print(f"error: {e}; the last good checkpoint is kept", file=sys.stderr, flush=True)
-            return 1
-        if isinstance(e, LoaderStalled):  # this rank's own workers: said by the rank it happened to
-            prefix = f"rank {info.rank}: " if info.world_size > 1 else ""
-            print(f"error: {prefix}{e}", file=sys.stderr, flush=True)
             return 1
         if dist.is_peer_failure(e):
             st = progress.get("state")
