@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -251,3 +256,74 @@ def test_rect_val_chunks_are_the_val_batch(tmp_path, backend, override, shapes):
     _, val = loaders.for_epoch(0)
     assert [tuple(x.shape) for x, _ in val] == shapes
     loaders.close()
+
+
+# A rank of a 2-process gloo group (a FileStore, no torchrun): indexes its split twice and writes
+# what it got and which files it probed each time.
+_RANK_SCRIPT = '''
+import json, sys
+import torch.distributed as d
+from training.data import DataError, tree
+rank, store, split, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+d.init_process_group("gloo", store=d.FileStore(store, 2), rank=rank, world_size=2)
+probed, real = [], tree.probe_image
+tree.probe_image = lambda p: probed.append(p) or real(p)
+runs = []
+try:
+    for _ in range(2):
+        index = tree.index_tree(split, tree.find_classes(split), verbose=False)
+        runs.append({"paths": index.paths, "sizes": index.sizes, "skipped": index.skipped, "probed": sorted(probed)})
+        probed.clear()
+except DataError as e:
+    runs.append({"error": str(e)})
+d.destroy_process_group()
+json.dump(runs, open(out, "w"))
+'''
+
+
+def _index_in_two_ranks(tmp_path: Path, splits: tuple[str, str]) -> list[list[dict]]:
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "store"), splits[r],
+                               str(tmp_path / f"rank{r}.json")], env=env, start_new_session=True)
+             for r in range(2)]
+    try:
+        assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_the_ranks_of_a_group_share_the_header_reads_and_get_the_same_index(tmp_path):
+    """A first index of ImageNet reads 1.28M headers, about one core's work per rank (the GIL): each of
+    W ranks reads 1/W of them, and every rank gets the whole index, as one process gets it."""
+    root = _tree(tmp_path / "data")
+    split = str(root / "validation")
+    cut = root / "validation" / "a" / "img3.JPEG"
+    cut.write_bytes(cut.read_bytes()[:200])
+    alone = tree.index_tree(split, ["a"], verbose=False)
+    (root / ".validation-index.npz").unlink()
+    ranks = _index_in_two_ranks(tmp_path, (split, split))
+    files = sorted(str(p) for p in (root / "validation" / "a").iterdir())
+    for first, second in ranks:
+        assert (first["paths"], [tuple(s) for s in first["sizes"]], first["skipped"]) == \
+            (alone.paths, alone.sizes, alone.skipped)
+        assert (second["paths"], second["sizes"], second["skipped"]) == (first["paths"], first["sizes"], first["skipped"])
+    assert [len(r[0]["probed"]) for r in ranks] == [3, 3]  # a half each, together every file once
+    assert sorted(ranks[0][0]["probed"] + ranks[1][0]["probed"]) == files
+    assert ranks[0][1]["probed"] + ranks[1][1]["probed"] == [str(cut)]  # from the cache: the bad file, once
+
+
+def test_ranks_that_list_different_files_are_refused_naming_both(tmp_path):
+    """Two machines whose copies of DATA differ would deal other samples and other batch counts, and
+    the group would hang at its first epoch end: every rank says so before anything is read."""
+    a, b = _tree(tmp_path / "a"), _tree(tmp_path / "b")
+    (b / "validation" / "a" / "img5.JPEG").unlink()
+    ranks = _index_in_two_ranks(tmp_path, (str(a / "validation"), str(b / "validation")))
+    host = socket.gethostname()
+    for r, split in enumerate((a, b)):
+        assert ranks[r] == [{"error": f"ranks list different files in {split / 'validation'}: rank 1 ({host}) 5, "
+                                      f"rank 0 ({host}) 6: every machine's copy of the data must hold the same files"}]

@@ -2,9 +2,10 @@
 
 Class discovery (labels in sorted class order, like torchvision's ImageFolder), the file index,
 bad-image detection at index time, and the per-epoch shard of a rank. Bad images are found by
-reading each file's header and tail once, then cached beside the data (numpy, never pickle), so
-every rank drops the same files before sharding and batch counts stay equal across ranks. The cache
-holds each file's (size, mtime_ns): a file replaced in place since is read again, not served stale.
+reading each file's header and tail once, the ranks of a group sharing the work, then cached beside
+the data (numpy, never pickle), so every rank drops the same files before sharding and batch counts
+stay equal across ranks. The cache holds each file's (size, mtime_ns): a file replaced in place since
+is read again, not served stale.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training import files
+from training import dist, files
 from training.data import DataError, LoaderSpec
 from training.phases import DataPhase
 
@@ -150,6 +151,41 @@ def _probe(split_dir: str, rel: Sequence[str]) -> list[tuple[int, int] | str]:
         return list(pool.map(probe_image, (os.path.join(split_dir, p) for p in rel)))
 
 
+def _group() -> tuple[int, int]:
+    """(rank, world size) of the process group whose ranks index together; (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _shared_probe(split_dir: str, rel: list[str], digest: str,
+                  todo: list[int] | None) -> dict[int, tuple[int, int] | str]:
+    """Probe the files ``todo`` names (None: every file), the work shared out among the ranks of the
+    process group: each probes a slice of what any rank needs and they exchange the results, so a
+    first index costs each of W ranks 1/W of the headers where every rank read them all (the probe is
+    bound by one core: the GIL). The exchange also checks that every rank lists the same files: a
+    machine whose copy of DATA differs would deal other samples and another number of batches, and
+    hang the group at the end of its first epoch."""
+    rank, world = _group()
+    if world == 1:
+        need = range(len(rel)) if todo is None else todo
+        return dict(zip(need, _probe(split_dir, [rel[i] for i in need])))
+    everyone = dist.gather_objects((digest, len(rel), socket.gethostname(), todo))
+    for r, (their_digest, n, host, _) in enumerate(everyone):
+        if their_digest != everyone[0][0]:
+            n0, host0 = everyone[0][1], everyone[0][2]
+            raise DataError(f"ranks list different files in {split_dir}: rank {r} ({host}) {n}, rank 0 ({host0}) "
+                            f"{n0}{' of other names' if n == n0 else ''}: every machine's copy of the data "
+                            "must hold the same files")
+    wanted = [t for *_, t in everyone]
+    need = range(len(rel)) if None in wanted else sorted(set().union(*wanted))
+    if not need:
+        return {}
+    parts = dist.gather_objects(_probe(split_dir, [rel[i] for i in need[rank::world]]))
+    found = {i: probe for r, part in enumerate(parts) for i, probe in zip(need[r::world], part)}
+    return found if todo is None else {i: found[i] for i in todo}
+
+
 def file_stats(split_dir: str, rel: Sequence[str]) -> np.ndarray:
     """(size, mtime_ns) of each file, int64 (n, 2); (-1, -1) for one gone since the listing. The walk
     lists names only (os.walk reads no inode), so this is one stat per file: threads, because on a
@@ -209,26 +245,23 @@ def index_tree(split_dir: str, classes: list[str], bad_images: str = "skip", ver
     files = _cache_files(split_dir)
     cached = _load_cache(files, digest, len(rel))
     if cached is None:
-        probes = _probe(split_dir, rel)
-        wh = np.array([p if isinstance(p, tuple) else (0, 0) for p in probes], dtype=np.int32).reshape(-1, 2)
-        bad = {i: p for i, p in enumerate(probes) if isinstance(p, str)}
-        _save_cache(files, digest, wh, bad, stat)
+        wh, bad, todo, changed = np.zeros((len(rel), 2), dtype=np.int32), {}, None, []
     else:
         wh, bad, cached_stat = cached
         # A file replaced in place (same name, new size or mtime) may have another size, which
         # rect_val and DALI's crops read from here: probe it again. So are the files named
         # unreadable (the warning invites replacing them), even with an unchanged stat.
         changed = np.flatnonzero((cached_stat != stat).any(axis=1)).tolist()
-        again = sorted(set(changed) | set(bad))
-        fixed = False
-        for i, probe in zip(again, _probe(split_dir, [rel[i] for i in again])):
-            if isinstance(probe, tuple):
-                fixed |= bad.pop(i, None) is not None
-                wh[i] = probe
-            else:
-                bad[i], wh[i] = probe, (0, 0)
-        if changed or fixed:
-            _save_cache(files, digest, wh, bad, stat)
+        todo = sorted(set(changed) | set(bad))
+    fixed = False
+    for i, probe in _shared_probe(split_dir, rel, digest, todo).items():
+        if isinstance(probe, tuple):
+            fixed |= bad.pop(i, None) is not None
+            wh[i] = probe
+        else:
+            bad[i], wh[i] = probe, (0, 0)
+    if cached is None or changed or fixed:
+        _save_cache(files, digest, wh, bad, stat)
     if bad and bad_images == "error":
         i = min(bad)
         raise DataError(f"unreadable image {os.path.join(split_dir, rel[i])}: {bad[i]} "
