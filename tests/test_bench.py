@@ -572,3 +572,28 @@ def test_synthetic_loader_counts_dtype_layout_and_batches_per_rank():
     assert len(trains[0]) == 2 and [len(y) for _, y in trains[0]] == [4, 4]
     wide = synthetic.train_loader(s(rank=0, world=1, phase=phase(size=8, bs=64)))
     assert set(next(iter(wide))[1].tolist()) == {0, 1, 2}
+
+
+_IMPORTED = """
+import sys
+from training import bench
+try:
+    bench.main(sys.argv[1:])
+except SystemExit:
+    pass
+print(sorted(m for m in sys.modules if m.startswith("training.bench.") or m in ("torch", "torchvision")))
+"""
+
+
+@pytest.mark.parametrize("argv, imported", [
+    (["--help"], []),  # every subcommand and its help, at once (it took ~7 s: each module imported)
+    (["project", "--help"], ["torch", "training.bench.project"]),  # no torchvision, no other subcommand
+    (["decode", "--help"], ["torch", "torchvision", "training.bench.decode", "training.bench.jpegtree"]),
+])
+def test_the_bench_imports_only_the_module_of_the_subcommand_given(argv, imported):
+    r = run_bounded([sys.executable, "-c", _IMPORTED, *argv], cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == repr(imported)
+    if argv == ["--help"]:  # the subcommands' help is still there, from the package
+        text = " ".join(r.stdout.split())  # argparse wraps the lines
+        assert all(f"{name} {about}" in text for name, about in bench.SUBCOMMANDS.items())

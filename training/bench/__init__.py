@@ -18,8 +18,15 @@ import sys
 from training.cli import ArgParser, output_problem
 from training.files import write_atomic
 
-# subcommand -> module in this package; each module has add_parser(subparsers) setting func
-SUBCOMMANDS = ("throughput", "project", "pipeline", "decode", "cifar")
+# subcommand -> its help; each is a module of this package, with add_arguments(parser) setting func.
+# Only the module of the subcommand given is imported: some import torch and torchvision (seconds).
+SUBCOMMANDS = {
+    "throughput": "training img/s: torchvision's reference loop vs ours, synthetic data",
+    "project": "projected wall time of a schedule from `throughput --json` figures",
+    "pipeline": "img/s of what the training loop receives, per loader and size",
+    "decode": "torchvision.io.decode_jpeg img/s, CUDA (nvJPEG) vs one CPU core",
+    "cifar": "CIFAR-10: airbench94 vs variants of our recipe, interleaved N runs each",
+}
 
 
 def write_json(path: str | None, doc: dict) -> None:
@@ -28,16 +35,20 @@ def write_json(path: str | None, doc: dict) -> None:
         write_atomic(path, json.dumps(doc, indent=1) + "\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every subcommand with its help; the arguments of ``command`` only (of all when None)."""
     p = ArgParser(prog="python -m training.bench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name in SUBCOMMANDS:
-        importlib.import_module(f"training.bench.{name}").add_parser(sub)
+    for name, about in SUBCOMMANDS.items():
+        parser = sub.add_parser(name, help=about)
+        if command in (None, name):
+            importlib.import_module(f"training.bench.{name}").add_arguments(parser)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else "").parse_args(argv)
     if getattr(args, "json", None) and (problem := output_problem(args.json, make_parents=False)) is not None:
         print(f"error: --json {args.json}: {problem}", file=sys.stderr)  # before minutes of measuring
         return 2

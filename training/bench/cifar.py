@@ -482,9 +482,8 @@ def run(args: argparse.Namespace) -> int:
     return 1 if doc["meta"]["failed"] else 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("cifar", help="CIFAR-10: airbench94 vs variants of our recipe, interleaved N runs each",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description, p.formatter_class = __doc__, argparse.RawDescriptionHelpFormatter
     p.add_argument("--data", required=True, metavar="DIR", help="holds cifar-10-batches-py")
     p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE", help="base config (default %(default)s)")
     p.add_argument("--variants", nargs="+", default=["default="], metavar="NAME=OVERRIDES",

@@ -93,8 +93,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("decode", help="torchvision.io.decode_jpeg img/s, CUDA (nvJPEG) vs one CPU core")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=positive_int, default=512, help="generated JPEGs")
     p.add_argument("--width", type=positive_int, default=500, help="px (ImageNet's typical 500x375)")
     p.add_argument("--height", type=positive_int, default=375, help="px")

@@ -359,8 +359,7 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("pipeline", help="img/s of what the training loop receives, per loader and size")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", nargs="?", default=DEFAULT_TREE,
                    help=f"ImageNet-style tree (default {DEFAULT_TREE}; generated when it has no train/)")
     p.add_argument("--sizes", type=positive_int, nargs="+", default=[128, 224], help="image sides, px")

@@ -246,8 +246,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("project", help="projected wall time of a schedule from `throughput --json` figures")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="a YAML config with phases")
     p.add_argument("--gpus", type=positive_int, required=True, help="GPUs (processes) in the run")
     p.add_argument("--throughput", required=True, metavar="FILE", help="written by `throughput --json`")

@@ -365,8 +365,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("throughput", help="training img/s: torchvision's reference loop vs ours, synthetic data")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default="resnet50", help="torchvision model name")
     p.add_argument("--sizes", type=positive_int, nargs="+", default=[128, 224, 288], help="image sides, px")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per step")
