@@ -17,6 +17,7 @@ from torch.utils.data import DistributedSampler
 from torchvision.datasets import ImageFolder
 
 from conftest import make_jpeg_tree
+from training import headers
 from training.bench.jpegtree import textured
 from training.data import DataError, LoaderStalled, PhaseLoaders, get_backend
 from training.data import imagefolder, tree
@@ -291,7 +292,7 @@ def test_bytes_after_the_end_marker_kept_truncated_files_dropped(jpeg_tree):
     motion_photo(good, d / "motion.JPEG")
     motion_photo(d / "still.png", d / "still.png")
     truncated_jpeg(good, d / "cut.JPEG")
-    probes = [tree.probe_image(str(d / f)) for f in ("motion.JPEG", "still.png", "cut.JPEG")]
+    probes = [headers.probe_image(str(d / f)) for f in ("motion.JPEG", "still.png", "cut.JPEG")]
     assert probes == [size, size, "truncated file"]
     loader = imagefolder.train_loader(spec(jpeg_tree))
     assert loader.num_images == 26 and [Path(p).name for p in loader.skipped] == ["cut.JPEG"]

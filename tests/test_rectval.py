@@ -4,10 +4,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
+from training import headers
 from training.config import ConfigError
 from training.data import Backend, LoaderSpec, PhaseLoaders, get_backend
 from training.data import imagefolder, tree
@@ -91,8 +94,8 @@ def test_size_index_cached_beside_data_and_invalidated(tmp_path, monkeypatch):
     with np.load(cache, allow_pickle=False) as z:  # plain arrays: readable without pickle
         assert z["wh"].tolist() == [list(s) for s in SIZES]
     calls = []
-    real_probe = tree.probe_image
-    monkeypatch.setattr(tree, "probe_image", lambda p: calls.append(p) or real_probe(p))
+    real_probe = headers.probe_image
+    monkeypatch.setattr(headers, "probe_image", lambda p: calls.append(p) or real_probe(p))
     assert tree.index_tree(split, ["a"]).sizes == first.sizes == SIZES
     assert calls == []  # served from the cache
     Image.new("RGB", (50, 70)).save(root / "validation" / "a" / "img9.JPEG")
@@ -111,8 +114,8 @@ def test_a_replaced_unreadable_file_is_read_again_from_a_cached_index(tmp_path, 
     assert str(path) in tree.index_tree(split, ["a"], verbose=False).skipped
     path.write_bytes(good)
     calls = []
-    real_probe = tree.probe_image
-    monkeypatch.setattr(tree, "probe_image", lambda p: calls.append(p) or real_probe(p))
+    real_probe = headers.probe_image
+    monkeypatch.setattr(headers, "probe_image", lambda p: calls.append(p) or real_probe(p))
     again = tree.index_tree(split, ["a"], verbose=False)
     assert not again.skipped and again.sizes == SIZES and calls == [str(path)]
     assert tree.index_tree(split, ["a"], verbose=False).sizes == SIZES and calls == [str(path)]  # cached as good
@@ -125,8 +128,8 @@ def test_a_file_replaced_in_place_is_read_again_from_a_cached_index(tmp_path, mo
     split = str(root / "validation")
     assert tree.index_tree(split, ["a"]).sizes == SIZES
     calls = []
-    real_probe = tree.probe_image
-    monkeypatch.setattr(tree, "probe_image", lambda p: calls.append(p) or real_probe(p))
+    real_probe = headers.probe_image
+    monkeypatch.setattr(headers, "probe_image", lambda p: calls.append(p) or real_probe(p))
     wide, square = root / "validation" / "a" / "img2.JPEG", root / "validation" / "a" / "img1.JPEG"
     Image.new("RGB", (240, 80), (200, 30, 30)).save(wide)  # overwritten in place: 0.5 -> 3.0
     assert tree.index_tree(split, ["a"]).sizes == [*SIZES[:2], (240, 80), *SIZES[3:]]
@@ -263,11 +266,12 @@ def test_rect_val_chunks_are_the_val_batch(tmp_path, backend, override, shapes):
 _RANK_SCRIPT = '''
 import json, sys
 import torch.distributed as d
+from training import headers
 from training.data import DataError, tree
 rank, store, split, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 d.init_process_group("gloo", store=d.FileStore(store, 2), rank=rank, world_size=2)
-probed, real = [], tree.probe_image
-tree.probe_image = lambda p: probed.append(p) or real(p)
+probed, real = [], headers.probe_image
+headers.probe_image = lambda p: probed.append(p) or real(p)
 runs = []
 try:
     for _ in range(2):
@@ -327,3 +331,77 @@ def test_ranks_that_list_different_files_are_refused_naming_both(tmp_path):
     for r, split in enumerate((a, b)):
         assert ranks[r] == [{"error": f"ranks list different files in {split / 'validation'}: rank 1 ({host}) 5, "
                                       f"rank 0 ({host}) 6: every machine's copy of the data must hold the same files"}]
+
+
+def test_many_headers_are_read_by_processes_with_the_same_answers(tmp_path, monkeypatch, capsys):
+    """Reading a header is Python under the GIL: threads only overlap the waits, so a large index is
+    read by fresh interpreters, a share each. Their answers are the threads' answers, whatever the
+    file names hold (a newline, bytes that are not UTF-8)."""
+    root = _tree(tmp_path / "data")
+    split = str(root / "validation")
+    cut = root / "validation" / "a" / "img3.JPEG"
+    cut.write_bytes(cut.read_bytes()[:200])
+    (root / "validation" / "a" / "img1.JPEG").rename(root / "validation" / "a" / "odd\nname.JPEG")
+    os.rename(root / "validation" / "a" / "img2.JPEG", os.fsencode(root / "validation" / "a") + b"/\xff.JPEG")
+    threads = tree.index_tree(split, ["a"], verbose=False)
+    (root / ".validation-index.npz").unlink()
+    monkeypatch.setattr(tree, "PROCESS_MIN", 1)
+    monkeypatch.setattr(tree, "_cores", lambda: 2)
+    shares, real = [], headers.probe_in_processes
+    monkeypatch.setattr(headers, "probe_in_processes", lambda paths, n: shares.append(n) or real(paths, n))
+    monkeypatch.setattr(headers, "probe_image", None)  # nothing is read in this process
+    capsys.readouterr()
+    processes = tree.index_tree(split, ["a"], verbose=False)
+    assert shares == [2]
+    said = capsys.readouterr().err.splitlines()  # what the minutes of a first ImageNet index are spent on
+    assert said[0] == f"loader: reading the headers of 6 images in {split}; the index is cached for later starts"
+    assert re.fullmatch(r"loader: read 6 headers in \d+\.\d s", said[1]) and len(said) == 2
+    assert (processes.paths, processes.sizes, processes.skipped) == (threads.paths, threads.sizes, threads.skipped)
+    assert list(processes.skipped) == [str(cut)] and len(processes.paths) == 5
+
+
+def test_a_header_reading_process_that_fails_says_why(tmp_path, monkeypatch):
+    script = tmp_path / "fails"
+    script.write_text("#!/bin/sh\necho broken >&2\nexit 3\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(headers.sys, "executable", str(script))
+    with pytest.raises(RuntimeError, match=r"reading image headers failed \(exit 3\): broken"):
+        headers.probe_in_processes([str(tmp_path / "x.JPEG")], 1)
+
+
+def test_a_signal_while_processes_read_headers_stops_them_at_once(tmp_path, monkeypatch):
+    """A rank told to stop (SIGTERM, Ctrl-C) during a first index must not wait minutes for its
+    readers to finish, nor leave them running."""
+    script = tmp_path / "slow"
+    script.write_text("#!/bin/sh\nexec sleep 60\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(headers.sys, "executable", str(script))
+    started, real_popen = [], subprocess.Popen
+    monkeypatch.setattr(headers.subprocess, "Popen", lambda *a, **k: started.append(real_popen(*a, **k)) or started[-1])
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(1)
+    t = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            headers.probe_in_processes([str(tmp_path / f"{i}.JPEG") for i in range(4)], 2)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        for p in started:
+            if p.poll() is None:
+                p.kill()
+    assert time.monotonic() - t < 10
+    assert len(started) == 2 and all(p.returncode == -signal.SIGKILL for p in started)
+
+
+def test_the_cores_of_a_rank_are_its_machines_shared_by_its_local_ranks(monkeypatch):
+    monkeypatch.setattr(tree.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert tree._cores() == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert tree._cores() == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert tree._cores() == 16

@@ -47,7 +47,8 @@ except OSError as e:  # a broken install (missing shared library) falls back lik
 from training.data import IMAGENET_MEAN, IMAGENET_STD, DataError, LoaderSpec
 from training.data.imagefolder import train_crop
 from training.data.rectval import ValBatch, val_batches, val_geometry
-from training.data.tree import TreeIndex, pil_decodes, shard_indices, train_batches, train_index, val_index
+from training.data.tree import TreeIndex, shard_indices, train_batches, train_index, val_index
+from training.headers import pil_decodes
 
 _MEAN = [255 * m for m in IMAGENET_MEAN]
 _STD = [255 * s for s in IMAGENET_STD]

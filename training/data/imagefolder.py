@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from training.data import IMAGENET_MEAN, IMAGENET_STD, DataError, LoaderSpec, LoaderStalled
 from training.data.rectval import ValBatch, val_batches, val_geometry
-from training.data.tree import (DECODE_ERRORS, TreeIndex, log, shard_indices, train_batches, train_index,
+from training.data.tree import (TreeIndex, log, shard_indices, train_batches, train_index,
                                 val_index)
+from training.headers import DECODE_ERRORS
 
 RRC_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect-ratio range
 

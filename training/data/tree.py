@@ -14,6 +14,7 @@ import math
 import os
 import socket
 import sys
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -21,17 +22,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
-from training import dist, files
+from training import dist, files, headers
 from training.data import DataError, LoaderSpec
 from training.phases import DataPhase
 
-# Formats both backends decode (DALI has no GIF); MPO is how PIL names multi-picture camera JPEGs.
-DECODABLE = {"JPEG", "MPO", "PNG", "BMP", "TIFF", "PPM", "WEBP", "JPEG2000"}
 INDEX_VERSION = 3  # 2: a JPEG or PNG with bytes after its end marker is kept if it decodes; 3: file stats
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 STAT_CHUNK = 4096  # files per stat task: few tasks, so the pool costs little on a local disk
+PROCESS_MIN = 10_000  # headers to read before processes pay for their start (~0.2 s each)
 
 
 def log(msg: str) -> None:
@@ -97,40 +95,6 @@ def _list_files(split_dir: str, classes: list[str]) -> tuple[list[str], list[int
     return rel, labels
 
 
-def pil_decodes(path: str) -> bool:
-    """Whether PIL decodes the whole image (a full decode: slow, for the few suspicious files)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-    except DECODE_ERRORS:
-        return False
-    return True
-
-
-def probe_image(path: str) -> tuple[int, int] | str:
-    """(width, height) of a decodable image, else why not. Reads the header and the last bytes only:
-    a JPEG without its end marker or a PNG without IEND is truncated and would stop DALI's decoder.
-    Only a file whose end marker is not in its last KiB is decoded in full to tell."""
-    try:
-        with Image.open(path) as im:
-            fmt, size = im.format, im.size
-        if fmt not in DECODABLE:
-            return f"unsupported format {fmt}"
-        if fmt in ("JPEG", "MPO", "PNG"):
-            with open(path, "rb") as f:
-                f.seek(max(0, os.fstat(f.fileno()).st_size - 1024))
-                tail = f.read()
-            # Cameras may append bytes after the end marker, so look in the last KiB, not the last 2 bytes;
-            # a phone's motion photo appends a whole video, so without the marker there, decode to tell.
-            if (b"\xff\xd9" if fmt != "PNG" else b"IEND") not in tail and not pil_decodes(path):
-                return "truncated file"
-    except DECODE_ERRORS as e:
-        return f"{type(e).__name__}: {e}"
-    if min(size) <= 0:
-        return f"empty image {size}"
-    return size
-
-
 def _cache_files(split_dir: str) -> list[str]:
     """Where the header index may live: beside the split (like imagenet18's sorted_idxar.p), else in
     the user cache when DATA is read-only, one per host: a home shared by nodes that each hold their own
@@ -146,9 +110,20 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(min(32, 4 * (os.cpu_count() or 1)))  # I/O-bound: a network file system's latency
 
 
+def _cores() -> int:
+    """The cores this rank may use: those it may run on, shared with the other ranks of its machine."""
+    mine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, mine // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def _probe(split_dir: str, rel: Sequence[str]) -> list[tuple[int, int] | str]:
+    """Each file's probe_image. Reading a header is Python work under the GIL, so threads overlap
+    only the waits of a network file system; many files are shared among processes, one per core."""
+    paths = [os.path.join(split_dir, p) for p in rel]
+    if len(paths) >= PROCESS_MIN and (cores := _cores()) > 1:
+        return headers.probe_in_processes(paths, cores)
     with _pool() as pool:
-        return list(pool.map(probe_image, (os.path.join(split_dir, p) for p in rel)))
+        return list(pool.map(headers.probe_image, paths))
 
 
 def _group() -> tuple[int, int]:
@@ -162,26 +137,33 @@ def _shared_probe(split_dir: str, rel: list[str], digest: str,
                   todo: list[int] | None) -> dict[int, tuple[int, int] | str]:
     """Probe the files ``todo`` names (None: every file), the work shared out among the ranks of the
     process group: each probes a slice of what any rank needs and they exchange the results, so a
-    first index costs each of W ranks 1/W of the headers where every rank read them all (the probe is
-    bound by one core: the GIL). The exchange also checks that every rank lists the same files: a
-    machine whose copy of DATA differs would deal other samples and another number of batches, and
-    hang the group at the end of its first epoch."""
+    first index costs each of W ranks 1/W of the headers where every rank read them all. The exchange
+    also checks that every rank lists the same files: a machine whose copy of DATA differs would deal
+    other samples and another number of batches, and hang the group at the end of its first epoch."""
     rank, world = _group()
     if world == 1:
-        need = range(len(rel)) if todo is None else todo
-        return dict(zip(need, _probe(split_dir, [rel[i] for i in need])))
-    everyone = dist.gather_objects((digest, len(rel), socket.gethostname(), todo))
-    for r, (their_digest, n, host, _) in enumerate(everyone):
-        if their_digest != everyone[0][0]:
-            n0, host0 = everyone[0][1], everyone[0][2]
-            raise DataError(f"ranks list different files in {split_dir}: rank {r} ({host}) {n}, rank 0 ({host0}) "
-                            f"{n0}{' of other names' if n == n0 else ''}: every machine's copy of the data "
-                            "must hold the same files")
-    wanted = [t for *_, t in everyone]
-    need = range(len(rel)) if None in wanted else sorted(set().union(*wanted))
+        need: Sequence[int] = range(len(rel)) if todo is None else todo
+    else:
+        everyone = dist.gather_objects((digest, len(rel), socket.gethostname(), todo))
+        for r, (their_digest, n, host, _) in enumerate(everyone):
+            if their_digest != everyone[0][0]:
+                n0, host0 = everyone[0][1], everyone[0][2]
+                raise DataError(f"ranks list different files in {split_dir}: rank {r} ({host}) {n}, rank 0 "
+                                f"({host0}) {n0}{' of other names' if n == n0 else ''}: every machine's copy of "
+                                "the data must hold the same files")
+        wanted = [t for *_, t in everyone]
+        need = range(len(rel)) if None in wanted else sorted(set().union(*wanted))
     if not need:
         return {}
-    parts = dist.gather_objects(_probe(split_dir, [rel[i] for i in need[rank::world]]))
+    loud = rank == 0 and len(need) >= PROCESS_MIN  # minutes for ImageNet: say what the wait is
+    if loud:
+        log(f"reading the headers of {len(need)} images in {split_dir}{f' ({world} ranks share it)' if world > 1 else ''}"
+            "; the index is cached for later starts")
+    start = time.perf_counter()
+    mine = _probe(split_dir, [rel[i] for i in need[rank::world]])
+    parts = dist.gather_objects(mine) if world > 1 else [mine]
+    if loud:
+        log(f"read {len(need)} headers in {time.perf_counter() - start:.1f} s")
     found = {i: probe for r, part in enumerate(parts) for i, probe in zip(need[r::world], part)}
     return found if todo is None else {i: found[i] for i in todo}
 
