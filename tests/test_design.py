@@ -13,7 +13,7 @@ from conftest import REPO
 # the schedule, parsers, file walk and exporter run where torch is not installed (a login node, a laptop);
 # the header reader starts a process per core for a first index, each in a fraction of a second
 TORCH_FREE = ("training.phases", "training.bounded", "training.files", "training.config", "training.cli",
-              "training.resize", "training.headers", "dawn.events", "dawn.prepare_dawn_tsv")
+              "training.resize", "training.headers", "training.orphans", "dawn.events", "dawn.prepare_dawn_tsv")
 
 _BLOCK_TORCH = """
 import importlib, sys

@@ -1,8 +1,8 @@
 """What an image file holds, from its header and its last bytes: size, or why no backend can read it.
 
 Reading a header is Python work under the GIL, so a large index is read by several processes: fresh
-interpreters running this module (``python -m training.headers``: NUL-separated paths on stdin, a JSON
-list of answers on stdout). Fresh, not forked: a rank may hold CUDA and threads (the checkpoint
+interpreters running this module (``python -m training.headers PARENT_PID``: NUL-separated paths on
+stdin, a JSON list of answers on stdout). Fresh, not forked: a rank may hold CUDA and threads (the checkpoint
 writer) that a fork would copy, and multiprocessing's spawn would run the caller's main script again.
 Torch-free, so each starts in a fraction of a second.
 """
@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 from PIL import Image
+
+from training.orphans import end_with_parent
 
 # Formats both backends decode (DALI has no GIF); MPO is how PIL names multi-picture camera JPEGs.
 DECODABLE = {"JPEG", "MPO", "PNG", "BMP", "TIFF", "PPM", "WEBP", "JPEG2000"}
@@ -63,8 +65,9 @@ def probe_in_processes(paths: Sequence[str], processes: int) -> list[tuple[int, 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
     step = -(-len(paths) // processes)
     shares = [b"\0".join(os.fsencode(p) for p in paths[i:i + step]) for i in range(0, len(paths), step)]
-    procs = [subprocess.Popen([sys.executable, "-m", "training.headers"], env=env, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in shares]
+    cmd = [sys.executable, "-m", "training.headers", str(os.getpid())]
+    procs = [subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in shares]
     pool = ThreadPoolExecutor(len(procs))  # one thread per interpreter: feed it, read it, no pipe deadlock
     try:
         outs = list(pool.map(lambda p, share: p.communicate(share), procs, shares))
@@ -83,4 +86,5 @@ def probe_in_processes(paths: Sequence[str], processes: int) -> list[tuple[int, 
 
 
 if __name__ == "__main__":
+    end_with_parent(int(sys.argv[1]))  # a rank killed hard mid-index takes its readers with it
     json.dump([probe_image(os.fsdecode(p)) for p in sys.stdin.buffer.read().split(b"\0") if p], sys.stdout)

@@ -11,6 +11,7 @@ import math
 import os
 import random
 import signal
+from functools import partial
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ from training.data.rectval import ValBatch, val_batches, val_geometry
 from training.data.tree import (TreeIndex, log, shard_indices, train_batches, train_index,
                                 val_index)
 from training.headers import DECODE_ERRORS
+from training.orphans import end_with_parent
 
 RRC_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect-ratio range
 
@@ -166,13 +168,14 @@ class _ValBatches:
         return len(self.batches)
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
+def _init_worker(parent_pid: int, worker_id: int) -> None:
     """A SIGTERM or SIGINT to the whole process group (Slurm's preemption, ``kill -- -PGID``, Ctrl-C
     in a terminal) is for the main process, which saves its last finished epoch and stops the workers
     itself. A worker it ended would make the DataLoader raise over that (a dead-worker RuntimeError
-    in place of the checkpoint). Orphaned workers still exit: the DataLoader's watchdog sees the parent go."""
+    in place of the checkpoint). A worker whose rank dies is killed with it, even inside an item."""
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, signal.SIG_IGN)
+    end_with_parent(parent_pid)
 
 
 class TorchvisionLoader:
@@ -192,7 +195,7 @@ class TorchvisionLoader:
             dataset, batch_sampler=batches, num_workers=spec.workers, collate_fn=_collate,
             pin_memory=spec.device.type == "cuda", persistent_workers=spec.workers > 0,
             timeout=spec.timeout_s if spec.workers > 0 else 0,
-            generator=torch.Generator(), worker_init_fn=_ignore_stop_signals)
+            generator=torch.Generator(), worker_init_fn=partial(_init_worker, os.getpid()))
         self._mean = torch.tensor(IMAGENET_MEAN, device=spec.device).mul(255).view(1, 3, 1, 1)
         self._inv_std = 1 / torch.tensor(IMAGENET_STD, device=spec.device).mul(255).view(1, 3, 1, 1)
 
@@ -266,7 +269,7 @@ class TorchvisionLoader:
             if it is not None and hasattr(it, "_shutdown_workers"):
                 it._shutdown_workers()
                 # Its SIGTERM misses a worker that has not stopped by now: workers ignore it (see
-                # _ignore_stop_signals), and one stuck in C code never runs a handler. Left alive, it
+                # _init_worker), and one stuck in C code never runs a handler. Left alive, it
                 # would outlive this process (and multiprocessing's exit handler would wait for it).
                 for worker in it._workers:
                     if worker.is_alive():
