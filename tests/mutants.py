@@ -992,6 +992,10 @@ MUTANTS = [
     # bench's command line and its JSON
     Mutant("bench_imports_every_subcommand", "training/bench/__init__.py", "        if command in (None, name):",
            "        if True:", ("tests/test_bench.py::test_the_bench_imports_only_the_module_of_the_subcommand_given",)),
+    Mutant("data_package_imports_torch", "training/data/__init__.py", "from typing import TYPE_CHECKING, Callable, Iterator, Protocol",
+           "import torch; from typing import TYPE_CHECKING, Callable, Iterator, Protocol",
+           ("tests/test_design.py::test_the_schedule_parsers_and_exporter_import_without_torch",
+            "tests/test_bench.py::test_the_bench_imports_only_the_module_of_the_subcommand_given")),
     Mutant("bench_without_a_command_traceback", "training/bench/__init__.py", 'dest="command", required=True)',
            'dest="command", required=False)', (CLI + "test_bench_bad_arguments",)),
     Mutant("bench_json_written_in_place", "training/files.py", 'tmp = Path(f"{os.fspath(path)}.tmp")',

@@ -11,9 +11,11 @@ import pytest
 from conftest import REPO
 
 # the schedule, parsers, file walk and exporter run where torch is not installed (a login node, a laptop);
-# the header reader starts a process per core for a first index, each in a fraction of a second
+# the header reader starts a process per core for a first index, each in a fraction of a second;
+# `bench project` gives a run's time before the GPUs are rented, with validation batched as rectval does
 TORCH_FREE = ("training.phases", "training.bounded", "training.files", "training.config", "training.cli",
-              "training.resize", "training.headers", "training.orphans", "dawn.events", "dawn.prepare_dawn_tsv")
+              "training.resize", "training.headers", "training.orphans", "training.data.rectval",
+              "training.bench.project", "dawn.events", "dawn.prepare_dawn_tsv")
 
 _BLOCK_TORCH = """
 import importlib, sys

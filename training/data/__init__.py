@@ -3,16 +3,25 @@
 A backend builds, for one data phase, a train loader and a validation loader. Both yield
 ``(images, labels)`` already on the training device: images floating point, normalised, in the
 requested memory format; labels int64. The training loop knows nothing else about data.
+
+Torch is imported where it is used, not here: ``rectval`` (validation batching) is shared with
+``bench project``, which projects a run's time on a machine without torch.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Protocol
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from training.config import ConfigError
 from training.phases import DataPhase, loader_phase, val_batch_size
+
+def _torch():
+    import torch
+    return torch
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,7 +53,7 @@ class LoaderSpec:
     device: torch.device
     workers: int
     seed: int
-    dtype: torch.dtype = torch.float32  # dtype of the yielded images
+    dtype: torch.dtype = field(default_factory=lambda: _torch().float32)  # dtype of the yielded images
     channels_last: bool = False
     bad_images: str = "skip"  # skip | error
     timeout_s: float = 0.0  # torchvision loader: seconds to wait for a batch from the workers (0: for ever)
@@ -99,7 +108,7 @@ def get_backend(name: str, device: torch.device | None = None, workers: int = 0)
     torchvision. ``notes`` say which backend runs, where it decodes and with how many workers (and why
     DALI was passed over); the caller prints them once the loaders are built, so bad data still gets
     a single error line."""
-    device = device or torch.device("cpu")
+    device = device or _torch().device("cpu")
     notes = []
     if name in ("auto", "dali"):
         try:
