@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 from training.config import ConfigError
 from training.phases import DataPhase, loader_phase, val_batch_size
 
+
 def _torch():
     import torch
     return torch

@@ -157,8 +157,8 @@ def _shared_probe(split_dir: str, rel: list[str], digest: str,
         return {}
     loud = rank == 0 and len(need) >= PROCESS_MIN  # minutes for ImageNet: say what the wait is
     if loud:
-        log(f"reading the headers of {len(need)} images in {split_dir}{f' ({world} ranks share it)' if world > 1 else ''}"
-            "; the index is cached for later starts")
+        shared = f" ({world} ranks share it)" if world > 1 else ""
+        log(f"reading the headers of {len(need)} images in {split_dir}{shared}; the index is cached for later starts")
     start = time.perf_counter()
     mine = _probe(split_dir, [rel[i] for i in need[rank::world]])
     parts = dist.gather_objects(mine) if world > 1 else [mine]
