@@ -266,7 +266,7 @@ def test_rect_val_chunks_are_the_val_batch(tmp_path, backend, override, shapes):
 _RANK_SCRIPT = '''
 import json, sys
 import torch.distributed as d
-from training import headers
+from training import dist, headers
 from training.data import DataError, tree
 rank, store, split, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 d.init_process_group("gloo", store=d.FileStore(store, 2), rank=rank, world_size=2)
@@ -280,7 +280,7 @@ try:
         probed.clear()
 except DataError as e:
     runs.append({"error": str(e)})
-d.destroy_process_group()
+dist.teardown()  # as the trainer ends its group: a bare destroy hung 1 exit in 4 on torch 2.4.1
 json.dump(runs, open(out, "w"))
 '''
 
