@@ -109,6 +109,14 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def alive(pid: int) -> bool:
+    """Running (a zombie left for an init that does not reap counts as dead)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def kill_tree(pid: int) -> None:
     for p in [pid, *descendants(pid)]:
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -7,11 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, descendants, kill_tree, make_jpeg_tree
+from conftest import REPO, alive, descendants, kill_tree, make_jpeg_tree
 
 # A rank whose every child blocks for good: a loader worker in an item that never returns, or a header
 # reader opening a FIFO nobody writes to (an open that never returns, as on a file system that stopped).
@@ -30,13 +29,6 @@ headers.probe_in_processes([sys.argv[1]], 1)
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
 def _kill_the_rank_of(script: str, arg: str) -> tuple[list[int], float]:
     """Start a rank, wait for its child, SIGKILL the rank; its children and how long they outlived it."""
     rank = subprocess.Popen([sys.executable, "-c", script, arg], cwd=REPO, start_new_session=True,
@@ -52,13 +44,13 @@ def _kill_the_rank_of(script: str, arg: str) -> tuple[list[int], float]:
         rank.kill()
         rank.wait()
         t0 = time.monotonic()
-        while any(_alive(c) for c in children) and time.monotonic() - t0 < 10:
+        while any(alive(c) for c in children) and time.monotonic() - t0 < 10:
             time.sleep(0.1)
         return children, time.monotonic() - t0
     finally:
         kill_tree(rank.pid)
         for c in children:
-            if _alive(c):
+            if alive(c):
                 os.kill(c, signal.SIGKILL)
 
 
@@ -67,7 +59,7 @@ def test_a_loader_worker_stuck_in_an_item_ends_with_its_rank(tmp_path):
     """The DataLoader's watchdog sees its parent go only between items: without the death signal the
     worker stayed for the 600 s of its item."""
     children, outlived = _kill_the_rank_of(_LOADER_RANK, str(make_jpeg_tree(tmp_path / "data")))
-    assert not any(_alive(c) for c in children) and outlived < 3
+    assert not any(alive(c) for c in children) and outlived < 3
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
@@ -75,4 +67,4 @@ def test_a_header_reader_stuck_in_an_open_ends_with_its_rank(tmp_path):
     fifo = tmp_path / "stuck.JPEG"
     os.mkfifo(fifo)
     children, outlived = _kill_the_rank_of(_READER_RANK, str(fifo))
-    assert not any(_alive(c) for c in children) and outlived < 3
+    assert not any(alive(c) for c in children) and outlived < 3

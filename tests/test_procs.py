@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 import procs
+from conftest import alive
 from procs import ProcessFailure, run_bounded
 
 # Starts a sleeper in a new session (out of our process group), says so on both streams, then
@@ -23,14 +23,6 @@ print("a line on stderr", file=sys.stderr, flush=True)
 if sys.argv[2] == "hang":
     time.sleep(600)
 """
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie left for an init that does not reap counts as dead)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def gone_soon(pid: int, seconds: float = 5.0) -> bool:
