@@ -51,9 +51,10 @@ train_args() {
 
 # Run the assembled torchrun command, or print it under LAUNCH_DRY_RUN=1. A rank that refuses bad
 # input --check cannot see (an empty class folder, an unreadable image under data.bad_images=error)
-# writes its error line to $FASTIMAGENET_REFUSED (train.refuse); on one machine the restarts torchrun
-# would spend meeting it again end at once (train.refused_before). Then this exits 2, repeating the
-# line when torchrun's own report of the failure buried it. Not exec'd, so that status can be given.
+# writes its error line to $FASTIMAGENET_REFUSED (training/refusal.py), and the restart torchrun
+# then starts ends the group at once: on one machine before any work, across machines once the group
+# has shared the note (each machine's note then holds the line). Then this says the line again, below
+# torchrun's own report of the failed attempt, and exits 2. Not exec'd, so that status can be given.
 # torchrun runs in its own session, so a terminal's Ctrl-C reaches it once, from here: TERM, INT and
 # HUP to this shell (Ctrl-C, `kill`, `docker stop`, a batch system) are passed on as TERM, which
 # stops the workers (each saves its last finished epoch); this waits for torchrun, then says what
@@ -79,7 +80,7 @@ run_or_print() {
   # wait returns early (>128) when a trapped signal arrives; torchrun is then still running
   while wait "$child"; status=$?; [ "$status" -gt 128 ] && kill -0 "$child" 2>/dev/null; do :; done
   if [ -s "$refused" ]; then
-    [ "$status" = 0 ] || head -n 1 "$refused" >&2
+    head -n 1 "$refused" >&2
     exit 2
   fi
   if [ -n "$stopped" ] && [ "$status" != 0 ]; then

@@ -63,7 +63,16 @@ REFUSED_NOTE_TEST = "tests/test_launch.py::test_a_rank_that_refuses_notes_its_li
 REFUSED_RESTART_TEST = "tests/test_launch.py::test_a_restart_of_a_refused_launch_ends_before_any_work"
 REFUSED_LAUNCH_TEST = "tests/test_launch.py::test_a_refusal_a_rank_notes_ends_the_launch_with_status_2"
 REFUSED_E2E_TEST = FAULTS + "test_bad_data_only_the_ranks_see_is_refused_once_not_by_every_restart"
+REFUSED_SHARED_TEST = ("tests/test_multinode.py::"
+                       "test_a_refusal_any_machine_noted_reaches_every_rank_and_a_stray_variable_is_none")
+REFUSED_MACHINES_TEST = ("tests/test_multinode.py::"
+                         "test_a_machine_refusing_its_data_ends_every_machines_launch_with_its_line_after_one_restart")
 SIGNAL_TEST = "tests/test_launch.py::test_a_signal_to_the_launcher_stops_torchrun_once"
+TP_OURS_TEST = "tests/test_bench.py::test_throughput_ours_is_the_model_and_optimizer_imagenet18_trains"
+TP_PEAK_TEST = "tests/test_bench.py::test_throughput_peak_memory_on_the_cpu_is_reset_per_path"
+BC = "tests/test_bench_cifar.py::"
+BC_RUNS_TEST = BC + "test_the_time_limit_not_the_run_count_ends_compare_and_headline"
+BC_REFUSE_TEST = BC + "test_launch_script_refuses_what_it_would_not_run_before_any_gpu_time"
 DRILL_TEST = CLI + "test_a_fault_drill_past_the_steps_its_epoch_trains_is_refused_before_training"
 
 MUTANTS = [
@@ -925,6 +934,24 @@ MUTANTS = [
            'precision="bf16" if device.type == "cuda" else "fp32"', (TP_PATHS,)),
     Mutant("throughput_channels_last_flag_ignored", "training/bench/throughput.py",
            "channels_last=on_gpu if channels_last is None else channels_last", "channels_last=on_gpu", (TP_PATHS,)),
+    Mutant("throughput_ours_without_init_bn0", "training/bench/throughput.py",
+           "model = resnet.build(arch, num_classes, init_bn0=True)", "model = resnet.build(arch, num_classes)",
+           (TP_OURS_TEST,)),
+    Mutant("throughput_ours_decays_bn", "training/bench/throughput.py", "opt = sgd(model, OptimConfig(no_bn_wd=True), device)",
+           "opt = sgd(model, OptimConfig(), device)", (TP_OURS_TEST,)),
+    Mutant("throughput_cpu_peak_not_reset", "training/bench/throughput.py", '            f.write("5")',
+           "            pass", (TP_PEAK_TEST,)),
+    # bench cifar: what ends the rounds, ops per step, the GPU call's refusals and run counts
+    Mutant("cifar_time_limit_by_the_last_round", "training/bench/cifar.py",
+           "longest = max(longest, time.perf_counter() - t_round)", "longest = time.perf_counter() - t_round",
+           (BC + "test_time_limit_keeps_room_for_the_longest_round_so_far",)),
+    Mutant("cifar_count_ops_per_epoch", "training/bench/cifar.py",
+           "steps = (OPS_STEPS[1] - OPS_STEPS[0]) * schedule.num_epochs", "steps = OPS_STEPS[1] - OPS_STEPS[0]",
+           (BC + "test_count_ops_per_step_cancels_evaluation",)),
+    Mutant("bench_cifar_compare_few_runs", "launch/bench_cifar.sh", "runs=50 ;;", "runs=5 ;;", (BC_RUNS_TEST,)),
+    Mutant("bench_cifar_headline_few_runs", "launch/bench_cifar.sh", "runs=100 ;;", "runs=20 ;;", (BC_RUNS_TEST,)),
+    Mutant("bench_cifar_headline_extra_names", "launch/bench_cifar.sh", "[ $# -eq 2 ] ||", "[ $# -ge 2 ] ||",
+           (BC_REFUSE_TEST,)),
     # bench cifar: the summary's plain accuracy, the share rows' sign, the JSON of a command cut off, warm-ups
     Mutant("cifar_summary_plain_accuracy_is_tta", "training/bench/cifar.py",
            'statistics.fmean(r["accuracy_no_tta"] for r in entry.runs)',
@@ -1043,22 +1070,37 @@ MUTANTS = [
            "check_data_root(cfg.data.dir, trains or schedule, cfg.data.loader)",
            'check_data_root(cfg.data.dir, trains or schedule, "")', (CLI + "test_check_reads_every_phase_data_dir",)),
     # a refusal only the ranks can see: noted for the launcher, restarts ended at once, exit 2 (launch/common.sh)
-    Mutant("refusal_not_noted", "training/train.py", "    if path := os.environ.get(REFUSED_ENV):", "    if False:",
+    Mutant("refusal_not_noted", "training/refusal.py", "    _note(line)  # for the launcher's", "    pass  #",
            (REFUSED_NOTE_TEST,)),
     Mutant("refused_restart_goes_on", "training/train.py",
-           "    if (status := refused_before()) is not None:", "    if False:", (REFUSED_RESTART_TEST, REFUSED_E2E_TEST)),
-    Mutant("refused_restart_quits_before_joining_other_machines", "training/train.py",
-           'or os.environ.get("WORLD_SIZE") != os.environ.get("LOCAL_WORLD_SIZE"):', "or False:",
+           "    if (status := restart_on_one_machine()) is not None:", "    if False:", (REFUSED_RESTART_TEST, REFUSED_E2E_TEST)),
+    Mutant("refused_restart_quits_before_joining_other_machines", "training/refusal.py",
+           '    if os.environ.get("WORLD_SIZE") != os.environ.get("LOCAL_WORLD_SIZE"):', "    if False:",
            (REFUSED_RESTART_TEST,)),
-    Mutant("refused_restart_outside_torchrun", "training/train.py", 'if "TORCHELASTIC_RUN_ID" not in os.environ or ',
-           "if ", (REFUSED_RESTART_TEST,)),
+    Mutant("refused_restart_outside_torchrun", "training/refusal.py",
+           'if not path or "TORCHELASTIC_RUN_ID" not in os.environ:', "if not path:",
+           (REFUSED_RESTART_TEST, REFUSED_SHARED_TEST)),
+    # across machines: the group shares the note in its first collective and every rank ends well
+    Mutant("refusal_not_shared_by_the_group", "training/dist.py", "(socket.gethostname(), newest), refusal.noted()))",
+           "(socket.gethostname(), newest), None))", (REFUSED_SHARED_TEST, REFUSED_MACHINES_TEST)),
+    Mutant("refusal_shared_from_the_last_rank", "training/dist.py",
+           "refused = next((line for *_, line in everyone if line is not None), None)",
+           "refused = next((line for *_, line in reversed(everyone) if line is not None), None)", (REFUSED_SHARED_TEST,)),
+    Mutant("refused_restart_trains_on", "training/recipes/imagenet.py", "        if attempt.refused is not None:",
+           "        if False:", (REFUSED_MACHINES_TEST,)),
+    Mutant("refusal_not_passed_on", "training/refusal.py", "    if noted() is None:  # the refusing machine's",
+           "    if False:  #", (REFUSED_SHARED_TEST, REFUSED_MACHINES_TEST)),
+    Mutant("refusal_passed_on_twice", "training/refusal.py", "    if noted() is None:  # the refusing machine's",
+           "    if True:  #", (REFUSED_SHARED_TEST,)),
     Mutant("data_refusal_not_noted", "training/train.py",
            '        return refuse(f"error: {_rank_prefix()}{e}")  # may differ per rank', '        return 2  #',
            (REFUSED_E2E_TEST,)),
     Mutant("launch_ignores_the_refusal_note", "launch/common.sh", '  if [ -s "$refused" ]; then', "  if false; then",
            (REFUSED_LAUNCH_TEST,)),
-    Mutant("launch_buries_the_refusal", "launch/common.sh", '  [ "$status" = 0 ] || head -n 1 "$refused" >&2', "  true",
-           (REFUSED_LAUNCH_TEST,)),
+    Mutant("launch_buries_the_refusal", "launch/common.sh", '    head -n 1 "$refused" >&2', "    true",
+           (REFUSED_LAUNCH_TEST, REFUSED_MACHINES_TEST)),
+    Mutant("launch_buries_the_refusal_after_a_restart", "launch/common.sh", '    head -n 1 "$refused" >&2',
+           '    [ "$status" = 0 ] || head -n 1 "$refused" >&2', (REFUSED_LAUNCH_TEST, REFUSED_E2E_TEST)),
     Mutant("launch_keeps_its_note", "launch/common.sh", "  trap 'rm -f \"$refused\"' EXIT", "  :", (REFUSED_LAUNCH_TEST,)),
     Mutant("launch_signal_not_passed_on", "launch/common.sh",
            '    trap "stopped=$sig; kill -TERM \\"\\$child\\" 2>/dev/null" "$sig"', "    :", (SIGNAL_TEST,)),

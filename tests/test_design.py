@@ -14,7 +14,7 @@ from conftest import REPO
 # the header reader starts a process per core for a first index, each in a fraction of a second;
 # `bench project` gives a run's time before the GPUs are rented, with validation batched as rectval does
 TORCH_FREE = ("training.phases", "training.bounded", "training.files", "training.config", "training.cli",
-              "training.resize", "training.headers", "training.orphans", "training.data.rectval",
+              "training.resize", "training.headers", "training.orphans", "training.refusal", "training.data.rectval",
               "training.bench.project", "dawn.events", "dawn.prepare_dawn_tsv")
 
 _BLOCK_TORCH = """

@@ -399,6 +399,7 @@ def _torchrun_stub(tmp_path, body: str):
 
 
 REFUSAL = "error: rank 1: class folder holds no images: /data/validation/n01"
+FAILED = "E1127 19:01:06.512000 29585 api.py:1002] failed (exitcode: 2) local_rank: 0 (pid: 29596) of binary: python3"
 
 
 @pytest.mark.parametrize("body,status,said", [
@@ -406,14 +407,16 @@ REFUSAL = "error: rank 1: class folder holds no images: /data/validation/n01"
     # line again, last, below torchrun's own report
     (f'echo "{REFUSAL}" >> "$FASTIMAGENET_REFUSED"\necho "ChildFailedError" >&2\nexit 1\n',
      2, ["ChildFailedError", REFUSAL]),
-    # a rank refused and the restart stopped the group (one machine): torchrun exits 0; 2, said once
-    (f'echo "{REFUSAL}" >&2\necho "{REFUSAL}" >> "$FASTIMAGENET_REFUSED"\nexit 0\n', 2, [REFUSAL]),
+    # a rank refused and the restart ended the group: torchrun exits 0; 2, and the line again, last,
+    # below torchrun's report of the failed attempt
+    (f'echo "{REFUSAL}" >&2\necho "{REFUSAL}" >> "$FASTIMAGENET_REFUSED"\necho "{FAILED}" >&2\nexit 0\n',
+     2, [REFUSAL, FAILED, REFUSAL]),
     # no refusal: torchrun's own status
     ("exit 0\n", 0, []), ("exit 1\n", 1, []), ("exit 7\n", 7, []),
 ])
 def test_a_refusal_a_rank_notes_ends_the_launch_with_status_2(tmp_path, body, status, said):
     """What --check cannot see (inside the images) is refused by the ranks, which note it in the file
-    FASTIMAGENET_REFUSED names (train.refuse); torchrun itself exits only 0 or 1. The note is removed."""
+    FASTIMAGENET_REFUSED names (refusal.refuse); torchrun itself exits only 0 or 1. The note is removed."""
     (tmp_path / "tmp").mkdir()
     r = run_bounded(["bash", "launch/local.sh", str(tmp_path)], cwd=REPO, timeout=30,
                     env={**os.environ, "PYTHON": str(_torchrun_stub(tmp_path, body)), "NPROC": "2",
@@ -488,10 +491,10 @@ def test_a_run_that_ends_well_as_the_launcher_is_signalled_keeps_its_status(tmp_
 @pytest.fixture
 def refusal_note(tmp_path, monkeypatch):
     """The file a launcher names in FASTIMAGENET_REFUSED, empty, and this process a rank of 2."""
-    from training import train
+    from training import refusal
     note = tmp_path / "refused"
     note.write_text("")
-    monkeypatch.setenv(train.REFUSED_ENV, str(note))
+    monkeypatch.setenv(refusal.ENV, str(note))
     for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "r1"}.items():
         monkeypatch.setenv(k, v)
     return note
@@ -510,19 +513,19 @@ def test_a_rank_that_refuses_notes_its_line_even_when_another_says_it(refusal_no
 def test_a_restart_of_a_refused_launch_ends_before_any_work(refusal_note, monkeypatch, capsys, world, local, status):
     """One machine: every rank reads the note and exits 0, so torchrun ends without restarting and
     the launcher says 2. Several: a rank that quit before joining the group would leave the other
-    machines' ranks waiting for it for the whole collective timeout, so the restart goes on
-    (test_multinode.py: the refusing rank joins, meets the refusal again, and fails them at once)."""
-    from training import train
+    machines' ranks waiting for it for the whole collective timeout, so the restart goes on until
+    the group has shared the note (test_multinode.py)."""
+    from training import refusal, train
     monkeypatch.setenv("WORLD_SIZE", world)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", local)
     argv = ["--config", "configs/tiny_cpu.yaml", "--dry-run"]  # work that would print a plan
-    assert train.refused_before() is None  # an empty note: the first attempt
+    assert refusal.restart_on_one_machine() is None  # an empty note: the first attempt
     assert train.main(argv) == 0 and capsys.readouterr().out
     refusal_note.write_text(REFUSAL + "\n")
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")  # not a torchrun worker: whatever the note says, go on
-    assert train.refused_before() is None
+    assert refusal.restart_on_one_machine() is None
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "r1")
-    assert train.refused_before() == status
+    assert refusal.restart_on_one_machine() == status
     if status is None:
         assert train.main(argv) == 0 and capsys.readouterr().out
     else:

@@ -20,7 +20,7 @@ from conftest import REPO, kill_tree, make_jpeg_tree
 from dawn.events import load_run
 from procs import run_bounded
 from training import config as C
-from training import dist, train
+from training import dist, refusal, train
 
 ARGS = ["data.workers=0", "train.print_freq=1"]
 TINY = ["--config", str(REPO / "configs" / "tiny_cpu.yaml"), *ARGS]
@@ -122,21 +122,24 @@ def test_rank_off_rank0s_machine_killed_the_group_resumes_the_run(data, tmp_path
     assert len(load_run(run).scalars["first"]) == 1
 
 
-def test_a_machine_refusing_its_data_exits_2_and_the_others_name_the_lost_peer(data, tmp_path):
+def test_a_machine_refusing_its_data_ends_every_machines_launch_with_its_line_after_one_restart(data, tmp_path):
     """One machine's copy of the data has an empty class folder, which only its rank sees (at index
-    time). Its launcher exits 2 saying so, last, and the other machine's agent gives up naming the lost
-    peer. Its restarts go on as any would (train.refused_before): a restarted rank that quit before
-    joining the group left the other machine's rank waiting for it for the whole collective timeout
-    (here 300 s), where one that joins and meets the refusal again fails it at once."""
+    time). A rank must not quit before joining the group (the other machine's rank would wait for it
+    for the whole collective timeout, here 300 s), so torchrun's first restart runs, and there the
+    group shares the refusing machine's note (dist.group_attempt) and every rank ends well
+    (refusal.pass_on): both launchers exit 2 with the refusal as their last line, and the refusing
+    rank says it once, where each of MAX_RESTARTS=2's attempts indexed the data and refused again."""
     bad = make_jpeg_tree(tmp_path / "bad", classes=2, train_per_class=8, val_per_class=2)
     for f in (bad / "validation" / "n00000001").iterdir():
         f.unlink()
     agents = two_machines((bad, data), tmp_path / "run", {"DIST_TIMEOUT": "300"})
-    refusing, other = wait_all(agents, timeout=200, codes_wanted=[2, 1])
+    refusing, other = wait_all(agents, timeout=200, codes_wanted=[2, 2])
     line = refusing.strip().splitlines()[-1]
     assert re.fullmatch(rf"error: rank [01]: class folder holds no images: {bad}/validation/n00000001", line), \
         refusing[-3000:]
-    assert "collective failed" in other, other[-3000:]
+    assert refusing.count(line) == 2, refusing[-3000:]  # its rank, in the first attempt only; the launcher
+    assert other.strip().splitlines()[-1] == line and other.count(line) == 1, other[-3000:]
+    assert not (tmp_path / "run" / "config.yaml").exists()
 
 
 # ------------------------------------------------------- the group's decision, in one process
@@ -155,8 +158,29 @@ def test_any_ranks_restart_count_makes_it_a_restart(tmp_path, monkeypatch, not_u
     monkeypatch.delenv("SLURM_RESTART_COUNT")
     # Rank 0's agent restarted its worker for the membership change only; rank 1's counted the failure.
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
-    monkeypatch.setattr(dist, "gather_objects", lambda mine: [mine, (1, "", [], ("host1", -1))])
+    monkeypatch.setattr(dist, "gather_objects", lambda mine: [mine, (1, "", [], ("host1", -1), None)])
     assert dist.group_attempt(dist.DistInfo(0, 2, 0, torch.device("cpu")), str(tmp_path)).restarted
+
+
+def test_a_refusal_any_machine_noted_reaches_every_rank_and_a_stray_variable_is_none(
+        tmp_path, monkeypatch, not_under_torchrun):
+    """What ends a restart of a refused launch across machines (refusal.pass_on): the line some
+    machine's launcher note holds, the same on every rank. Outside torchrun the variable is no
+    launcher's, and ends nothing."""
+    note, logdir = tmp_path / "refused", str(tmp_path)
+    note.write_text("error: mine\nerror: mine again\n")
+    monkeypatch.setenv(refusal.ENV, str(note))
+    two = dist.DistInfo(0, 2, 0, torch.device("cpu"))
+    monkeypatch.setattr(dist, "gather_objects", lambda mine: [mine, (0, "", [], ("host1", -1), "error: theirs")])
+    assert dist.group_attempt(two, logdir).refused == "error: theirs"  # rank 0's note reads as none
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job1")
+    assert dist.group_attempt(two, logdir).refused == "error: mine"  # the first line, of the first rank
+    note.write_text("")
+    monkeypatch.setattr(dist, "gather_objects", lambda mine: [mine, (0, "", [], ("host1", -1), None)])
+    assert dist.group_attempt(two, logdir).refused is None
+    refusal.pass_on("error: theirs")
+    refusal.pass_on("error: theirs")  # another rank of this machine
+    assert note.read_text() == "error: theirs\n"
 
 
 def test_an_agent_of_the_recorded_attempt_makes_it_a_restart_when_every_count_is_0(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from training import checkpoint
+from training import checkpoint, refusal
 from training.config import ConfigError
 from training.files import write_atomic
 
@@ -153,6 +153,9 @@ class Attempt:
     own_run: bool = False  # an agent of the attempt recorded in the logdir runs a rank now: the run there is this job's
     # each rank's host and the epoch of the newest checkpoint it sees in the logdir (-1: none), by rank
     seen: tuple[tuple[str, int], ...] = field(default=(), compare=False)
+    # the line some rank's machine noted when it refused this launch's input (refusal.noted), by rank
+    # order; None: no refusal, or not under a launcher
+    refused: str | None = field(default=None, compare=False)
 
 
 def restart_count() -> int:
@@ -186,17 +189,20 @@ def group_attempt(info: DistInfo, logdir: str) -> Attempt:
     started anew begins at 0. So it is a restart when any rank's count is above 0, or when an agent
     of the attempt recorded in the logdir (record_attempt) runs a rank now, which also holds when
     every agent reports 0. A new job has only new agents: a fresh run, unless told --resume.
-    Each rank also says which checkpoints it sees (check_logdir_shared): one listing, no extra collective."""
+    Each rank also says which checkpoints it sees (check_logdir_shared) and whether its machine noted
+    a refusal in an earlier attempt (refusal.pass_on): no extra collective."""
     recorded = _recorded_agents(logdir) if info.is_main else []
     try:
         newest = checkpoint.epoch_of(checkpoint.list_checkpoints(logdir)[-1])
     except (IndexError, OSError):
         newest = -1
-    everyone = gather_objects((restart_count(), agent_id(), recorded, (socket.gethostname(), newest)))
-    agents = tuple(agent for _, agent, _, _ in everyone)
+    everyone = gather_objects((restart_count(), agent_id(), recorded, (socket.gethostname(), newest), refusal.noted()))
+    agents = tuple(agent for _, agent, *_ in everyone)
     earlier = set(everyone[0][2]) - {""}
     own = bool(earlier & set(agents))
-    return Attempt(max(count for count, *_ in everyone) > 0 or own, agents, own, tuple(s for *_, s in everyone))
+    refused = next((line for *_, line in everyone if line is not None), None)
+    return Attempt(max(count for count, *_ in everyone) > 0 or own, agents, own,
+                   tuple(seen for *_, seen, _ in everyone), refused)
 
 
 def check_logdir_shared(attempt: Attempt, logdir: str) -> None:

@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 from training import config as C  # noqa: E402
 from training.cli import ArgParser, output_problem, positive_int  # noqa: E402
 from training.phases import PhaseError, Schedule, load_phases, parse_schedule  # noqa: E402
+from training.refusal import refuse, restart_on_one_machine  # noqa: E402
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.-]*=")  # '-': train.print-freq=3 is a misspelt key, not DATA
 
@@ -152,43 +153,8 @@ def train_images(args: argparse.Namespace, cfg: C.Config) -> int:
     return TRAIN_IMAGES[cfg.recipe]
 
 
-# Set by launch/*.sh to a file of its own: a rank that refuses its input writes its error line there,
-# and the launcher exits 2 (torchrun itself exits 0 or 1). torchrun restarts a failed group whatever
-# the exit status, so each restart would meet the same bad input again (indexing the data again,
-# saying it again): on one machine a restart of a refused launch stops at once instead.
-REFUSED_ENV = "FASTIMAGENET_REFUSED"
-
-
-def refuse(line: str, say: bool = True) -> int:
-    """A bad-input refusal: the one-line error (on stderr when ``say``), noted for the launcher; 2."""
-    if say:
-        print(line, file=sys.stderr)
-    if path := os.environ.get(REFUSED_ENV):
-        try:
-            with open(path, "a") as f:  # one short line per rank: O_APPEND keeps them whole
-                f.write(line + "\n")
-        except OSError:
-            pass  # the launcher then exits as torchrun does; the line is said all the same
-    return 2
-
-
-def refused_before() -> int | None:
-    """Under a launcher on one machine, a restart of a group a rank already refused: 0, the status
-    that ends it (every rank reads the note, so torchrun finishes without restarting and the launcher
-    exits 2); None: go on. Across machines the restart goes on as any would: a rank that quit before
-    joining the group would leave the other machines' ranks waiting for it for the whole collective
-    timeout, whereas one that meets the refusal again after joining fails them at once."""
-    path = os.environ.get(REFUSED_ENV)
-    if "TORCHELASTIC_RUN_ID" not in os.environ or os.environ.get("WORLD_SIZE") != os.environ.get("LOCAL_WORLD_SIZE"):
-        return None  # not a torchrun worker (a stray variable must not end a run), or not one machine
-    try:
-        return 0 if path and os.path.getsize(path) > 0 else None
-    except OSError:
-        return None
-
-
 def main(argv: list[str] | None = None) -> int:
-    if (status := refused_before()) is not None:
+    if (status := restart_on_one_machine()) is not None:
         return status
     try:
         args, cfg = resolve(sys.argv[1:] if argv is None else argv)

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from training import checkpoint, dist, loop
+from training import checkpoint, dist, loop, refusal
 from training.config import Config, ConfigError, dump, refuse_unread, to_dict
 from training.data import DataError, LoaderSpec, PhaseLoaders, get_backend, split_dir
 from training.data.tree import check_same_classes, find_classes, index_later_phases
@@ -232,6 +232,9 @@ def main(cfg: Config) -> int:
     progress: dict = {}  # _train puts its TrainState here, for the failure message
     try:
         attempt = dist.group_attempt(info, cfg.train.logdir)  # a collective: every rank, once
+        if attempt.refused is not None:  # a restart of a refused launch, the same on every rank: each
+            refusal.pass_on(attempt.refused)  # ends well, so torchrun ends without another restart
+            return 0
         if cfg.train.resume == "auto" or attempt.restarted:  # the same on every rank
             dist.check_logdir_shared(attempt, cfg.train.logdir)
         refused = None
