@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import subprocess
 import sys
 from functools import partial
 from pathlib import Path
@@ -230,6 +231,39 @@ def test_throughput_paths_are_torchvisions_amp_and_our_trainers_defaults():
     # loss, top-1, top-5, and the GradScaler's inf check unless a fused optimizer keeps it on the device
     syncs = [tp._host_syncs(n, fp16, o) for n, o in (("reference", plain), ("ours", plain), ("ours", fused))]
     assert syncs == [4, 1, 0]
+
+
+def test_throughput_peak_memory_on_the_cpu_is_reset_per_path():
+    """On the CPU each path's peak is the resident set's peak since that path began (VmHWM, reset by
+    /proc/self/clear_refs), not the process's: 400 MiB held and freed before the reset is not in it.
+    In a process of its own, so that no other test's peak is in it either."""
+    code = ("import torch\nfrom training.bench import throughput as tp\ncpu = torch.device('cpu')\n"
+            "b = b'x' * (400 << 20)\ndel b\nbefore, _ = tp._peak_memory_mib(cpu, False)\n"
+            "ok = tp._reset_peak_memory(cpu)\nprint(before, *tp._peak_memory_mib(cpu, ok))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    before, after, kind = r.stdout.split()
+    assert kind == "rss_peak" and float(after) < float(before) - 300, r.stdout
+
+
+def test_throughput_ours_is_the_model_and_optimizer_imagenet18_trains():
+    """`bench throughput`'s "ours" claims the imagenet recipe's build for imagenet18: zero-initialised
+    last BN of each block (init_bn0) and no weight decay on BN (no_bn_wd), the weight decay it sets."""
+    from training import config as C
+    from training.bench import throughput as tp
+    from training.models import resnet
+    from training.optim import sgd
+    cpu = torch.device("cpu")
+    cfg = C.build([str(REPO / "configs" / "imagenet18" / "1x8.yaml")], [])
+    torch.manual_seed(0)
+    _, _, bench_opt = tp._build_ours(tp.ours_config(cpu), "resnet18", 32, 2, 10, cpu)
+    recipe_opt = sgd(resnet.build("resnet18", 10, cfg.model.init_bn0), cfg.optim, cpu)
+
+    def groups(opt) -> list:  # each group's settings and its tensors' shapes and all-zero-ness
+        return [({k: v for k, v in g.items() if k != "params"},
+                 [(tuple(p.shape), bool((p == 0).all())) for p in g["params"]]) for g in opt.param_groups]
+    assert groups(bench_opt) == groups(recipe_opt)
+    assert [g["weight_decay"] for g in bench_opt.param_groups] == [cfg.optim.weight_decay, 0.0]
+    assert sum(zero for _, ps in groups(bench_opt) for _, zero in ps) > 8  # every block's last BN weight, biases
 
 
 def test_jpegtree_writes_imagenet_like_jpegs_and_the_resized_copy(tmp_path):
