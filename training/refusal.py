@@ -49,8 +49,8 @@ def restart_on_one_machine() -> int | None:
 
 def pass_on(line: str) -> None:
     """A restart of a group another machine's rank refused (``line``, from the group's first
-    collective): noted here too, so every machine's launcher exits 2 saying
-    it, rather than 1 naming a lost peer."""
+    collective): noted here too, so every machine's launcher exits 2 saying it, rather than 1 naming
+    a lost peer."""
     if noted() is None:  # the refusing machine's ranks noted it when they refused
         _note(line)
 
