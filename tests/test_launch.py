@@ -530,3 +530,30 @@ def test_a_restart_of_a_refused_launch_ends_before_any_work(refusal_note, monkey
         assert train.main(argv) == 0 and capsys.readouterr().out
     else:
         assert train.main(argv) == status and capsys.readouterr() == ("", "")
+
+
+def test_the_note_keeps_each_refusing_ranks_line_and_the_first_is_read(refusal_note):
+    """Ranks of one machine refuse at about the same time, each with its own line (its shard, its
+    disk): appended, not overwritten, so the launcher says the first one noted."""
+    from training import refusal
+    assert refusal.refuse("error: rank 0: first", say=False) == refusal.refuse("error: rank 1: second", say=False) == 2
+    assert refusal_note.read_text() == "error: rank 0: first\nerror: rank 1: second\n"
+    assert refusal.noted() == "error: rank 0: first"
+
+
+def test_a_refusal_naming_a_file_whose_name_is_not_utf8_is_noted_as_its_bytes(refusal_note):
+    """A path from os.walk holds its undecodable bytes as surrogates: noting the line must not raise
+    (a traceback, no note, and the launcher's restarts meet it again); the launcher prints the name's
+    own bytes, as ls would, and a restart reads the line back. (stderr says it backslash-escaped.)"""
+    from training import refusal
+    line = "error: rank 1: unreadable image /data/a/\udcff.JPEG: truncated file"
+    assert refusal.refuse(line, say=False) == 2
+    assert refusal_note.read_bytes() == b"error: rank 1: unreadable image /data/a/\xff.JPEG: truncated file\n"
+    assert refusal.noted() == "error: rank 1: unreadable image /data/a/\ufffd.JPEG: truncated file"
+
+
+def test_a_note_that_cannot_be_written_refuses_all_the_same(refusal_note, monkeypatch, capsys):
+    """The launcher then exits as torchrun does, but the rank still says its line and exits 2."""
+    from training import refusal
+    monkeypatch.setenv(refusal.ENV, str(refusal_note / "not-a-dir"))
+    assert refusal.refuse("error: bad") == 2 and capsys.readouterr().err == "error: bad\n"

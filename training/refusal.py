@@ -58,7 +58,9 @@ def pass_on(line: str) -> None:
 def _note(line: str) -> None:
     if path := os.environ.get(ENV):
         try:
-            with open(path, "a") as f:  # one short line per rank: O_APPEND keeps them whole
+            # one short line per rank: O_APPEND keeps them whole; a path's undecodable bytes
+            # (surrogates, from os.walk) are written back as those bytes
+            with open(path, "a", encoding="utf-8", errors="surrogateescape") as f:
                 f.write(line + "\n")
         except OSError:
             pass  # the launcher then exits as torchrun does; the line is said all the same
