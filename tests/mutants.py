@@ -73,6 +73,10 @@ TP_PEAK_TEST = "tests/test_bench.py::test_throughput_peak_memory_on_the_cpu_is_r
 BC = "tests/test_bench_cifar.py::"
 BC_RUNS_TEST = BC + "test_the_time_limit_not_the_run_count_ends_compare_and_headline"
 BC_REFUSE_TEST = BC + "test_launch_script_refuses_what_it_would_not_run_before_any_gpu_time"
+RECT = "tests/test_rectval.py::"
+HEADER_SHARES_TEST = RECT + "test_header_processes_are_at_most_those_asked_each_a_contiguous_share"
+PROCESS_MIN_TEST = RECT + "test_headers_are_read_by_processes_only_from_process_min_files_and_two_cores"
+FILE_STATS_TEST = RECT + "test_file_stats_are_each_files_size_and_mtime_ns_in_order"
 DRILL_TEST = CLI + "test_a_fault_drill_past_the_steps_its_epoch_trains_is_refused_before_training"
 
 MUTANTS = [
@@ -1165,6 +1169,54 @@ MUTANTS = [
            "    except ZeroDivisionError as e:", (FAULTS + "test_a_stalled_loader_stops_the_run_in_one_line_keeping_the_last_checkpoint",)),
     Mutant("before_build_not_called", "training/data/__init__.py", "                self.before_build()", "                pass",
            ("tests/test_checkpoint.py::test_a_new_phase_forks_its_loader_workers_only_after_the_checkpoint_write",)),
+    # audit 25: the header readers, the death signal, the refusal note, the index cache, bench's parser
+    Mutant("header_shares_more_than_the_processes_asked", "training/headers.py",
+           "step = -(-len(paths) // processes)", "step = len(paths) // processes", (HEADER_SHARES_TEST,)),
+    Mutant("header_answers_as_lists", "training/headers.py",
+           "found += [tuple(a) if isinstance(a, list) else a for a in json.loads(out)]", "found += json.loads(out)",
+           ("tests/test_rectval.py::test_many_headers_are_read_by_processes_with_the_same_answers",)),
+    Mutant("header_reader_of_a_gone_rank_reads_on", "training/orphans.py", "        os._exit(1)", "        pass",
+           ("tests/test_orphans.py::test_a_header_reader_whose_rank_died_before_it_asked_exits_at_once",)),
+    Mutant("death_signal_sigterm", "training/orphans.py", "signal.SIGKILL) != 0", "signal.SIGTERM) != 0",
+           ("tests/test_orphans.py::test_a_loader_worker_stuck_in_an_item_ends_with_its_rank",)),
+    Mutant("refusal_note_overwritten", "training/refusal.py", 'with open(path, "a", encoding=',
+           'with open(path, "w", encoding=',
+           ("tests/test_launch.py::test_the_note_keeps_each_refusing_ranks_line_and_the_first_is_read",)),
+    Mutant("refusal_unwritable_note_a_traceback", "training/refusal.py", "            pass  # the launcher then exits",
+           "            raise  # the launcher then exits",
+           ("tests/test_launch.py::test_a_note_that_cannot_be_written_refuses_all_the_same",)),
+    Mutant("refusal_non_utf8_name_a_traceback", "training/refusal.py", 'errors="surrogateescape") as f:',
+           'errors="strict") as f:',
+           ("tests/test_launch.py::test_a_refusal_naming_a_file_whose_name_is_not_utf8_is_noted_as_its_bytes",)),
+    Mutant("index_new_machine_gets_only_the_others_few", "training/data/tree.py",
+           "need = range(len(rel)) if None in wanted else", "need = range(len(rel)) if wanted[0] is None else",
+           (RECT + "test_a_rank_without_the_cache_gets_every_header_while_one_with_it_reads_its_few",)),
+    Mutant("index_small_index_loud", "training/data/tree.py", "    loud = rank == 0 and len(need) >= PROCESS_MIN",
+           "    loud = rank == 0", (RECT + "test_a_small_first_index_is_read_without_a_word",)),
+    Mutant("index_processes_on_one_core", "training/data/tree.py", "(cores := _cores()) > 1:",
+           "(cores := _cores()) >= 1:", (PROCESS_MIN_TEST,)),
+    Mutant("index_processes_from_one_past_process_min", "training/data/tree.py", "if len(paths) >= PROCESS_MIN and",
+           "if len(paths) > PROCESS_MIN and", (PROCESS_MIN_TEST,)),
+    Mutant("index_stat_chunk_drops_its_last", "training/data/tree.py", "for p in rel[start:start + STAT_CHUNK]:",
+           "for p in rel[start:start + STAT_CHUNK - 1]:", (FILE_STATS_TEST,)),
+    Mutant("index_stat_mtime_in_seconds", "training/data/tree.py", "out.append((st.st_size, st.st_mtime_ns))",
+           "out.append((st.st_size, int(st.st_mtime)))", (FILE_STATS_TEST,)),
+    Mutant("index_cache_saved_every_start", "training/data/tree.py", "    if cached is None or changed or fixed:",
+           "    if True:", (RECT + "test_the_index_is_saved_only_when_what_it_holds_changed",)),
+    Mutant("index_fixed_bad_file_not_saved", "training/data/tree.py", "    if cached is None or changed or fixed:",
+           "    if cached is None or changed:", (RECT + "test_a_bad_file_is_read_again_even_with_its_stat_unchanged",)),
+    Mutant("index_cached_beside_and_in_the_user_cache", "training/data/tree.py", "            os.replace(tmp, path)",
+           "            os.replace(tmp, path); continue", (RECT + "test_read_only_data_falls_back_or_skips_caching",)),
+    Mutant("refused_restart_ends_failed", "training/recipes/imagenet.py",
+           "            refusal.pass_on(attempt.refused)  # ends well",
+           "            refusal.pass_on(attempt.refused); return 1  # ends well", (REFUSED_MACHINES_TEST,)),
+    Mutant("bench_without_a_command_imports_every_subcommand", "training/bench/__init__.py",
+           'build_parser(argv[0] if argv else "")', "build_parser(argv[0] if argv else None)",
+           ("tests/test_bench.py::test_the_bench_imports_only_the_module_of_the_subcommand_given",)),
+    Mutant("bench_json_checked_only_when_written", "training/bench/__init__.py",
+           'if getattr(args, "json", None) and (problem', "if False and (problem", (CLI + "test_bench_bad_arguments",)),
+    Mutant("bench_exit_status_dropped", "training/bench/__main__.py", "sys.exit(main())", "main()",
+           ("tests/test_projection.py::test_missing_size_exits_2_with_one_line",)),
 ]
 
 

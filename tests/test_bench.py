@@ -621,6 +621,7 @@ print(sorted(m for m in sys.modules if m.startswith("training.bench.") or m in (
 
 @pytest.mark.parametrize("argv, imported", [
     (["--help"], []),  # every subcommand and its help, at once (it took ~7 s: each module imported)
+    ([], []),  # no subcommand: said at once, none imported
     (["project", "--help"], ["training.bench.project"]),  # no torch, no other subcommand
     (["decode", "--help"], ["torch", "torchvision", "training.bench.decode", "training.bench.jpegtree"]),
 ])

@@ -128,7 +128,8 @@ def test_a_machine_refusing_its_data_ends_every_machines_launch_with_its_line_af
     for the whole collective timeout, here 300 s), so torchrun's first restart runs, and there the
     group shares the refusing machine's note (dist.group_attempt) and every rank ends well
     (refusal.pass_on): both launchers exit 2 with the refusal as their last line, and the refusing
-    rank says it once, where each of MAX_RESTARTS=2's attempts indexed the data and refused again."""
+    rank says it once, where each of MAX_RESTARTS=2's attempts indexed the data and refused again.
+    Ending well lets torchrun end there, where a failed end would spend its last restart too."""
     bad = make_jpeg_tree(tmp_path / "bad", classes=2, train_per_class=8, val_per_class=2)
     for f in (bad / "validation" / "n00000001").iterdir():
         f.unlink()
@@ -139,6 +140,8 @@ def test_a_machine_refusing_its_data_ends_every_machines_launch_with_its_line_af
         refusing[-3000:]
     assert refusing.count(line) == 2, refusing[-3000:]  # its rank, in the first attempt only; the launcher
     assert other.strip().splitlines()[-1] == line and other.count(line) == 1, other[-3000:]
+    # each torchrun ended well after its one restart (its ranks ended 0), not out of restarts
+    assert "ChildFailedError" not in refusing + other, refusing[-3000:] + other[-3000:]
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 

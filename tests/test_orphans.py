@@ -68,3 +68,19 @@ def test_a_header_reader_stuck_in_an_open_ends_with_its_rank(tmp_path):
     os.mkfifo(fifo)
     children, outlived = _kill_the_rank_of(_READER_RANK, str(fifo))
     assert not any(alive(c) for c in children) and outlived < 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_header_reader_whose_rank_died_before_it_asked_exits_at_once():
+    """The death signal covers only a parent that dies after the child asks for it: a reader whose
+    rank was already gone (its parent is another process now) exits without reading its share."""
+    reader = subprocess.Popen([sys.executable, "-m", "training.headers", str(os.getpid() ^ 1)], cwd=REPO,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:  # stdin left open: a reader that goes on waits for its share for good
+        assert reader.wait(timeout=60) == 1 and reader.stdout.read() == b""
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+        for f in (reader.stdin, reader.stdout, reader.stderr):
+            f.close()

@@ -141,9 +141,10 @@ def test_a_file_replaced_in_place_is_read_again_from_a_cached_index(tmp_path, mo
     assert calls == [str(wide), str(square)]  # the new stats are cached
 
 
-def test_a_bad_file_is_read_again_even_with_its_stat_unchanged(tmp_path):
+def test_a_bad_file_is_read_again_even_with_its_stat_unchanged(tmp_path, monkeypatch):
     """A file that failed for a reason its stat does not show (a read error, or a fix that kept size
-    and mtime) is not kept bad forever: the few cached bad files are probed at every index."""
+    and mtime) is not kept bad forever: the few cached bad files are probed at every index, and one
+    found good is cached as good."""
     root = _tree(tmp_path / "data")
     split = str(root / "validation")
     path = root / "validation" / "a" / "img0.JPEG"
@@ -154,13 +155,21 @@ def test_a_bad_file_is_read_again_even_with_its_stat_unchanged(tmp_path):
     path.write_bytes(good)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert not tree.index_tree(split, ["a"], verbose=False).skipped
+    calls = []
+    real_probe = headers.probe_image
+    monkeypatch.setattr(headers, "probe_image", lambda p: calls.append(p) or real_probe(p))
+    assert not tree.index_tree(split, ["a"], verbose=False).skipped and calls == []  # now cached as good
 
 
 def test_read_only_data_falls_back_or_skips_caching(tmp_path, monkeypatch):
+    """The user cache only when DATA is read-only: one cache, not two to keep in step."""
     root = _tree(tmp_path / "data")
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("x")  # nothing can be created under a regular file, even by root
     fallback = tmp_path / "user-cache" / "v.npz"
+    monkeypatch.setattr(tree, "_cache_files", lambda d: [str(tmp_path / "beside.npz"), str(fallback)])
+    assert tree.index_tree(str(root / "validation"), ["a"]).sizes == SIZES
+    assert (tmp_path / "beside.npz").is_file() and not fallback.parent.exists()
     monkeypatch.setattr(tree, "_cache_files", lambda d: [str(blocker / "v.npz"), str(fallback)])
     assert tree.index_tree(str(root / "validation"), ["a"]).sizes == SIZES
     assert fallback.is_file()
@@ -405,3 +414,91 @@ def test_the_cores_of_a_rank_are_its_machines_shared_by_its_local_ranks(monkeypa
     assert tree._cores() == 1
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert tree._cores() == 16
+
+
+def test_a_small_first_index_is_read_without_a_word(tmp_path, capsys):
+    """The lines on reading headers are for the minutes of a large first index (PROCESS_MIN files
+    and up): a small one takes a blink, and the loader's own lines stay the run's only ones."""
+    split = str(_tree(tmp_path / "data") / "validation")
+    capsys.readouterr()
+    assert tree.index_tree(split, ["a"]).sizes == SIZES and capsys.readouterr().err == ""
+
+
+def test_the_index_is_saved_only_when_what_it_holds_changed(tmp_path, monkeypatch):
+    """Every rank of every start indexes each split: a cache rewritten each time would cost a write
+    of the whole index (and a rename under concurrent ranks) for nothing."""
+    root = _tree(tmp_path / "data")
+    split = str(root / "validation")
+    saved, real_save = [], tree._save_cache
+    monkeypatch.setattr(tree, "_save_cache", lambda *a: saved.append(a[-1].shape) or real_save(*a))
+    tree.index_tree(split, ["a"], verbose=False)
+    tree.index_tree(split, ["a"], verbose=False)
+    assert saved == [(6, 2)]  # the first index only
+    Image.new("RGB", (80, 40)).save(root / "validation" / "a" / "img4.JPEG")  # replaced in place
+    assert tree.index_tree(split, ["a"], verbose=False).sizes[4] == (80, 40)
+    tree.index_tree(split, ["a"], verbose=False)
+    assert len(saved) == 2
+
+
+def test_file_stats_are_each_files_size_and_mtime_ns_in_order(tmp_path, monkeypatch):
+    """The cache's key for "replaced in place": every file's row, across the stat tasks, at the
+    nanosecond (a copy rewritten within the same second keeps its st_mtime), -1 for a file gone."""
+    root = _tree(tmp_path / "data")
+    split = root / "validation"
+    rel = [f"a/img{i}.JPEG" for i in range(6)]
+    rel.insert(3, "a/gone.JPEG")
+    os.utime(split / rel[0], ns=(0, 1_500_000_001))
+    monkeypatch.setattr(tree, "STAT_CHUNK", 4)  # two tasks: rows 0-3, 4-6
+    want = [[-1, -1] if "gone" in p else [(split / p).stat().st_size, (split / p).stat().st_mtime_ns] for p in rel]
+    stats = tree.file_stats(str(split), rel)
+    assert stats.dtype == np.int64 and stats.tolist() == want and want[0][1] == 1_500_000_001
+
+
+def test_headers_are_read_by_processes_only_from_process_min_files_and_two_cores(tmp_path, monkeypatch):
+    """Processes pay for their start (~0.2 s each) only on a large index, and only with a core
+    to spare: one core reads as fast in this process's threads."""
+    split = str(_tree(tmp_path / "data") / "validation")
+    rel = [f"a/img{i}.JPEG" for i in range(6)]
+    shares = []
+    monkeypatch.setattr(headers, "probe_in_processes",
+                        lambda paths, n: shares.append(n) or [headers.probe_image(p) for p in paths])
+    monkeypatch.setattr(tree, "PROCESS_MIN", 6)
+    for cores in (2, 1):
+        monkeypatch.setattr(tree, "_cores", lambda: cores)
+        assert tree._probe(split, rel) == SIZES
+    monkeypatch.setattr(tree, "PROCESS_MIN", 7)
+    monkeypatch.setattr(tree, "_cores", lambda: 2)
+    assert tree._probe(split, rel) == SIZES
+    assert shares == [2]  # 6 files of PROCESS_MIN=6 on 2 cores; not on 1 core, nor 6 files of 7
+
+
+def test_header_processes_are_at_most_those_asked_each_a_contiguous_share(tmp_path, monkeypatch):
+    split = _tree(tmp_path / "data") / "validation"
+    paths = [str(split / "a" / f"img{i}.JPEG") for i in range(6)]
+    fed, real_popen = [], subprocess.Popen
+
+    class Recording(real_popen):
+        def communicate(self, data=None, timeout=None):
+            fed.append(data.split(b"\0"))
+            return super().communicate(data, timeout)
+    monkeypatch.setattr(headers.subprocess, "Popen", Recording)
+    assert headers.probe_in_processes(paths[:5], 2) == SIZES[:5]
+    assert headers.probe_in_processes(paths[5:], 4) == SIZES[5:]
+    assert sorted(fed) == sorted([[os.fsencode(p) for p in paths[:3]], [os.fsencode(p) for p in paths[3:5]],
+                                  [os.fsencode(paths[5])]])
+
+
+def test_a_rank_without_the_cache_gets_every_header_while_one_with_it_reads_its_few(tmp_path, monkeypatch):
+    """Caches are per host where DATA is read-only: a machine new to the group reads every header
+    (its todo is None) while one with its cache needs only its bad files. The ranks then share out
+    every file, and the new machine's rank gets the whole index, not only the other's few."""
+    split = str(_tree(tmp_path / "data") / "validation")
+    rel = [f"a/img{i}.JPEG" for i in range(6)]
+    probed, real_probe = [], headers.probe_image
+    monkeypatch.setattr(headers, "probe_image", lambda p: probed.append(p) or real_probe(p))
+    monkeypatch.setattr(tree, "_group", lambda: (1, 2))  # rank 1 of 2; rank 0's cache names file 2 bad
+    gathered = iter([lambda mine: [("digest", 6, "host0", [2]), mine],
+                     lambda mine: [[SIZES[0], SIZES[2], SIZES[4]], mine]])  # rank 0 reads files 0, 2, 4
+    monkeypatch.setattr(tree.dist, "gather_objects", lambda mine: next(gathered)(mine))
+    assert tree._shared_probe(split, rel, "digest", None) == dict(enumerate(SIZES))
+    assert probed == [os.path.join(split, rel[i]) for i in (1, 3, 5)]
