@@ -46,7 +46,7 @@ case "$NPROC" in ''|*[!0-9]*|0) echo "error: NPROC=$NPROC: expected a positive i
 warn_unless_8 "$CONFIG" "$NPROC"
 network_env
 
-train_args "$@"
+PROCS=$NPROC train_args "$@"
 
 run_or_print "$PYTHON" -m torch.distributed.run --standalone --nnodes=1 "--nproc_per_node=$NPROC" \
   "--max-restarts=$MAX_RESTARTS" "$ROOT/training/train.py" "${args[@]}"

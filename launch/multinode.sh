@@ -76,6 +76,6 @@ else
   : "${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port (c10d rendezvous), or NODE_RANK and MASTER_ADDR}"
   cmd+=(--rdzv-backend=c10d "--rdzv-endpoint=$RDZV_ENDPOINT" "--rdzv-id=${RDZV_ID:-fastimagenet}")
 fi
-REJOINING=1 train_args "$@"  # a restarted machine re-runs this to rejoin its group (common.sh)
+PROCS=$NPROC_PER_NODE REJOINING=1 train_args "$@"  # a restarted machine re-runs this to rejoin its group
 
 run_or_print "${cmd[@]}" "$ROOT/training/train.py" "${args[@]}"

@@ -63,6 +63,8 @@ REFUSED_NOTE_TEST = "tests/test_launch.py::test_a_rank_that_refuses_notes_its_li
 REFUSED_RESTART_TEST = "tests/test_launch.py::test_a_restart_of_a_refused_launch_ends_before_any_work"
 REFUSED_LAUNCH_TEST = "tests/test_launch.py::test_a_refusal_a_rank_notes_ends_the_launch_with_status_2"
 REFUSED_E2E_TEST = FAULTS + "test_bad_data_only_the_ranks_see_is_refused_once_not_by_every_restart"
+CHECK_GPUS_TEST = ("tests/test_multinode.py::"
+                   "test_check_under_a_launcher_refuses_a_machine_short_of_a_gpu_per_process")
 REFUSED_SHARED_TEST = ("tests/test_multinode.py::"
                        "test_a_refusal_any_machine_noted_reaches_every_rank_and_a_stray_variable_is_none")
 REFUSED_MACHINES_TEST = ("tests/test_multinode.py::"
@@ -503,6 +505,15 @@ MUTANTS = [
            ("tests/test_multinode.py::test_each_rank_reports_the_newest_checkpoint_it_sees",)),
     Mutant("logdir_one_epoch_newer_passes", "training/dist.py", "    if epoch > epoch0:", "    if epoch > epoch0 + 1:",
            ("tests/test_multinode.py::test_only_a_rank_seeing_newer_checkpoints_than_rank_0_stops_the_group",)),
+    Mutant("check_counts_no_gpus", "training/train.py",
+           'if (procs := os.environ.get("LOCAL_WORLD_SIZE", "")).isdigit() and int(procs) > 0:', "if False:",
+           (CHECK_GPUS_TEST,)),
+    Mutant("check_asks_for_the_first_ranks_gpu", "training/dist.py",
+           "return device_problem(requested, procs - 1)", "return device_problem(requested, 0)", (CHECK_GPUS_TEST,)),
+    Mutant("check_lets_auto_fall_back_to_the_cpu", "training/dist.py",
+           '    if requested == "auto" and not torch.cuda.is_available():', "    if False:", (CHECK_GPUS_TEST,)),
+    Mutant("launch_check_without_its_processes", "launch/common.sh", 'LOCAL_WORLD_SIZE=$PROCS "$PYTHON"', '"$PYTHON"',
+           ("tests/test_launch.py::test_the_launchers_check_asks_for_a_gpu_per_process_of_this_machine",)),
     Mutant("local_rank_equal_to_gpu_count_passes", "training/dist.py", "if local_rank >= torch.cuda.device_count():",
            "if local_rank > torch.cuda.device_count():", ("tests/test_checkpoint.py::test_a_rank_beyond_the_visible_gpus_is_one_line",)),
     Mutant("projection_compiles_once_per_phase", "training/bench/project.py", "        compiled |= new_shapes",

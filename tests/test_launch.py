@@ -398,6 +398,22 @@ def _torchrun_stub(tmp_path, body: str):
     return fake
 
 
+@pytest.mark.parametrize("script, env, procs", [
+    ("launch/local.sh", {"NPROC": "3"}, "3"),
+    ("launch/multinode.sh", {"NNODES": "2", "NPROC_PER_NODE": "5", "RDZV_ENDPOINT": "127.0.0.1:1"}, "5"),
+])
+def test_the_launchers_check_asks_for_a_gpu_per_process_of_this_machine(tmp_path, script, env, procs):
+    """--check counts this machine's GPUs against the processes torchrun will start here
+    (LOCAL_WORLD_SIZE), before torchrun: one short refuses before joining the group (refusal.py)."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\nfor a; do [ "$a" = --check ] && { echo "$LOCAL_WORLD_SIZE" > "$0.check"; exit 0; }; done\nexit 0\n')
+    fake.chmod(0o755)
+    r = run_bounded(["bash", script, str(tmp_path)], cwd=REPO, timeout=30,
+                    env={**os.environ, "PYTHON": str(fake), "CONFIG": "configs/tiny_cpu.yaml", **env})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "python.check").read_text() == procs + "\n"
+
+
 REFUSAL = "error: rank 1: class folder holds no images: /data/validation/n01"
 FAILED = "E1127 19:01:06.512000 29585 api.py:1002] failed (exitcode: 2) local_rank: 0 (pid: 29596) of binary: python3"
 

@@ -142,7 +142,7 @@ def test_a_machine_refusing_its_data_ends_every_machines_launch_with_its_line_af
     assert other.strip().splitlines()[-1] == line and other.count(line) == 1, other[-3000:]
     # each torchrun ended well after its one restart (its ranks ended 0), not out of restarts
     assert "ChildFailedError" not in refusing + other, refusing[-3000:] + other[-3000:]
-    assert not (tmp_path / "run" / "config.yaml").exists()
+    assert not (tmp_path / "run").exists()  # the restart ended before the logdir's checks create it
 
 
 # ------------------------------------------------------- the group's decision, in one process
@@ -313,5 +313,28 @@ def test_a_rank_whose_machine_has_too_few_gpus_says_so(data, tmp_path, capsys, m
     rc = train.main([str(data), *TINY, "train.device=auto", f"train.logdir={tmp_path / 'run'}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert (rc, err) == (2, ["error: rank 11: local rank 3 has no GPU: 2 visible (start at most that many "
-                             "processes per machine: NPROC, --nproc_per_node)"])
+                             "processes per machine: NPROC, NPROC_PER_NODE, --nproc_per_node)"])
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("procs, device, gpus, said", [
+    ("4", "auto", 2, "error: local rank 3 has no GPU: 2 visible (start at most that many processes per machine: "
+                     "NPROC, NPROC_PER_NODE, --nproc_per_node)"),
+    ("2", "auto", 2, None), ("8", "cpu", 2, None),
+    # a machine whose driver failed: its ranks would run on the CPU (gloo) beside NCCL ranks and hang the group
+    ("2", "auto", 0, f"error: train.device=auto: no CUDA device is visible on {socket.gethostname()} (a CPU run "
+                     "under the launchers says train.device=cpu)"),
+    ("1", "cuda", 0, "error: --device cuda: no CUDA device is visible (train.device=auto or cpu runs on the CPU)"),
+    ("", "cuda", 0, None),  # no launcher: --check counts no devices
+])
+def test_check_under_a_launcher_refuses_a_machine_short_of_a_gpu_per_process(
+        data, tmp_path, capsys, monkeypatch, not_under_torchrun, procs, device, gpus, said):
+    """A rank short of a GPU refuses before it can join the group, so across machines the group never
+    shares that refusal (refusal.py) and every restart meets it again, while the other machines wait.
+    The launchers' --check (LOCAL_WORLD_SIZE: the processes this machine will start) finds it first,
+    and an `auto` that would fall back to the CPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", procs)
+    rc = train.main([str(data), *TINY, f"train.device={device}", f"train.logdir={tmp_path / 'run'}", "--check"])
+    assert (rc, capsys.readouterr().err.strip()) == ((2, said) if said else (0, ""))

@@ -48,15 +48,36 @@ class DeviceError(ConfigError):
     per_rank = True
 
 
+def device_problem(requested: str, local_rank: int = 0) -> str | None:
+    """Why local rank ``local_rank`` cannot have the device ``requested`` names; None when it can.
+    Counts the GPUs and opens none, as the launchers' --check does (machine_device_problem)."""
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return None
+    if not torch.cuda.is_available():
+        return "--device cuda: no CUDA device is visible (train.device=auto or cpu runs on the CPU)"
+    if local_rank >= torch.cuda.device_count():
+        return (f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible (start at most that "
+                "many processes per machine: NPROC, NPROC_PER_NODE, --nproc_per_node)")
+    return None
+
+
+def machine_device_problem(requested: str, procs: int) -> str | None:
+    """What the launchers' --check says of this machine, which will start ``procs`` processes: each
+    needs its GPU (device_problem of the last), and `auto` must find CUDA, since a machine whose
+    driver failed would run its ranks on the CPU over gloo beside other machines' NCCL ranks, and
+    hang the group. Under the launchers a CPU run says train.device=cpu (as local.sh asks)."""
+    if requested == "auto" and not torch.cuda.is_available():
+        return (f"train.device=auto: no CUDA device is visible on {socket.gethostname()} (a CPU run under the "
+                "launchers says train.device=cpu)")
+    return device_problem(requested, procs - 1)
+
+
 def pick_device(requested: str, local_rank: int = 0) -> torch.device:
     """auto: this rank's GPU when CUDA is present, else the CPU."""
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+    if (problem := device_problem(requested, local_rank)) is not None:
+        raise DeviceError(problem)
+    if requested == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise DeviceError("--device cuda: no CUDA device is visible (train.device=auto or cpu runs on the CPU)")
-    if local_rank >= torch.cuda.device_count():
-        raise DeviceError(f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} visible "
-                          "(start at most that many processes per machine: NPROC, --nproc_per_node)")
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
 

@@ -41,7 +41,8 @@ def restart_on_one_machine() -> int | None:
     reads the note before any work, so torchrun finishes without restarting and the launcher exits 2);
     None: go on. Across machines a rank must not quit before joining the group (the other machines'
     ranks would wait for it for the whole collective timeout): there the group learns of the refusal
-    in its first collective (dist.group_attempt), and each rank passes it on (pass_on) and ends."""
+    in its first collective (dist.group_attempt), and each rank passes it on (pass_on) and ends.
+    A rank that refuses before it can join (one short of a GPU) is the launchers' --check's to find."""
     if os.environ.get("WORLD_SIZE") != os.environ.get("LOCAL_WORLD_SIZE"):
         return None  # several machines
     return 0 if noted() is not None else None

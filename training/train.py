@@ -218,13 +218,22 @@ def plot(schedule: Schedule, path: str, num_images: int, world_size: int, drop_l
 
 
 def check(cfg: C.Config, own_disk: bool = True) -> int:
-    """--check: the recipe's settings, then what a start would find on disk (data dirs; with
-    ``own_disk``, the logdir and a --resume file); 0, or one error line and 2. Nothing is written."""
+    """--check: the recipe's settings, a GPU for each of the LOCAL_WORLD_SIZE processes a launcher
+    will start here, then what a start would find on disk (data dirs; with ``own_disk``, the logdir
+    and a --resume file); 0, or one error line and 2. Nothing is written."""
     from training.checkpoint import CheckpointError
     from training.data import DataError
     recipe = recipe_module(cfg)
     schedule = recipe.check_config(cfg)  # ConfigError and PhaseError: main's handler
     check_results(cfg)
+    # The launchers say how many processes this machine will start: each needs its GPU. A rank short
+    # of one refuses before it can join the group, so across machines the group could not share that
+    # refusal (training/refusal.py), and every restart would meet it again.
+    if (procs := os.environ.get("LOCAL_WORLD_SIZE", "")).isdigit() and int(procs) > 0:
+        from training.dist import machine_device_problem
+        if (problem := machine_device_problem(cfg.train.device, int(procs))) is not None:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     try:
         recipe.check_start(cfg, schedule, own_disk)
     except (DataError, CheckpointError) as e:
