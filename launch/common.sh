@@ -30,9 +30,10 @@ network_env() {
 # Check train.py's command line once, before torchrun (train.py --check: the schedule, the recipe's
 # settings and --arch; a GPU for each of this machine's PROCS processes, counted, none opened; DATA's
 # folders, a --resume file, a logdir free for a new run; no images; a few seconds, torch's import): an
-# error there would otherwise be said by every rank and restart the group MAX_RESTARTS times. REJOINING=1 (multinode.sh) adds --rejoin: the logdir and a
-# --resume file are left to the ranks, since a machine started anew joins a group whose run already
-# fills the logdir (only the ranks can tell it is their own), and neither need be on this machine.
+# error there would otherwise be said by every rank and restart the group MAX_RESTARTS times.
+# REJOINING=1 (multinode.sh) adds --rejoin: the logdir and a --resume file are left to the ranks,
+# since a machine started anew joins a group whose run already fills the logdir (only the ranks can
+# tell it is their own), and neither need be on this machine.
 check_args() {
   [ -n "${LAUNCH_DRY_RUN:-}" ] && return 0
   if [ -n "${REJOINING:-}" ]; then set -- "$@" --rejoin; fi
