@@ -175,11 +175,20 @@ def test_missing_data_is_one_line_exit_2(tmp_path, capsys):
     assert "no cifar-10-batches-py" in err and err.strip().count("\n") == 0
 
 
-def launch_variants(mode: str, *extra: str) -> list[str]:
-    r = subprocess.run(["bash", "launch/bench_cifar.sh", mode, *extra], cwd=REPO, capture_output=True, text=True,
-                       timeout=30, env={**os.environ, "BENCH_DRY_RUN": "1"})
+def launch_dry_run(*args: str) -> subprocess.CompletedProcess:
+    """launch/bench_cifar.sh ARGS with BENCH_DRY_RUN=1: the bench command it would run, on stdout."""
+    return subprocess.run(["bash", "launch/bench_cifar.sh", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=30, env={**os.environ, "BENCH_DRY_RUN": "1"})
+
+
+def launch_command(mode: str, *extra: str) -> list[str]:
+    r = launch_dry_run(mode, *extra)
     assert r.returncode == 0, r.stderr
-    tokens = shlex.split(r.stdout)
+    return shlex.split(r.stdout)
+
+
+def launch_variants(mode: str, *extra: str) -> list[str]:
+    tokens = launch_command(mode, *extra)
     return tokens[tokens.index("--variants") + 1:]
 
 
@@ -239,8 +248,7 @@ def test_launch_script_variants_are_valid_configs():
     (["race"], "usage: bash launch/bench_cifar.sh compare | headline NAME | trace [NAME [NAME]]"),
 ])
 def test_launch_script_refuses_what_it_would_not_run_before_any_gpu_time(args, message):
-    r = subprocess.run(["bash", "launch/bench_cifar.sh", *args], cwd=REPO, capture_output=True, text=True,
-                       timeout=30, env={**os.environ, "BENCH_DRY_RUN": "1"})
+    r = launch_dry_run(*args)
     assert (r.returncode, r.stdout, r.stderr.strip()) == (2, "", message)
 
 
@@ -249,9 +257,7 @@ def test_the_time_limit_not_the_run_count_ends_compare_and_headline():
     must not end them first even were every row of ours at issue 12's goal (1.0 s on an H200) and
     airbench94 at its 2.05 s."""
     for mode, extra in (("compare", ()), ("headline", ("half",))):
-        r = subprocess.run(["bash", "launch/bench_cifar.sh", mode, *extra], cwd=REPO, capture_output=True, text=True,
-                           timeout=30, env={**os.environ, "BENCH_DRY_RUN": "1"})
-        tokens = shlex.split(r.stdout)
+        tokens = launch_command(mode, *extra)
         runs, limit = (float(tokens[tokens.index(flag) + 1]) for flag in ("--runs", "--time-limit"))
         rows = len(tokens) - tokens.index("--variants") - 1
         assert runs * (2.05 + rows * 1.0) > limit, (mode, runs, rows, limit)
