@@ -977,7 +977,7 @@ MUTANTS = [
            'r["accuracy"] - r["tta_fractions"][f]["accuracy"] for r in runs',
            ("tests/test_bench_cifar.py::test_a_share_row_is_the_mean_paired_difference_from_the_runs_own_evaluation",)),
     Mutant("cifar_json_written_only_at_the_end", "training/bench/cifar.py",
-           "            write_json(args.json, document(entries, meta))", "            pass", (CUT_OFF_TEST,)),
+           "write_json(args.json, document(entries, meta))  # the round counted", "pass", (CUT_OFF_TEST,)),
     Mutant("cifar_one_warmup_run_short", "training/bench/cifar.py", "for w in range(cfg.cifar.warmup_runs):",
            "for w in range(cfg.cifar.warmup_runs - 1):", (CUT_OFF_TEST,)),
     Mutant("cifar_recompile_limit_not_per_variant", "training/bench/cifar.py",
@@ -1228,6 +1228,24 @@ MUTANTS = [
            'if getattr(args, "json", None) and (problem', "if False and (problem", (CLI + "test_bench_bad_arguments",)),
     Mutant("bench_exit_status_dropped", "training/bench/__main__.py", "sys.exit(main())", "main()",
            ("tests/test_projection.py::test_missing_size_exits_2_with_one_line",)),
+    # session 26: a stop signal whose raise a fork swallowed
+    Mutant("stop-check-trusts-the-lost-raise", "training/checkpoint.py",
+           "if self.received is not None and not self._quiet:",
+           "if self.received is not None and not (self._raised or self._quiet):",
+           ("tests/test_checkpoint.py::test_a_stop_signal_whose_raise_a_fork_swallowed_is_raised_at_the_next_check",
+            "tests/test_checkpoint.py::test_a_run_signalled_while_its_loader_forks_stops_at_the_next_step")),
+    Mutant("no-stop-check-per-step", "training/recipes/imagenet.py", "            stop.check()", "            pass",
+           ("tests/test_checkpoint.py::test_a_run_signalled_while_its_loader_forks_stops_at_the_next_step",)),
+    Mutant("log-line-in-two-writes", "training/logs.py", '    stream.write(line + "\\n")',
+           '    stream.write(line); stream.write("\\n")',
+           ("tests/test_checkpoint.py::test_a_log_line_reaches_its_stream_in_one_write",)),
+    # session 26: bench cifar's JSON when round 0 is cut
+    Mutant("cifar-bench-no-json-before-rounds", "training/bench/cifar.py",
+           "write_json(args.json, document(entries, meta))  # and after every run", "pass",
+           ("tests/test_bench_cifar.py::test_a_command_cut_off_in_its_first_round_leaves_the_warm_ups_and_finished_runs[1]",)),
+    Mutant("cifar-bench-json-only-per-round", "training/bench/cifar.py",
+           "                write_json(args.json, document(entries, meta))", "                pass",
+           ("tests/test_bench_cifar.py::test_a_command_cut_off_in_its_first_round_leaves_the_warm_ups_and_finished_runs[2]",)),
 ]
 
 

@@ -332,6 +332,29 @@ def test_a_command_cut_off_mid_round_leaves_the_rounds_before_in_the_json(data, 
     assert calls == [(-1, True), (-2, True), (0, False), (1, False)]
 
 
+@pytest.mark.parametrize("cut", [1, 2])
+def test_a_command_cut_off_in_its_first_round_leaves_the_warm_ups_and_finished_runs(cut, data, tmp_path, monkeypatch):
+    """The first compiles can outlast the plan and the call's timeout cut round 0: the JSON still
+    holds each variant's warm-up and the runs that round finished."""
+    original, runs = recipe.Trainer.run, []
+
+    def run(trainer, seed, logdir, warmup=False):
+        if not warmup:
+            runs.append(seed)
+            if len(runs) == cut:  # in round 0
+                raise KeyboardInterrupt
+        return original(trainer, seed, logdir, warmup)
+    monkeypatch.setattr(recipe.Trainer, "run", run)
+    out = tmp_path / "c.json"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["cifar", "--data", str(data), *TINY, "cifar.warmup_runs=1", "--runs", "3", "--json", str(out),
+                    "--variants", "a=", "b="])
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["rounds"] == 0 and list(doc["variants"]) == ["a"][:cut - 1]
+    assert [r["seed"] for r in doc["variants"].get("a", {}).get("runs", [])] == [0][:cut - 1]
+    assert sorted(doc["meta"]["warmup_seconds"]) == ["a", "b"] and all(doc["meta"]["warmup_seconds"].values())
+
+
 def test_each_compiled_variant_gets_its_own_dynamo_graphs():
     conf = torch._dynamo.config
     name = "recompile_limit" if hasattr(conf, "recompile_limit") else "cache_size_limit"

@@ -537,6 +537,92 @@ def test_the_first_stop_signal_is_the_one_said_and_later_ones_cut_nothing(termin
     assert guard.received == signal.SIGINT
 
 
+LOST_IN_A_FORK = r"""
+import os, signal
+from training import checkpoint
+
+armed = []
+os.register_at_fork(after_in_parent=lambda: armed and armed.pop() and signal.raise_signal(signal.SIGTERM))
+with checkpoint.StopGuard() as stop:
+    armed.append(True)
+    pid = os.fork()  # the signal lands in the parent's at-fork hook, whose caller only prints what it raises
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print("received", stop.received.name)
+    try:
+        stop.check()
+        print("check raised nothing")
+    except checkpoint.Preempted as e:
+        print("check raised", e)
+    stop.quiet()  # the run has stopped for it: its way out is not cut
+    stop.check()
+    print("then nothing")
+"""
+
+
+def test_a_stop_signal_whose_raise_a_fork_swallowed_is_raised_at_the_next_check():
+    """A loader forking its workers runs the at-fork hooks; a signal landing then raises Preempted
+    inside one, where Python prints it and goes on: the run must still stop, at its next step."""
+    r = subprocess.run([sys.executable, "-c", LOST_IN_A_FORK], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines() == ["received SIGTERM", "check raised SIGTERM", "then nothing"], r.stdout
+    assert "Preempted: SIGTERM" in r.stderr  # the hook's raise, printed and dropped
+
+
+SIGNAL_IN_THE_FIRST_FORK = r"""
+import os, runpy, signal, sys
+from training import checkpoint
+
+def land_in_the_fork():  # once the run's StopGuard is in place: a stop signal as the loader forks its worker
+    guard = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    if isinstance(guard, checkpoint.StopGuard) and guard.received is None:
+        signal.raise_signal(signal.SIGTERM)
+
+os.register_at_fork(after_in_parent=land_in_the_fork)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_run_signalled_while_its_loader_forks_stops_at_the_next_step(jpeg_tree, tmp_path):
+    """SIGTERM lands as epoch 0's loader forks its worker (2 of 8 stop drills hit such a moment): the
+    run stops in its first step, with no epoch finished to save, instead of training to the end."""
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-c", SIGNAL_IN_THE_FIRST_FORK, "training/train.py", str(jpeg_tree), *TINY,
+                        "data.workers=1", f"train.logdir={run}"], cwd=REPO, capture_output=True, text=True,
+                       timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 128 + signal.SIGTERM, r.stderr[-3000:]
+    assert "Preempted: SIGTERM" in r.stderr  # the raise the fork's hook swallowed
+    assert r.stderr.rstrip().endswith("stopped by SIGTERM; last checkpoint this process wrote: none written")
+    assert "epoch 0 [" not in r.stderr, r.stderr[-2000:]  # stopped in the first step, before its log line
+    assert [ln for ln in (run / "train.log").read_text().splitlines() if ln.startswith("~~")] == ["~~epoch\thours\ttop1\ttop5"]
+    assert not checkpoint.checkpoint_dir(run).exists() or names(run) == []
+
+
+class Writes(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)
+
+
+def test_a_log_line_reaches_its_stream_in_one_write(tmp_path, monkeypatch):
+    """A stop signal's Preempted can land between two writes: print's line-then-newline let the
+    run's last words run into a `phase at epoch` line."""
+    out, err = Writes(), Writes()
+    monkeypatch.setattr(sys, "stderr", err)
+    logger = RunLogger(tmp_path, enabled=True, stream=out)
+    logger.human("phase at epoch 1: size 32 batch 16 val_batch 128")
+    logger.progress("epoch 1 [3/12]")
+    logger.close()
+    assert out.calls == ["~~epoch\thours\ttop1\ttop5\n", "phase at epoch 1: size 32 batch 16 val_batch 128\n"]
+    assert err.calls == ["epoch 1 [3/12]\n"]
+
+
 FORKED_WORKER = r"""
 import os, signal, time
 from training import checkpoint

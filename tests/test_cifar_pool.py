@@ -43,6 +43,26 @@ def test_values_and_gradients_equal_max_pool2d_with_ties(shape, kernel, channels
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape, kernel", [((2, 3, 8, 8), 2), ((2, 3, 7, 7), 2), ((2, 3, 3, 3), 0)])
+def test_compiled_pool_has_eagers_values_and_gradients(shape, kernel, channels_last):
+    """The cifar.pool=reshape rows of `bench cifar` compile it: under torch 2.11 (the GPU machine's)
+    a compiled pool once returned an alias of a tensor saved for backward and the input's gradient
+    came out zero, every layer below the head untrained. aot_eager traces as inductor does, without
+    its compile time."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    pool = cm.MaxPool(kernel)
+    torch._dynamo.reset()
+    compiled = torch.compile(pool, backend="aot_eager", dynamic=False, fullgraph=True)
+    y_ref, g_ref = pooled_and_grads(pool, x)
+    y, g = pooled_and_grads(compiled, x)
+    torch._dynamo.reset()
+    assert torch.equal(y, y_ref) and torch.equal(g, g_ref) and g.abs().sum() > 0
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
 def test_network_with_reshape_pool_equals_native():
     torch.manual_seed(0)
     native = cm.CifarNet(widths=(8, 16, 16))

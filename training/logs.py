@@ -223,16 +223,23 @@ class RunLogger:
 
     def human(self, line: str) -> None:
         if self.enabled:
-            print(line, file=self.stream, flush=True)
+            _say(line, self.stream)
             self._human.write(line + "\n")
             self._human.flush()
 
     def progress(self, line: str) -> None:
         if self.enabled:
-            print(line, file=sys.stderr, flush=True)
+            _say(line, sys.stderr)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self._human.close()
             self.writer = None
+
+
+def _say(line: str, stream: TextIO) -> None:
+    """The line and its newline in one write: print's two writes let a stop signal's Preempted land
+    between them, and the run's last words then ran into the line."""
+    stream.write(line + "\n")
+    stream.flush()

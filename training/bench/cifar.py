@@ -366,7 +366,9 @@ def document(entries: list[Entry], meta: dict) -> dict:
             variants[e.name] = {"describe": e.describe, "summary": summary(e, baseline), "threads": e.threads,
                                 "data_load_seconds": e.data_load_seconds, "runs": e.runs, "config": e.config}
     failed = {e.name: e.failed for e in entries if e.failed}
-    return {"kind": "cifar", "meta": meta | {"rounds": rounds, "failed": failed}, "variants": variants}
+    warmups = {e.name: e.warmup_seconds for e in entries}  # each row's, those without runs yet included
+    return {"kind": "cifar", "meta": meta | {"rounds": rounds, "failed": failed, "warmup_seconds": warmups},
+            "variants": variants}
 
 
 def bench(args: argparse.Namespace, say=lambda m: print(m, flush=True)) -> dict:
@@ -419,6 +421,9 @@ def bench(args: argparse.Namespace, say=lambda m: print(m, flush=True)) -> dict:
                 "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "base_config": args.config,
                 "set": args.set, "runs_asked": args.runs, "time_limit_s": args.time_limit, "stopped": "",
                 "order": []}
+        # a call cut off by its time limit in round 0 (the first compiles took longer than planned)
+        # still leaves the warm-ups and the runs it finished
+        write_json(args.json, document(entries, meta))  # and after every run
         longest = 0.0
         for r in range(args.runs):
             elapsed = time.perf_counter() - start
@@ -444,9 +449,10 @@ def bench(args: argparse.Namespace, say=lambda m: print(m, flush=True)) -> dict:
                                                    for f, v in scored.items()}
                     say("  tta_fraction " + ", ".join(f"{f:g}: {v.top1:.2f}% in {v.seconds:.2f} s"
                                                       for f, v in scored.items()))
+                write_json(args.json, document(entries, meta))
             meta["order"].append([e.name for e in order])
             longest = max(longest, time.perf_counter() - t_round)
-            write_json(args.json, document(entries, meta))
+            write_json(args.json, document(entries, meta))  # the round counted
     meta["wall_seconds"] = time.perf_counter() - start
     doc = document(entries, meta)
     write_json(args.json, doc)

@@ -73,9 +73,13 @@ class _WindowMax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
         y = _windows(x, kh, kw).amax(dim=(3, 5))
+        if not y.is_contiguous(memory_format=_memory_format(x)):
+            # only where it copies: under torch 2.11's compiler, returning .contiguous()'s alias of a
+            # saved tensor gave the input a zero gradient (eager was right)
+            y = y.contiguous(memory_format=_memory_format(x))
         ctx.save_for_backward(x, y)
         ctx.kernel = (kh, kw)
-        return y.contiguous(memory_format=_memory_format(x))
+        return y
 
     @staticmethod
     def backward(ctx, gy: torch.Tensor):

@@ -436,12 +436,14 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
         loaders.before_build = ckpt.wait
         stop = checkpoint.StopGuard()
         trace = TraceWindow(cfg.train.profile_trace if info.is_main else "", info.device)
-        after_step = trace.hook
-        if fault is not None:  # the fault drill runs after any other per-step hook
-            def after_step(s: loop.TrainState, i: int, inner=after_step) -> None:
-                if inner is not None:
-                    inner(s, i)
+
+        def after_step(s: loop.TrainState, i: int) -> None:
+            if trace.hook is not None:
+                trace.hook(s, i)
+            stop.check()
+            if fault is not None:  # the fault drill runs after any other per-step hook
                 fault(s.epoch, i)
+
         hooks = loop.Hooks(
             loss_fn=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
             after_step=after_step,
