@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import PALETTE
 from training.data import IMAGENET_MEAN, IMAGENET_STD, LoaderSpec
-from training.phases import DataPhase
+from training.phases import DataPhase, rank_train_images
 
 
 def phase(start=0, size=32, bs=4, rect=False, keep_dl=False, min_scale=0.35) -> DataPhase:
@@ -81,14 +81,15 @@ def rss_mb() -> float:
 
 def assert_labels_match_pixels(backend, s: LoaderSpec) -> None:
     """Train, validation and rect validation of a backend module yield every image with the label
-    its colour encodes."""
-    for loader in (backend.train_loader(s), backend.val_loader(s),
-                   backend.val_loader(replace(s, phase=phase(rect=True)))):
+    its colour encodes (training: all but a lone last one, ``rank_train_images``)."""
+    for loader, train in ((backend.train_loader(s), True), (backend.val_loader(s), False),
+                          (backend.val_loader(replace(s, phase=phase(rect=True))), False)):
         n = 0
         for x, y in loader:
             assert pixel_classes(x) == y.tolist()
             n += len(y)
-        assert n == loader.num_images
+        assert n == (rank_train_images(loader.num_images, s.world_size, s.phase.batch_size) if train
+                     else loader.num_images)
         loader.close()
 
 

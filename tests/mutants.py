@@ -1246,6 +1246,19 @@ MUTANTS = [
     Mutant("cifar-bench-json-only-per-round", "training/bench/cifar.py",
            "                write_json(args.json, document(entries, meta))", "                pass",
            ("tests/test_bench_cifar.py::test_a_command_cut_off_in_its_first_round_leaves_the_warm_ups_and_finished_runs[2]",)),
+    # session 26: no training batch of one image
+    Mutant("a-lone-last-image-batched", "training/phases.py",
+           "return per_rank - 1 if per_rank > 1 and per_rank % batch_size == 1 else per_rank", "return per_rank",
+           (TRAIN + "test_an_epoch_ending_on_one_image_at_32px_trains",
+            "tests/test_imagefolder.py::test_a_lone_last_training_image_is_left_out_as_the_schedule_counts")),
+    Mutant("shard-batches-keep-the-lone-image", "training/data/tree.py",
+           "order = shard_indices(n, seed, epoch, rank, world_size)[:rank_train_images(n, world_size, batch_size)]",
+           "order = shard_indices(n, seed, epoch, rank, world_size)",
+           ("tests/test_imagefolder.py::test_a_lone_last_training_image_is_left_out_as_the_schedule_counts[torchvision]",
+            "tests/test_imagefolder.py::test_a_lone_last_training_image_is_left_out_as_the_schedule_counts[dali]")),
+    Mutant("cifar-loader-keeps-the-lone-image", "training/data/cifar.py",
+           "n = rank_train_images(self.num_images, 1, b)", "n = self.num_images",
+           ("tests/test_cifar_data.py::test_a_lone_last_image_is_left_out_without_drop_last",)),
 ]
 
 

@@ -10,6 +10,7 @@ import torch
 
 from training.data import DataError
 from training.data import cifar as cd
+from training.phases import parse_schedule
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -119,6 +120,17 @@ def test_batches_shapes_dtype_and_label_pairing():
             assert torch.allclose(value, (y * 20 + 10).float(), atol=0.6)
     loader.drop_last = False
     assert len(loader) == 4 and sum(len(y) for _, y in loader) == n
+
+
+def test_a_lone_last_image_is_left_out_without_drop_last():
+    """cifar.drop_last=false keeps a partial last batch, but not a batch of one image: the schedule
+    (phases.rank_train_images) plans the steps without it."""
+    images = pattern_images(33)
+    sched = parse_schedule([{"ep": 0, "sz": 32, "bs": 16}, {"ep": [0, 1], "lr": 0.1}])
+    loader = make_loader(images, drop_last=False)
+    assert [len(y) for _, y in loader] == [16, 16] and len(loader) == sched.iters_per_epoch(0, 33)
+    loader = make_loader(pattern_images(34), drop_last=False)
+    assert [len(y) for _, y in loader] == [16, 16, 2] and len(loader) == sched.iters_per_epoch(0, 34)
 
 
 def test_alternating_flip_is_deterministic_and_alternates():

@@ -90,8 +90,8 @@ def test_two_ranks_read_every_training_image_each_epoch(tmp_path):
     root = make_jpeg_tree(tmp_path / "data", classes=9, train_per_class=1, val_per_class=1)
     for epoch in (0, 1):
         read = []
-        for rank in range(2):
-            loader = dali.train_loader(spec(root, rank=rank, world=2, phase=phase(bs=2), seed=3))
+        for rank in range(2):  # batches of 3 and 2 (of 2, the fifth image would be a batch alone: left out)
+            loader = dali.train_loader(spec(root, rank=rank, world=2, phase=phase(bs=3), seed=3))
             loader.set_epoch(epoch)
             read.append([label for _, y in loader for label in y.tolist()])
             assert read[rank] == shard_indices(9, 3, epoch, rank, 2)  # the one global permutation's shard

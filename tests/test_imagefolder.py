@@ -68,11 +68,26 @@ def test_half_batches_are_the_fp32_values_rounded_once(jpeg_tree, dtype):
         assert torch.equal(xh, x32.to(dtype))
 
 
+@pytest.mark.parametrize("backend", ["torchvision", "dali", "synthetic"])
+def test_a_lone_last_training_image_is_left_out_as_the_schedule_counts(tmp_path, backend):
+    """17 images at batch 8 would end each epoch on a batch of one, which BatchNorm cannot train on
+    at 1 x 1 px (ResNet at 32 px stopped with a traceback); 17 over 2 ranks is 9 each: 8 and a lone
+    one. Every backend yields the batches the schedule plans; 18 images keep their partial batch."""
+    sched = parse_schedule([{"ep": 0, "sz": 32, "bs": 8}, {"ep": [0, 1], "lr": 0.1}])
+    for n, world, sizes in ((17, 1, [8, 8]), (17, 2, [8]), (18, 1, [8, 8, 2])):
+        root = make_jpeg_tree(tmp_path / str(n), classes=1, train_per_class=n, val_per_class=1, splits=("train",))
+        s = spec(root, world=world, phase=phase(bs=8), synthetic_images=n)
+        loader = get_backend(backend).train(s)
+        got = [len(y) for _, y in loader]
+        assert got == sizes and len(loader) == len(sizes) == sched.iters_per_epoch(0, n, world), (n, world)
+        loader.close()
+
+
 def test_two_ranks_cover_train_at_least_once_and_validation_exactly_once(tmp_path):
     root = make_jpeg_tree(tmp_path / "data", classes=3, train_per_class=7, val_per_class=3)  # 21 and 9
     specs = [spec(root, rank=r, world=2, phase=phase(bs=4)) for r in range(2)]
     for epoch in (0, 3):
-        shards = [imagefolder.shard_indices(21, 0, epoch, r, 2) for r in range(2)]
+        shards = [tree.shard_indices(21, 0, epoch, r, 2) for r in range(2)]
         assert set(shards[0]) | set(shards[1]) == set(range(21)) and len(shards[0]) == len(shards[1]) == 11
         sampler = DistributedSampler(range(21), num_replicas=2, rank=1, shuffle=True, seed=0)
         sampler.set_epoch(epoch)

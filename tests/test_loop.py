@@ -118,14 +118,15 @@ def test_eta_counts_the_steps_the_drop_last_loader_yields():
 
 def test_eta_ends_where_max_epochs_stops_the_invocation():
     """--max-epochs 2 from epoch 3 of a 10-epoch schedule: the ETA counts epochs 3 and 4 only, the
-    second at its own phase's batch; across 2 ranks each takes ceil(1001 / 2) = 501 images an epoch."""
+    second at its own phase's batch; across 2 ranks each takes ceil(1001 / 2) = 501 images an epoch,
+    all but the last at batch 100 (a batch of one, left out)."""
     schedule = parse_schedule([{"ep": 0, "sz": 32, "bs": 100}, {"ep": 4, "sz": 32, "bs": 200},
                                {"ep": [0, 10], "lr": 0.1}])
     state = loop.TrainState(nn.Linear(1, 1), nn.Linear(1, 1), None, None, schedule)
     ctx = loop.RunContext(dist=DistInfo(0, 2, 0, torch.device("cpu")), logger=None, num_train=1001)
-    assert loop._images_left(state, ctx, 3, 2, stop=5) == ((501 - 200) + 501) * 2
-    assert loop._images_left(state, ctx, 3, 2) == ((501 - 200) + 6 * 501) * 2
-    assert loop._images_left(state, ctx, 3, 2, stop=20) == ((501 - 200) + 6 * 501) * 2
+    assert loop._images_left(state, ctx, 3, 2, stop=5) == ((500 - 200) + 501) * 2
+    assert loop._images_left(state, ctx, 3, 2) == ((500 - 200) + 6 * 501) * 2
+    assert loop._images_left(state, ctx, 3, 2, stop=20) == ((500 - 200) + 6 * 501) * 2
 
 
 def test_the_progress_line_eta_counts_to_max_epochs(tmp_path, monkeypatch):

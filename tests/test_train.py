@@ -50,6 +50,15 @@ def data(tmp_path_factory) -> Path:
     return make_jpeg_tree(tmp_path_factory.mktemp("jpeg") / "data")
 
 
+def test_an_epoch_ending_on_one_image_at_32px_trains(tmp_path):
+    """33 images at batch 8 end each epoch on one image, which ResNet-18's last BatchNorm (1 x 1 px at
+    32 px) could not train on: the run stopped with a traceback after its first epoch. That image
+    is left out (a different one each epoch), as the logged steps show."""
+    data = make_jpeg_tree(tmp_path / "data", classes=3, train_per_class=11, val_per_class=1)
+    r = train(str(data), *TINY, f"train.logdir={tmp_path / 'run'}", "--max-epochs", "1")
+    assert "epoch 0 [4/4]" in r.stderr and "[5/" not in r.stderr, r.stderr[-2000:]
+
+
 def final_weights(logdir: Path) -> dict[str, torch.Tensor]:
     ckpts = sorted((logdir / "checkpoints").glob("epoch_*.pt"))
     return torch.load(ckpts[-1], weights_only=True)["model"]

@@ -7,7 +7,6 @@ logging steps, and the learning rate comes from the pure schedule, not from tens
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from training import dist
 from training.data import Loader
 from training.logs import RunLogger
 from training.optim import set_lr
-from training.phases import DEFAULT_MIN_SCALE, DataPhase, Schedule
+from training.phases import DEFAULT_MIN_SCALE, DataPhase, Schedule, rank_train_images
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -322,13 +321,13 @@ def _images_left(state: TrainState, ctx: RunContext, epoch: int, done: int, stop
     the loader yields up to ``stop`` (the schedule's end if None), the partial last batch counted
     as the images it holds."""
     sched, world = state.schedule, ctx.dist.world_size
-    per_rank = math.ceil(ctx.num_train / world)
     left = 0
     for e in range(epoch, sched.num_epochs if stop is None else min(stop, sched.num_epochs)):
         iters = sched.iters_per_epoch(e, ctx.num_train, world, ctx.drop_last)  # the steps the loader yields
         if ctx.short_epoch_steps:
             iters = min(iters, ctx.short_epoch_steps)
         bs = sched.data_phase(e).batch_size
+        per_rank = rank_train_images(ctx.num_train, world, bs)
         skip = min(done * bs, per_rank) if e == epoch else 0
         left += (min(iters * bs, per_rank) - skip) * world
     return max(left, 0)

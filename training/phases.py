@@ -35,6 +35,15 @@ class PhaseError(ValueError):
     """A schedule that cannot be run; the message is one line naming the phase and key."""
 
 
+def rank_train_images(num_images: int, world_size: int, batch_size: int) -> int:
+    """Images each process trains in a whole epoch: its share of DistributedSampler's order, ceil(N /
+    world), less the last one where it would be a batch of its own. BatchNorm cannot train on one
+    image where a layer's output is 1 x 1 px (ResNet at 32 px stopped with a traceback after the
+    epoch's last step), and one image's statistics would be the running estimate's noise anyway."""
+    per_rank = math.ceil(num_images / world_size)
+    return per_rank - 1 if per_rank > 1 and per_rank % batch_size == 1 else per_rank
+
+
 @dataclass(frozen=True)
 class DataPhase:
     start: int  # first epoch of this phase
@@ -106,9 +115,10 @@ class Schedule:
         return lr_at(self.lr_phases, epoch, iteration + 1, iters_per_epoch)
 
     def batches_per_epoch(self, epoch: int, num_images: int, world_size: int = 1, drop_last: bool = False) -> int:
-        """Batches a loader yields per process in a whole ``epoch``: ceil(ceil(N / world) / bs), as
+        """Batches a loader yields per process in a whole ``epoch``: ceil(rank_train_images / bs), as
         DistributedSampler + DataLoader give; floor instead when the loader drops a partial batch."""
-        per_rank, bs = math.ceil(num_images / world_size), self.data_phase(epoch).batch_size
+        bs = self.data_phase(epoch).batch_size
+        per_rank = rank_train_images(num_images, world_size, bs)
         return per_rank // bs if drop_last else math.ceil(per_rank / bs)
 
     def iters_per_epoch(self, epoch: int, num_images: int, world_size: int = 1, drop_last: bool = False) -> int:
@@ -132,8 +142,8 @@ class Schedule:
 
     def epoch_shapes(self, row: EpochPlan, num_images: int, world_size: int = 1) -> list[tuple[int, int]]:
         """(per-rank batch, image size) of the batches of the epoch ``row`` plans: its full batch and,
-        when it runs to its end, the partial last one (ceil(N / world) mod bs)."""
-        per_rank = math.ceil(num_images / world_size)
+        when it runs to its end, the partial last one (rank_train_images mod bs)."""
+        per_rank = rank_train_images(num_images, world_size, row.batch_size)
         shapes = [(min(row.batch_size, per_rank), row.size)]
         full = self.batches_per_epoch(row.epoch, num_images, world_size)
         last = per_rank - (full - 1) * row.batch_size

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from training.data import DataError
+from training.phases import rank_train_images
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)  # per channel on [0, 1], train split
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -278,7 +279,8 @@ class CifarTrainLoader:
         self.size = size
 
     def __len__(self) -> int:
-        n, b = self.num_images, self.batch_size
+        b = self.batch_size
+        n = rank_train_images(self.num_images, 1, b)  # the schedule's count: no batch of one image
         return n // b if self.drop_last else math.ceil(n / b)
 
     def augment(self, idx: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,7 @@ except OSError as e:  # a broken install (missing shared library) falls back lik
 from training.data import IMAGENET_MEAN, IMAGENET_STD, DataError, LoaderSpec
 from training.data.imagefolder import train_crop
 from training.data.rectval import ValBatch, val_batches, val_geometry
-from training.data.tree import TreeIndex, shard_indices, train_batches, train_index, val_index
+from training.data.tree import TreeIndex, shard_batches, train_batches, train_index, val_index
 from training.headers import pil_decodes
 
 _MEAN = [255 * m for m in IMAGENET_MEAN]
@@ -125,9 +125,9 @@ class DaliLoader:
     def _pass_batches(self) -> list[tuple[int, ...]]:
         if not self.train:
             return [b.indices for b in self._val]
-        spec, bs = self.spec, self.batch_size
-        order = shard_indices(self.num_images, spec.seed, self.epoch, spec.rank, spec.world_size)
-        return [tuple(order[s:s + bs]) for s in range(0, len(order), bs)]
+        s = self.spec
+        return [tuple(b) for b in shard_batches(self.num_images, self.batch_size, s.seed, self.epoch, s.rank,
+                                                s.world_size)]
 
     # ------------------------------------------------------------------------------ pipelines
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from training.data import IMAGENET_MEAN, IMAGENET_STD, DataError, LoaderSpec, LoaderStalled
 from training.data.rectval import ValBatch, val_batches, val_geometry
-from training.data.tree import (TreeIndex, log, shard_indices, train_batches, train_index,
+from training.data.tree import (TreeIndex, log, shard_batches, train_batches, train_index,
                                 val_index)
 from training.headers import DECODE_ERRORS
 from training.orphans import end_with_parent
@@ -140,9 +140,9 @@ class _TrainBatches:
         self.n, self.batch_size, self.spec, self.epoch = n, batch_size, spec, 0
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        order = shard_indices(self.n, self.spec.seed, self.epoch, self.spec.rank, self.spec.world_size)
-        for s in range(0, len(order), self.batch_size):
-            yield [(i, self.epoch) for i in order[s:s + self.batch_size]]
+        s = self.spec
+        for batch in shard_batches(self.n, self.batch_size, s.seed, self.epoch, s.rank, s.world_size):
+            yield [(i, self.epoch) for i in batch]
 
     def __len__(self) -> int:
         return train_batches(self.n, self.batch_size, self.spec.world_size)

@@ -12,6 +12,7 @@ from typing import Iterator
 import torch
 
 from training.data import LoaderSpec
+from training.phases import rank_train_images
 from training.data.imagefolder import train_batches
 
 
@@ -26,7 +27,7 @@ class SyntheticLoader:
     def _rank_images(self) -> int:
         s = self.spec
         if self.train:  # padded like DistributedSampler: the same count on every rank
-            return -(-self.num_images // s.world_size)
+            return rank_train_images(self.num_images, s.world_size, self.batch_size)
         return len(range(s.rank, self.num_images, s.world_size))  # exactly once across ranks
 
     def _batch_sizes(self) -> list[int]:

@@ -25,7 +25,7 @@ import torch
 
 from training import dist, files, headers
 from training.data import DataError, LoaderSpec
-from training.phases import DataPhase
+from training.phases import DataPhase, rank_train_images
 
 INDEX_VERSION = 3  # 2: a JPEG or PNG with bytes after its end marker is kept if it decodes; 3: file stats
 STAT_CHUNK = 4096  # files per stat task: few tasks, so the pool costs little on a local disk
@@ -311,5 +311,11 @@ def shard_indices(n: int, seed: int, epoch: int, rank: int, world_size: int) -> 
 
 
 def train_batches(n: int, batch_size: int, world_size: int) -> int:
-    """Batches per rank per epoch: ceil(ceil(N / world) / bs), on every rank."""
-    return math.ceil(math.ceil(n / world_size) / batch_size)
+    """Batches per rank per epoch: ceil(rank_train_images / bs), on every rank."""
+    return math.ceil(rank_train_images(n, world_size, batch_size) / batch_size)
+
+
+def shard_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int) -> list[list[int]]:
+    """This rank's training batches of an epoch: its ``shard_indices`` up to ``rank_train_images``."""
+    order = shard_indices(n, seed, epoch, rank, world_size)[:rank_train_images(n, world_size, batch_size)]
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
