@@ -10,6 +10,21 @@ need_data() {
   fi
 }
 
+# $1 an integer in $2..$3 (no upper bound when $3 is empty; too long for bash to compare: out of range).
+int_in() {
+  case "$1" in ''|*[!0-9]*) return 1 ;; esac
+  [ "$1" -ge "$2" ] 2>/dev/null && { [ -z "${3:-}" ] || [ "$1" -le "$3" ]; }
+}
+
+# The variable named $1 an integer in $2..$3 (as int_in), else one line naming it and exit 2.
+need_int() {
+  local what="an integer >= $2"
+  int_in "${!1-}" "$2" "${3:-}" && return 0
+  if [ -n "${3:-}" ]; then what="an integer in $2..$3"; elif [ "$2" = 1 ]; then what="a positive integer"; fi
+  echo "error: $1=${!1-}: expected $what" >&2
+  exit 2
+}
+
 # imagenet18's per-process batch sizes and lrs were published for 8 processes per machine.
 warn_unless_8() {
   case "$1" in

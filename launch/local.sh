@@ -42,7 +42,8 @@ if [ -z "${NPROC:-}" ]; then
     exit 2
   fi
 fi
-case "$NPROC" in ''|*[!0-9]*|0) echo "error: NPROC=$NPROC: expected a positive integer" >&2; exit 2 ;; esac
+need_int NPROC 1
+need_int MAX_RESTARTS 0  # here, not as torchrun's usage after --check's seconds
 warn_unless_8 "$CONFIG" "$NPROC"
 network_env
 

@@ -17,6 +17,7 @@
 #   RDZV_ENDPOINT   host[:port] of the c10d rendezvous (default port 29400); RDZV_ID names the job
 #                   (default fastimagenet; use a new one per job)
 #   NODE_RANK, MASTER_ADDR, MASTER_PORT (29500)   static rendezvous, used when NODE_RANK is set
+#                   (0..NNODES-1; ports, here and in RDZV_ENDPOINT, 1..65535)
 #   MAX_RESTARTS    torchrun --max-restarts (default 3; 0 with NODE_RANK), counted by each machine's agent
 #                   for itself. With static rendezvous a restart can hang for the whole collective
 #                   timeout (docs/OPERATIONS.md): restart with c10d, or resubmit with RESUME=auto
@@ -36,7 +37,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 need_data "NNODES=8 RDZV_ENDPOINT=host:29400 bash launch/multinode.sh DATA [train.py args ...]" "$@"
 DATA=$1
 shift
-: "${NNODES:?set NNODES (number of machines)}"
+[ -n "${NNODES:-}" ] || { echo "error: set NNODES (number of machines)" >&2; exit 2; }
 PYTHON=${PYTHON:-python3}
 NPROC_PER_NODE=${NPROC_PER_NODE:-8}
 # Static rendezvous restarts each machine's workers on its own clock: workers of different attempts can
@@ -49,12 +50,9 @@ if [ -n "${NODE_RANK:-}" ]; then
   MAX_RESTARTS=${MAX_RESTARTS:-0}
 fi
 MAX_RESTARTS=${MAX_RESTARTS:-3}
-for v in NNODES NPROC_PER_NODE MAX_RESTARTS; do
-  case "${!v}" in ''|*[!0-9]*) echo "error: $v=${!v}: expected an integer" >&2; exit 2 ;; esac
-done
-for v in NNODES NPROC_PER_NODE; do
-  [ "${!v}" -gt 0 ] || { echo "error: $v=${!v}: expected a positive integer" >&2; exit 2; }
-done
+need_int NNODES 1
+need_int NPROC_PER_NODE 1
+need_int MAX_RESTARTS 0
 CONFIG=${CONFIG:-$ROOT/configs/imagenet18/${NNODES}x8.yaml}
 if [ ! -f "$CONFIG" ]; then
   echo "error: no config $CONFIG (imagenet18 schedules: $(cd "$ROOT/configs/imagenet18" && echo *.yaml)); set CONFIG" >&2
@@ -69,11 +67,26 @@ if [ -n "${NODE_RANK:-}" ] && [ -n "${RDZV_ENDPOINT:-}" ]; then
 fi
 cmd=("$PYTHON" -m torch.distributed.run "--nnodes=$NNODES" "--nproc_per_node=$NPROC_PER_NODE"
      "--max-restarts=$MAX_RESTARTS")
+# torchrun would take a bad rank or port only after --check, to print its usage or a traceback, or
+# wait for a node rank that never joins until the rendezvous times out
 if [ -n "${NODE_RANK:-}" ]; then
-  : "${MASTER_ADDR:?static rendezvous (NODE_RANK set) needs MASTER_ADDR}"
-  cmd+=("--node-rank=$NODE_RANK" "--master-addr=$MASTER_ADDR" "--master-port=${MASTER_PORT:-29500}")
+  [ -n "${MASTER_ADDR:-}" ] || { echo "error: static rendezvous (NODE_RANK set) needs MASTER_ADDR" >&2; exit 2; }
+  MASTER_PORT=${MASTER_PORT:-29500}
+  need_int NODE_RANK 0 $((NNODES - 1))
+  need_int MASTER_PORT 1 65535
+  cmd+=("--node-rank=$NODE_RANK" "--master-addr=$MASTER_ADDR" "--master-port=$MASTER_PORT")
 else
-  : "${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port (c10d rendezvous), or NODE_RANK and MASTER_ADDR}"
+  [ -n "${RDZV_ENDPOINT:-}" ] ||
+    { echo "error: set RDZV_ENDPOINT=host:port (c10d rendezvous), or NODE_RANK and MASTER_ADDR" >&2; exit 2; }
+  # as torchrun splits it: [IPv6 address] or host, then :port if given
+  host=$RDZV_ENDPOINT port=29400
+  case "$host" in \[*\]) ;; *:*) port=${host##*:} host=${host%:*} ;; esac
+  host=${host#\[} host=${host%\]}
+  case "$host" in ''|*[!A-Za-z0-9_.:-]*) host= ;; esac
+  if [ -z "$host" ] || ! int_in "$port" 1 65535; then
+    echo "error: RDZV_ENDPOINT=$RDZV_ENDPOINT: expected host[:port] ([IPv6]:port), the port in 1..65535" >&2
+    exit 2
+  fi
   cmd+=(--rdzv-backend=c10d "--rdzv-endpoint=$RDZV_ENDPOINT" "--rdzv-id=${RDZV_ID:-fastimagenet}")
 fi
 PROCS=$NPROC_PER_NODE REJOINING=1 train_args "$@"  # a restarted machine re-runs this to rejoin its group

@@ -58,6 +58,7 @@ RECIPE_LOADERS_TEST = ("tests/test_imagefolder.py::"
 REQ_NO_FILE_TEST = "tests/test_launch.py::test_requirements_met_without_a_file_to_read_is_no"
 METADATA_TEST = "tests/test_dawn.py::test_the_trainers_run_metadata_names_the_whole_group_and_its_command"
 GROUP_STOP_TEST = "tests/test_checkpoint.py::test_a_stop_signal_to_the_process_group_with_loader_workers_still_saves"
+LAUNCH_BAD = "tests/test_launch.py::test_bad_launch_options"
 LAUNCHES_TEST = "tests/test_dawn.py::test_each_launchs_command_and_torch_where_they_changed"
 REFUSED_NOTE_TEST = "tests/test_launch.py::test_a_rank_that_refuses_notes_its_line_even_when_another_says_it"
 REFUSED_RESTART_TEST = "tests/test_launch.py::test_a_restart_of_a_refused_launch_ends_before_any_work"
@@ -986,12 +987,12 @@ MUTANTS = [
     Mutant("cifar_headline_default_named_twice", "launch/bench_cifar.sh", '[ "$2" = default ] && return 0', "true",
            ("tests/test_bench_cifar.py::test_launch_script_variants_are_valid_configs",)),
     # the launchers refuse what torchrun would fail on per machine, and warn only when it matters
-    Mutant("launch_nproc_0_accepted", "launch/local.sh", "''|*[!0-9]*|0)", "''|*[!0-9]*)",
+    Mutant("launch_nproc_0_accepted", "launch/local.sh", "need_int NPROC 1", "need_int NPROC 0",
            ("tests/test_launch.py::test_bad_launch_options",)),
     Mutant("launch_flag_taken_for_data", "launch/common.sh", 'if [ $# -lt 1 ] || [ "${1#-}" != "$1" ]; then',
            "if [ $# -lt 1 ]; then", ("tests/test_launch.py::test_bad_launch_options",)),
-    Mutant("multinode_restarts_not_checked", "launch/multinode.sh", "for v in NNODES NPROC_PER_NODE MAX_RESTARTS; do",
-           "for v in NNODES NPROC_PER_NODE; do", ("tests/test_launch.py::test_bad_launch_options",)),
+    Mutant("multinode_restarts_not_checked", "launch/multinode.sh", "need_int MAX_RESTARTS 0", "true",
+           ("tests/test_launch.py::test_bad_launch_options",)),
     Mutant("multinode_warns_of_restarts_off", "launch/multinode.sh",
            '[ -n "${MAX_RESTARTS:-}" ] && [ "$MAX_RESTARTS" != 0 ]', '[ -n "${MAX_RESTARTS:-}" ]',
            ("tests/test_launch.py::test_multinode_static_node_rank",)),
@@ -1259,6 +1260,34 @@ MUTANTS = [
     Mutant("cifar-loader-keeps-the-lone-image", "training/data/cifar.py",
            "n = rank_train_images(self.num_images, 1, b)", "n = self.num_images",
            ("tests/test_cifar_data.py::test_a_lone_last_image_is_left_out_without_drop_last",)),
+    # session 26: launcher input checks
+    Mutant("multinode_nnodes_unset_bash_error", "launch/multinode.sh",
+           '[ -n "${NNODES:-}" ] || { echo "error: set NNODES (number of machines)" >&2; exit 2; }',
+           ': "${NNODES:?set NNODES (number of machines)}"', (LAUNCH_BAD,)),
+    Mutant("multinode_rdzv_endpoint_not_required", "launch/multinode.sh", '  [ -n "${RDZV_ENDPOINT:-}" ] ||',
+           "  true ||", (LAUNCH_BAD,)),
+    Mutant("multinode_master_addr_bash_error", "launch/multinode.sh",
+           '  [ -n "${MASTER_ADDR:-}" ] || { echo "error: static rendezvous (NODE_RANK set) needs MASTER_ADDR" >&2; exit 2; }',
+           '  : "${MASTER_ADDR:?static rendezvous (NODE_RANK set) needs MASTER_ADDR}"', (LAUNCH_BAD,)),
+    Mutant("slurm_outside_an_allocation_bash_error", "launch/slurm.sbatch",
+           '[ -n "${SLURM_NNODES:-}" ] || { echo "error: not inside a Slurm allocation: submit with sbatch" >&2; exit 2; }',
+           ': "${SLURM_NNODES:?not inside a Slurm allocation: submit with sbatch}"', (LAUNCH_BAD,)),
+    Mutant("launch_bad_integer_exits_1", "launch/common.sh", '  echo "error: $1=${!1-}: expected $what" >&2',
+           '  echo "error: $1=${!1-}: expected $what" >&2; exit 1', (LAUNCH_BAD,)),
+    Mutant("launch_integer_upper_bound_ignored", "launch/common.sh", '{ [ -z "${3:-}" ] || [ "$1" -le "$3" ]; }',
+           "true", (LAUNCH_BAD,)),
+    Mutant("local_restarts_left_to_torchrun", "launch/local.sh", "need_int MAX_RESTARTS 0", "true", (LAUNCH_BAD,)),
+    Mutant("node_rank_unbounded", "launch/multinode.sh", "need_int NODE_RANK 0 $((NNODES - 1))", "need_int NODE_RANK 0",
+           (LAUNCH_BAD,)),
+    Mutant("node_rank_off_by_one", "launch/multinode.sh", "need_int NODE_RANK 0 $((NNODES - 1))",
+           "need_int NODE_RANK 0 $((NNODES - 2))",
+           ("tests/test_launch.py::test_static_rendezvous_bounds_pass_at_their_ends",)),
+    Mutant("master_port_unchecked", "launch/multinode.sh", "  need_int MASTER_PORT 1 65535", "  true", (LAUNCH_BAD,)),
+    Mutant("rdzv_port_unchecked", "launch/multinode.sh", '! int_in "$port" 1 65535', "false", (LAUNCH_BAD,)),
+    Mutant("rdzv_host_unchecked", "launch/multinode.sh", "''|*[!A-Za-z0-9_.:-]*) host= ;;", "'') host= ;;",
+           (LAUNCH_BAD,)),
+    Mutant("rdzv_ipv6_split_at_its_colons", "launch/multinode.sh", 'case "$host" in \\[*\\]) ;;',
+           'case "$host" in \\[*\\]x) ;;', ("tests/test_launch.py::test_rendezvous_endpoints_torchrun_reads_pass",)),
 ]
 
 

@@ -24,8 +24,8 @@ TRAIN = f"{REPO}/training/train.py"  # the launchers do not cd: relative paths s
 def launch(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("SLURM_", "NCCL_", "GLOO_", "TORCH_DISABLE_SHARE"))
-             and k not in ("NPROC", "NNODES", "NODE_RANK", "MASTER_ADDR", "RDZV_ENDPOINT", "CONFIG", "PYTHON",
-                           "CUDA_VISIBLE_DEVICES")}
+             and k not in ("NPROC", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "RDZV_ENDPOINT", "CONFIG",
+                           "PYTHON", "CUDA_VISIBLE_DEVICES", "MAX_RESTARTS")}
     return run_bounded(["bash", script, *args], cwd=REPO, timeout=30, env={**clean, "LAUNCH_DRY_RUN": "1", **env})
 
 
@@ -126,21 +126,59 @@ def test_slurm_ignores_a_node_rank_left_in_the_environment():
     ("launch/local.sh", {"NPROC": "two", "DATA": "x"}, "NPROC=two: expected a positive integer"),
     ("launch/local.sh", {"NPROC": "0", "DATA": "x"}, "NPROC=0: expected a positive integer"),
     ("launch/local.sh", {"NPROC": "2", "DATA": "--logdir"}, "usage:"),  # DATA first, not a flag
+    ("launch/local.sh", {"NPROC": "2", "MAX_RESTARTS": "abc", "DATA": "x"},
+     "error: MAX_RESTARTS=abc: expected an integer >= 0"),
     ("launch/multinode.sh", {"NNODES": "8", "RDZV_ENDPOINT": "h:1", "MAX_RESTARTS": "three", "DATA": "x"},
      "MAX_RESTARTS=three: expected an integer"),
     ("launch/multinode.sh", {"NNODES": "3", "RDZV_ENDPOINT": "h:1", "DATA": "x"},
      f"no config {REPO}/configs/imagenet18/3x8.yaml"),
-    ("launch/multinode.sh", {"NNODES": "8", "DATA": "x"}, "set RDZV_ENDPOINT"),
+    ("launch/multinode.sh", {"RDZV_ENDPOINT": "h:1", "DATA": "x"}, "error: set NNODES (number of machines)"),
+    ("launch/multinode.sh", {"NNODES": "8", "DATA": "x"}, "error: set RDZV_ENDPOINT"),
+    ("launch/multinode.sh", {"NNODES": "8", "RDZV_ENDPOINT": "", "DATA": "x"}, "error: set RDZV_ENDPOINT"),
     ("launch/multinode.sh", {"NNODES": "2", "NPROC_PER_NODE": "0", "RDZV_ENDPOINT": "h:1", "DATA": "x"},
      "NPROC_PER_NODE=0: expected a positive integer"),
-    ("launch/multinode.sh", {"NNODES": "8", "NODE_RANK": "1", "DATA": "x"}, "needs MASTER_ADDR"),
-    ("launch/slurm.sbatch", {"DATA": "x"}, "not inside a Slurm allocation"),
+    ("launch/multinode.sh", {"NNODES": "8", "NODE_RANK": "1", "DATA": "x"},
+     "error: static rendezvous (NODE_RANK set) needs MASTER_ADDR"),
+    ("launch/multinode.sh", {"NNODES": "4", "NODE_RANK": "abc", "MASTER_ADDR": "n0", "DATA": "x"},
+     "error: NODE_RANK=abc: expected an integer in 0..3"),
+    ("launch/multinode.sh", {"NNODES": "4", "NODE_RANK": "4", "MASTER_ADDR": "n0", "DATA": "x"},  # would wait for ever
+     "error: NODE_RANK=4: expected an integer in 0..3"),
+    ("launch/multinode.sh", {"NNODES": "4", "NODE_RANK": "0", "MASTER_ADDR": "n0", "MASTER_PORT": "65536", "DATA": "x"},
+     "error: MASTER_PORT=65536: expected an integer in 1..65535"),
+    ("launch/multinode.sh", {"NNODES": "4", "NODE_RANK": "0", "MASTER_ADDR": "n0", "MASTER_PORT": "http", "DATA": "x"},
+     "error: MASTER_PORT=http: expected an integer in 1..65535"),
+    *[("launch/multinode.sh", {"NNODES": "4", "RDZV_ENDPOINT": ep, "DATA": "x"},
+       f"error: RDZV_ENDPOINT={ep}: expected host[:port] ([IPv6]:port), the port in 1..65535")
+      for ep in ("127.0.0.1:notaport", "h:0", "h:65536", "h:", ":29400", "node 0:29400", "[::1]:x")],
+    ("launch/slurm.sbatch", {"DATA": "x"}, "error: not inside a Slurm allocation: submit with sbatch"),
 ])
-def test_bad_launch_options(script, env, message):
+def test_bad_launch_options(tmp_path, script, env, message):
+    """One line and exit 2 (not bash's `line 39: NNODES: ...` and 1), before train.py --check (seconds)
+    and torchrun (its usage, a traceback from every rank, or a rendezvous that waits for ever)."""
+    python = tmp_path / "python"
+    python.write_text('#!/bin/sh\ntouch "$0.ran"\n')
+    python.chmod(0o755)
     args = [env.pop("DATA")] if "DATA" in env else []
-    r = launch(script, *args, **env)
-    assert r.returncode != 0 and message in r.stderr, r.stderr
-    assert "torch.distributed.run" not in r.stdout
+    r = launch(script, *args, LAUNCH_DRY_RUN="", PYTHON=str(python), **env)
+    lines = r.stderr.splitlines()
+    assert (r.returncode, len(lines)) == (2, 1) and lines[0].startswith(("error: ", "usage: ")), r.stderr
+    assert message in lines[0]
+    assert not (tmp_path / "python.ran").exists()
+
+
+@pytest.mark.parametrize("endpoint", ["node0", "node0:29400", "n-0.example_1.com:65535", "10.0.0.1:1", "[::1]:29400",
+                                      "[::1]"])
+def test_rendezvous_endpoints_torchrun_reads_pass(endpoint):
+    _, cmd = dry_run("launch/multinode.sh", "/data", NNODES="2", RDZV_ENDPOINT=endpoint,
+                     CONFIG="configs/tiny_cpu.yaml")
+    assert f"--rdzv-endpoint={endpoint}" in cmd
+
+
+def test_static_rendezvous_bounds_pass_at_their_ends():
+    for rank, port in (("0", "1"), ("15", "65535")):
+        _, cmd = dry_run("launch/multinode.sh", "/data", NNODES="16", NODE_RANK=rank, MASTER_ADDR="n0",
+                         MASTER_PORT=port)
+        assert f"--node-rank={rank}" in cmd and f"--master-port={port}" in cmd
 
 
 def test_gpu_pipeline_script_commands_parse():
