@@ -34,9 +34,19 @@ warn_unless_8() {
 
 # Socket interface for NCCL and gloo, and a fresh rendezvous store per restart attempt: with
 # torchrun's shared store a restarted group can read a dead worker's address left by the failed
-# attempt (pytorch/pytorch#135712).
+# attempt (pytorch/pytorch#135712). A plain IFNAME is a prefix to NCCL but an exact name to gloo, so
+# it must be an interface of this machine (else every rank's gloo fails, at every restart); NCCL's
+# other forms (^docker, =eth0, eth0,eth1) pass unchecked, as does a dry run (it may print the
+# command for other machines) and a system without /sys/class/net.
 network_env() {
   if [ -n "${IFNAME:-}" ]; then
+    case "$IFNAME" in
+      *[!A-Za-z0-9._-]*) ;;
+      *) if [ -z "${LAUNCH_DRY_RUN:-}" ] && [ -d /sys/class/net ] && [ ! -e "/sys/class/net/$IFNAME" ]; then
+           echo "error: IFNAME=$IFNAME: no such network interface here (there are: $(cd /sys/class/net && echo *))" >&2
+           exit 2
+         fi ;;
+    esac
     export NCCL_SOCKET_IFNAME=$IFNAME GLOO_SOCKET_IFNAME=$IFNAME
   fi
   export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}

@@ -13,7 +13,9 @@
 #                 latest good checkpoint in the logdir by itself (docs/OPERATIONS.md)
 #   DIST_TIMEOUT  collective timeout in seconds, train.dist_timeout_s (default: the config's, 1800)
 #   RESUME        passed as --resume (auto: continue the run in the logdir); default: none
-#   IFNAME        network interface for NCCL and gloo sockets (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME)
+#   IFNAME        network interface for NCCL and gloo sockets (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME):
+#                 a plain name must be one of this machine's (gloo reads it exactly); NCCL's forms
+#                 ^name, =name and lists pass unchecked
 #   NCCL_*        any NCCL variable you export (NCCL_DEBUG=INFO, NCCL_IB_DISABLE=1, ...) passes through
 #   PYTHON        interpreter (default python3); torchrun runs as "$PYTHON -m torch.distributed.run"
 #   LAUNCH_DRY_RUN=1  print the command instead of running it

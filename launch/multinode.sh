@@ -23,7 +23,9 @@
 #                   timeout (docs/OPERATIONS.md): restart with c10d, or resubmit with RESUME=auto
 #   DIST_TIMEOUT    collective timeout, seconds (train.dist_timeout_s; the config's by default, 1800)
 #   RESUME          passed as --resume (auto: continue the run in the logdir)
-#   IFNAME          interface for NCCL and gloo sockets (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME)
+#   IFNAME          interface for NCCL and gloo sockets (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME): a
+#                   plain name must be one of this machine's (gloo reads it exactly); NCCL's forms
+#                   ^name, =name and lists pass unchecked
 #   NCCL_*          any NCCL variable you export (NCCL_DEBUG=INFO, NCCL_IB_DISABLE=1, ...) passes through
 #   PYTHON          interpreter (default python3)
 #   LAUNCH_DRY_RUN=1  print the command instead of running it

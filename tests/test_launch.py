@@ -25,7 +25,7 @@ def launch(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("SLURM_", "NCCL_", "GLOO_", "TORCH_DISABLE_SHARE"))
              and k not in ("NPROC", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "RDZV_ENDPOINT", "CONFIG",
-                           "PYTHON", "CUDA_VISIBLE_DEVICES", "MAX_RESTARTS")}
+                           "PYTHON", "CUDA_VISIBLE_DEVICES", "IFNAME", "MAX_RESTARTS")}
     return run_bounded(["bash", script, *args], cwd=REPO, timeout=30, env={**clean, "LAUNCH_DRY_RUN": "1", **env})
 
 
@@ -54,12 +54,13 @@ def test_local_one_machine_eight_gpus():
 
 def test_local_options():
     exports, cmd = dry_run("launch/local.sh", "DATA", NPROC="2", CONFIG="configs/tiny_cpu.yaml", MAX_RESTARTS="5",
-                           DIST_TIMEOUT="120", RESUME="auto", IFNAME="eth1", PYTHON="/opt/py/bin/python")
+                           DIST_TIMEOUT="120", RESUME="auto", IFNAME="nosuch1", PYTHON="/opt/py/bin/python")
     assert cmd[:3] == ["/opt/py/bin/python", "-m", "torch.distributed.run"]
     assert "--nproc_per_node=2" in cmd and "--max-restarts=5" in cmd
     assert cmd[cmd.index("DATA"):] == ["DATA", "--config", "configs/tiny_cpu.yaml", "train.dist_timeout_s=120",
                                        "--resume", "auto"]
-    assert "export NCCL_SOCKET_IFNAME=eth1" in exports and "export GLOO_SOCKET_IFNAME=eth1" in exports
+    # a dry run checks no interface (it may print the command for other machines: slurm.sbatch)
+    assert "export NCCL_SOCKET_IFNAME=nosuch1" in exports and "export GLOO_SOCKET_IFNAME=nosuch1" in exports
 
 
 @pytest.mark.parametrize("nnodes", ["8", "16"])
@@ -118,6 +119,9 @@ def test_slurm_ignores_a_node_rank_left_in_the_environment():
     assert "--rdzv-endpoint=h:29400" in torchrun and not any(a.startswith(("--node-rank", "--master")) for a in torchrun)
 
 
+NO_SYSFS_NET = pytest.mark.skipif(not os.path.isdir("/sys/class/net"), reason="no /sys/class/net: IFNAME unchecked")
+
+
 @pytest.mark.parametrize("script,env,message", [
     ("launch/multinode.sh", {"NNODES": "8", "NODE_RANK": "1", "MASTER_ADDR": "n0", "RDZV_ENDPOINT": "n0:29400",
                              "DATA": "x"}, "NODE_RANK=1 (static rendezvous) and RDZV_ENDPOINT=n0:29400 (c10d) are both set"),
@@ -150,6 +154,10 @@ def test_slurm_ignores_a_node_rank_left_in_the_environment():
     *[("launch/multinode.sh", {"NNODES": "4", "RDZV_ENDPOINT": ep, "DATA": "x"},
        f"error: RDZV_ENDPOINT={ep}: expected host[:port] ([IPv6]:port), the port in 1..65535")
       for ep in ("127.0.0.1:notaport", "h:0", "h:65536", "h:", ":29400", "node 0:29400", "[::1]:x")],
+    pytest.param("launch/local.sh", {"NPROC": "8", "IFNAME": "nosuch0", "DATA": "x"},
+                 "error: IFNAME=nosuch0: no such network interface here (there are: ", marks=NO_SYSFS_NET),
+    pytest.param("launch/multinode.sh", {"NNODES": "4", "RDZV_ENDPOINT": "h:1", "IFNAME": "nosuch0", "DATA": "x"},
+                 "error: IFNAME=nosuch0: no such network interface here (there are: ", marks=NO_SYSFS_NET),
     ("launch/slurm.sbatch", {"DATA": "x"}, "error: not inside a Slurm allocation: submit with sbatch"),
 ])
 def test_bad_launch_options(tmp_path, script, env, message):
@@ -164,6 +172,25 @@ def test_bad_launch_options(tmp_path, script, env, message):
     assert (r.returncode, len(lines)) == (2, 1) and lines[0].startswith(("error: ", "usage: ")), r.stderr
     assert message in lines[0]
     assert not (tmp_path / "python.ran").exists()
+
+
+@NO_SYSFS_NET
+def test_a_missing_interface_is_said_with_those_there_are(tmp_path):
+    python = _torchrun_stub(tmp_path, 'touch "$0.ran"\n')
+    r = launch("launch/local.sh", "x", LAUNCH_DRY_RUN="", PYTHON=str(python), NPROC="8", IFNAME="nosuch0")
+    there = r.stderr.strip().rsplit("(there are: ", 1)[-1].rstrip(")").split()
+    assert r.returncode == 2 and sorted(there) == sorted(os.listdir("/sys/class/net")), r.stderr
+
+
+@pytest.mark.parametrize("ifname", [pytest.param("lo", marks=NO_SYSFS_NET), "^docker", "=nosuch0", "nosuch0,lo"])
+def test_nccls_interface_forms_pass_unchecked(tmp_path, ifname):
+    """A plain name must be an interface here (gloo reads it exactly); NCCL's prefix forms and lists
+    cannot be checked against gloo's reading, so they pass as given."""
+    python = _torchrun_stub(tmp_path, 'echo "$NCCL_SOCKET_IFNAME $GLOO_SOCKET_IFNAME" > "$0.ifname"\n')
+    r = launch("launch/local.sh", "x", LAUNCH_DRY_RUN="", PYTHON=str(python), NPROC="2", IFNAME=ifname,
+               CONFIG="configs/tiny_cpu.yaml")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "python.ifname").read_text() == f"{ifname} {ifname}\n"
 
 
 @pytest.mark.parametrize("endpoint", ["node0", "node0:29400", "n-0.example_1.com:65535", "10.0.0.1:1", "[::1]:29400",
