@@ -59,6 +59,7 @@ REQ_NO_FILE_TEST = "tests/test_launch.py::test_requirements_met_without_a_file_t
 METADATA_TEST = "tests/test_dawn.py::test_the_trainers_run_metadata_names_the_whole_group_and_its_command"
 GROUP_STOP_TEST = "tests/test_checkpoint.py::test_a_stop_signal_to_the_process_group_with_loader_workers_still_saves"
 LAUNCH_BAD = "tests/test_launch.py::test_bad_launch_options"
+MAIN_JOB_CWD_TEST = "tests/test_launch.py::test_the_main_job_reads_relative_paths_from_where_it_is_run"
 LAUNCHES_TEST = "tests/test_dawn.py::test_each_launchs_command_and_torch_where_they_changed"
 REFUSED_NOTE_TEST = "tests/test_launch.py::test_a_rank_that_refuses_notes_its_line_even_when_another_says_it"
 REFUSED_RESTART_TEST = "tests/test_launch.py::test_a_restart_of_a_refused_launch_ends_before_any_work"
@@ -356,11 +357,12 @@ MUTANTS = [
            (NEWCOMER + "test_data_given_twice_is_refused",)),
     Mutant("launch_checks_nothing_first", "launch/common.sh", '  [ -n "${LAUNCH_DRY_RUN:-}" ] && return 0',
            "  return 0", ("tests/test_launch.py::test_a_bad_command_line_is_said_once_before_torchrun",)),
-    Mutant("main_job_always_runs_pip", "launch/cifar10.sh", "if ! python3 launch/requirements_met.py requirements.txt &&",
+    Mutant("main_job_always_runs_pip", "launch/cifar10.sh",
+           'if ! python3 "$ROOT/launch/requirements_met.py" "$ROOT/requirements.txt" &&',
            "if ! false &&", ("tests/test_launch.py::test_the_main_job_asks_pip_and_torch_only_when_needed",)),
-    Mutant("main_job_stops_without_dali", "launch/cifar10.sh", "requirements_met.py --without nvidia-dali-cuda130",
-           "requirements_met.py", ("tests/test_launch.py::test_the_main_job_goes_on_without_dali_where_pip_cannot_install_it",)),
-    Mutant("main_job_goes_on_without_torch", "launch/cifar10.sh", "requirements.txt || exit 1", "requirements.txt || true",
+    Mutant("main_job_stops_without_dali", "launch/cifar10.sh", 'requirements_met.py" --without nvidia-dali-cuda130',
+           'requirements_met.py"', ("tests/test_launch.py::test_the_main_job_goes_on_without_dali_where_pip_cannot_install_it",)),
+    Mutant("main_job_goes_on_without_torch", "launch/cifar10.sh", 'requirements.txt" || exit 1', 'requirements.txt" || true',
            ("tests/test_launch.py::test_the_main_job_goes_on_without_dali_where_pip_cannot_install_it",)),
     Mutant("requirements_met_without_skips_all", "launch/requirements_met.py", "canonicalize_name(req.name) in skip:",
            "bool(skip):", ("tests/test_launch.py::test_requirements_met_answers_only_what_it_can_read",)),
@@ -1294,6 +1296,12 @@ MUTANTS = [
            (LAUNCH_BAD,)),
     Mutant("rdzv_ipv6_split_at_its_colons", "launch/multinode.sh", 'case "$host" in \\[*\\]) ;;',
            'case "$host" in \\[*\\]x) ;;', ("tests/test_launch.py::test_rendezvous_endpoints_torchrun_reads_pass",)),
+    Mutant("main_job_cds_to_the_repo", "launch/cifar10.sh", 'ROOT=$(cd "$(dirname "$0")/.." && pwd)',
+           'ROOT=$(cd "$(dirname "$0")/.." && pwd); cd "$ROOT"', (MAIN_JOB_CWD_TEST,)),
+    Mutant("main_job_data_in_the_callers_dir", "launch/cifar10.sh", "DATA=${DATA:-$ROOT/data}", "DATA=${DATA:-data}",
+           (MAIN_JOB_CWD_TEST,)),
+    Mutant("main_job_runs_in_the_callers_dir", "launch/cifar10.sh", '--logdir "$ROOT/runs/cifar10-',
+           '--logdir "runs/cifar10-', (MAIN_JOB_CWD_TEST,)),
 ]
 
 

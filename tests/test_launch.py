@@ -357,22 +357,25 @@ NO_GPU_DRIVER = not any(os.path.exists(d) for d in ("/dev/nvidiactl", "/dev/kfd"
     and subprocess.run(["bash", "-c", "command -v nvidia-smi"], capture_output=True).returncode != 0
 
 
-def _main_job(tmp_path, met: bool, gpu: bool, pip_ok: bool = True, met_without_dali: bool = True):
-    """launch/cifar10.sh with python3 (and nvidia-smi) stubbed: (result, the python3 calls it made)."""
+def _main_job(tmp_path, met: bool = True, gpu: bool = False, pip_ok: bool = True, met_without_dali: bool = True,
+              cwd=REPO, args=(), **env):
+    """launch/cifar10.sh with python3 (and nvidia-smi) stubbed: (result, the python3 calls it made);
+    each call's working directory is appended to tmp_path/cwds. ``env`` overrides (None: unset)."""
     bin_dir, calls, data = tmp_path / "bin", tmp_path / "calls", tmp_path / "data"
-    bin_dir.mkdir()
-    (data / "cifar-10-batches-py").mkdir(parents=True)  # materialised already
-    stubs = {"python3": f'echo "$*" >> {calls}\n'
-                        f'case "$*" in "launch/requirements_met.py --without"*) exit {0 if met_without_dali else 1};;\n'
-                        f'  launch/requirements_met.py*) exit {0 if met else 1};;\n'
+    bin_dir.mkdir(exist_ok=True)
+    (data / "cifar-10-batches-py").mkdir(parents=True, exist_ok=True)  # materialised already
+    stubs = {"python3": f'echo "$*" >> {calls}\npwd >> {tmp_path / "cwds"}\n'
+                        f'case "$*" in *"launch/requirements_met.py --without"*) exit {0 if met_without_dali else 1};;\n'
+                        f'  *launch/requirements_met.py*) exit {0 if met else 1};;\n'
                         f'  "-m pip"*) exit {0 if pip_ok else 1};; esac\nexit 0\n'}
     if gpu:
         stubs["nvidia-smi"] = "exit 0\n"
     for name, body in stubs.items():
         (bin_dir / name).write_text("#!/bin/sh\n" + body)
         (bin_dir / name).chmod(0o755)
-    r = run_bounded(["bash", "launch/cifar10.sh"], cwd=REPO, timeout=30,
-                    env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DATA": str(data)})
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DATA": str(data), **env}
+    r = run_bounded(["bash", str(REPO / "launch" / "cifar10.sh"), *args], cwd=cwd, timeout=30,
+                    env={k: v for k, v in env.items() if v is not None})
     return r, calls.read_text().splitlines()
 
 
@@ -384,12 +387,13 @@ def test_the_main_job_asks_pip_and_torch_only_when_needed(tmp_path, met, gpu):
     r, said = _main_job(tmp_path, met, gpu)
     assert r.returncode == 0, r.stderr
     data = tmp_path / "data"
-    assert said[0] == "launch/requirements_met.py requirements.txt"
-    pip = ["-m pip install --quiet --disable-pip-version-check -r requirements.txt"]
+    assert said[0] == f"{REPO}/launch/requirements_met.py {REPO}/requirements.txt"
+    pip = [f"-m pip install --quiet --disable-pip-version-check -r {REPO}/requirements.txt"]
     cuda = ["-c import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"]
     assert said[1:-1] == (pip if not met else []) + (cuda if gpu else [])
     config = "configs/cifar10.yaml" if gpu else "configs/cifar10_cpu.yaml"
-    assert said[-1].startswith(f"training/train.py --config {config} --data {data} --logdir runs/cifar10-")
+    assert said[-1].startswith(f"{REPO}/training/train.py --config {REPO}/{config} --data {data} "
+                               f"--logdir {REPO}/runs/cifar10-")
 
 
 @pytest.mark.skipif(not NO_GPU_DRIVER, reason="this machine has a GPU driver")
@@ -398,14 +402,38 @@ def test_the_main_job_goes_on_without_dali_where_pip_cannot_install_it(tmp_path,
     """An offline machine without DALI (the lent GPU machine): pip fails, and the CIFAR job, which does not
     read DALI, trains anyway; anything else missing stops it, after pip's own error."""
     r, said = _main_job(tmp_path, met=False, gpu=False, pip_ok=False, met_without_dali=met_without_dali)
-    assert said[2] == "launch/requirements_met.py --without nvidia-dali-cuda130 requirements.txt"
+    assert said[2] == f"{REPO}/launch/requirements_met.py --without nvidia-dali-cuda130 {REPO}/requirements.txt"
     if met_without_dali:
         assert r.returncode == 0, r.stderr
         assert "going on without DALI" in r.stderr
-        assert said[-1].startswith("training/train.py --config configs/cifar10_cpu.yaml")
+        assert said[-1].startswith(f"{REPO}/training/train.py --config {REPO}/configs/cifar10_cpu.yaml")
     else:
         assert r.returncode == 1
         assert len(said) == 3  # no training
+
+
+def test_the_main_job_reads_relative_paths_from_where_it_is_run(tmp_path):
+    """As with any command (docs/OPERATIONS.md): it used to cd to the repo, so `DATA=rel` fetched into
+    the repo's rel/ and `--logdir mylog` wrote the repo's mylog/. Its defaults are the repo's data/
+    and runs/, wherever it is run from (README's `bash launch/cifar10.sh`)."""
+    here = tmp_path / "here"
+    here.mkdir()
+    shared = tmp_path / "shared"
+    (shared / "datasets" / "cifar10").mkdir(parents=True)
+    (shared / "datasets" / "cifar10" / "materialize.py").write_text("")
+    r, said = _main_job(tmp_path, cwd=here, args=("--logdir", "mylog"), DATA="rel", SHARED_DIR=str(shared))
+    assert r.returncode == 0, r.stderr
+    assert set((tmp_path / "cwds").read_text().split()) == {str(here)}
+    assert f"{shared}/datasets/cifar10/materialize.py rel" in said
+    train = said[-1].split()
+    assert train[0] == f"{REPO}/training/train.py" and train[3:5] == ["--data", "rel"]
+    assert train[5] == "--logdir" and train[-2:] == ["--logdir", "mylog"]  # the last --logdir wins
+    assert not (REPO / "rel").exists()
+    (tmp_path / "calls").unlink()
+    r, said = _main_job(tmp_path, cwd=here, DATA=None, SHARED_DIR=str(tmp_path / "no-shared"))
+    assert r.returncode == 0, r.stderr
+    train = said[-1].split()
+    assert train[3:6] == ["--data", f"{REPO}/data", "--logdir"] and train[6].startswith(f"{REPO}/runs/cifar10-")
 
 
 @pytest.mark.parametrize("lines, met", [
