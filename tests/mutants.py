@@ -99,8 +99,8 @@ MUTANTS = [
            ("tests/test_imagefolder.py::test_two_ranks_cover_train_at_least_once_and_validation_exactly_once",)),
     # training shards: one global permutation per epoch, dealt to the ranks
     Mutant("dali_shard_seeded_per_rank", "training/data/dali.py",
-           "shard_indices(self.num_images, spec.seed, self.epoch,",
-           "shard_indices(self.num_images, spec.seed * (spec.rank + 1), self.epoch,",
+           "shard_batches(self.num_images, self.batch_size, s.seed, self.epoch,",
+           "shard_batches(self.num_images, self.batch_size, s.seed * (s.rank + 1), self.epoch,",
            ("tests/test_dali.py::test_two_ranks_read_every_training_image_each_epoch",)),
     # DALI: one pipeline per phase, but crops a function of (seed, epoch, image); the shared geometry
     Mutant("dali_crops_from_pipeline_epoch", "training/data/dali.py",
@@ -612,8 +612,8 @@ MUTANTS = [
            "if ph.start >= schedule.num_epochs - 1 and not trained:",
            ("tests/test_phases.py::test_a_data_phase_in_the_last_epoch_runs",)),
     # the schedule's edges (a mutation pass, 2026-11-27)
-    Mutant("sampler_padding_ignored", "training/phases.py", "per_rank, bs = math.ceil(num_images / world_size), self",
-           "per_rank, bs = num_images // world_size, self",
+    Mutant("sampler_padding_ignored", "training/phases.py", "per_rank = math.ceil(num_images / world_size)",
+           "per_rank = num_images // world_size",
            ("tests/test_phases.py::test_iterations_per_epoch_follow_distributed_sampler",)),
     Mutant("shape_of_a_batch_never_run", "training/phases.py", "if row.iters == full and (last, row.size) != shapes[0]:",
            "if (last, row.size) != shapes[0]:",
@@ -912,7 +912,8 @@ MUTANTS = [
            ("tests/test_dali.py::test_gpu_graph_is_valid_dali_without_a_gpu",)),
     # --loader synthetic: the real loaders' batch counts, the spec's dtype and layout, per-rank batches
     Mutant("synthetic_train_shard_floored", "training/data/synthetic.py",
-           "return -(-self.num_images // s.world_size)", "return self.num_images // s.world_size", (SYNTH_TEST,)),
+           "return rank_train_images(self.num_images, s.world_size, self.batch_size)",
+           "return self.num_images // s.world_size", (SYNTH_TEST,)),
     Mutant("synthetic_val_every_rank_from_0", "training/data/synthetic.py",
            "range(s.rank, self.num_images, s.world_size)", "range(0, self.num_images, s.world_size)", (SYNTH_TEST,)),
     Mutant("synthetic_val_len_padded", "training/data/synthetic.py", "        return len(self._batch_sizes())",
@@ -1302,6 +1303,13 @@ MUTANTS = [
            (MAIN_JOB_CWD_TEST,)),
     Mutant("main_job_runs_in_the_callers_dir", "launch/cifar10.sh", '--logdir "$ROOT/runs/cifar10-',
            '--logdir "runs/cifar10-', (MAIN_JOB_CWD_TEST,)),
+    # session 26: bounds --check knows, and what a checkpoint of other classes says
+    Mutant("num-classes-unbounded", "training/config.py", '"model.num_classes": (0, 100_000),',
+           '"model.num_classes": (0, None),', (CLI + "test_train_bad_command_line",)),
+    Mutant("val-batch-negative-passes-check", "training/config.py", '"data.val_batch_size": (0, 65536),',
+           '"data.val_batch_size": (-1, 65536),', (CLI + "test_train_bad_command_line",)),
+    Mutant("resume-mismatch-says-only-error-s", "training/recipes/imagenet.py", "{lines[min(1, len(lines) - 1)]}",
+           "{lines[0]}", (TRAIN + "test_checkpoint_from_another_arch_is_refused",)),
 ]
 
 

@@ -62,6 +62,7 @@ def test_iterations_per_epoch_follow_distributed_sampler(sched):
     assert sched.iters_per_epoch(6, 1000, 2) == 2  # bs 256
     assert sched.iters_per_epoch(0, 385, 3) == 1  # the sampler pads 385 to 3 x 129: 128, and one left out
     assert sched.iters_per_epoch(0, 390, 3) == 2  # 130 each: a batch of 128, one of 2
+    assert sched.iters_per_epoch(0, 259, 2) == 2  # padded to 2 x 130 (unpadded, 129: 128 and one left out)
 
 
 def test_batch_shapes_are_each_phases_full_and_partial_batch(sched):

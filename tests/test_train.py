@@ -243,6 +243,11 @@ def test_checkpoint_from_another_arch_is_refused(data, tmp_path):
     r = train(str(data), *TINY, "--arch", "resnet34", f"train.logdir={tmp_path / 'r34'}",
               "--resume", str(ckpt), check=False)
     assert r.returncode == 2 and "checkpoint is for arch 'resnet18'" in r.stderr, r.stderr
+    r = train(str(data), *TINY, "model.num_classes=5", f"train.logdir={tmp_path / 'five'}", "--resume", str(ckpt),
+              check=False)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert ("checkpoint does not fit resnet18 with 5 classes: size mismatch for fc.weight: copying a param with "
+            "shape torch.Size([3, 512]) from checkpoint, the shape in current model is torch.Size([5, 512])") in r.stderr
 
 
 def test_checkpoint_with_other_weight_decay_groups_is_refused_in_one_line(data, tmp_path):

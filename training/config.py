@@ -184,7 +184,8 @@ CHOICES = {
 # Inclusive ranges of numeric keys; anything outside would crash mid-run or do nothing quietly.
 # (The cifar.* keys are checked by the cifar recipe, which knows how they combine.)
 RANGES = {
-    "model.num_classes": (0, None),
+    "model.num_classes": (0, 100_000),  # ImageNet-21k has 21,841; 1e12 ran out of memory building fc
+    "data.val_batch_size": (0, 65536),  # per process, as a phase's bs (phases.MAX_BATCH)
     "data.workers": (0, None),
     "data.timeout_s": (0, 7 * 24 * 3600),
     "data.synthetic_images": (1, None),

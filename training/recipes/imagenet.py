@@ -348,9 +348,10 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
     if ckpt:
         try:
             model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
+        except RuntimeError as e:  # its first line only says "Error(s) in loading state_dict": name the first
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             raise checkpoint.CheckpointError(f"checkpoint does not fit {cfg.model.arch} with "
-                                             f"{num_classes} classes: {str(e).splitlines()[0]}") from None
+                                             f"{num_classes} classes: {lines[min(1, len(lines) - 1)]}") from None
         # load_state_dict also puts back each group's settings as the checkpoint saved them (weight decay,
         # momentum, nesterov): the run goes on with this run's, as the warning says and config.yaml records
         configured = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
