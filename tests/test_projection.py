@@ -32,13 +32,13 @@ def tp(tmp_path) -> P.Throughput:
 
 
 def test_hand_computed_minutes(tp):
-    # 1001 images on 2 GPUs: 501 per rank. 128 px: ceil(501/100) = 6 steps = 600 images per rank per epoch,
-    # 600 / (100 img/s * 0.5) = 12 s, twice = 24 s. 224 px: ceil(501/50) = 11 steps = 550 images,
+    # 1003 images on 2 GPUs: 502 per rank. 128 px: ceil(502/100) = 6 steps = 600 images per rank per epoch,
+    # 600 / (100 img/s * 0.5) = 12 s, twice = 24 s. 224 px: ceil(502/50) = 11 steps = 550 images,
     # 550 / (50 * 0.5) = 22 s, plus 6 s warm-up for each of its two batch shapes (50 and the last
-    # batch's 501 - 500 = 1: static graphs, one compile each). Eval: imagenet18's validation batch (512
+    # batch's 502 - 500 = 2: static graphs, one compile each). Eval: imagenet18's validation batch (512
     # at 128 px, 256 at 224 px) holds all 200 images, so one rank evaluates them: 200/400 = 0.5 s after
     # epochs 0 and 1, 200/200 = 1 s after epoch 2. Total 60 s.
-    proj = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1001, num_val=200)
+    proj = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1003, num_val=200)
     first, second = proj.rows
     assert (first.first_epoch, first.last_epoch, first.size, first.images) == (0, 1, 128, 2400)
     assert (second.first_epoch, second.last_epoch, second.size, second.images) == (2, 2, 224, 1100)
@@ -46,12 +46,12 @@ def test_hand_computed_minutes(tp):
     assert second.train_s == pytest.approx(22.0) and second.eval_s == pytest.approx(1.0)
     assert second.warmup_s == 12
     assert proj.total_s / 60 == pytest.approx(60 / 60)
-    only_last = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1001, num_val=200,
+    only_last = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1003, num_val=200,
                           eval_every=0)
     assert only_last.total_s == pytest.approx(59)  # one evaluation, after the last epoch
     assert "~1.0 min" in P.format_table(proj, "small.yaml", "resnet50")
     # validation batches of 50: 2 per rank, 100 images each, as the trainer shards them
-    even = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1001, num_val=200, val_batch=50)
+    even = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1003, num_val=200, val_batch=50)
     assert [r.eval_s for r in even.rows] == [pytest.approx(0.5), pytest.approx(0.5)]
 
 
@@ -75,9 +75,9 @@ def test_evaluation_takes_as_long_as_its_busiest_rank(tp):
 
 
 def test_checkpoint_wait_is_added_per_epoch_or_said_to_be_left_out(tp):
-    plain = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1001, num_val=200)
+    plain = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1003, num_val=200)
     assert "checkpoints: not included" in P.format_table(plain, "small.yaml", "resnet50")
-    proj = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1001, num_val=200,
+    proj = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1003, num_val=200,
                      checkpoint_s=2.0)
     assert [r.checkpoint_s for r in proj.rows] == [4.0, 2.0]  # 2 s after each of the 3 epochs
     assert proj.total_s == pytest.approx(60 + 6)
