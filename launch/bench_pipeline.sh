@@ -41,12 +41,13 @@ bench=(python3 -m training.bench pipeline "$TREE" --generate "$IMAGES" --workers
 # step|command; STEPS picks steps by name (comma-separated) or all. The first H200 run (2026-11-26)
 # timed out in checks and loaders (150 s, 60 s) with ROI + fancy-upsampling warnings flooding the log.
 # The tree (generated on every core, ~45 s there) gets a step of its own: inside the first bench step
-# it took that step's timeout.
+# it took that step's timeout. hwload measures dali:whole with the hardware decoder off, against
+# loaders' dali:whole row (its default share): the hardware decoder decodes whole images only.
 cmds=(
   "checks|timeout 120 python3 -m pytest -q -x -p no:cacheprovider --durations=5 tests/test_dali_gpu.py"
   "tree|timeout 180 ${bench[*]} --sizes 128 224 --loader"
   "loaders|timeout 210 ${bench[*]} --sizes 128 224 --loader dali torchvision dali:whole --batch-size 256 --seconds $SECONDS_PER --json $OUT/pipeline.json"
-  "hwload|timeout 60 ${bench[*]} --sizes 128 --loader dali --dali-hw-load 0 --batch-size 256 --seconds $SECONDS_PER --json $OUT/pipeline_hw0.json"
+  "hwload|timeout 60 ${bench[*]} --sizes 128 --loader dali:whole --dali-hw-load 0 --batch-size 256 --seconds $SECONDS_PER --json $OUT/pipeline_hw0.json"
   "full|timeout 90 ${bench[*]} --source full --sizes 128 --loader dali torchvision --batch-size 256 --seconds $SECONDS_PER --json $OUT/pipeline_full.json"
   "float|timeout 60 ${bench[*]} --sizes 128 --loader torchvision torchvision:float --batch-size 256 --seconds $SECONDS_PER --json $OUT/pipeline_float.json"
   "e2e|timeout 330 ${bench[*]} --sizes 128 224 --loader --end-to-end dali torchvision --json $OUT/end_to_end.json"

@@ -30,9 +30,10 @@ def image_levels(loader) -> list[float]:
 
 
 def unnormalise(x: torch.Tensor) -> torch.Tensor:
-    """The 0..255 values a normalised NCHW batch was made from."""
+    """The 0..255 values a normalised NCHW batch was made from, on the CPU (a GPU loader's batch too:
+    the tests' palette and constants are CPU tensors)."""
     std, mean = (torch.tensor(v).view(1, 3, 1, 1) * 255 for v in (IMAGENET_STD, IMAGENET_MEAN))
-    return x.float() * std + mean
+    return x.detach().cpu().float() * std + mean
 
 
 def pixel_classes(x: torch.Tensor) -> list[int]:

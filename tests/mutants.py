@@ -1310,6 +1310,9 @@ MUTANTS = [
            '"data.val_batch_size": (-1, 65536),', (CLI + "test_train_bad_command_line",)),
     Mutant("resume-mismatch-says-only-error-s", "training/recipes/imagenet.py", "{lines[min(1, len(lines) - 1)]}",
            "{lines[0]}", (TRAIN + "test_checkpoint_from_another_arch_is_refused",)),
+    # session 26: compiled shapes per data copy
+    Mutant("batch-shapes-of-the-first-copy-only", "training/phases.py", "            n = count(i)",
+           "            n = count(0)", ("tests/test_phases.py::test_batch_shapes_are_each_phases_full_and_partial_batch",)),
 ]
 
 

@@ -78,6 +78,10 @@ def test_batch_shapes_are_each_phases_full_and_partial_batch(sched):
     new_bs = parse_schedule([{"ep": 0, "sz": 32, "bs": 8}, {"ep": 1, "sz": 32, "bs": 6},
                              {"ep": [0, 1.5], "lr": [0.1, 0.0]}])
     assert new_bs.batch_shapes(20, 1) == [(8, 32), (4, 32), (6, 32)]
+    # a later phase reading another data copy with other images has its own partial batch
+    copies = parse_schedule([{"ep": 0, "sz": 32, "bs": 8}, {"ep": 2, "sz": 48, "bs": 8}, {"ep": [0, 3], "lr": 0.1}])
+    assert copies.batch_shapes(20, 1) == [(8, 32), (4, 32), (8, 48), (4, 48)]
+    assert copies.batch_shapes(lambda epoch: 20 if epoch < 2 else 18, 1) == [(8, 32), (4, 32), (8, 48), (2, 48)]
 
 
 def test_input_forms_agree():

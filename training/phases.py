@@ -16,7 +16,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from training import bounded
 
@@ -131,13 +131,19 @@ class Schedule:
         remaining = self.total_epochs - epoch
         return batches if remaining >= 1 else max(1, math.ceil(remaining * batches))
 
-    def batch_shapes(self, num_images: int, world_size: int = 1) -> list[tuple[int, int]]:
+    def batch_shapes(self, num_images: int | Callable[[int], int], world_size: int = 1) -> list[tuple[int, int]]:
         """Distinct (per-rank batch, image size) pairs of the training batches, in order of first
         use: each phase's full batch and the partial last batch of an epoch that runs to its end
-        (ceil(N / world) mod bs). A model compiled with static shapes needs one graph per pair."""
+        (rank_train_images mod bs). A model compiled with static shapes needs one graph per pair.
+        ``num_images``: the count, or the count of an epoch's data copy (a phase reading another copy,
+        ``-sz/352``, holding other images, has its own partial batch)."""
+        count = num_images if callable(num_images) else lambda epoch: num_images
+        plans: dict[int, list[EpochPlan]] = {}
         shapes: dict[tuple[int, int], None] = {}  # an ordered set
-        for row in self.plan(num_images, world_size):
-            shapes.update(dict.fromkeys(self.epoch_shapes(row, num_images, world_size)))
+        for i in range(len(self.plan(count(0), world_size))):
+            n = count(i)
+            row = plans.setdefault(n, self.plan(n, world_size))[i]
+            shapes.update(dict.fromkeys(self.epoch_shapes(row, n, world_size)))
         return list(shapes)
 
     def epoch_shapes(self, row: EpochPlan, num_images: int, world_size: int = 1) -> list[tuple[int, int]]:

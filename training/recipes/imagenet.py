@@ -329,9 +329,12 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
         images = {active.train_dir: train_loader.num_images,
                   **index_later_phases(active, schedule.data_phases)}
     drill = None if attempt.restarted or cfg.train.evaluate else dist.check_fault(schedule.num_epochs, info.world_size)
+
+    def images_at(epoch: int) -> int:  # the training images of the epoch's data copy
+        return images.get(loaders.spec_for(epoch).train_dir, train_loader.num_images)
+
     if drill:
-        check_drill_fires(drill, cfg, schedule, start_epoch, info.world_size,
-                          lambda epoch: images.get(loaders.spec_for(epoch).train_dir, train_loader.num_images))
+        check_drill_fires(drill, cfg, schedule, start_epoch, info.world_size, images_at)
     num_classes = cfg.model.num_classes or len(train_loader.classes)
     if num_classes < len(train_loader.classes):
         raise ConfigError(f"model.num_classes={num_classes} is fewer than the {len(train_loader.classes)} class "
@@ -379,7 +382,7 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
     if cfg.train.compile and info.device.type != "cuda" and info.is_main:
         print("compile: train.compile applies on CUDA only; this CPU run is eager", file=sys.stderr)
     if cfg.train.compile and info.device.type == "cuda":
-        shapes = schedule.batch_shapes(train_loader.num_images, info.world_size)
+        shapes = schedule.batch_shapes(images_at, info.world_size)
         if info.is_main:
             print(f"compile: one static graph per training shape (per-rank batch, size): {shapes}",
                   file=sys.stderr)
