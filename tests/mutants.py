@@ -1313,6 +1313,14 @@ MUTANTS = [
     # session 26: compiled shapes per data copy
     Mutant("batch-shapes-of-the-first-copy-only", "training/phases.py", "            n = count(i)",
            "            n = count(0)", ("tests/test_phases.py::test_batch_shapes_are_each_phases_full_and_partial_batch",)),
+    # session 26: tool input checks
+    Mutant("phases_arithmetic_read_as_yaml", "training/phases.py",
+           "if not isinstance(node, (ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare))", "if True",
+           ("tests/test_phases.py::test_arithmetic_is_refused_as_not_a_literal_naming_it[0.1*8]",)),
+    Mutant("phases_negative_number_taken_for_arithmetic", "training/phases.py", "        ast.literal_eval(node)",
+           "        raise ValueError",
+           ("tests/test_phases.py::"
+            "test_arithmetic_in_phases_is_one_line_exit_2_and_negatives_reach_the_range_checks",)),
 ]
 
 

@@ -191,6 +191,24 @@ def test_injection_is_refused_and_nothing_runs(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("expr", ["0.1*8", "2**10", "2.0*8"])
+def test_arithmetic_is_refused_as_not_a_literal_naming_it(expr):
+    lr = "(1.0,2.0*8)" if expr == "2.0*8" else expr
+    text = f"[{{'ep':0,'sz':128,'bs':256}},{{'ep':(0,6),'lr':{lr}}}]"
+    with pytest.raises(PhaseError, match=re.escape(f"phases: not a literal (found {expr!r})")):
+        load_phases(text)
+
+
+def test_arithmetic_in_phases_is_one_line_exit_2_and_negatives_reach_the_range_checks():
+    r = run_bounded([sys.executable, "training/train.py", "--dry-run", "--phases",
+                     "[{'ep':0,'sz':128,'bs':256},{'ep':(0,6),'lr':0.1*8}]"], cwd=REPO, timeout=120)
+    assert (r.returncode, r.stderr) == (2, "error: phases: not a literal (found '0.1*8'); only literals are "
+                                           "accepted and nothing is evaluated\n")
+    with pytest.raises(PhaseError, match="negative learning rate -0.1"):  # a literal beside bare words
+        parse_schedule(load_phases("[{ep: 0, sz: 128, bs: 256}, {ep: [0, 6], lr: -0.1}]"))
+    assert load_phases("[{ep: 0, sz: a-b}]") == [{"ep": 0, "sz": "a-b"}]  # words stay YAML's
+
+
 def test_dry_run_cli_prints_one_json_object_per_epoch():
     r = run_bounded([sys.executable, "training/train.py", "--phases", PHASES, "--dry-run",
                      "--num-train-images", str(N), "--world-size", str(W)], cwd=REPO, timeout=120)

@@ -291,10 +291,10 @@ def _parse_text(text: str) -> Any:
             tree = ast.parse(code, mode="eval")
         except (SyntaxError, ValueError, MemoryError, RecursionError):
             tree = None
-        call = next((n for n in ast.walk(tree) if isinstance(n, (ast.Call, ast.Attribute, ast.Lambda))), None) \
-            if tree is not None else None
-        if call is not None:
-            raise PhaseError(f"phases: not a literal (found {ast.unparse(call)[:60]!r}); "
+        code_node = next((n for n in ast.walk(tree) if _is_code(n)), None) if tree is not None else None
+        if code_node is not None:
+            found = ast.get_source_segment(code, code_node) or ast.unparse(code_node)
+            raise PhaseError(f"phases: not a literal (found {found[:60]!r}); "
                              "only literals are accepted and nothing is evaluated")
     try:
         data = bounded.load_yaml(text, MAX_CHARS)
@@ -307,6 +307,21 @@ def _parse_text(text: str) -> Any:
     if python_error is not None and _misread(data):
         raise _not_parsed(_python_where(python_error, code))
     return data
+
+
+def _is_code(node: ast.AST) -> bool:
+    """A call, attribute or lambda, or arithmetic on literals (``0.1*8``: YAML would misread the text
+    around it). An operation on bare words (``a-b``) stays YAML's; a negative number is a literal."""
+    if isinstance(node, (ast.Call, ast.Attribute, ast.Lambda)):
+        return True
+    if not isinstance(node, (ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare)) \
+            or any(isinstance(n, ast.Name) for n in ast.walk(node)):
+        return False
+    try:
+        ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return True
+    return False
 
 
 def _refuse_duplicate_keys(code: str) -> None:
