@@ -1321,6 +1321,18 @@ MUTANTS = [
            "        raise ValueError",
            ("tests/test_phases.py::"
             "test_arithmetic_in_phases_is_one_line_exit_2_and_negatives_reach_the_range_checks",)),
+    Mutant("pipeline_seconds_inf_measures_for_ever", "training/bench/pipeline.py", "if not 0 < value < math.inf:",
+           "if not 0 < value:", ("tests/test_bench.py::test_pipeline_seconds_must_be_a_finite_number",)),
+    Mutant("pipeline_data_file_not_refused", "training/bench/pipeline.py",
+           "        if path.exists() and not path.is_dir():", "        if False:",
+           ("tests/test_bench.py::test_pipeline_data_or_its_train_that_is_a_file_is_refused_writing_nothing",)),
+    Mutant("pipeline_empty_class_folder_measured", "training/bench/pipeline.py",
+           "            _list_files(split, find_classes(split))", "            find_classes(split)",
+           ("tests/test_bench.py::test_pipeline_empty_train_or_class_folder_is_refused_with_no_json",)),
+    Mutant("pipeline_arch_not_checked_first", "training/bench/pipeline.py", "            check_arch(args.arch)",
+           "            pass", ("tests/test_bench.py::test_pipeline_end_to_end_checks_arch_first_and_says_error_once",)),
+    Mutant("pipeline_error_prefix_doubled", "training/bench/pipeline.py", 'ln.removeprefix("error: ")', "ln",
+           ("tests/test_bench.py::test_pipeline_end_to_end_checks_arch_first_and_says_error_once",)),
 ]
 
 

@@ -582,6 +582,61 @@ def test_pipeline_bad_arguments_one_line_exit_2(capsys):
         assert e.value.code == 2
 
 
+@pytest.mark.parametrize("value,message", [
+    ("abc", "error: argument --seconds: expected a number of seconds, got 'abc'"),
+    ("inf", "error: argument --seconds: must be a positive finite number of seconds, got inf")])
+def test_pipeline_seconds_must_be_a_finite_number(value, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["pipeline", "--seconds", value, "--sizes", "0"])  # accepted, --sizes stops it at once
+    assert e.value.code == 2 and capsys.readouterr().err == message + "\n"
+
+
+def _pipeline_refusal(capsys, argv: list[str]) -> str:
+    """The one error line of a pipeline command that must exit 2 before any measuring."""
+    with pytest.raises(SystemExit) as e:
+        bench.main(["pipeline", *argv, "--sizes", "32", "--loader", "torchvision", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("file", [".", "train"])
+def test_pipeline_data_or_its_train_that_is_a_file_is_refused_writing_nothing(tmp_path, capsys, file):
+    data = tmp_path / "d"
+    (data if file == "." else data / file).parent.mkdir(parents=True, exist_ok=True)
+    (data / file if file != "." else data).write_text("")
+    before = sorted(tmp_path.rglob("*"))
+    assert _pipeline_refusal(capsys, [str(data), "--generate", "4"]) == \
+        f"error: {data / file if file != '.' else data} is not a directory\n"
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("tree,message", [("train", "no class folders in {d}/train"),
+                                          ("train/a", "class folder holds no images: {d}/train/a")])
+def test_pipeline_empty_train_or_class_folder_is_refused_with_no_json(tmp_path, capsys, tree, message):
+    data = tmp_path / "d"
+    (data / tree).mkdir(parents=True)
+    out = tmp_path / "p.json"
+    err = _pipeline_refusal(capsys, [str(data), "--source", "full", "--json", str(out)])
+    assert err == f"error: {message.format(d=data)}\n" and not out.exists()
+
+
+def test_pipeline_end_to_end_checks_arch_first_and_says_error_once(tmp_path, capsys, monkeypatch):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    assert _pipeline_refusal(capsys, [str(tmp_path), "--end-to-end", "synthetic", "--arch", "nosuch"]) == \
+        "error: unknown --arch 'nosuch': not a torchvision classification model\n"
+    import subprocess as sp
+
+    from training.bench import pipeline
+    monkeypatch.setattr(pipeline, "_count", lambda *a: 100)
+    monkeypatch.setattr(pipeline.subprocess, "run",
+                        lambda cmd, **k: sp.CompletedProcess(cmd, 2, "", "error: unknown --arch 'x'\n"))
+    args = bench.build_parser().parse_args(["pipeline", str(tmp_path), "--device", "cpu"])
+    args.e2e_batch = {}
+    rows = pipeline.end_to_end("synthetic", str(tmp_path), {128: ""}, args)
+    assert pipeline._e2e_row(rows[0]).split(None, 2)[2] == "error: unknown --arch 'x'"
+
+
 def test_synthetic_loader_counts_dtype_layout_and_batches_per_rank():
     """--loader synthetic counts batches as the real loaders do: train pads each rank to ceil(N / world)
     images, validation covers N // 4 images exactly once across ranks; images come in the spec's dtype and

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import re
@@ -162,6 +163,9 @@ def ensure_tree(data: Path, dirs: set[str], images: int, log=lambda m: print(m, 
     interrupted (a tree of ours whose marker does not say it finished) is completed, not measured:
     the generation is deterministic, so it is run again over the same file names."""
     from training.bench import jpegtree
+    for path in (data, data / "train", data / "validation"):  # before the marker or a folder is written
+        if path.exists() and not path.is_dir():
+            _refuse(f"{path} is not a directory")
     classes = min(100, images)
     made = jpegtree.generated(data)
     redo = made is not None and not made.get("complete")
@@ -190,6 +194,19 @@ def ensure_tree(data: Path, dirs: set[str], images: int, log=lambda m: print(m, 
         if made is not None:
             made["copies"].append(d)
             jpegtree.mark(data, made)
+
+
+def check_images(data: str, train_dirs: set[str]) -> None:
+    """Every DATA<dir>/train has class folders, each holding a file (listing only: the measure
+    indexes them itself); else a one-line refusal, before anything is measured or written."""
+    from training.data import DataError
+    from training.data.tree import _list_files, find_classes
+    for d in sorted(train_dirs):
+        split = f"{data}{d}/train"
+        try:
+            _list_files(split, find_classes(split))
+        except DataError as e:
+            _refuse(str(e))
 
 
 def _refuse(message: str) -> None:
@@ -221,7 +238,7 @@ def end_to_end(loader: str, data: str, dirs: dict[int, str], args: argparse.Name
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
         wall = time.perf_counter() - t0
     if r.returncode != 0:
-        tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
+        tail = " | ".join(ln.removeprefix("error: ") for ln in (r.stderr or r.stdout).strip().splitlines()[-3:])
         return [{"loader": loader, "size": s, "error": tail, "wall_s": wall} for s in sizes]
     tables = _stage_tables(r.stderr + r.stdout)
     rows = []
@@ -268,8 +285,16 @@ def run(args: argparse.Namespace) -> int:
     args.e2e_batch = dict(args.e2e_batch or [])
     if args.e2e_loader == []:  # --end-to-end alone: the measured loaders the trainer has
         args.e2e_loader = [name for name in args.loader if name in E2E_LOADERS]
+    if args.e2e_loader:  # the trainer's own check, not a refusal after minutes of measuring
+        from training.config import ConfigError
+        from training.models.resnet import check_arch
+        try:
+            check_arch(args.arch)
+        except ConfigError as e:
+            _refuse(str(e))
     dirs = {s: _train_dir(s, args) for s in args.sizes}
     ensure_tree(data, set(dirs.values()), args.generate)
+    check_images(str(data), set(dirs.values()))
     doc: dict = {"kind": "pipeline", "meta": _meta(args, device, data), "results": [], "end_to_end": []}
     results, e2e = doc["results"], doc["end_to_end"]
     ctx = mp.get_context("spawn")
@@ -353,9 +378,12 @@ def _per_size(value: Callable[[str], object], example: str) -> Callable[[str], t
 
 
 def _positive_seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < math.inf:  # inf would measure for ever; nan fails both
+        raise argparse.ArgumentTypeError(f"must be a positive finite number of seconds, got {text}")
     return value
 
 
