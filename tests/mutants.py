@@ -1333,6 +1333,9 @@ MUTANTS = [
            "            pass", ("tests/test_bench.py::test_pipeline_end_to_end_checks_arch_first_and_says_error_once",)),
     Mutant("pipeline_error_prefix_doubled", "training/bench/pipeline.py", 'ln.removeprefix("error: ")', "ln",
            ("tests/test_bench.py::test_pipeline_end_to_end_checks_arch_first_and_says_error_once",)),
+    Mutant("throughput_model_shapes_not_checked", "training/bench/throughput.py",
+           "        check_shapes(args.arch, args.sizes, args.batch_size)", "        pass",
+           ("tests/test_bench.py::test_throughput_model_that_cannot_run_is_one_line_before_any_progress",)),
 ]
 
 

@@ -637,6 +637,19 @@ def test_pipeline_end_to_end_checks_arch_first_and_says_error_once(tmp_path, cap
     assert pipeline._e2e_row(rows[0]).split(None, 2)[2] == "error: unknown --arch 'x'"
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["--arch", "resnet18", "--sizes", "32", "--batch-size", "1"], "--arch resnet18 cannot train at --sizes 32 with "
+     "--batch-size 1: Expected more than 1 value per channel when training, got input size torch.Size([1, 512, 1, 1])"),
+    (["--arch", "vit_b_16", "--sizes", "32", "--batch-size", "2"], "--arch vit_b_16 cannot train at --sizes 32 with "
+     "--batch-size 2: Wrong image height! Expected 224 but got 32!"),
+    (["--arch", "nosuch"], "unknown --arch 'nosuch': not a torchvision classification model")])
+def test_throughput_model_that_cannot_run_is_one_line_before_any_progress(argv, message, capsys):
+    assert bench.main(["throughput", *argv, "--device", "cpu", "--steps", "1", "--warmup", "0",
+                       "--repeats", "1"]) == 2
+    out = capsys.readouterr()
+    assert (out.out, out.err) == ("", f"error: {message}\n")
+
+
 def test_synthetic_loader_counts_dtype_layout_and_batches_per_rank():
     """--loader synthetic counts batches as the real loaders do: train pads each rank to ceil(N / world)
     images, validation covers N // 4 images exactly once across ranks; images come in the spec's dtype and

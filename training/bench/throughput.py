@@ -308,6 +308,23 @@ def run_throughput(arch: str, sizes: list[int], batch_size: int, steps: int, war
         "repeats": repeats, "command": " ".join(sys.argv)}, "results": results}
 
 
+def check_shapes(arch: str, sizes: list[int], batch_size: int, num_classes: int = 1000) -> None:
+    """ConfigError when ``arch`` is unknown or cannot train at a size and batch (BatchNorm on one
+    value per channel, a ViT's fixed input side): one forward on the meta device, no memory or
+    compute, so the refusal comes before any model is built or any progress is printed."""
+    with torch.device("meta"):
+        model = resnet.build(arch, num_classes).train()
+        for size in sizes:
+            try:
+                model(torch.empty(batch_size, 3, size, size))
+            except NotImplementedError:  # an op without a meta kernel: the run itself will tell
+                continue
+            except (ValueError, AssertionError, RuntimeError) as e:
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise ConfigError(f"--arch {arch} cannot train at --sizes {size} with --batch-size "
+                                  f"{batch_size}: {reason}") from None
+
+
 def environment(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {"device": name, "device_type": device.type, "torch": torch.__version__,
@@ -355,6 +372,7 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ours = ours_config(device, args.precision, args.channels_last, args.compile or "", args.cudnn_benchmark)
     try:
+        check_shapes(args.arch, args.sizes, args.batch_size)
         doc = run_throughput(args.arch, args.sizes, args.batch_size, args.steps, args.warmup,
                                   args.repeats, device, ours)
     except ConfigError as e:
