@@ -1336,6 +1336,8 @@ MUTANTS = [
     Mutant("throughput_model_shapes_not_checked", "training/bench/throughput.py",
            "        check_shapes(args.arch, args.sizes, args.batch_size)", "        pass",
            ("tests/test_bench.py::test_throughput_model_that_cannot_run_is_one_line_before_any_progress",)),
+    Mutant("decode_width_unbounded", "training/bench/decode.py", "\"--width\", type=int_range(1, JPEG_MAX_SIDE)",
+           "\"--width\", type=int_range(1)", ("tests/test_bench.py::test_decode_sides_are_bounded_as_jpeg_bounds_them",)),
 ]
 
 

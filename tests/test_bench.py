@@ -650,6 +650,13 @@ def test_throughput_model_that_cannot_run_is_one_line_before_any_progress(argv, 
     assert (out.out, out.err) == ("", f"error: {message}\n")
 
 
+def test_decode_sides_are_bounded_as_jpeg_bounds_them(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["decode", "--width", "70000", "--height", "2"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "error: argument --width: must be in 1..65535, got 70000\n"
+
+
 def test_synthetic_loader_counts_dtype_layout_and_batches_per_rank():
     """--loader synthetic counts batches as the real loaders do: train pads each rank to ceil(N / world)
     images, validation covers N // 4 images exactly once across ranks; images come in the spec's dtype and

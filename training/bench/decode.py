@@ -21,6 +21,8 @@ from training.bench import write_json
 from training.bench.jpegtree import jpeg_bytes, textured
 from training.cli import int_range, positive_int
 
+JPEG_MAX_SIDE = 65_535  # a JPEG header holds each side in 16 bits
+
 
 def generate_jpegs(count: int, width: int, height: int, quality: int = 90, seed: int = 0) -> list[torch.Tensor]:
     """``count`` encoded JPEGs (1-D uint8 tensors) of width x height px, ImageNet-like (jpegtree)."""
@@ -95,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=positive_int, default=512, help="generated JPEGs")
-    p.add_argument("--width", type=positive_int, default=500, help="px (ImageNet's typical 500x375)")
-    p.add_argument("--height", type=positive_int, default=375, help="px")
+    p.add_argument("--width", type=int_range(1, JPEG_MAX_SIDE), default=500, help="px (ImageNet's typical 500x375)")
+    p.add_argument("--height", type=int_range(1, JPEG_MAX_SIDE), default=375, help="px")
     p.add_argument("--quality", type=int_range(1, 100), default=90, help="JPEG quality, 1-100")
     p.add_argument("--batch-size", type=positive_int, default=128, help="images per decode_jpeg call")
     p.add_argument("--repeats", type=positive_int, default=5, help="passes; the median is reported")
