@@ -1338,6 +1338,18 @@ MUTANTS = [
            ("tests/test_bench.py::test_throughput_model_that_cannot_run_is_one_line_before_any_progress",)),
     Mutant("decode_width_unbounded", "training/bench/decode.py", "\"--width\", type=int_range(1, JPEG_MAX_SIDE)",
            "\"--width\", type=int_range(1)", ("tests/test_bench.py::test_decode_sides_are_bounded_as_jpeg_bounds_them",)),
+    Mutant("project_busiest_rank_floored", "training/bench/project.py", "min(-(-batches // gpus) * val_batch",
+           "min(batches // gpus * val_batch", ("tests/test_projection.py::test_the_busiest_rank_is_counted_not_listed",)),
+    Mutant("project_negative_size_divides_by_zero", "training/bench/project.py",
+           "if not _positive(size) or not isinstance(size, int)", "if not isinstance(size, int)",
+           ("tests/test_projection.py::test_unusable_input_exits_2_with_one_line",)),
+    Mutant("project_deep_json_traceback", "training/bench/project.py", "    except RecursionError:",
+           "    except ZeroDivisionError:", ("tests/test_projection.py::test_unusable_input_exits_2_with_one_line",)),
+    Mutant("project_nan_table", "training/bench/project.py", "    if not math.isfinite(out.total_s):", "    if False:",
+           ("tests/test_projection.py::test_unusable_input_exits_2_with_one_line",)),
+    Mutant("project_cifar_config_with_imagenet_images", "training/bench/project.py",
+           '        if cfg.recipe != "imagenet":', "        if False:",
+           ("tests/test_projection.py::test_unusable_input_exits_2_with_one_line",)),
 ]
 
 

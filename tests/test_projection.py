@@ -74,6 +74,16 @@ def test_evaluation_takes_as_long_as_its_busiest_rank(tp):
     assert busiest == 1024 and proj.rows[0].eval_s == pytest.approx(2 * 1024 / 400)
 
 
+@pytest.mark.parametrize("num_val,gpus", [(1, 1), (511, 2), (50_000, 64), (50_000, 1), (10**18, 64)])
+def test_the_busiest_rank_is_counted_not_listed(tp, num_val, gpus):
+    """As rectval.val_batches deals them; 10**18 images (whole batches, a whole share each) at once."""
+    from training.data.rectval import val_batches
+    proj = P.project(parse_schedule(SMALL), tp, gpus=gpus, efficiency=1.0, num_train=1000, num_val=num_val)
+    busiest = num_val // 64 if num_val == 10**18 else \
+        len([i for b in val_batches([(1, 1)] * num_val, 512, 128, 0, gpus, False) for i in b.indices])
+    assert proj.rows[0].eval_s == pytest.approx(2 * busiest / 400)
+
+
 def test_checkpoint_wait_is_added_per_epoch_or_said_to_be_left_out(tp):
     plain = P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, num_train=1003, num_val=200)
     assert "checkpoints: not included" in P.format_table(plain, "small.yaml", "resnet50")
@@ -153,6 +163,24 @@ def test_bad_throughput_file_is_one_line(tmp_path, content, message):
 def test_checkpoint_wait_must_be_a_number_of_seconds(tp):
     with pytest.raises(P.ProjectionError, match="--checkpoint-s must be >= 0"):
         P.project(parse_schedule(SMALL), tp, gpus=2, efficiency=0.5, checkpoint_s=float("nan"))
+
+
+@pytest.mark.parametrize("config,content,message", [
+    ("imagenet18/8x8.yaml", {"results": [{"size": -300, "ours": {"img_s": 10}}, {"size": 300, "ours": {"img_s": 10}}]},
+     "throughput file {f}: results[0] needs a positive integer 'size' and a positive 'ours.img_s'"),
+    ("imagenet18/8x8.yaml", "[" * 200_000 + "]" * 200_000,
+     "throughput file {f}: nested too deeply to be a throughput file"),
+    ("imagenet18/8x8.yaml", {"results": [{"size": s, "ours": {"img_s": 5e-324}} for s in (128, 224, 288)]},
+     "throughput file {f}: its rates give no finite time (img/s too small)"),
+    ("cifar10.yaml", {"results": [{"size": 32, "ours": {"img_s": 10}}]},
+     "--config configs/cifar10.yaml: the cifar recipe; project projects the imagenet recipe's schedules "
+     "(time cifar runs with bench cifar)"),
+], ids=["negative size", "nested 200k deep", "underflowing img/s", "cifar config"])
+def test_unusable_input_exits_2_with_one_line(tmp_path, config, content, message):
+    f = tmp_path / "tp.json"
+    f.write_text(content if isinstance(content, str) else json.dumps(content))
+    r = bench("--config", f"configs/{config}", "--gpus", "8", "--throughput", str(f))
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", f"error: {message.format(f=f)}\n")
 
 
 def test_missing_size_exits_2_with_one_line(tmp_path):

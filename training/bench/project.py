@@ -26,7 +26,6 @@ import sys
 from dataclasses import dataclass
 
 from training.cli import nonnegative_int, positive_int
-from training.data.rectval import val_batches
 from training.phases import Schedule
 
 IMAGENET_TRAIN = 1_281_167  # images in ImageNet-1k train
@@ -106,6 +105,8 @@ def load_throughput(path: str, which: str = "ours") -> Throughput:
         raise ProjectionError(f"throughput file {path}: not JSON ({e.msg}, line {e.lineno})") from None
     except UnicodeDecodeError as e:
         raise ProjectionError(f"throughput file {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except RecursionError:
+        raise ProjectionError(f"throughput file {path}: nested too deeply to be a throughput file") from None
     rates: dict[int, Rate] = {}
     results = doc.get("results") if isinstance(doc, dict) else None
     if not isinstance(results, list) or not results:
@@ -114,8 +115,8 @@ def load_throughput(path: str, which: str = "ours") -> Throughput:
         entry = row.get(which) if isinstance(row, dict) else None
         size = row.get("size") if isinstance(row, dict) else None
         img_s = entry.get("img_s") if isinstance(entry, dict) else None
-        if not isinstance(size, int) or not _positive(img_s):
-            raise ProjectionError(f"throughput file {path}: results[{i}] needs an integer 'size' and "
+        if not _positive(size) or not isinstance(size, int) or not _positive(img_s):
+            raise ProjectionError(f"throughput file {path}: results[{i}] needs a positive integer 'size' and "
                                   f"a positive '{which}.img_s'")
         eval_img_s = entry.get("eval_img_s")
         measured = _positive(eval_img_s)
@@ -184,16 +185,20 @@ def project(schedule: Schedule, tp: Throughput, gpus: int, efficiency: float,
         evals = sum(1 for p in epochs if p.epoch + 1 == schedule.num_epochs
                     or (eval_every and (p.epoch + 1) % eval_every == 0))
         per_rank = sum(p.iters * p.batch_size for p in epochs)  # every rank runs the same steps
-        # rank 0 holds the first (and a full) block of whole batches: the busiest
-        busiest = sum(len(b.indices) for b in val_batches([(1, 1)] * num_val, epochs[0].val_batch_size,
-                                                            phase.size, 0, gpus, rect=False))
+        # rank 0 holds the first (and a full) block of whole batches (rectval.val_batches): the busiest
+        val_batch = epochs[0].val_batch_size
+        batches = -(-num_val // val_batch)  # counted, not listed: --num-val-images may be huge
+        busiest = min(-(-batches // gpus) * val_batch, num_val)
         rows.append(PhaseRow(
             phase=index, first_epoch=epochs[0].epoch, last_epoch=epochs[-1].epoch, size=phase.size,
             batch_size=phase.batch_size, images=per_rank * gpus, rate=rate,
             train_s=per_rank / (rate.train_img_s * efficiency),
             eval_s=evals * busiest / rate.eval_img_s, evals=evals, warmup_s=len(new_shapes) * rate.warmup_s,
             checkpoint_s=len(epochs) * checkpoint_s))
-    return Projection(rows, gpus, efficiency, num_train, num_val, eval_every, tp, checkpoint_s)
+    out = Projection(rows, gpus, efficiency, num_train, num_val, eval_every, tp, checkpoint_s)
+    if not math.isfinite(out.total_s):  # a rate so small (5e-324 img/s) that its time overflows
+        raise ProjectionError(f"throughput file {tp.file}: its rates give no finite time (img/s too small)")
+    return out
 
 
 def format_table(p: Projection, config: str, arch: str) -> str:
@@ -233,6 +238,9 @@ def run(args: argparse.Namespace) -> int:
     from training.phases import PhaseError, parse_schedule
     try:
         cfg = C.build([args.config], [])
+        if cfg.recipe != "imagenet":  # its data set, evaluation and batches are another model's
+            raise C.ConfigError(f"--config {args.config}: the {cfg.recipe} recipe; project projects the imagenet "
+                                "recipe's schedules (time cifar runs with bench cifar)")
         schedule = parse_schedule(cfg.phases)
         tp = load_throughput(args.throughput, args.path)
         efficiency = args.efficiency if args.efficiency is not None else \
