@@ -160,6 +160,8 @@ def _json_object(run: Run, tag: str, text: Text) -> dict:
         obj = json.loads(body)
     except json.JSONDecodeError as e:
         raise EventsError(f"{run.path}: {tag} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise EventsError(f"{run.path}: {tag} is not valid JSON (nested too deeply)") from None
     if not isinstance(obj, dict):
         raise EventsError(f"{run.path}: {tag} is not a JSON object")
     return obj

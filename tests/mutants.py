@@ -1350,6 +1350,12 @@ MUTANTS = [
     Mutant("project_cifar_config_with_imagenet_images", "training/bench/project.py",
            '        if cfg.recipe != "imagenet":', "        if False:",
            ("tests/test_projection.py::test_unusable_input_exits_2_with_one_line",)),
+    Mutant("resize_deep_marker_traceback", "training/resize.py", "    except (OSError, ValueError, RecursionError):",
+           "    except (OSError, ValueError):",
+           ("tests/test_resize.py::test_a_marker_nested_past_the_parsers_depth_is_a_corrupt_one",)),
+    Mutant("events_deep_metadata_traceback", "dawn/events.py", "    except RecursionError:",
+           "    except ZeroDivisionError:",
+           ("tests/test_dawn.py::test_run_metadata_nested_past_the_parsers_depth_is_one_line_exit_2",)),
 ]
 
 

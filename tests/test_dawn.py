@@ -727,6 +727,18 @@ def test_value_not_a_finite_number_is_an_error_naming_tag_step_and_file(tmp_path
     assert line == f"prepare_dawn_tsv.py: error: {events}: {message}"
 
 
+def test_run_metadata_nested_past_the_parsers_depth_is_one_line_exit_2(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+    events = write_run(tmp_path / "run", [(100, 1360, 10.0, 20.0, 1.0, 0)])
+    w = SummaryWriter(str(events.parent))
+    w.add_text("run/metadata", '{"a": ' + "[" * 50_000 + "]" * 50_000 + "}", 0)
+    w.close()
+    r = export("--events_path", str(events.parent), "--format", "json")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (f"prepare_dawn_tsv.py: error: {events.parent}: run/metadata is not valid JSON "
+                        "(nested too deeply)\n")
+
+
 def fixture_copy(tmp_path: Path) -> tuple[Path, bytes, list[int]]:
     """A writable copy of the real run's event file, its bytes, and where each of its records
     starts (walking the TFRecord lengths: uint64 length, 4-byte CRC, data, 4-byte CRC)."""

@@ -1,6 +1,7 @@
 """The pre-resize tool: shorter side, layout, resumability, atomic writes, errors."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -89,6 +90,16 @@ def test_another_size_into_the_same_output_is_refused(tmp_path, capsys):
     assert sorted(p.stat().st_mtime_ns for p in out.rglob("*.*")) == before  # nothing touched
     assert main([str(tmp_path / "data"), str(out), "--size", "160", "--workers", "1"]) == 0  # the same: resumes
     assert "0 written, 5 already done" in capsys.readouterr().out
+
+
+def test_a_marker_nested_past_the_parsers_depth_is_a_corrupt_one(tmp_path, capsys):
+    """As any corrupt marker: the output is taken as new and its marker rewritten, no traceback."""
+    _tree(tmp_path / "data")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".resize.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert main([str(tmp_path / "data"), str(out), "--size", "160", "--workers", "1"]) == 0
+    assert json.loads((out / ".resize.json").read_text()) == {"size": 160, "quality": 90}
 
 
 def test_unreadable_input_named_and_skipped(tmp_path, capsys):

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with open(marker, encoding="utf-8") as f:
             made = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # unreadable or corrupt (nested past the parser's depth)
         made = None  # a new OUT (or one from before the marker: its files are taken as they are)
     if isinstance(made, dict) and made != settings:
         print(f"resize: {a.out} holds images made with --size {made.get('size')} --quality {made.get('quality')} "
