@@ -1356,6 +1356,11 @@ MUTANTS = [
     Mutant("events_deep_metadata_traceback", "dawn/events.py", "    except RecursionError:",
            "    except ZeroDivisionError:",
            ("tests/test_dawn.py::test_run_metadata_nested_past_the_parsers_depth_is_one_line_exit_2",)),
+    Mutant("output_empty_path_is_the_current_dir", "training/cli.py", 'return "an empty path names no file"',
+           "return None", (CLI + "test_bench_bad_arguments",)),
+    Mutant("bench_empty_json_skips_the_check", "training/bench/__init__.py",
+           'if getattr(args, "json", None) is not None and', 'if getattr(args, "json", None) and',
+           (CLI + "test_bench_bad_arguments",)),
 ]
 
 

@@ -427,6 +427,9 @@ def test_resize_bad_arguments(workdir, capsys):
     (["project", "--config", TINY, "--gpus", "0", "--throughput", "t.json"], "argument --gpus: must be positive"),
     (["project", "--config", TINY, "--gpus", "8", "--throughput", "t.json", "--eval-every", "-1"],
      "argument --eval-every: must be >= 0"),
+    (["decode", "--json", "", "--images", "1", "--repeats", "1"], "error: --json '': an empty path names no file"),
+    (["throughput", "--json", "", "--arch", "nosuch"], "error: --json '': an empty path names no file"),
+    (["pipeline", "/dev/null", "--json", ""], "error: --json '': an empty path names no file"),
     (["nonsense"], "argument command: invalid choice: 'nonsense'"),
     ([], "the following arguments are required: command"),  # not an AttributeError traceback
 ])

@@ -41,6 +41,8 @@ def output_problem(path: str, make_parents: bool = True) -> str | None:
     """Why a file a command will write cannot be written, checked before any work (its folder
     exists, or with ``make_parents`` can be created, and is writable; the path is not a folder);
     None when it can. Creates nothing."""
+    if not path:  # an unset shell variable: Path("") is the current directory
+        return "an empty path names no file"
     target = Path(path)
     if target.is_dir():
         return "is a directory"

@@ -49,7 +49,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[0] if argv else "").parse_args(argv)
-    if getattr(args, "json", None) and (problem := output_problem(args.json, make_parents=False)) is not None:
-        print(f"error: --json {args.json}: {problem}", file=sys.stderr)  # before minutes of measuring
+    if getattr(args, "json", None) is not None and (problem := output_problem(args.json, make_parents=False)):
+        shown = args.json or "''"
+        print(f"error: --json {shown}: {problem}", file=sys.stderr)  # before minutes of measuring
         return 2
     return args.func(args)
