@@ -41,6 +41,7 @@ if __package__ in (None, ""):  # run as `python dawn/prepare_dawn_tsv.py`: sys.p
 
 from dawn.events import (LAUNCH_TAG, METADATA_TAG, EventsError, Run, Scalar, load_run,  # noqa: E402
                          run_launches, run_metadata)
+from training.cli import output_clash  # noqa: E402
 
 TOP1, TOP5, EVAL_SEC, EPOCH = "losses/test_1", "losses/test_5", "times/eval_sec", "epoch"
 SIZE, BATCH, WORLD = "sizes/image", "sizes/batch", "sizes/world"
@@ -318,6 +319,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     prog = Path(sys.argv[0]).name
+    what = "the --events_path folder" if args.events_path.is_dir() else "the --events_path file"
+    if args.out is not None and (clash := output_clash("--out", str(args.out), [(what, args.events_path)])):
+        print(f"{prog}: error: {clash}", file=sys.stderr)  # a TSV in place of the events it is made from
+        return 2
     try:
         run = load_run(args.events_path)
         for f in run.skipped:

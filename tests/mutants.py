@@ -1361,6 +1361,20 @@ MUTANTS = [
     Mutant("bench_empty_json_skips_the_check", "training/bench/__init__.py",
            'if getattr(args, "json", None) is not None and', 'if getattr(args, "json", None) and',
            (CLI + "test_bench_bad_arguments",)),
+    Mutant("output_clash_misses_the_same_file", "training/cli.py",
+           "if out == src or (os.path.exists(path) and os.path.samefile(path, given)):", "if False:", (CLI + "test_an_output_that_is_an_input_is_refused_and_the_input_kept",)),
+    Mutant("output_clash_misses_a_path_inside_an_input", "training/cli.py",
+           "if os.path.isdir(src) and os.path.commonpath([src, out]) == src:", "if False:", (CLI + "test_an_output_that_is_an_input_is_refused_and_the_input_kept",)),
+    Mutant("train_results_over_its_config", "training/train.py",
+           'if (clash := output_clash("--results", cfg.cifar.results, [*inputs, data])) is not None:', "if False:",
+           (CLI + "test_an_output_that_is_an_input_is_refused_and_the_input_kept",)),
+    Mutant("bench_cifar_json_over_its_config", "training/bench/cifar.py",
+           'if (clash := output_clash("--json", args.json, inputs)) is not None:', "if False:", (CLI + "test_an_output_that_is_an_input_is_refused_and_the_input_kept",)),
+    Mutant("pipeline_json_inside_data", "training/bench/pipeline.py",
+           'if args.json and (clash := output_clash("--json", args.json, trees)) is not None:', "if False:", (CLI + "test_an_output_that_is_an_input_is_refused_and_the_input_kept",)),
+    Mutant("dawn_out_over_its_events", "dawn/prepare_dawn_tsv.py", "if args.out is not None and (clash :=",
+           "if False and (clash :=",
+           ("tests/test_dawn.py::test_out_over_the_events_it_reads_is_refused_and_they_are_kept",)),
 ]
 
 

@@ -437,6 +437,28 @@ def test_bench_bad_arguments(workdir, capsys, argv, message):
     assert_refused(call(bench.main, argv), capsys.readouterr().err, message, workdir)
 
 
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(workdir, capsys):
+    cfg = write(workdir, "cfg.yaml", Path(CIFAR).read_text())
+    (workdir / "data" / "train").mkdir(parents=True)  # pipeline: refused, not generated, were --json let through
+    (workdir / "data" / "cifar-10-batches-py").mkdir()
+    batch = write(workdir / "data" / "cifar-10-batches-py", "test_batch", "keep")
+    inside = "lies inside an input (the data folder data/cifar-10-batches-py): choose another path"
+    for main, argv, message in [
+        (bench.main, ["cifar", "--data", "data", "--config", cfg, "--json", cfg],
+         f"--json {cfg} is an input (the --config file): choose another path"),
+        (bench.main, ["cifar", "--data", "data", "--config", cfg, "--json", batch], f"--json {batch} {inside}"),
+        (train.main, ["--config", cfg, "--data", "data", "--results", cfg],
+         f"--results {cfg} is an input (the --config file): choose another path"),
+        (train.main, ["--config", cfg, "--data", "data", "--results", batch, "--check"], f"--results {batch} {inside}"),
+        (bench.main, ["pipeline", "data", "--json", "data/p.json"],
+         "--json data/p.json lies inside an input (the data folder data): choose another path"),
+    ]:
+        assert call(main, argv) == 2, argv
+        assert capsys.readouterr().err == f"error: {message}\n"
+    assert (Path(cfg).read_text(), Path(batch).read_text()) == (Path(CIFAR).read_text(), "keep")
+    assert sorted(p.name for p in workdir.iterdir()) == ["cfg.yaml", "data"]
+
+
 @pytest.mark.parametrize("labels,message", [
     ([2**70] * 2, "'labels' must be a list of integer labels, got object"),  # was OverflowError
     ([[0, 1]] * 2, "'labels' must be a list of integer labels, got int64 of shape (2, 2)"),  # was a concat ValueError

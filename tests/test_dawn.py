@@ -573,6 +573,20 @@ def test_out_is_written_whole_and_kept_on_error(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dawn.tsv", "run"]  # no temp files left
 
 
+@pytest.mark.parametrize("given", ["folder", "file"])
+def test_out_over_the_events_it_reads_is_refused_and_they_are_kept(tmp_path, given):
+    events = write_run(tmp_path / "run", [(100, 1360, 10.0, 20.0, 1.0, 0)])
+    events.chmod(0o444)  # read-only: the atomic rename replaced it all the same
+    data = events.read_bytes()
+    source = events.parent if given == "folder" else events
+    r = export("--events_path", str(source), "--out", str(events))
+    assert (r.returncode, r.stdout) == (2, "")
+    where = f"lies inside an input (the --events_path folder {source})" if given == "folder" \
+        else "is an input (the --events_path file)"
+    assert r.stderr == f"prepare_dawn_tsv.py: error: --out {events} {where}: choose another path\n"
+    assert events.read_bytes() == data
+
+
 def test_out_through_a_symlink_or_into_a_pipe_keeps_what_out_names(tmp_path):
     """The atomic rename replaced what --out named: a symlink became a file beside its stale target,
     and --out /dev/stdout, run as root, put a regular file in place of /dev/stdout. A link's target is

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 
 class ArgParser(argparse.ArgumentParser):
@@ -51,4 +51,20 @@ def output_problem(path: str, make_parents: bool = True) -> str | None:
     nearest = next(p for p in (target.parent, *target.parent.parents) if p.exists())
     if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
         return f"cannot be written ({nearest} is not a writable directory)"
+    return None
+
+
+def output_clash(flag: str, path: str, inputs: Iterable[tuple[str, str | os.PathLike | None]]) -> str | None:
+    """The refusal of an output ``path`` that would destroy an input: an existing input file (links
+    followed), or a path inside an input folder (data, events); None when it is neither.
+    ``inputs``: (what it is, its path or None) pairs, e.g. ("the --config file", "cfg.yaml")."""
+    out = os.path.realpath(path)
+    for what, given in inputs:
+        if not given or not os.path.exists(given):
+            continue
+        src = os.path.realpath(given)
+        if out == src or (os.path.exists(path) and os.path.samefile(path, given)):
+            return f"{flag} {path} is an input ({what}): choose another path"
+        if os.path.isdir(src) and os.path.commonpath([src, out]) == src:
+            return f"{flag} {path} lies inside an input ({what} {given}): choose another path"
     return None

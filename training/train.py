@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from training import config as C  # noqa: E402
-from training.cli import ArgParser, output_problem, positive_int  # noqa: E402
+from training.cli import ArgParser, output_clash, output_problem, positive_int  # noqa: E402
 from training.phases import PhaseError, Schedule, load_phases, parse_schedule  # noqa: E402
 from training.refusal import refuse, restart_on_one_machine  # noqa: E402
 
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.rejoin and not args.check:
             raise C.ConfigError("--rejoin qualifies --check only")
         if args.check:
-            return check(cfg, own_disk=not args.rejoin)
+            return check(cfg, read_files(args), own_disk=not args.rejoin)
         cifar = cfg.recipe == "cifar"
         # step_start: the cifar recipe's lr arithmetic; resuming, the checkpoint's phases train (check_config)
         schedule = parse_schedule(cfg.phases, step_start=cifar, trained=bool(cfg.train.resume))
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.plot_schedule:
             return plot(schedule, path=args.plot_schedule, num_images=train_images(args, cfg),
                         world_size=args.world_size, drop_last=drop_last)
-        check_results(cfg)
+        check_results(cfg, read_files(args))
         return run(cfg)
     except BrokenPipeError:  # the reader stopped early (`--dry-run | head`): what it read was written
         return 0
@@ -193,10 +193,24 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(f"error: {e}", say=os.environ.get("RANK", "0") == "0")
 
 
-def check_results(cfg: C.Config) -> None:
-    """A cifar --results file must be writable before the runs, not after them."""
+def read_files(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The files the command line names to read, which no output may overwrite."""
+    files = [("the --config file", path) for path in args.config]
+    if args.phases is not None and os.path.isfile(args.phases):
+        files.append(("the --phases file", args.phases))
+    return files
+
+
+def check_results(cfg: C.Config, inputs: list[tuple[str, str]]) -> None:
+    """A cifar --results file must be writable before the runs, not after them, and no input (a
+    config or phases file, the data folder)."""
     if cfg.recipe == "cifar" and cfg.cifar.results:
         check_output_file(cfg.cifar.results, "--results")
+        from training.data.cifar import folder
+        from training.recipes.cifar import DEFAULT_DATA_DIR
+        data = ("the data folder", folder(cfg.data.dir or DEFAULT_DATA_DIR, cfg.cifar.dataset))
+        if (clash := output_clash("--results", cfg.cifar.results, [*inputs, data])) is not None:
+            raise C.ConfigError(clash)
 
 
 def check_output_file(path: str, flag: str, make_parents: bool = True) -> None:
@@ -217,7 +231,7 @@ def plot(schedule: Schedule, path: str, num_images: int, world_size: int, drop_l
     return 0
 
 
-def check(cfg: C.Config, own_disk: bool = True) -> int:
+def check(cfg: C.Config, inputs: list[tuple[str, str]], own_disk: bool = True) -> int:
     """--check: the recipe's settings, a GPU for each of the LOCAL_WORLD_SIZE processes a launcher
     will start here, then what a start would find on disk (data dirs; with ``own_disk``, the logdir
     and a --resume file); 0, or one error line and 2. Nothing is written."""
@@ -225,7 +239,7 @@ def check(cfg: C.Config, own_disk: bool = True) -> int:
     from training.data import DataError
     recipe = recipe_module(cfg)
     schedule = recipe.check_config(cfg)  # ConfigError and PhaseError: main's handler
-    check_results(cfg)
+    check_results(cfg, inputs)
     # The launchers say how many processes this machine will start: each needs its GPU. A rank short
     # of one refuses before it can join the group, so across machines the group could not share that
     # refusal (training/refusal.py), and every restart would meet it again.

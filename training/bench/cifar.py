@@ -55,7 +55,7 @@ import torch
 
 from training import config as C
 from training.bench import write_json
-from training.cli import output_problem
+from training.cli import output_clash, output_problem
 from training.data import DataError
 from training.data import cifar as cdata
 from training.dist import pick_device
@@ -470,6 +470,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --trace {args.trace}: {problem}", file=sys.stderr)  # made once the input is checked
         return 2
     try:
+        if args.json:  # the run reads these first; a --json over one would destroy it unnoticed
+            inputs = [("the --config file", args.config), ("the data folder", cdata.folder(args.data, "cifar10"))]
+            inputs += [("a --variants file", f) for v in args.variants for f in parse_variant(v).files]
+            if (clash := output_clash("--json", args.json, inputs)) is not None:
+                raise C.ConfigError(clash)
         if args.count_ops:
             write_json(args.json, count_ops(args))
             return 0

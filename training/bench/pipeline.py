@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Callable
 
 from training.bench import write_json
-from training.cli import nonnegative_int, positive_int
+from training.cli import nonnegative_int, output_clash, positive_int
 
 DEFAULT_TREE = ".cache/bench-imagenet"
 IMAGENET18_DIRS = {128: "-sz/160", 224: "-sz/320"}  # pre-resized copies per phase size (issue 11's plan)
@@ -293,6 +293,9 @@ def run(args: argparse.Namespace) -> int:
         except ConfigError as e:
             _refuse(str(e))
     dirs = {s: _train_dir(s, args) for s in args.sizes}
+    trees = [("the data folder", data), *(("a copy it reads", f"{data}{d}") for d in sorted(set(dirs.values()) - {""}))]
+    if args.json and (clash := output_clash("--json", args.json, trees)) is not None:
+        _refuse(clash)
     ensure_tree(data, set(dirs.values()), args.generate)
     check_images(str(data), set(dirs.values()))
     doc: dict = {"kind": "pipeline", "meta": _meta(args, device, data), "results": [], "end_to_end": []}
