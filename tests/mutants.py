@@ -1375,6 +1375,12 @@ MUTANTS = [
     Mutant("dawn_out_over_its_events", "dawn/prepare_dawn_tsv.py", "if args.out is not None and (clash :=",
            "if False and (clash :=",
            ("tests/test_dawn.py::test_out_over_the_events_it_reads_is_refused_and_they_are_kept",)),
+    Mutant("cifar_failed_download_keeps_its_folders", "training/data/cifar.py",
+           "            shutil.rmtree(created, ignore_errors=True)", "            pass",
+           (CLI + "test_a_failed_cifar_download_removes_the_folders_it_made",)),
+    Mutant("cifar_failed_download_keeps_the_outer_folder", "training/data/cifar.py",
+           "(*reversed(Path(root).parents), Path(root))", "(Path(root),)",
+           (CLI + "test_a_failed_cifar_download_removes_the_folders_it_made",)),
 ]
 
 

@@ -459,6 +459,21 @@ def test_an_output_that_is_an_input_is_refused_and_the_input_kept(workdir, capsy
     assert sorted(p.name for p in workdir.iterdir()) == ["cfg.yaml", "data"]
 
 
+def test_a_failed_cifar_download_removes_the_folders_it_made(workdir, capsys, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise OSError("offline")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)  # no test downloads
+    (workdir / "keep").mkdir()
+    for data in ("nodata/sub", "keep/sub"):
+        rc = call(train.main, ["--config", CIFAR, "--data", data, "--logdir", "runs/c4"])
+        err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("data: ")]
+        assert rc == 2 and err == [f"error: no cifar-10-batches-py in {data} and the download failed (offline): put "
+                                   f"torchvision's cifar-10-batches-py folder in {data} (or pass --data DIR)"]
+        assert [p.name for p in workdir.iterdir()] == ["keep"] and not any((workdir / "keep").iterdir())
+
+
 @pytest.mark.parametrize("labels,message", [
     ([2**70] * 2, "'labels' must be a list of integer labels, got object"),  # was OverflowError
     ([[0, 1]] * 2, "'labels' must be a list of integer labels, got int64 of shape (2, 2)"),  # was a concat ValueError

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import shutil
 import socket
 import sys
 from dataclasses import dataclass
@@ -158,11 +159,15 @@ def ensure_data(root: str, dataset: str = "cifar10", download: bool = True,
     import torchvision
     cls = torchvision.datasets.CIFAR10 if dataset == "cifar10" else torchvision.datasets.CIFAR100
     old = socket.getdefaulttimeout()
+    # the outermost folder this call creates: removed again if the download fails
+    created = next((p for p in (*reversed(Path(root).parents), Path(root)) if not p.exists()), None)
     try:
         socket.setdefaulttimeout(30)
         Path(root).mkdir(parents=True, exist_ok=True)
         cls(root, train=True, download=True)
     except Exception as e:  # no network, proxy, disk full, checksum: all end the same way
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         raise DataError(f"no {base.name} in {root} and the download failed ({reason[:120]}): "
                         f"{hint} (or pass --data DIR)") from None
