@@ -1381,6 +1381,8 @@ MUTANTS = [
     Mutant("cifar_failed_download_keeps_the_outer_folder", "training/data/cifar.py",
            "(*reversed(Path(root).parents), Path(root))", "(Path(root),)",
            (CLI + "test_a_failed_cifar_download_removes_the_folders_it_made",)),
+    Mutant("logdir_not_utf8_passes_check", "training/config.py", "    if name in NONEMPTY and not _utf8(value):",
+           "    if False:", (CLI + "test_train_bad_command_line[60]",)),
 ]
 
 

@@ -140,6 +140,9 @@ TRAIN_CASES = [
     (["--config", TINY, "train.print-freq=3"], "unknown config key 'train.print-freq'"),
     # momentum past 1 grows each step's velocity without bound
     (["--config", TINY, "optim.momentum=1.5"], "config key 'optim.momentum': must be in 0..1, got 1.5"),
+    # a name of undecodable bytes (argv's surrogateescape) passed --check, then broke the event writer
+    (["--config", TINY, "--loader", "synthetic", "--logdir", "runs/bad\udcff", "--check"],
+     "--logdir: config key 'train.logdir': not valid UTF-8: b'runs/bad\\xff'"),
 ]
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import inspect
 import io
 import math
+import os
 import textwrap
 import tokenize
 import types
@@ -266,11 +267,22 @@ def _coerce(name: str, value: Any, hint: Any, current: Any) -> Any:
             raise ConfigError(f"config key {name!r}: must be a finite number, got {value!r}")
     if name in NONEMPTY and not value:
         raise ConfigError(f"config key {name!r}: must not be empty")
+    if name in NONEMPTY and not _utf8(value):  # the event files' writer needs UTF-8 names
+        raise ConfigError(f"config key {name!r}: not valid UTF-8: {os.fsencode(value)!r}")
     low, high = RANGES.get(name, (None, None))
     if (low is not None and value < low) or (high is not None and value > high):
         want = f"in {low}..{high}" if high is not None else f">= {low}"
         raise ConfigError(f"config key {name!r}: must be {want}, got {value!r}")
     return value
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8: a name of undecodable bytes holds surrogates (surrogateescape)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def load_yaml(path: str) -> dict:
