@@ -545,6 +545,7 @@ def test_end_to_end_defaults_to_the_loaders_the_trainer_has(tmp_path, monkeypatc
     from training.bench import pipeline
     seen = []
     monkeypatch.setattr(pipeline, "ensure_tree", lambda *a: None)
+    monkeypatch.setattr(pipeline, "check_images", lambda *a: None)
     monkeypatch.setattr(pipeline, "end_to_end", lambda loader, *a: seen.append(loader) or [])
     args = bench.build_parser().parse_args(["pipeline", str(tmp_path), "--loader", "--end-to-end", "--device", "cpu"])
     args.loader = ["torchvision", "torchvision:float"]
