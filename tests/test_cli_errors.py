@@ -472,8 +472,9 @@ def test_a_failed_cifar_download_removes_the_folders_it_made(workdir, capsys, mo
     for data in ("nodata/sub", "keep/sub"):
         rc = call(train.main, ["--config", CIFAR, "--data", data, "--logdir", "runs/c4"])
         err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("data: ")]
-        assert rc == 2 and err == [f"error: no cifar-10-batches-py in {data} and the download failed (offline): put "
-                                   f"torchvision's cifar-10-batches-py folder in {data} (or pass --data DIR)"]
+        # what it then suggests depends on whether ../shared's materialize.py is there (beside a CI clone)
+        assert rc == 2 and len(err) == 1, err
+        assert err[0].startswith(f"error: no cifar-10-batches-py in {data} and the download failed (offline): ")
         assert [p.name for p in workdir.iterdir()] == ["keep"] and not any((workdir / "keep").iterdir())
 
 
