@@ -1364,7 +1364,7 @@ MUTANTS = [
     Mutant("output_clash_misses_the_same_file", "training/cli.py",
            "if out == src or (os.path.exists(path) and os.path.samefile(path, given)):", "if False:", (CLI + "test_an_output_that_is_an_input_is_refused_and_the_input_kept",)),
     Mutant("output_clash_misses_a_path_inside_an_input", "training/cli.py",
-           "if os.path.isdir(src) and os.path.commonpath([src, out]) == src:", "if False:", (CLI + "test_an_output_that_is_an_input_is_refused_and_the_input_kept",)),
+           "if os.path.isdir(src) and os.path.commonpath([src, out]) == src and os.path.lexists(path):", "if False:", (CLI + "test_an_output_that_is_an_input_is_refused_and_the_input_kept",)),
     Mutant("train_results_over_its_config", "training/train.py",
            'if (clash := output_clash("--results", cfg.cifar.results, [*inputs, data])) is not None:', "if False:",
            (CLI + "test_an_output_that_is_an_input_is_refused_and_the_input_kept",)),

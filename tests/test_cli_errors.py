@@ -454,8 +454,8 @@ def test_an_output_that_is_an_input_is_refused_and_the_input_kept(workdir, capsy
         (train.main, ["--config", cfg, "--data", "data", "--results", cfg],
          f"--results {cfg} is an input (the --config file): choose another path"),
         (train.main, ["--config", cfg, "--data", "data", "--results", batch, "--check"], f"--results {batch} {inside}"),
-        (bench.main, ["pipeline", "data", "--json", "data/p.json"],
-         "--json data/p.json lies inside an input (the data folder data): choose another path"),
+        (bench.main, ["pipeline", "data", "--json", batch],
+         f"--json {batch} lies inside an input (the data folder data): choose another path"),
     ]:
         assert call(main, argv) == 2, argv
         assert capsys.readouterr().err == f"error: {message}\n"

@@ -585,6 +585,8 @@ def test_out_over_the_events_it_reads_is_refused_and_they_are_kept(tmp_path, giv
         else "is an input (the --events_path file)"
     assert r.stderr == f"prepare_dawn_tsv.py: error: --out {events} {where}: choose another path\n"
     assert events.read_bytes() == data
+    beside = export("--events_path", str(source), "--out", str(events.parent / "dawn.tsv"))  # a new file: fine
+    assert beside.returncode == 0 and len(tsv_rows((events.parent / "dawn.tsv").read_text())) == 1, beside.stderr
 
 
 def test_out_through_a_symlink_or_into_a_pipe_keeps_what_out_names(tmp_path):

@@ -55,8 +55,9 @@ def output_problem(path: str, make_parents: bool = True) -> str | None:
 
 
 def output_clash(flag: str, path: str, inputs: Iterable[tuple[str, str | os.PathLike | None]]) -> str | None:
-    """The refusal of an output ``path`` that would destroy an input: an existing input file (links
-    followed), or a path inside an input folder (data, events); None when it is neither.
+    """The refusal of an output ``path`` that would destroy an input: an input file (links followed),
+    or a file that exists inside an input folder (a data or event file); None when it is neither. A
+    new file inside one (a run's dawn.tsv beside its events) harms nothing and is let through.
     ``inputs``: (what it is, its path or None) pairs, e.g. ("the --config file", "cfg.yaml")."""
     out = os.path.realpath(path)
     for what, given in inputs:
@@ -65,6 +66,6 @@ def output_clash(flag: str, path: str, inputs: Iterable[tuple[str, str | os.Path
         src = os.path.realpath(given)
         if out == src or (os.path.exists(path) and os.path.samefile(path, given)):
             return f"{flag} {path} is an input ({what}): choose another path"
-        if os.path.isdir(src) and os.path.commonpath([src, out]) == src:
+        if os.path.isdir(src) and os.path.commonpath([src, out]) == src and os.path.lexists(path):
             return f"{flag} {path} lies inside an input ({what} {given}): choose another path"
     return None
