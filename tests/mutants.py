@@ -1327,7 +1327,7 @@ MUTANTS = [
            "        if path.exists() and not path.is_dir():", "        if False:",
            ("tests/test_bench.py::test_pipeline_data_or_its_train_that_is_a_file_is_refused_writing_nothing",)),
     Mutant("pipeline_empty_class_folder_measured", "training/bench/pipeline.py",
-           "            _list_files(split, find_classes(split))", "            find_classes(split)",
+           "            list_files(split, find_classes(split))", "            find_classes(split)",
            ("tests/test_bench.py::test_pipeline_empty_train_or_class_folder_is_refused_with_no_json",)),
     Mutant("pipeline_arch_not_checked_first", "training/bench/pipeline.py", "            check_arch(args.arch)",
            "            pass", ("tests/test_bench.py::test_pipeline_end_to_end_checks_arch_first_and_says_error_once",)),
@@ -1383,6 +1383,8 @@ MUTANTS = [
            (CLI + "test_a_failed_cifar_download_removes_the_folders_it_made",)),
     Mutant("logdir_not_utf8_passes_check", "training/config.py", "    if name in NONEMPTY and not _utf8(value):",
            "    if False:", (CLI + "test_train_bad_command_line[60]",)),
+    Mutant("checkpoint-mode-0600", "training/checkpoint.py", "        os.fchmod(fd, _file_mode())", "        pass",
+           ("tests/test_checkpoint.py::test_a_checkpoint_is_as_readable_as_the_umask_makes_any_file",)),
 ]
 
 

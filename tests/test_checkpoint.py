@@ -45,6 +45,18 @@ def names(logdir: Path) -> list[str]:
     return sorted(p.name for p in checkpoint.checkpoint_dir(logdir).iterdir())
 
 
+def test_a_checkpoint_is_as_readable_as_the_umask_makes_any_file(tmp_path):
+    """mkstemp creates 0600: a run's group (a shared cluster's team) could not read its checkpoints."""
+    old = os.umask(0o027)
+    try:
+        checkpoint.save(state(1), tmp_path, 1, keep=2)
+        (tmp_path / "plain").write_text("")
+    finally:
+        os.umask(old)
+    mode = checkpoint.path_for(tmp_path, 1).stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain").stat().st_mode & 0o777 == 0o640
+
+
 def test_save_load_round_trip_and_keep_last_k(tmp_path):
     for e in range(1, 6):
         checkpoint.save(state(e), tmp_path, e, keep=2)

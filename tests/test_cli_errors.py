@@ -545,7 +545,7 @@ def test_symlink_loop_in_a_class_folder_is_refused(workdir, capsys):
     assert not (workdir / "out").exists()
     split = str(workdir / "data" / "train")
     with pytest.raises(DataError, match="symlink loop"):
-        tree._list_files(split, tree.find_classes(split))
+        tree.list_files(split, tree.find_classes(split))
 
 
 def test_two_class_folders_linked_to_one_folder_are_refused_as_such(tmp_path):
@@ -556,7 +556,7 @@ def test_two_class_folders_linked_to_one_folder_are_refused_as_such(tmp_path):
     split = tmp_path / "data" / "train"
     (split / "n00000002").symlink_to(split / "n00000000")
     with pytest.raises(DataError, match=rf"one folder linked twice: {split}/n00000002 is the folder {split}/n00000000 again"):
-        tree._list_files(str(split), tree.find_classes(str(split)))
+        tree.list_files(str(split), tree.find_classes(str(split)))
 
 
 def test_bench_cifar_trace_dir_not_left_by_a_refused_variant(workdir, capsys):

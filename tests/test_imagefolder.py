@@ -276,7 +276,7 @@ def test_index_order_is_imagefolders_in_nested_folders(tmp_path):
                 "c0/a b/t.jpg", "c1/b/s.jpg", "c1/b/c/r.jpg", "c1/b+/q.jpg", "c1/p.jpg"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (8, 8)).save(tmp_path / rel)
-    rel, labels = tree._list_files(str(tmp_path), tree.find_classes(str(tmp_path)))
+    rel, labels = tree.list_files(str(tmp_path), tree.find_classes(str(tmp_path)))
     want = ImageFolder(str(tmp_path)).samples
     assert [(str(tmp_path / p), label) for p, label in zip(rel, labels)] == want
 

@@ -55,6 +55,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -70,6 +71,17 @@ def atomic_save(obj: Any, path: Path) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def _file_mode() -> int:
+    """0666 less the umask, as open() would make the file: mkstemp's 0600 left checkpoints unreadable
+    to the run's group on a shared cluster. Read, not set and reset: the writer is a thread."""
+    try:
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = 0o022
+    return 0o666 & ~mask
 
 
 def _write_error(e: BaseException) -> BaseException:

@@ -200,11 +200,11 @@ def check_images(data: str, train_dirs: set[str]) -> None:
     """Every DATA<dir>/train has class folders, each holding a file (listing only: the measure
     indexes them itself); else a one-line refusal, before anything is measured or written."""
     from training.data import DataError
-    from training.data.tree import _list_files, find_classes
+    from training.data.tree import list_files, find_classes
     for d in sorted(train_dirs):
         split = f"{data}{d}/train"
         try:
-            _list_files(split, find_classes(split))
+            list_files(split, find_classes(split))
         except DataError as e:
             _refuse(str(e))
 

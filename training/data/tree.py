@@ -73,7 +73,7 @@ def check_same_classes(train_dir: str, train: list[str], val_dir: str, val: list
                         f"{val_dir} ({len(val)}): {what}")
 
 
-def _list_files(split_dir: str, classes: list[str]) -> tuple[list[str], list[int]]:
+def list_files(split_dir: str, classes: list[str]) -> tuple[list[str], list[int]]:
     """Relative paths of every non-hidden file under each class folder, as ImageFolder orders them."""
     rel, labels = [], []
     seen: dict[tuple[int, int], str] = {}  # every folder of the split, each read once
@@ -221,7 +221,7 @@ def index_tree(split_dir: str, classes: list[str], bad_images: str = "skip", ver
     """Index a split: list files, probe each header once (cached, keyed by the file list; a file whose
     size or mtime changed is probed again), then stop on the first bad image ('error') or drop every
     bad one with a warning line ('skip')."""
-    rel, labels = _list_files(split_dir, classes)
+    rel, labels = list_files(split_dir, classes)
     digest = hashlib.sha1(b"\n".join(os.fsencode(p) for p in rel)).hexdigest()
     stat = file_stats(split_dir, rel)
     files = _cache_files(split_dir)
