@@ -138,9 +138,9 @@ class Schedule:
         ``num_images``: the count, or the count of an epoch's data copy (a phase reading another copy,
         ``-sz/352``, holding other images, has its own partial batch)."""
         count = num_images if callable(num_images) else lambda epoch: num_images
-        plans: dict[int, list[EpochPlan]] = {}
+        plans = {count(0): self.plan(count(0), world_size)}  # one plan per distinct count
         shapes: dict[tuple[int, int], None] = {}  # an ordered set
-        for i in range(len(self.plan(count(0), world_size))):
+        for i in range(len(plans[count(0)])):
             n = count(i)
             row = plans.setdefault(n, self.plan(n, world_size))[i]
             shapes.update(dict.fromkeys(self.epoch_shapes(row, n, world_size)))

@@ -440,10 +440,11 @@ def _train(cfg: Config, schedule: Schedule, info: dist.DistInfo, progress: dict,
         loaders.before_build = ckpt.wait
         stop = checkpoint.StopGuard()
         trace = TraceWindow(cfg.train.profile_trace if info.is_main else "", info.device)
+        trace_step = trace.hook  # looked up once, not per step
 
         def after_step(s: loop.TrainState, i: int) -> None:
-            if trace.hook is not None:
-                trace.hook(s, i)
+            if trace_step is not None:
+                trace_step(s, i)
             stop.check()
             if fault is not None:  # the fault drill runs after any other per-step hook
                 fault(s.epoch, i)
